@@ -1,0 +1,205 @@
+"""Shared pytest fixtures: free ports, real subprocesses, and the no-skip rule in CI.
+
+Every test in this repository drives real things (sockets, processes, sshd,
+Docker, Chromium). The fixtures here make that safe: ports are picked free,
+processes run in their own process group and are always reaped, and in CI
+(``CI`` set in the environment) a skipped test fails the run, because a skip
+there means a component that CI was supposed to install is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+PYTHON = sys.executable
+IN_CI = bool(os.environ.get("CI"))
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A running subprocess whose output goes to files that tests can poll."""
+
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        return self.stdout() + self.stderr()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Block until ``pattern`` (a regex) shows up in stdout or stderr."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output())
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                match = re.search(pattern, self.output())
+                if match:
+                    return match
+                raise AssertionError(
+                    f"{self.argv} exited {self.popen.returncode} before printing {pattern!r}:\n"
+                    f"{self.output()}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {pattern!r} from {self.argv}:\n{self.output()}")
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGINT, then SIGKILL for the whole process group if it lingers."""
+        if self.popen.poll() is None:
+            self.signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.popen.pid)
+                self.popen.wait(timeout=5)
+        _kill_group(self.popen.pid)
+        return self.popen.returncode
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Spawner:
+    """Starts processes for one test and reaps all of them afterwards."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+
+    def __call__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        python: bool = True,
+    ) -> Proc:
+        argv = [PYTHON, "-u", *args] if python else list(args)
+        index = len(self.procs)
+        out = self.workdir / f"proc{index}.out"
+        err = self.workdir / f"proc{index}.err"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with out.open("wb") as out_file, err.open("wb") as err_file:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out_file,
+                stderr=err_file,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd or REPO,
+                env=full_env,
+                start_new_session=True,
+            )
+        proc = Proc(popen, out, err, argv)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawner]:
+    """``spawn("01-zmq-basics/req_rep.py", "server")`` runs a real process."""
+    logs = tmp_path / "procs"
+    logs.mkdir()
+    spawner = Spawner(logs)
+    yield spawner
+    spawner.stop_all()
+
+
+def run_script(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python SCRIPT ARGS`` from the repository root to completion."""
+    return subprocess.run(
+        [PYTHON, "-u", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def run() -> object:
+    """The ``run_script`` helper as a fixture, for tests that prefer injection."""
+    return run_script
+
+
+@pytest.fixture
+def port() -> int:
+    """One free TCP port on 127.0.0.1."""
+    return free_tcp_port()
+
+
+@pytest.fixture
+def free_port() -> object:
+    """A factory: call ``free_port()`` for as many free ports as a test needs."""
+    return free_tcp_port
+
+
+# --- No skips in CI -------------------------------------------------------------------------
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and _skipped and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    if IN_CI and _skipped:
+        writer = getattr(terminalreporter, "write_line")
+        writer(f"CI forbids skips, but {len(_skipped)} test(s) skipped:", red=True)
+        for nodeid in _skipped:
+            writer(f"  {nodeid}", red=True)

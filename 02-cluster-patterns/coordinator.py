@@ -1,0 +1,291 @@
+"""The coordinator: binds ROUTER 5570 (workers and clients) and XPUB 5571 (status channel).
+
+    clients (DEALER) --SUBMIT-->  ROUTER :5570  --DISPATCH--> workers (DEALER)
+            <--ACCEPTED/COMPLETED--         <--REGISTER/HEARTBEAT/RESULTS--
+                                 XPUB :5571 --STATUS / NODE_EVENT / TASK_STATS--> monitors (SUB)
+
+One thread, one poll loop: read everything that is waiting, let the Dispatcher (pure
+logic) decide, commit the journal once (with --state-dir), then send. Every heartbeat
+interval it publishes STATUS (which is also its heartbeat to monitors) and TASK_STATS, and
+sends COORDINATOR_HEARTBEAT to each worker and recent client. Garbage from peers is
+counted (``bad_messages`` in STATUS) and logged at most once per second; it never stops
+the loop.
+
+Run it:
+    python 02-cluster-patterns/coordinator.py
+    python 02-cluster-patterns/coordinator.py --bind 0.0.0.0 --state-dir /tmp/coord-state
+Then start workers (worker.py --id w1) and submit work (client.py --count 100 --kind echo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+import zmq
+
+from cluster_patterns.dispatcher import DEFAULT_MAX_TRIES, DEFAULT_TASK_TIMEOUT_S, Dispatcher
+from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
+from cluster_patterns.journal import FileJournal, replay
+from cluster_patterns.protocol import (
+    Message,
+    NodeEvent,
+    ProtocolError,
+    TaskOutcome,
+    decode,
+    describe,
+    encode,
+)
+from cluster_patterns.transport import HANDSHAKE_FAILURES, BadInput, configure, endpoint
+
+DEFAULT_BIND: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 5570
+DEFAULT_STATUS_PORT: Final = 5571
+# Checks of liveness and timeouts per heartbeat interval (detection granularity).
+TICKS_PER_INTERVAL: Final = 10
+# Messages read per poll turn before the loop dispatches and sends (keeps latency bounded).
+MAX_READS_PER_TURN: Final = 2000
+
+
+class Coordinator:
+    """Owns the sockets and the loop; all decisions are the Dispatcher's."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.interval_s: float = args.heartbeat_interval
+        self.coordinator_id = f"coord-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.journal = FileJournal(Path(args.state_dir)) if args.state_dir else None
+        self.dispatcher = Dispatcher(
+            self.coordinator_id,
+            heartbeat_interval_s=args.heartbeat_interval,
+            liveness=args.liveness,
+            task_timeout_s=args.task_timeout,
+            max_tries=args.max_tries,
+            journal=self.journal,
+        )
+        self.bad = BadInput("coordinator")
+        self.stopping = False
+        self.ctx = zmq.Context()
+        self.router = configure(self.ctx.socket(zmq.ROUTER))
+        # Route replies to an unreachable peer as an error we can act on, not a silent drop,
+        # and let a reconnecting worker take over its routing id from a stale connection.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.status = configure(self.ctx.socket(zmq.XPUB))
+        self.monitors: list[zmq.Socket[bytes]] = []
+
+    def restore(self) -> None:
+        if not self.args.state_dir:
+            return
+        now = time.monotonic()
+        outcomes: list[TaskOutcome] = []
+        for entry in replay(self.args.state_dir):
+            if isinstance(entry, TaskOutcome):
+                outcomes.append(entry)
+            else:
+                self.dispatcher.restore_submitted(entry[0], entry[1], now)
+        for outcome in outcomes:
+            self.dispatcher.restore_recorded(outcome)
+        totals = self.dispatcher.totals
+        print(
+            f"coordinator restored {totals.submitted} tasks "
+            f"({totals.done + totals.failed} with results) from {self.args.state_dir}",
+            flush=True,
+        )
+
+    def bind(self) -> None:
+        tasks = endpoint(self.args.bind, self.args.port)
+        status = endpoint(self.args.bind, self.args.status_port)
+        self.router.bind(tasks)
+        self.status.bind(status)
+        for sock in (self.router, self.status):
+            self.monitors.append(sock.get_monitor_socket(HANDSHAKE_FAILURES))
+        print(f"coordinator ready: tasks {tasks}, status {status}", flush=True)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.status, zmq.POLLIN)
+        for mon in self.monitors:
+            poller.register(mon, zmq.POLLIN)
+        tick_s = self.interval_s / TICKS_PER_INTERVAL
+        next_tick = next_status = time.monotonic()
+        while not self.stopping:
+            timeout_ms = max(0.0, min(next_tick, next_status) - time.monotonic()) * 1000
+            ready = dict(poller.poll(int(timeout_ms) + 1))
+            now = time.monotonic()
+            if self.router in ready:
+                self._read_router(now)
+            if self.status in ready:
+                self._read_status_socket()
+            for mon in self.monitors:
+                if mon in ready:
+                    self._read_monitor(mon)
+            if now >= next_tick:
+                self.dispatcher.tick(now)
+                next_tick = now + tick_s
+            if now >= next_status:
+                self.dispatcher.heartbeats(now)
+                self._publish(self.dispatcher.status(now))
+                self._publish(self.dispatcher.task_stats())
+                next_status = now + self.interval_s
+            self.dispatcher.pump(now)
+            self.dispatcher.flush_replies()
+            if self.journal is not None:
+                self.journal.flush()  # group commit: durable before anyone is told
+            self._send_outbox(now)
+            if self._publish_events():
+                # A state change reaches monitors now, not up to one interval later.
+                self._publish(self.dispatcher.status(now))
+
+    def _read_router(self, now: float) -> None:
+        for _ in range(MAX_READS_PER_TURN):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._bad(f"{len(frames)} frames from a peer (expected 1)")
+                continue
+            identity, frame = frames
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                self._bad(f"{exc} in {describe(frame)}")
+                continue
+            if not self.dispatcher.handle(identity, message, now):
+                self._bad(f"{type(message).__name__} is not sent to a coordinator")
+
+    def _read_status_socket(self) -> None:
+        """XPUB delivers subscriptions (first byte 0/1) and any other frame a peer sends."""
+        for _ in range(MAX_READS_PER_TURN):
+            try:
+                frames = self.status.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
+                self._bad(f"non-subscription frame on the status port: {describe(frames[0])}")
+
+    def _read_monitor(self, mon: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frames:
+                self._bad("a peer failed the ZMTP handshake (not a ZeroMQ peer?)")
+
+    def _bad(self, what: str) -> None:
+        self.dispatcher.count_bad()
+        self.bad.record(what)
+
+    def _send_outbox(self, now: float) -> None:
+        outbox, self.dispatcher.outbox = self.dispatcher.outbox, []
+        for identity, message in outbox:
+            try:
+                self.router.send_multipart([identity, encode(message)], zmq.NOBLOCK)
+            except (zmq.ZMQError, ProtocolError):
+                # Peer gone or its queue full: a DISPATCH goes back to pending at once.
+                self.dispatcher.undeliverable(identity, message, now)
+
+    def _publish(self, message: Message) -> None:
+        try:
+            self.status.send(encode(message), zmq.NOBLOCK)
+        except (zmq.ZMQError, ProtocolError) as exc:
+            self.bad.record(f"could not publish {type(message).__name__}: {exc}")
+
+    def _publish_events(self) -> int:
+        events, self.dispatcher.events = self.dispatcher.events, []
+        for event in events:
+            if isinstance(event, NodeEvent):
+                extra = ""
+                if event.detection_latency_s is not None:
+                    extra = f" after {event.detection_latency_s:.2f}s of silence"
+                if event.recovery_s is not None:
+                    extra = f" (recovered after {event.recovery_s:.2f}s)"
+                print(f"coordinator: node {event.node_id} {event.event}{extra}", flush=True)
+            self._publish(event)
+        return len(events)
+
+    def close(self) -> None:
+        for sock in [self.router, self.status, *self.monitors]:
+            sock.close(linger=0 if sock in self.monitors else None)
+        if self.journal is not None:
+            self.journal.close()
+        self.ctx.term()
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Cluster coordinator (ROUTER 5570, PUB 5571).")
+    parser.add_argument(
+        "--bind", default=DEFAULT_BIND, help="address to bind (default %(default)s)"
+    )
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT)
+    parser.add_argument("--status-port", type=port_number, default=DEFAULT_STATUS_PORT)
+    parser.add_argument("--heartbeat-interval", type=positive_float, default=DEFAULT_INTERVAL_S)
+    parser.add_argument("--liveness", type=positive_int, default=DEFAULT_LIVENESS)
+    parser.add_argument("--task-timeout", type=positive_float, default=DEFAULT_TASK_TIMEOUT_S)
+    parser.add_argument("--max-tries", type=positive_int, default=DEFAULT_MAX_TRIES)
+    parser.add_argument("--state-dir", help="journal directory: accepted tasks survive a crash")
+    args = parser.parse_args(argv)
+    if args.port == args.status_port:
+        parser.error("--port and --status-port must differ")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    coordinator = Coordinator(args)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        coordinator.stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        coordinator.restore()
+        coordinator.bind()
+        coordinator.run()
+    except zmq.ZMQError as exc:
+        print(f"coordinator: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"coordinator: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        coordinator.close()
+    print("coordinator stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

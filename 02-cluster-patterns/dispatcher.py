@@ -1,0 +1,567 @@
+"""The coordinator's brain: credit-based dispatch, retries, requeues, exactly-once results.
+
+Pure logic, no sockets: the coordinator feeds it decoded messages with the sender's
+identity and the current monotonic time, and sends what it leaves in ``outbox`` (to peers
+on 5570) and ``events`` (to the status channel on 5571). Tests drive it with a fake clock
+and a fake network.
+
+Rules it enforces:
+  * credit: a worker never holds more tasks than the capacity it announced (tasks it is
+    still running from before a re-registration or a timeout count against it too);
+  * fairness: free workers are served least-loaded first, then least recently used;
+  * exactly once: the first result for a task id is recorded, every later one is counted
+    as a duplicate and dropped; client re-submissions of a known id are idempotent;
+  * a task whose worker died or timed out is retried until ``max_tries`` dispatches, then
+    recorded as failed.
+
+Run the unit tests:  python -m pytest tests/test_cluster_dispatcher.py -q
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from cluster_patterns.heartbeat import Liveness, Transition
+from cluster_patterns.protocol import (
+    MAX_BATCH,
+    Accepted,
+    Assignment,
+    Completed,
+    CoordinatorHeartbeat,
+    Deregister,
+    Dispatch,
+    Drain,
+    Heartbeat,
+    Message,
+    NodeEvent,
+    NodeState,
+    NodeStatus,
+    Register,
+    Reset,
+    Results,
+    Status,
+    Submit,
+    TaskOutcome,
+    TaskResult,
+    TaskSpec,
+    TaskStats,
+    Totals,
+    Welcome,
+)
+
+DEFAULT_TASK_TIMEOUT_S: Final = 30.0
+DEFAULT_MAX_TRIES: Final = 3
+# TASK_STATS carries at most this many latencies per message (the newest ones).
+MAX_LATENCIES_PER_STATS: Final = 10_000
+# Forget a client that has sent nothing and has nothing pending for this long.
+CLIENT_IDLE_S: Final = 60.0
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class Task:
+    spec: TaskSpec
+    client: bytes
+    submitted_at: float
+    state: TaskState = TaskState.PENDING
+    tries: int = 0
+    worker_id: str = ""
+    outcome: TaskOutcome | None = None
+    dispatch_no: int = 0
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    worker_id: str
+    identity: bytes
+    capacity: int
+    capabilities: frozenset[str]
+    liveness: Liveness
+    assigned: set[str] = field(default_factory=set)
+    # Tasks the worker still runs that we no longer count as assigned to it (timed out,
+    # requeued, or from before it re-registered): they still occupy its credit.
+    orphans: set[str] = field(default_factory=set)
+    draining: bool = False
+    last_dispatch: float = 0.0
+    done: int = 0
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    load1: float = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.assigned) + len(self.orphans)
+
+    @property
+    def free(self) -> int:
+        if self.draining or self.liveness.state not in (NodeState.ALIVE, NodeState.SUSPECT):
+            return 0
+        return max(0, self.capacity - self.in_flight)
+
+
+class Journal(Protocol):
+    """Where accepted tasks and recorded outcomes go before anyone is told (see journal.py)."""
+
+    def submitted(self, spec: TaskSpec, client: bytes) -> None: ...
+
+    def recorded(self, outcome: TaskOutcome) -> None: ...
+
+
+class NullJournal:
+    """No persistence: a restarted coordinator relies on clients re-submitting."""
+
+    def submitted(self, spec: TaskSpec, client: bytes) -> None:
+        pass
+
+    def recorded(self, outcome: TaskOutcome) -> None:
+        pass
+
+
+class Dispatcher:
+    """All coordinator state; methods take ``now`` and fill ``outbox`` and ``events``."""
+
+    def __init__(
+        self,
+        coordinator_id: str,
+        *,
+        heartbeat_interval_s: float,
+        liveness: int,
+        task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S,
+        max_tries: int = DEFAULT_MAX_TRIES,
+        journal: Journal | None = None,
+    ) -> None:
+        self.coordinator_id = coordinator_id
+        self.interval_s = heartbeat_interval_s
+        self.liveness = liveness
+        self.task_timeout_s = task_timeout_s
+        self.max_tries = max_tries
+        self.journal: Journal = journal or NullJournal()
+        self.tasks: dict[str, Task] = {}
+        self.pending: deque[str] = deque()
+        self.workers: dict[str, WorkerRecord] = {}
+        self.by_identity: dict[bytes, str] = {}
+        self.clients: dict[bytes, float] = {}
+        # (deadline, task_id, dispatch_no) in dispatch order, hence sorted by deadline.
+        self.deadlines: deque[tuple[float, str, int]] = deque()
+        self.totals = Totals()
+        self.outbox: list[tuple[bytes, Message]] = []
+        self.events: list[Message] = []
+        self.latencies: list[float] = []
+        self.stats_done = 0
+        self.stats_failed = 0
+        self.seq = 0
+        self.dispatches = 0
+        self._completed: dict[bytes, list[TaskOutcome]] = {}
+        self._accepted: dict[bytes, list[str]] = {}
+        self._resets: dict[bytes, float] = {}
+
+    # --- Restoring from a journal -----------------------------------------------------------
+
+    def restore_submitted(self, spec: TaskSpec, client: bytes, now: float) -> None:
+        if spec.task_id not in self.tasks:
+            self.tasks[spec.task_id] = Task(spec, client, now)
+            self.pending.append(spec.task_id)
+            self.totals.submitted += 1
+
+    def restore_recorded(self, outcome: TaskOutcome) -> None:
+        task = self.tasks.get(outcome.task_id)
+        if task is None or task.state is TaskState.DONE:
+            return
+        task.state, task.outcome, task.tries = TaskState.DONE, outcome, outcome.tries
+        self._count_outcome(outcome)
+
+    # --- Inbound ----------------------------------------------------------------------------
+
+    def handle(self, identity: bytes, message: Message, now: float) -> bool:
+        """Apply one message; False if it has no business arriving here (a bad message)."""
+        if isinstance(message, Results):
+            self._on_results(identity, message, now)
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat(identity, message, now)
+        elif isinstance(message, Submit):
+            self._on_submit(identity, message, now)
+        elif isinstance(message, Register):
+            self._on_register(identity, message, now)
+        elif isinstance(message, Drain):
+            self._on_drain(identity, message, now)
+        elif isinstance(message, Deregister):
+            self._on_deregister(identity, message, now)
+        else:
+            return False
+        return True
+
+    def _known_worker(self, identity: bytes, worker_id: str, now: float) -> WorkerRecord | None:
+        """The live record for this sender, or None after telling it to register again."""
+        record = self.workers.get(worker_id)
+        expired = (NodeState.DEAD, NodeState.LEFT)
+        if record is None or record.identity != identity or record.liveness.state in expired:
+            self._reset(identity, now)
+            return None
+        self._heard(record, now)
+        return record
+
+    def _reset(self, identity: bytes, now: float) -> None:
+        """Ask a peer to register again, at most once per interval (its queued messages
+        would otherwise each earn a RESET, and each RESET a REGISTER)."""
+        if now - self._resets.get(identity, -1e9) < self.interval_s:
+            return
+        self._resets[identity] = now
+        self.outbox.append((identity, Reset(reason="unknown or expired worker; register")))
+
+    def _heard(self, record: WorkerRecord, now: float) -> None:
+        transition = record.liveness.heard(now)
+        if transition is not None:
+            self._publish_transition(record.worker_id, transition)
+
+    def _on_register(self, identity: bytes, msg: Register, now: float) -> None:
+        record = self.workers.get(msg.worker_id)
+        if record is not None and record.identity != identity:
+            self.by_identity.pop(record.identity, None)
+        if record is None:
+            record = WorkerRecord(
+                msg.worker_id,
+                identity,
+                msg.capacity,
+                frozenset(msg.capabilities),
+                Liveness(self.interval_s, self.liveness, now),
+            )
+            self.workers[msg.worker_id] = record
+            self.events.append(NodeEvent(msg.worker_id, "joined", time.time()))
+        else:
+            # A re-registration: it keeps what it still runs; the rest is requeued.
+            self._requeue_all(record, now, keep=set(msg.running))
+            record.identity = identity
+            record.capacity = msg.capacity
+            record.capabilities = frozenset(msg.capabilities)
+            record.draining = False
+            if record.liveness.state is NodeState.LEFT:
+                record.liveness = Liveness(self.interval_s, self.liveness, now)
+                self.events.append(NodeEvent(msg.worker_id, "joined", time.time()))
+            else:
+                self._heard(record, now)
+        self._adopt(record, msg.running, now)
+        self.by_identity[identity] = msg.worker_id
+        self._resets.pop(identity, None)
+        self.outbox.append((identity, Welcome(self.coordinator_id, self.interval_s, self.liveness)))
+
+    def _adopt(self, record: WorkerRecord, running: list[str], now: float) -> None:
+        """Count what a (re-)registering worker still runs: a task we hold as pending (we
+        restarted, or requeued it) becomes assigned to it again instead of running twice;
+        anything else it runs is an orphan that only occupies its credit."""
+        record.orphans = set()
+        for task_id in running:
+            task = self.tasks.get(task_id)
+            if task_id in record.assigned:
+                continue
+            if task is not None and task.state is TaskState.PENDING:
+                self._assign(task, record, now)
+            else:
+                record.orphans.add(task_id)
+
+    def _assign(self, task: Task, worker: WorkerRecord, now: float) -> None:
+        task.tries += 1
+        self.dispatches += 1
+        task.dispatch_no = self.dispatches
+        task.state = TaskState.ASSIGNED
+        task.worker_id = worker.worker_id
+        worker.assigned.add(task.spec.task_id)
+        self.deadlines.append((now + self.task_timeout_s, task.spec.task_id, self.dispatches))
+
+    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
+        record = self._known_worker(identity, msg.worker_id, now)
+        if record is None:
+            return
+        record.cpu_percent = msg.cpu_percent
+        record.memory_percent = msg.memory_percent
+        record.load1 = msg.load1
+        # Anything it runs that we do not count as assigned still uses its credit; anything
+        # we counted as an orphan that it no longer runs has finished or been lost.
+        record.orphans = {tid for tid in msg.running if tid not in record.assigned}
+
+    def _on_drain(self, identity: bytes, msg: Drain, now: float) -> None:
+        record = self._known_worker(identity, msg.worker_id, now)
+        if record is not None:
+            record.draining = True
+
+    def _on_deregister(self, identity: bytes, msg: Deregister, now: float) -> None:
+        record = self.workers.get(msg.worker_id)
+        if record is None or record.identity != identity:
+            return
+        self._requeue_all(record, now)
+        record.orphans.clear()
+        transition = record.liveness.leave(now)
+        if transition is not None:
+            self._publish_transition(record.worker_id, transition)
+
+    def _on_results(self, identity: bytes, msg: Results, now: float) -> None:
+        record = self.workers.get(msg.worker_id)
+        if record is not None and record.identity == identity:
+            for result in msg.results:
+                record.assigned.discard(result.task_id)
+                record.orphans.discard(result.task_id)
+        # Results count even from a worker we declared dead: the first result wins.
+        for result in msg.results:
+            self._record(result, msg.worker_id, now)
+        if record is not None and record.identity == identity:
+            record.done += len(msg.results)
+        self._known_worker(identity, msg.worker_id, now)
+
+    def _record(self, result: TaskResult, worker_id: str, now: float) -> None:
+        task = self.tasks.get(result.task_id)
+        if task is None:
+            return  # from before a restart without --state-dir; the client re-submits it
+        if task.state is TaskState.DONE:
+            self.totals.duplicates += 1
+            return
+        self._finish(
+            task,
+            TaskOutcome(
+                task_id=result.task_id,
+                ok=result.ok,
+                output=result.output,
+                error=result.error,
+                tries=max(task.tries, 1),
+                worker_id=worker_id,
+                latency_s=round(now - task.submitted_at, 6),
+            ),
+        )
+
+    def _finish(self, task: Task, outcome: TaskOutcome) -> None:
+        if task.state is TaskState.ASSIGNED:
+            holder = self.workers.get(task.worker_id)
+            if holder is not None and task.spec.task_id in holder.assigned:
+                # Another worker answered first; this one still runs it: keep its credit used.
+                holder.assigned.discard(task.spec.task_id)
+                holder.orphans.add(task.spec.task_id)
+        task.state = TaskState.DONE
+        task.outcome = outcome
+        self.journal.recorded(outcome)
+        self._count_outcome(outcome)
+        self.latencies.append(outcome.latency_s)
+        self._completed.setdefault(task.client, []).append(outcome)
+
+    def _count_outcome(self, outcome: TaskOutcome) -> None:
+        if outcome.ok:
+            self.totals.done += 1
+            self.stats_done += 1
+        else:
+            self.totals.failed += 1
+            self.stats_failed += 1
+
+    def _on_submit(self, identity: bytes, msg: Submit, now: float) -> None:
+        self.clients[identity] = now
+        accepted = self._accepted.setdefault(identity, [])
+        for spec in msg.tasks:
+            task = self.tasks.get(spec.task_id)
+            if task is None:
+                self.tasks[spec.task_id] = Task(spec, identity, now)
+                self.pending.append(spec.task_id)
+                self.totals.submitted += 1
+                self.journal.submitted(spec, identity)
+            else:
+                task.client = identity
+                if task.outcome is not None:
+                    self._completed.setdefault(identity, []).append(task.outcome)
+            accepted.append(spec.task_id)
+
+    # --- Dispatch ---------------------------------------------------------------------------
+
+    def pump(self, now: float) -> None:
+        """Hand pending tasks to workers with free credit, least loaded first."""
+        while self.pending:
+            ready = [w for w in self.workers.values() if w.free > 0]
+            if not ready:
+                return
+            ready.sort(key=lambda w: (w.in_flight / max(w.capacity, 1), w.last_dispatch))
+            share = -(-len(self.pending) // len(ready))  # ceil: spread a burst evenly
+            handed = 0
+            for worker in ready:
+                handed += self._dispatch_to(worker, min(worker.free, share, MAX_BATCH), now)
+                if not self.pending:
+                    return
+            if handed == 0:
+                return  # nothing pending fits any free worker's capabilities
+
+    def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
+        batch: list[Assignment] = []
+        skipped: list[str] = []
+        while self.pending and len(batch) < limit:
+            task_id = self.pending.popleft()
+            task = self.tasks[task_id]
+            if task.state is not TaskState.PENDING:
+                continue
+            spec = task.spec
+            if spec.kind not in worker.capabilities:
+                skipped.append(task_id)
+                if len(skipped) > 4 * MAX_BATCH:
+                    break
+                continue
+            if task.tries >= self.max_tries:
+                self._fail(task, f"gave up after {task.tries} tries", now)
+                continue
+            if task.tries:
+                self.totals.retried += 1
+            self._assign(task, worker, now)
+            batch.append(Assignment(task_id, task.tries, spec.kind, spec.ms, spec.payload))
+        self.pending.extendleft(reversed(skipped))
+        if batch:
+            worker.last_dispatch = now
+            self.outbox.append((worker.identity, Dispatch(tasks=batch)))
+        return len(batch)
+
+    def undeliverable(self, identity: bytes, message: Message, now: float) -> None:
+        """The transport could not send ``message``: take back the tasks it carried."""
+        if not isinstance(message, Dispatch):
+            return
+        worker = self.workers.get(self.by_identity.get(identity, ""))
+        for assignment in reversed(message.tasks):
+            task = self.tasks.get(assignment.task_id)
+            if worker is not None:
+                worker.assigned.discard(assignment.task_id)
+            if task is not None and task.state is TaskState.ASSIGNED:
+                task.state = TaskState.PENDING
+                task.tries -= 1
+                self.pending.appendleft(assignment.task_id)
+
+    def _requeue_all(self, worker: WorkerRecord, now: float, keep: set[str] | None = None) -> None:
+        """Take back every task assigned to ``worker`` except those in ``keep``."""
+        keep = keep or set()
+        for task_id in sorted(worker.assigned - keep, reverse=True):
+            task = self.tasks.get(task_id)
+            if task is not None and task.state is TaskState.ASSIGNED:
+                task.state = TaskState.PENDING
+                self.totals.requeued += 1
+                self.pending.appendleft(task_id)
+        worker.assigned &= keep
+
+    def _fail(self, task: Task, error: str, now: float) -> None:
+        self._finish(
+            task,
+            TaskOutcome(
+                task_id=task.spec.task_id,
+                ok=False,
+                error=error,
+                tries=task.tries,
+                worker_id=task.worker_id,
+                latency_s=round(now - task.submitted_at, 6),
+            ),
+        )
+
+    # --- Timers -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Liveness verdicts and task timeouts; call a few times per heartbeat interval."""
+        for worker in self.workers.values():
+            transition = worker.liveness.check(now)
+            if transition is None:
+                continue
+            if transition.new is NodeState.DEAD:
+                self._requeue_all(worker, now)
+                worker.orphans.clear()
+            self._publish_transition(worker.worker_id, transition)
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, task_id, dispatch_no = self.deadlines.popleft()
+            task = self.tasks.get(task_id)
+            if task is None or task.state is not TaskState.ASSIGNED:
+                continue
+            if task.dispatch_no != dispatch_no:
+                continue
+            holder = self.workers.get(task.worker_id)
+            if holder is not None and task_id in holder.assigned:
+                holder.assigned.discard(task_id)
+                holder.orphans.add(task_id)  # it may still be running there
+            if task.tries >= self.max_tries:
+                self._fail(task, f"timed out {task.tries} times", now)
+            else:
+                task.state = TaskState.PENDING
+                self.pending.appendleft(task_id)
+        for identity, sent in list(self._resets.items()):
+            if now - sent > self.interval_s:
+                del self._resets[identity]
+        for client, last in list(self.clients.items()):
+            if now - last > CLIENT_IDLE_S:
+                del self.clients[client]
+
+    def _publish_transition(self, worker_id: str, transition: Transition) -> None:
+        self.events.append(
+            NodeEvent(
+                node_id=worker_id,
+                event=transition.new.value,
+                at=time.time(),
+                detection_latency_s=transition.detection_latency_s,
+                recovery_s=transition.recovery_s,
+            )
+        )
+
+    def heartbeats(self, now: float) -> None:
+        """Queue COORDINATOR_HEARTBEAT to every live worker and every recent client."""
+        beat = CoordinatorHeartbeat(self.coordinator_id)
+        for worker in self.workers.values():
+            if worker.liveness.state in (NodeState.ALIVE, NodeState.SUSPECT):
+                self.outbox.append((worker.identity, beat))
+        for client in self.clients:
+            self.outbox.append((client, beat))
+
+    def flush_replies(self) -> None:
+        """Turn the per-client accumulations of this round into ACCEPTED/COMPLETED batches."""
+        for client, task_ids in self._accepted.items():
+            for start in range(0, len(task_ids), MAX_BATCH):
+                self.outbox.append((client, Accepted(task_ids[start : start + MAX_BATCH])))
+        self._accepted.clear()
+        for client, outcomes in self._completed.items():
+            for start in range(0, len(outcomes), MAX_BATCH):
+                self.outbox.append((client, Completed(outcomes[start : start + MAX_BATCH])))
+        self._completed.clear()
+
+    # --- Status channel ---------------------------------------------------------------------
+
+    def status(self, now: float) -> Status:
+        self.seq += 1
+        pending = sum(1 for tid in self.pending if self.tasks[tid].state is TaskState.PENDING)
+        self.totals.pending = pending
+        self.totals.in_flight = sum(len(w.assigned) for w in self.workers.values())
+        nodes = [
+            NodeStatus(
+                node_id=w.worker_id,
+                state=w.liveness.state.value,
+                last_seen_age_s=round(w.liveness.age(now), 3),
+                in_flight=w.in_flight if w.liveness.state is not NodeState.DEAD else 0,
+                capacity=w.capacity,
+                capabilities=sorted(w.capabilities),
+                cpu_percent=w.cpu_percent,
+                memory_percent=w.memory_percent,
+                load1=w.load1,
+                done=w.done,
+            )
+            for w in self.workers.values()
+        ]
+        return Status(
+            coordinator_id=self.coordinator_id,
+            seq=self.seq,
+            heartbeat_interval_s=self.interval_s,
+            liveness=self.liveness,
+            nodes=nodes,
+            totals=Totals(**{k: getattr(self.totals, k) for k in Totals.__slots__}),
+        )
+
+    def task_stats(self) -> TaskStats:
+        stats = TaskStats(
+            latencies_s=self.latencies[-MAX_LATENCIES_PER_STATS:],
+            done=self.stats_done,
+            failed=self.stats_failed,
+        )
+        self.latencies = []
+        self.stats_done = self.stats_failed = 0
+        return stats
+
+    def count_bad(self) -> None:
+        self.totals.bad_messages += 1

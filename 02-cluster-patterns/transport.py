@@ -1,0 +1,74 @@
+"""Socket plumbing shared by the coordinator, worker and client: safe options, bad-input log.
+
+Every socket made here gets LINGER (so closing never hangs) and, when it faces the
+network, MAXMSGSIZE (so a peer cannot make us allocate a huge frame). ``BadInput`` counts
+what peers send that the codec or the state machine refuses, and logs it at most once per
+second, so a flood of garbage neither kills a daemon nor fills its log.
+
+This module binds and connects nothing by itself; see coordinator.py and worker.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Final, TextIO, TypeVar
+
+import zmq
+
+from cluster_patterns.protocol import SOCKET_MAX_MESSAGE_BYTES
+
+LINGER_MS: Final = 200
+LOG_EVERY_S: Final = 1.0
+# High-water marks in messages; batches carry up to MAX_BATCH tasks, so this is plenty.
+HWM: Final = 10_000
+# libzmq monitor events that mean "a peer spoke something that is not ZMTP".
+HANDSHAKE_FAILURES: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
+
+
+def configure(sock: S, *, network: bool = True, routing_id: bytes | None = None) -> S:
+    """Apply the options every socket of this project needs; returns the socket."""
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    if network:
+        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MESSAGE_BYTES)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    return sock
+
+
+def endpoint(host: str, port: int) -> str:
+    """tcp://HOST:PORT, with IPv6 literals bracketed."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+class BadInput:
+    """Counts refused input and logs it, rate-limited, on one line per event."""
+
+    def __init__(self, who: str, stream: TextIO | None = None) -> None:
+        self.who = who
+        self.count = 0
+        self._stream = stream
+        self._last_log = -LOG_EVERY_S
+        self._suppressed = 0
+
+    def record(self, what: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY_S:
+            self._suppressed += 1
+            return
+        more = f" (+{self._suppressed} more suppressed)" if self._suppressed else ""
+        stream = self._stream or sys.stderr
+        print(f"{self.who}: bad message #{self.count} dropped: {what}{more}", file=stream)
+        self._last_log = now
+        self._suppressed = 0

@@ -1,0 +1,363 @@
+"""A worker: DEALER connects to the coordinator's ROUTER (5570), runs tasks up to --capacity.
+
+    worker --REGISTER(capacity, capabilities)-->  coordinator
+           <--WELCOME--
+           <--DISPATCH(tasks, never more than the free credit)--
+           --RESULTS(batched; each result returns one credit)-->
+           --HEARTBEAT(cpu %, memory %, load1, running ids) every interval-->
+           <--COORDINATOR_HEARTBEAT every interval--
+
+Any message from the coordinator counts as its heartbeat. When nothing arrives for
+interval * liveness, the worker drops its socket and reconnects with exponential backoff,
+jitter and a cap, then registers again (reporting the tasks it still runs). SIGTERM or
+Ctrl-C drains: DRAIN (no new tasks), finish what is in flight, DEREGISTER, exit 0; a second
+signal exits at once.
+
+Run it (after coordinator.py):
+    python 02-cluster-patterns/worker.py --id w1
+    python 02-cluster-patterns/worker.py --id w2 --coordinator 127.0.0.1 --capacity 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import psutil
+import zmq
+import zmq.asyncio
+
+from cluster_patterns.heartbeat import (
+    BACKOFF_MAX_S,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_LIVENESS,
+    Backoff,
+    Liveness,
+)
+from cluster_patterns.protocol import (
+    MAX_BATCH,
+    Assignment,
+    CoordinatorHeartbeat,
+    Deregister,
+    Dispatch,
+    Drain,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    Register,
+    Reset,
+    Results,
+    TaskResult,
+    Welcome,
+    decode,
+    describe,
+    encode,
+)
+from cluster_patterns.tasks import CAPABILITIES, run, run_quick
+from cluster_patterns.transport import BadInput, configure, endpoint
+
+DEFAULT_CAPACITY: Final = 8
+DEFAULT_COORDINATOR: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 5570
+# How often the session loop wakes up, as a fraction of the heartbeat interval.
+WAKEUPS_PER_INTERVAL: Final = 5
+
+
+class Worker:
+    """One worker process: a session per connection, reconnecting until told to stop."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.worker_id: str = args.id
+        self.capacity: int = args.capacity
+        self.interval_s: float = args.heartbeat_interval
+        self.liveness: int = args.liveness
+        self.endpoint = endpoint(args.coordinator, args.port)
+        self.ctx = zmq.asyncio.Context()
+        self.sock: zmq.asyncio.Socket | None = None
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.outbox: list[TaskResult] = []
+        self.flush_scheduled = False
+        self.draining = False
+        self.stop_now = asyncio.Event()
+        self.bad = BadInput(f"worker {self.worker_id}")
+        self.backoff = Backoff(maximum_s=args.reconnect_max)
+        self.executor = ThreadPoolExecutor(max_workers=self.capacity)
+        self.registered_once = False
+        self.welcomed = False
+        self.registered_at = 0.0
+
+    # --- Lifecycle ----------------------------------------------------------------------------
+
+    def on_signal(self) -> None:
+        if self.draining:
+            print(f"worker {self.worker_id}: second signal, exiting now", flush=True)
+            self.stop_now.set()
+            return
+        print(f"worker {self.worker_id}: draining {len(self.running)} task(s)", flush=True)
+        self.draining = True
+        self._send(Drain(self.worker_id))
+
+    async def run(self) -> int:
+        psutil.cpu_percent(None)  # the first call only primes the counter
+        while not self.stop_now.is_set():
+            self._connect()
+            outcome = await self._session()
+            self._disconnect()
+            if outcome != "lost":
+                break
+            if self.draining and not self.running:
+                break  # nothing left to hand back to a coordinator we cannot reach
+            delay = self.backoff.delay()
+            print(
+                f"worker {self.worker_id}: coordinator lost; reconnecting in {delay:.2f}s",
+                flush=True,
+            )
+            await self._pause(delay)
+            if self.draining and not self.running:
+                break
+        for task in self.running.values():
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.ctx.term()
+        print(f"worker {self.worker_id} stopped", flush=True)
+        return 0
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, but wake up at once for a signal."""
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self.stop_now.is_set() and not self.draining:
+            await asyncio.sleep(min(0.05, deadline - time.monotonic()))
+
+    def _connect(self) -> None:
+        sock = configure(
+            self.ctx.socket(zmq.DEALER), routing_id=f"worker:{self.worker_id}".encode()
+        )
+        sock.connect(self.endpoint)
+        self.sock = sock
+        if not self.registered_once:
+            print(f"worker {self.worker_id} ready: connected to {self.endpoint}", flush=True)
+
+    def _disconnect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0 if self.stop_now.is_set() else None)
+            self.sock = None
+
+    # --- One connection -------------------------------------------------------------------------
+
+    async def _session(self) -> str:
+        """Talk to the coordinator until it is lost ("lost") or we are done ("done")."""
+        coordinator = Liveness(self.interval_s, self.liveness, time.monotonic())
+        self.welcomed = False
+        self._register()
+        receiver = asyncio.create_task(self._receive(coordinator))
+        next_beat = time.monotonic()
+        try:
+            while not self.stop_now.is_set():
+                now = time.monotonic()
+                if receiver.done():
+                    return "lost"
+                if coordinator.check(now) is not None and coordinator.state.value == "dead":
+                    return "lost"
+                if self.draining and not self.running and not self.outbox:
+                    self._send(Deregister(self.worker_id))
+                    return "done"
+                if now >= next_beat:
+                    self._send(self._heartbeat())
+                    next_beat = now + self.interval_s
+                try:
+                    await asyncio.wait_for(
+                        self.stop_now.wait(), self.interval_s / WAKEUPS_PER_INTERVAL
+                    )
+                except asyncio.TimeoutError:
+                    pass
+            return "done"
+        finally:
+            receiver.cancel()
+            try:
+                await receiver
+            except asyncio.CancelledError:
+                pass
+
+    def _register(self) -> None:
+        self.registered_at = time.monotonic()
+        self._send(
+            Register(
+                worker_id=self.worker_id,
+                capacity=self.capacity,
+                capabilities=list(CAPABILITIES),
+                running=list(self.running),
+                pid=os.getpid(),
+            )
+        )
+
+    def _heartbeat(self) -> Heartbeat:
+        try:
+            load1 = os.getloadavg()[0]
+        except OSError:
+            load1 = 0.0
+        return Heartbeat(
+            worker_id=self.worker_id,
+            in_flight=len(self.running),
+            running=list(self.running),
+            cpu_percent=psutil.cpu_percent(None),
+            memory_percent=psutil.virtual_memory().percent,
+            load1=load1,
+        )
+
+    async def _receive(self, coordinator: Liveness) -> None:
+        assert self.sock is not None
+        sock = self.sock
+        while True:
+            frames = await sock.recv_multipart()
+            coordinator.heard(time.monotonic())
+            if len(frames) != 1:
+                self.bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
+                continue
+            try:
+                message = decode(frames[0])
+            except ProtocolError as exc:
+                self.bad.record(f"{exc} in {describe(frames[0])}")
+                continue
+            self._handle(message)
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Dispatch):
+            self._start(message.tasks)
+        elif isinstance(message, CoordinatorHeartbeat):
+            pass
+        elif isinstance(message, Welcome):
+            self._on_welcome(message)
+        elif isinstance(message, Reset):
+            if self.welcomed or time.monotonic() - self.registered_at > self.interval_s:
+                print(f"worker {self.worker_id}: {message.reason}; registering again", flush=True)
+                self.welcomed = False
+                self._register()
+        else:
+            self.bad.record(f"{type(message).__name__} is not sent to a worker")
+
+    def _on_welcome(self, message: Welcome) -> None:
+        self.backoff.reset()
+        self.welcomed = True
+        verb = "registered" if not self.registered_once else "registered again"
+        self.registered_once = True
+        print(f"worker {self.worker_id} {verb} with {message.coordinator_id}", flush=True)
+        if self.draining:
+            self._send(Drain(self.worker_id))
+        if self.outbox:
+            self._flush()
+
+    # --- Tasks ----------------------------------------------------------------------------------
+
+    def _start(self, tasks: list[Assignment]) -> None:
+        for task in tasks:
+            if task.task_id in self.running:
+                continue  # already running it (a re-dispatch raced with our re-registration)
+            quick = run_quick(task)
+            if quick is not None:
+                self.outbox.append(quick)
+            else:
+                self.running[task.task_id] = asyncio.create_task(self._run_one(task))
+        if self.outbox:
+            self._flush()
+
+    async def _run_one(self, task: Assignment) -> None:
+        try:
+            result = await run(task, self.executor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task must never take the worker down
+            result = TaskResult(task.task_id, task.attempt, False, "", f"worker error: {exc}")
+        self.running.pop(task.task_id, None)
+        self.outbox.append(result)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send finished results, MAX_BATCH per frame."""
+        self.flush_scheduled = False
+        if self.sock is None:
+            return  # kept for the next connection
+        outbox, self.outbox = self.outbox, []
+        for start in range(0, len(outbox), MAX_BATCH):
+            self._send(Results(self.worker_id, outbox[start : start + MAX_BATCH]))
+
+    def _send(self, message: Message) -> None:
+        if self.sock is None:
+            return
+        sent = asyncio.ensure_future(self.sock.send(encode(message), zmq.NOBLOCK))
+        sent.add_done_callback(self._check_sent)
+
+    def _check_sent(self, sent: asyncio.Future[Any]) -> None:
+        exc = None if sent.cancelled() else sent.exception()
+        if exc is not None:
+            # Queue full or socket closing: the coordinator's timeouts recover the tasks.
+            self.bad.record(f"could not send: {exc}")
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
+    return value
+
+
+def worker_id(text: str) -> str:
+    if not 0 < len(text) <= 64 or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError(f"not a usable worker id: {text!r}")
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Cluster worker (DEALER to coordinator 5570).")
+    parser.add_argument("--id", required=True, type=worker_id, help="unique worker name")
+    parser.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="coordinator host")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT)
+    parser.add_argument("--capacity", type=positive_int, default=DEFAULT_CAPACITY)
+    parser.add_argument("--heartbeat-interval", type=positive_float, default=DEFAULT_INTERVAL_S)
+    parser.add_argument("--liveness", type=positive_int, default=DEFAULT_LIVENESS)
+    parser.add_argument(
+        "--reconnect-max", type=positive_float, default=BACKOFF_MAX_S, help="backoff cap (s)"
+    )
+    return parser.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    worker = Worker(args)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, worker.on_signal)
+    return await worker.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(amain(args))
+    except zmq.ZMQError as exc:
+        print(f"worker: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Migration helpers: ZeroMQ with SSH fallback (phase 2) and A/B shadowing (phase 3).
+
+Both wrap two ``NodeExecutorProtocol`` objects and are executors themselves, so
+cluster_runner sees no difference. Nothing here binds; the wrapped executors connect.
+
+FallbackExecutor(primary=zmq, fallback=ssh)
+    Before each command it pings the primary (one ZeroMQ round trip). If the ping
+    raises ``NodeUnreachable``, the command was never sent to the primary, so it
+    runs through SSH instead: counted in ``fallbacks`` and logged. Once the ping
+    succeeded the command belongs to the primary: if the primary then fails, even
+    with ``NodeUnreachable``, the error goes to the caller (``refused_fallbacks``
+    counts it), because the command may have started and must not run twice.
+
+ShadowExecutor(primary, secondary)
+    Runs every command on the primary and returns exactly what the primary gave
+    (result or exception). A copy runs on the secondary at the same time; exit
+    status and stdout are compared in the background and differences are kept in
+    ``discrepancies``. Only shadow commands that are safe to run twice.
+
+``build_fallback_context(descriptor, filter_fn, journal)`` gives the
+``zmq+ssh-fallback`` transport of run_schedules.py:
+    python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq+ssh-fallback
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
+from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
+from cluster_runner_simulation.ssh_context import ssh_executor_for
+from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
+from cluster_runner_simulation.protocols import (
+    AsyncJournalWriterProtocol,
+    CommandResult,
+    NodeExecutorProtocol,
+    NodeUnreachable,
+    SystemConfiguration,
+)
+
+DOWN_RECHECK_S = 5.0  # after a failed ping, skip pinging the primary for this long
+MAX_DISCREPANCIES = 1000  # kept in memory; further ones are only counted
+
+log = logging.getLogger("migration")
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    async def ping(self) -> float: ...
+
+
+# --- Fallback ---------------------------------------------------------------------------------
+
+
+class FallbackExecutor:
+    """ZeroMQ first; SSH only when the primary was unreachable before the command started."""
+
+    def __init__(
+        self,
+        primary: NodeExecutorProtocol,
+        fallback: NodeExecutorProtocol,
+        *,
+        down_recheck_s: float = DOWN_RECHECK_S,
+    ) -> None:
+        if primary.node_id != fallback.node_id:
+            raise ValueError(f"executors of different nodes: {primary.node_id}, {fallback.node_id}")
+        self.primary = primary
+        self.fallback = fallback
+        self.down_recheck_s = down_recheck_s
+        self.fallbacks = 0
+        self.refused_fallbacks = 0
+        self._down_until = 0.0
+
+    @property
+    def node_id(self) -> str:
+        return self.primary.node_id
+
+    async def _primary_reachable(self) -> bool:
+        """True if the primary answered a ping now; the command has not been sent yet."""
+        if time.monotonic() < self._down_until:
+            return False
+        if not isinstance(self.primary, Pingable):
+            return True  # cannot ask; the primary's own NodeUnreachable is then final
+        try:
+            await self.primary.ping()
+        except NodeUnreachable as exc:
+            self._down_until = time.monotonic() + self.down_recheck_s
+            log.warning("%s: primary unreachable (%s); using the fallback", self.node_id, exc)
+            return False
+        return True
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        if await self._primary_reachable():
+            try:
+                return await self.primary.run(command, timeout=timeout, env=env, cwd=cwd)
+            except NodeUnreachable:
+                self.refused_fallbacks += 1
+                self._down_until = time.monotonic() + self.down_recheck_s
+                log.error(
+                    "%s: primary lost while %r may have been running; not retried on the "
+                    "fallback, so it cannot run twice",
+                    self.node_id,
+                    command[:80],
+                )
+                raise
+        self.fallbacks += 1
+        log.info("%s: fallback #%d runs %r", self.node_id, self.fallbacks, command[:80])
+        return await self.fallback.run(command, timeout=timeout, env=env, cwd=cwd)
+
+    async def system_facts(self) -> SystemConfiguration:
+        """Facts are read-only, so asking the fallback after any primary failure is safe."""
+        try:
+            return await self.primary.system_facts()
+        except NodeUnreachable as exc:
+            self.fallbacks += 1
+            log.warning("%s: facts through the fallback (%s)", self.node_id, exc)
+            return await self.fallback.system_facts()
+
+    async def close(self) -> None:
+        await asyncio.gather(self.primary.close(), self.fallback.close())
+
+
+# --- Shadow -----------------------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    node_id: str
+    command: str
+    primary_exit: int | None
+    secondary_exit: int | None
+    primary_stdout_sha: str
+    secondary_stdout_sha: str
+    detail: str
+
+
+@dataclass
+class ShadowStats:
+    compared: int = 0
+    mismatched: int = 0
+    secondary_errors: int = 0
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+
+
+class ShadowExecutor:
+    """A/B: the caller gets the primary's outcome; the secondary's is only compared."""
+
+    def __init__(self, primary: NodeExecutorProtocol, secondary: NodeExecutorProtocol) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.stats = ShadowStats()
+        self._comparisons: set[asyncio.Task[None]] = set()
+
+    @property
+    def node_id(self) -> str:
+        return self.primary.node_id
+
+    @property
+    def discrepancies(self) -> list[Discrepancy]:
+        return self.stats.discrepancies
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        shadow = asyncio.create_task(
+            self.secondary.run(command, timeout=timeout, env=env, cwd=cwd), name="shadow"
+        )
+        try:
+            result = await self.primary.run(command, timeout=timeout, env=env, cwd=cwd)
+        except BaseException:
+            shadow.cancel()  # nothing to compare against
+            raise
+        compare = asyncio.create_task(self._compare(command, result, shadow))
+        self._comparisons.add(compare)
+        compare.add_done_callback(self._comparisons.discard)
+        return result
+
+    async def _compare(
+        self, command: str, primary: CommandResult, shadow: asyncio.Task[CommandResult]
+    ) -> None:
+        try:
+            secondary = await shadow
+        except Exception as exc:  # the secondary's failure is a finding, not the caller's error
+            self.stats.secondary_errors += 1
+            self._record(command, primary, None, f"secondary failed: {type(exc).__name__}: {exc}")
+            return
+        self.stats.compared += 1
+        problems = []
+        if primary.exit_status != secondary.exit_status:
+            problems.append(f"exit {primary.exit_status} != {secondary.exit_status}")
+        if primary.stdout != secondary.stdout:
+            problems.append(f"stdout differs ({len(primary.stdout)} vs {len(secondary.stdout)} B)")
+        if problems:
+            self.stats.mismatched += 1
+            self._record(command, primary, secondary, "; ".join(problems))
+
+    def _record(
+        self, command: str, primary: CommandResult, secondary: CommandResult | None, detail: str
+    ) -> None:
+        log.warning("%s: shadow discrepancy for %r: %s", self.node_id, command[:80], detail)
+        if len(self.stats.discrepancies) >= MAX_DISCREPANCIES:
+            return
+        self.stats.discrepancies.append(
+            Discrepancy(
+                node_id=self.node_id,
+                command=command,
+                primary_exit=primary.exit_status,
+                secondary_exit=None if secondary is None else secondary.exit_status,
+                primary_stdout_sha=_digest(primary.stdout),
+                secondary_stdout_sha="" if secondary is None else _digest(secondary.stdout),
+                detail=detail,
+            )
+        )
+
+    async def drain(self) -> None:
+        """Wait until every pending comparison is recorded."""
+        while self._comparisons:
+            await asyncio.gather(*list(self._comparisons), return_exceptions=True)
+
+    async def system_facts(self) -> SystemConfiguration:
+        return await self.primary.system_facts()
+
+    async def close(self) -> None:
+        await self.drain()
+        await asyncio.gather(self.primary.close(), self.secondary.close())
+
+
+# --- The zmq+ssh-fallback context -------------------------------------------------------------
+
+
+async def build_fallback_context(
+    descriptor: ClusterDescriptor,
+    filter_fn: NodeFilter | None,
+    journal: AsyncJournalWriterProtocol,
+    *,
+    zmq_connect_timeout: float = 2.0,
+) -> ExecutorContext:
+    """Every node gets ``FallbackExecutor(zmq, ssh)``; a down agent no longer fails the build."""
+
+    def make(node: NodeSpec) -> FallbackExecutor:
+        return FallbackExecutor(zmq_executor_for(node, zmq_connect_timeout), ssh_executor_for(node))
+
+    return await build_context("zmq+ssh-fallback", descriptor, filter_fn, journal, make)
+
+
+def fallback_counts(context: ExecutorContext) -> dict[str, int]:
+    """Fallbacks per node of a context built by ``build_fallback_context``."""
+    counts: dict[str, int] = {}
+    for node_id in context.node_ids():
+        executor = context.executor(node_id)
+        if isinstance(executor, FallbackExecutor):
+            counts[node_id] = executor.fallbacks
+    return counts
+
+
+def _satisfy(f: FallbackExecutor, s: ShadowExecutor) -> tuple[NodeExecutorProtocol, ...]:
+    return f, s  # mypy proves both wrappers are executors

@@ -1,0 +1,487 @@
+"""SSH vs ZeroMQ, side by side in one run: latency, throughput, fan-out, 10 MB transfer.
+
+With no target it builds everything on loopback: a private sshd (LocalSshd:
+Debian's openssh-server, generated host and client keys, a free high port) and
+--nodes ZeroMQ agents (LocalAgents: CURVE keys, free ports). The same commands
+then run through five executors:
+
+    zmq        ZmqNodeExecutor -> zmq_node_agent.py (one DEALER per node)
+    asyncssh   AsyncSSHExecutor (one persistent connection per node, a channel per command)
+    ssh_mux    OpenSSH `ssh` with ControlMaster multiplexing (one master per node)
+    ssh_fresh  OpenSSH `ssh`, a new connection per command
+    local      asyncio.create_subprocess_shell on this machine: the physical floor
+
+Measured: sequential latency of `true` (p50/p95/p99), commands/s at
+concurrency 16, fan-out of `true` to --nodes nodes at once, and a 10 MB stdout.
+A progress bar runs on stderr; a markdown table and the target ratios go to
+stdout.
+
+Run it:
+    python 03-cluster-runner-simulation/performance_comparison.py --quick
+    python 03-cluster-runner-simulation/performance_comparison.py --nodes 64 \\
+        --json build/perf.json --plot build/perf.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.protocols import NodeExecutorProtocol
+from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
+
+EXECUTORS = ("zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local")
+CONCURRENCY = 16
+TRANSFER_BYTES = 10 * 1024 * 1024
+DEFAULT_NODES = 16
+QUICK_NODES = 16
+# Samples per executor: (latency, throughput commands, fan-out repetitions, transfers).
+FULL_SAMPLES = {
+    "zmq": (1000, 2000, 5, 5),
+    "local": (1000, 2000, 5, 5),
+    "asyncssh": (100, 320, 5, 3),
+    "ssh_mux": (100, 320, 5, 3),
+    "ssh_fresh": (30, 64, 3, 3),
+}
+QUICK_SAMPLES = {
+    "zmq": (300, 400, 3, 3),
+    "local": (300, 400, 3, 3),
+    "asyncssh": (30, 64, 3, 2),
+    "ssh_mux": (30, 64, 3, 2),
+    "ssh_fresh": (10, 32, 2, 2),
+}
+TARGET_ZMQ_VS_LOCAL_P50 = 2.0  # at most
+TARGET_ASYNCSSH_VS_ZMQ_P50 = 20.0  # at least
+TARGET_FANOUT_SPEEDUP = 10.0  # at least, at 64 nodes
+COMMAND_TIMEOUT_S = 60.0
+
+
+# --- What runs a command ----------------------------------------------------------------------
+
+
+class Runner:
+    """Runs a shell command on one node and returns its stdout; the benchmark's only view."""
+
+    name = ""
+
+    async def run(self, command: str) -> bytes:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class ExecutorRunner(Runner):
+    """Any NodeExecutorProtocol: the ZeroMQ and asyncssh executors."""
+
+    def __init__(self, name: str, executor: NodeExecutorProtocol) -> None:
+        self.name = name
+        self.executor = executor
+
+    async def run(self, command: str) -> bytes:
+        result = await self.executor.run(command, timeout=COMMAND_TIMEOUT_S)
+        if result.exit_status != 0:
+            raise RuntimeError(f"{self.name}: {command!r} exited {result.exit_status}")
+        return result.stdout
+
+    async def close(self) -> None:
+        await self.executor.close()
+
+
+class ProcessRunner(Runner):
+    """A local process per command: `ssh ...` (mux or fresh), or the command itself."""
+
+    def __init__(self, name: str, argv_prefix: list[str]) -> None:
+        self.name = name
+        self.argv_prefix = argv_prefix
+
+    async def run(self, command: str) -> bytes:
+        if self.argv_prefix:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv_prefix,
+                command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        else:
+            proc = await asyncio.create_subprocess_shell(
+                command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.name}: {command!r} exited {proc.returncode}: {err[-200:]!r}")
+        return out
+
+
+# --- Progress ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.enabled = enabled
+        self.label = ""
+        self._drawn_at = 0.0
+
+    def phase(self, label: str) -> None:
+        self.label = label
+        self.draw(force=True)
+
+    def step(self, count: int = 1) -> None:
+        self.done += count
+        self.draw()
+
+    def draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._drawn_at < 0.1):
+            return
+        self._drawn_at = now
+        share = min(self.done / self.total, 1.0)
+        bar = "#" * int(share * self.WIDTH)
+        sys.stderr.write(f"\r[{bar:<{self.WIDTH}}] {share:4.0%} {self.label:<40.40}")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.done = self.total
+            self.draw(force=True)
+            sys.stderr.write("\n")
+
+
+# --- Measurements -----------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    latencies_ms: list[float] = field(default_factory=list)
+    cmds_per_s: float = 0.0
+    fanout_ms: float = 0.0
+    fanout_nodes: int = 0
+    transfer_ms: float = 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return float("nan")
+        index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+        return ordered[index]
+
+    def as_json(self) -> dict[str, float]:
+        return {
+            "p50_ms": round(self.percentile(0.50), 3),
+            "p95_ms": round(self.percentile(0.95), 3),
+            "p99_ms": round(self.percentile(0.99), 3),
+            "cmds_per_s": round(self.cmds_per_s, 1),
+            "transfer_10mb_ms": round(self.transfer_ms, 1),
+            "samples": len(self.latencies_ms),
+        }
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000.0
+
+
+async def measure_latency(runner: Runner, samples: int, progress: Progress) -> list[float]:
+    for _ in range(min(5, samples)):
+        await runner.run("true")  # warm up: connections, caches
+    latencies = []
+    for _ in range(samples):
+        latencies.append(await timed(lambda: runner.run("true")))
+        progress.step()
+    return latencies
+
+
+async def measure_throughput(runner: Runner, total: int, progress: Progress) -> float:
+    queue = iter(range(total))
+
+    async def worker() -> None:
+        for _ in queue:
+            await runner.run("true")
+            progress.step()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return total / (time.perf_counter() - started)
+
+
+async def measure_fanout(runners: list[Runner], repetitions: int, progress: Progress) -> float:
+    await asyncio.gather(*(r.run("true") for r in runners))  # every connection warm
+    totals = []
+    for _ in range(repetitions):
+        totals.append(await timed(lambda: asyncio.gather(*(r.run("true") for r in runners))))
+        progress.step()
+    return statistics.median(totals)
+
+
+async def measure_transfer(runner: Runner, repetitions: int, progress: Progress) -> float:
+    command = f"head -c {TRANSFER_BYTES} /dev/zero"
+    totals = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        out = await runner.run(command)
+        totals.append((time.perf_counter() - started) * 1000.0)
+        if len(out) != TRANSFER_BYTES:
+            raise RuntimeError(f"{runner.name}: got {len(out)} of {TRANSFER_BYTES} bytes")
+        progress.step()
+    return statistics.median(totals)
+
+
+# --- Setup ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """Runners per executor name: index 0 is 'the' node; all of them are the fan-out."""
+
+    runners: dict[str, list[Runner]]
+
+    async def close(self) -> None:
+        for group in self.runners.values():
+            await asyncio.gather(*(r.close() for r in group), return_exceptions=True)
+
+
+def build_bench(
+    names: list[str], nodes: int, sshd: LocalSshd | None, agents: LocalAgents | None, tmp: Path
+) -> Bench:
+    runners: dict[str, list[Runner]] = {}
+    for name in names:
+        if name == "zmq" and agents is not None:
+            runners[name] = [ExecutorRunner(name, e) for e in agents.executors()]
+        elif name == "asyncssh" and sshd is not None:
+            runners[name] = [
+                ExecutorRunner(name, AsyncSSHExecutor.for_local_sshd(f"ssh{i}", sshd))
+                for i in range(nodes)
+            ]
+        elif name == "ssh_mux" and sshd is not None:
+            runners[name] = [
+                ProcessRunner(name, sshd.ssh_argv(control_path=tmp / f"cm{i}"))
+                for i in range(nodes)
+            ]
+        elif name == "ssh_fresh" and sshd is not None:
+            runners[name] = [ProcessRunner(name, sshd.ssh_argv()) for _ in range(nodes)]
+        elif name == "local":
+            runners[name] = [ProcessRunner(name, []) for _ in range(nodes)]
+    return Bench(runners)
+
+
+async def stop_ssh_masters(sshd: LocalSshd, tmp: Path, nodes: int) -> None:
+    for i in range(nodes):
+        path = tmp / f"cm{i}"
+        if path.exists():
+            argv = sshd.ssh_argv(control_path=path)
+            proc = await asyncio.create_subprocess_exec(
+                *argv[:-1], "-O", "exit", argv[-1],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            await proc.wait()
+
+
+async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Figures]:
+    samples = QUICK_SAMPLES if args.quick else FULL_SAMPLES
+    steps = sum(sum(samples[n][:2]) + samples[n][2] + samples[n][3] for n in names)
+    progress = Progress(steps, enabled=not args.no_progress)
+    needs_ssh = any(n.startswith(("ssh", "async")) for n in names)
+    figures: dict[str, Figures] = {}
+    with contextlib.ExitStack() as stack:
+        progress.phase(f"starting sshd and {args.nodes} agents")
+        sshd = stack.enter_context(LocalSshd()) if needs_ssh else None
+        agents = stack.enter_context(LocalAgents(args.nodes)) if "zmq" in names else None
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cm-", dir="/tmp")))
+        bench = build_bench(names, args.nodes, sshd, agents, tmp)
+        try:
+            for name in names:
+                group = bench.runners[name]
+                lat, thr, fan, xfer = samples[name]
+                fig = figures[name] = Figures(fanout_nodes=len(group))
+                progress.phase(f"{name}: latency")
+                fig.latencies_ms = await measure_latency(group[0], lat, progress)
+                progress.phase(f"{name}: throughput @{CONCURRENCY}")
+                fig.cmds_per_s = await measure_throughput(group[0], thr, progress)
+                progress.phase(f"{name}: fan-out to {len(group)}")
+                fig.fanout_ms = await measure_fanout(group, fan, progress)
+                progress.phase(f"{name}: 10 MB stdout")
+                fig.transfer_ms = await measure_transfer(group[0], xfer, progress)
+        finally:
+            await bench.close()
+            if sshd is not None:
+                await stop_ssh_masters(sshd, tmp, args.nodes)
+        progress.finish()
+    return figures
+
+
+# --- Reporting --------------------------------------------------------------------------------
+
+
+def ratios(figures: dict[str, Figures]) -> dict[str, Any]:
+    """The issue's three targets, as measured in this one run."""
+    out: dict[str, Any] = {}
+    zmq, local, ssh = figures.get("zmq"), figures.get("local"), figures.get("asyncssh")
+    if zmq and local:
+        value = zmq.percentile(0.5) / local.percentile(0.5)
+        out["zmq_p50_over_local_p50"] = {
+            "value": round(value, 2),
+            "target": f"<= {TARGET_ZMQ_VS_LOCAL_P50}",
+            "met": value <= TARGET_ZMQ_VS_LOCAL_P50,
+        }
+    if zmq and ssh:
+        value = ssh.percentile(0.5) / zmq.percentile(0.5)
+        out["asyncssh_p50_over_zmq_p50"] = {
+            "value": round(value, 1),
+            "target": f">= {TARGET_ASYNCSSH_VS_ZMQ_P50}",
+            "met": value >= TARGET_ASYNCSSH_VS_ZMQ_P50,
+        }
+        value = ssh.fanout_ms / zmq.fanout_ms
+        out["asyncssh_fanout_over_zmq_fanout"] = {
+            "value": round(value, 1),
+            "nodes": zmq.fanout_nodes,
+            "target": f">= {TARGET_FANOUT_SPEEDUP} (at 64 nodes)",
+            "met": value >= TARGET_FANOUT_SPEEDUP,
+        }
+    return out
+
+
+def markdown(figures: dict[str, Figures], nodes: int) -> str:
+    lines = [
+        f"| executor | p50 ms | p95 ms | p99 ms | cmds/s @{CONCURRENCY} "
+        f"| fan-out {nodes} nodes ms | 10 MB stdout ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, fig in figures.items():
+        lines.append(
+            f"| {name} | {fig.percentile(0.5):.2f} | {fig.percentile(0.95):.2f} "
+            f"| {fig.percentile(0.99):.2f} | {fig.cmds_per_s:.0f} | {fig.fanout_ms:.1f} "
+            f"| {fig.transfer_ms:.1f} |"
+        )
+    lines.append("")
+    for key, ratio in ratios(figures).items():
+        verdict = "met" if ratio["met"] else "MISSED"
+        lines.append(f"- {key} = {ratio['value']} (target {ratio['target']}): {verdict}")
+    return "\n".join(lines)
+
+
+def report_json(figures: dict[str, Figures], args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "executors": {name: fig.as_json() for name, fig in figures.items()},
+        "fanout": {
+            name: {"nodes": fig.fanout_nodes, "total_ms": round(fig.fanout_ms, 2)}
+            for name, fig in figures.items()
+        },
+        "ratios": ratios(figures),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "quick": bool(args.quick),
+        },
+    }
+
+
+def plot(figures: dict[str, Figures], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    names = list(figures)
+    shares = [(0.50, "p50"), (0.95, "p95"), (0.99, "p99")]
+    fig, axis = plt.subplots(figsize=(8, 4.5))
+    width = 0.25
+    for offset, (share, label) in enumerate(shares):
+        values = [figures[n].percentile(share) for n in names]
+        axis.bar([i + (offset - 1) * width for i in range(len(names))], values, width, label=label)
+    axis.set_xticks(range(len(names)), names)
+    axis.set_yscale("log")
+    axis.set_ylabel("latency of `true` (ms, log scale)")
+    axis.set_title("Sequential command latency: ZeroMQ vs SSH vs local floor")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def executor_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXECUTORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(EXECUTORS)}; got {text!r}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="SSH vs ZeroMQ command execution benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer samples; under 90 s")
+    parser.add_argument("--nodes", type=positive_int, default=None, help="fan-out width")
+    parser.add_argument("--executors", type=executor_list, default=list(EXECUTORS))
+    parser.add_argument("--json", type=Path, default=None, help="write figures as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="write a latency PNG")
+    parser.add_argument("--descriptor", type=Path, default=None, help="real hosts (not yet)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.descriptor is not None:
+        print("error: --descriptor (real hosts) is not supported yet; run without it", file=sys.stderr)
+        return 2
+    args.nodes = args.nodes or (QUICK_NODES if args.quick else DEFAULT_NODES)
+    names = [n for n in EXECUTORS if n in args.executors]
+    reason = sshd_unavailable_reason()
+    if reason and any(n != "zmq" and n != "local" for n in names):
+        print(f"error: {reason}; or pass --executors zmq,local", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        figures = asyncio.run(benchmark(args, names))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(markdown(figures, args.nodes))
+    print(f"\n({time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs, nodes={args.nodes})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report_json(figures, args), indent=2) + "\n")
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(figures, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Run cluster_runner's schedules through a chosen transport: the transport switch, end to end.
+
+Reads a cluster descriptor (``descriptor.py``), builds the operational context
+for ``--transport`` (ZeroMQ agents, SSH, or ZeroMQ with SSH fallback), runs the
+simulated all-reduce test on every group of the chosen schedules, journals each
+result, and prints a summary. With ``--local N`` it first starts a private sshd
+and N ZeroMQ agents on 127.0.0.1 and writes a descriptor for them, so it runs
+without any real host.
+
+Journals: the zmq transports send results over ZeroMQ to a collector (started here
+on a free loopback port, or ``--journal-endpoint`` for a running one); ssh writes the
+journal in-process with fsync per record, as cluster_runner does today.
+
+    python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --journal J.jsonl
+    python 03-cluster-runner-simulation/run_schedules.py --descriptor D.toml \\
+        --transport zmq+ssh-fallback --journal J.jsonl --schedule pairs --nodes a,b,c,d
+
+Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments or descriptor;
+3 nodes unreachable while building the context; 4 the journal failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from cluster_runner_simulation.context_common import ContextBuildError, ExecutorContext
+from cluster_runner_simulation.descriptor import (
+    ClusterDescriptor,
+    DescriptorError,
+    NodeSpec,
+    load_descriptor,
+    render_descriptor,
+)
+from cluster_runner_simulation.journal_format import FileJournalWriter
+from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.migration import build_fallback_context, fallback_counts
+from cluster_runner_simulation.protocols import (
+    AsyncJournalWriterProtocol,
+    JournalError,
+    PerfTestResult,
+)
+from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, build_schedule
+from cluster_runner_simulation.scheduling import run_perf_test_scheduled
+from cluster_runner_simulation.ssh_context import build_ssh_context
+from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
+from cluster_runner_simulation.zmq_operational_context import build_zmq_context
+
+TRANSPORTS = ("zmq", "ssh", "zmq+ssh-fallback")
+LOCAL_LEAVES = ("leaf-a", "leaf-b")
+COLLECTOR_SCRIPT = Path(__file__).resolve().parent / "zmq_journal.py"
+COLLECTOR_START_S = 15.0
+
+
+# --- Setting things up ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_cluster(count: int, workdir: Path) -> Iterator[Path]:
+    """An sshd and ``count`` agents on loopback, and a descriptor file that lists them."""
+    reason = sshd_unavailable_reason()
+    if reason:
+        raise SystemExit(f"run_schedules: error: --local needs sshd: {reason}")
+    with LocalSshd() as sshd, LocalAgents(count) as agents:
+        nodes = tuple(
+            NodeSpec(
+                id=agent.node_id,
+                host=agent.host,
+                zmq_port=agent.port,
+                ssh_port=sshd.port,
+                ssh_user=sshd.username,
+                ssh_key=sshd.client_key_path,
+                ssh_known_hosts=sshd.known_hosts,
+                curve_keys_dir=agents.keys_dir,
+                leaf=LOCAL_LEAVES[index % len(LOCAL_LEAVES)],
+                rack=f"rack-{index % len(LOCAL_LEAVES) + 1}",
+            )
+            for index, agent in enumerate(agents.agents)
+        )
+        path = workdir / "local-cluster.toml"
+        path.write_text(render_descriptor(ClusterDescriptor("local", nodes)))
+        yield path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_collector(journal: Path) -> Iterator[str]:
+    """A ``zmq_journal.py collector`` subprocess for ``journal``; yields its endpoint."""
+    port = _free_port()
+    argv = [sys.executable, "-u", str(COLLECTOR_SCRIPT), "collector"]
+    argv += ["--path", str(journal), "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + COLLECTOR_START_S
+        line = ""
+        while time.monotonic() < deadline and "listening" not in line:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        if "listening" not in line:
+            raise JournalError(f"journal collector did not start: {line.strip()}")
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+
+async def open_context(
+    args: argparse.Namespace, descriptor: ClusterDescriptor, journal: AsyncJournalWriterProtocol
+) -> ExecutorContext:
+    wanted = set(args.nodes) if args.nodes else None
+
+    def filter_fn(node: NodeSpec) -> bool:
+        return wanted is None or node.id in wanted
+
+    # The switch, as cluster_runner will have it.
+    if args.transport == "zmq":
+        return await build_zmq_context(descriptor, filter_fn, journal)
+    if args.transport == "zmq+ssh-fallback":
+        return await build_fallback_context(descriptor, filter_fn, journal)
+    return await build_ssh_context(descriptor, filter_fn, journal)
+
+
+async def run_all(
+    args: argparse.Namespace, descriptor: ClusterDescriptor, journal: AsyncJournalWriterProtocol
+) -> list[PerfTestResult]:
+    opcon = await open_context(args, descriptor, journal)
+    names = SCHEDULE_NAMES if args.schedule == "every" else (args.schedule,)
+    results: list[PerfTestResult] = []
+    try:
+        for name in names:
+            groups = build_schedule(name, opcon.leaves)
+            started = time.monotonic()
+            done = await run_perf_test_scheduled(opcon, name, groups)
+            failed = [r for r in done if r.exit_status != 0]
+            print(
+                f"schedule {name:<7} {len(done):>3} groups, {len(done) - len(failed)} ok, "
+                f"{len(failed)} failed, {time.monotonic() - started:.2f}s"
+            )
+            for result in failed:
+                print(
+                    f"  FAILED {'+'.join(result.nodes)}: {result.extra.get('errors', result.extra)}"
+                )
+            results += done
+        if args.transport == "zmq+ssh-fallback":
+            counts = {n: c for n, c in fallback_counts(opcon).items() if c}
+            print(f"ssh fallbacks: {counts or 'none'}")
+    finally:
+        await opcon.close()
+    return results
+
+
+async def run_with_journal(args: argparse.Namespace, descriptor: ClusterDescriptor) -> int:
+    journal: AsyncJournalWriterProtocol
+    with contextlib.ExitStack() as stack:
+        endpoint = args.journal_endpoint
+        if endpoint is None and args.transport != "ssh":
+            endpoint = stack.enter_context(local_collector(Path(args.journal)))
+        if endpoint is not None:
+            journal = ZmqJournalWriter(endpoint)
+            where = f"collector {endpoint} -> {args.journal}"
+        else:
+            journal = FileJournalWriter(args.journal)
+            where = f"{args.journal} (in-process, fsync per record)"
+        try:
+            results = await run_all(args, descriptor, journal)
+        finally:
+            await journal.close()
+    failed = sum(1 for r in results if r.exit_status != 0)
+    print(f"{len(results)} results journaled to {where}; {failed} failed")
+    return 1 if failed else 0
+
+
+def main_with(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="run-schedules-") as tmp:
+        with contextlib.ExitStack() as stack:
+            path = args.descriptor
+            if args.local:
+                path = stack.enter_context(local_cluster(args.local, Path(tmp)))
+                print(f"local cluster: {args.local} agents and an sshd; descriptor {path}")
+            try:
+                descriptor = load_descriptor(path)
+                if args.nodes:
+                    descriptor.select(args.nodes)  # unknown ids: a clear error now
+            except DescriptorError as exc:
+                print(f"run_schedules: error: {exc}", file=sys.stderr)
+                return 2
+            try:
+                return asyncio.run(run_with_journal(args, descriptor))
+            except ContextBuildError as exc:
+                print(f"run_schedules: error: {exc}", file=sys.stderr)
+                return 3
+            except (JournalError, ExceptionGroup) as exc:
+                print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
+                return 4
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run cluster_runner schedules over a transport")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--descriptor", help="cluster descriptor (TOML)")
+    where.add_argument("--local", type=int, metavar="N", help="start N local agents + an sshd")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
+    parser.add_argument("--journal", default="journal.jsonl", help="journal file (JSONL)")
+    parser.add_argument("--journal-endpoint", help="a running collector (tcp://HOST:PORT)")
+    parser.add_argument("--schedule", choices=(*SCHEDULE_NAMES, "every"), default="every")
+    parser.add_argument("--nodes", help="comma-separated node ids (default: all)")
+    args = parser.parse_args(argv)
+    if args.local is not None and not 1 <= args.local <= 64:
+        parser.error("--local must be 1-64")
+    args.nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return main_with(args)
+    except KeyboardInterrupt:
+        print("run_schedules: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

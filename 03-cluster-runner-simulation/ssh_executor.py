@@ -1,0 +1,278 @@
+"""AsyncSSHExecutor: the SSH baseline, shaped like cluster_runner's NodeExecutorSSH.
+
+Connects with asyncssh to one node's sshd (port 22, or LocalSshd's private
+port): ONE persistent connection per node, a new session channel per command.
+This is what the ZeroMQ executor has to beat.
+
+Every command runs as
+    exec /bin/sh -c 'echo $$ >&2; [cd DIR;] [export K=V;] exec /bin/sh -c CMD'
+OpenSSH's sshd starts each session's shell with setsid(), so that shell (and,
+through the execs, the command) leads its own process group; it reports the
+group's id on the first stderr line, which is stripped before the caller sees
+stderr. (A bare ``setsid -w`` wrapper would fork again and turn a signal
+death into exit status 137, so it is not used.) On a timeout or a
+cancellation a second channel runs ``kill -KILL -- -PGID``: the whole group
+dies and nothing is left orphaned. ``system_facts`` runs a small python3
+script on the node that prints the same JSON the ZeroMQ agent's facts carry.
+
+Try it:
+    python 03-cluster-runner-simulation/ssh_executor.py HOST [PORT] [USER]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import asyncssh
+
+from cluster_runner_simulation.agent_protocol import (
+    ENV_NAME,
+    ProtocolError,
+    system_config_from_facts,
+)
+from cluster_runner_simulation.local_sshd import LocalSshd
+from cluster_runner_simulation.protocols import (
+    CommandResult,
+    CommandTimeout,
+    ExecutorError,
+    NodeExecutorProtocol,
+    NodeUnreachable,
+    SystemConfiguration,
+)
+
+CONNECT_TIMEOUT_S = 10.0
+KILL_TIMEOUT_S = 5.0
+FACTS_TIMEOUT_S = 30.0
+
+# Runs on the node; prints what zmq_node_agent.gather_facts returns.
+FACTS_SCRIPT = r"""
+import json, os, platform, shutil, socket, subprocess
+def os_release():
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+gpus = []
+if shutil.which("nvidia-smi"):
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    for line in out.splitlines():
+        p = [x.strip() for x in line.split(",")]
+        if len(p) == 3 and p[0].isdigit():
+            gpus.append({"index": int(p[0]), "name": p[1],
+                         "memory_total_mib": int(p[2]) if p[2].isdigit() else 0})
+print(json.dumps({
+    "hostname": socket.gethostname(), "cpu_count": os.cpu_count() or 1,
+    "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    "python_version": platform.python_version(), "os_release": os_release(), "gpus": gpus,
+}))
+"""
+
+
+def wrap_command(command: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
+    """The remote command line: own process group, pgid on stderr's first line, env, cwd."""
+    inner = ['echo "$$" >&2']
+    if cwd is not None:
+        inner.append(f"cd -- {shlex.quote(cwd)} || exit 1")
+    for name, value in (env or {}).items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+        inner.append(f"export {name}={shlex.quote(value)}")
+    inner.append(f"exec /bin/sh -c {shlex.quote(command)}")
+    # exec keeps the pid of the session leader that sshd made for this channel.
+    return f"exec /bin/sh -c {shlex.quote('; '.join(inner))}"
+
+
+def _signal_name(exit_signal: Any) -> str | None:
+    if not exit_signal:
+        return None
+    return str(exit_signal[0]) if isinstance(exit_signal, tuple) else str(exit_signal)
+
+
+class AsyncSSHExecutor:
+    """Runs commands on one node over a persistent asyncssh connection."""
+
+    def __init__(
+        self,
+        node_id: str,
+        host: str,
+        port: int = 22,
+        *,
+        username: str | None = None,
+        client_keys: list[str] | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        """``known_hosts=None`` uses ~/.ssh/known_hosts, as asyncssh does by default."""
+        self._node_id = node_id
+        self.host = host
+        self.port = port
+        self.username = username
+        self.client_keys = client_keys
+        self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def for_local_sshd(cls, node_id: str, sshd: LocalSshd, **options: float) -> AsyncSSHExecutor:
+        return cls(
+            node_id,
+            sshd.host,
+            sshd.port,
+            username=sshd.username,
+            client_keys=[str(sshd.client_key_path)],
+            known_hosts=str(sshd.known_hosts),
+            **options,
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        if self._closed:
+            raise NodeUnreachable(self._node_id, "executor is closed")
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            return self._conn
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        # Only what was given: asyncssh treats known_hosts=None as "do not check".
+        given = {
+            "username": self.username,
+            "known_hosts": self.known_hosts,
+            "client_keys": self.client_keys,
+        }
+        options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        where = f"ssh://{self.host}:{self.port}"
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await asyncssh.connect(self.host, self.port, **options)
+        except TimeoutError:
+            raise NodeUnreachable(
+                self._node_id, f"{where}: no connection within {self.connect_timeout}s"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise NodeUnreachable(self._node_id, f"{where}: {exc}") from None
+
+    async def _open_process(self, line: str) -> asyncssh.SSHClientProcess[bytes]:
+        """A new channel; one reconnect if the persistent connection has died."""
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                return await conn.create_process(line, encoding=None, stdin=asyncssh.DEVNULL)
+            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
+                self._conn = None
+                if attempt == 2:
+                    raise NodeUnreachable(self._node_id, f"connection lost: {exc}") from None
+            except asyncssh.ChannelOpenError as exc:
+                raise NodeUnreachable(self._node_id, f"sshd refused a channel: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        proc = await self._open_process(wrap_command(command, env, cwd))
+        pgid: int | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                first = await proc.stderr.readline()
+                pgid = int(first) if first.strip().isdigit() else None
+                done = await proc.wait()
+        except TimeoutError:
+            await self._kill_group(proc, pgid)
+            raise CommandTimeout(
+                self._node_id, f"{command!r} ran longer than {timeout}s; process group killed"
+            ) from None
+        except asyncio.CancelledError:
+            await self._kill_group(proc, pgid)
+            raise
+        except (asyncssh.Error, OSError) as exc:
+            self._conn = None
+            raise ExecutorError(self._node_id, f"{command!r}: {exc}") from None
+        stdout = done.stdout if isinstance(done.stdout, bytes) else b""
+        stderr = done.stderr if isinstance(done.stderr, bytes) else b""
+        return CommandResult(
+            command=command,
+            exit_status=done.exit_status if done.exit_status != -1 else None,
+            stdout=stdout,
+            stderr=stderr,
+            exit_signal=_signal_name(done.exit_signal),
+        )
+
+    async def _kill_group(self, proc: asyncssh.SSHClientProcess[bytes], pgid: int | None) -> None:
+        """Kill the remote process group through a second channel, then drop the first."""
+        if pgid is not None and self._conn is not None:
+            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+                async with asyncio.timeout(KILL_TIMEOUT_S):
+                    await self._conn.run(f"kill -KILL -- -{pgid}", check=False)
+        proc.close()
+
+    async def system_facts(self) -> SystemConfiguration:
+        result = await self.run(f"python3 -c {shlex.quote(FACTS_SCRIPT)}", timeout=FACTS_TIMEOUT_S)
+        if not result.ok:
+            raise ExecutorError(self._node_id, f"facts script failed: {result.stderr_text[-300:]}")
+        try:
+            return system_config_from_facts(self._node_id, json.loads(result.stdout))
+        except (ValueError, ProtocolError) as exc:
+            raise ExecutorError(self._node_id, f"facts script printed garbage: {exc}") from None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await self._conn.wait_closed()
+            self._conn = None
+
+    async def __aenter__(self) -> AsyncSSHExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _satisfies_protocol(executor: AsyncSSHExecutor) -> NodeExecutorProtocol:
+    """Never called: mypy proves here that AsyncSSHExecutor is a NodeExecutorProtocol."""
+    return executor
+
+
+async def _demo(host: str, port: int, user: str | None) -> None:
+    async with AsyncSSHExecutor(host, host, port, username=user) as executor:
+        print(await executor.system_facts())
+        print(await executor.run("uname -a"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print("usage: ssh_executor.py HOST [PORT] [USER]", file=sys.stderr)
+        sys.exit(2)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            _demo(
+                sys.argv[1],
+                int(sys.argv[2]) if len(sys.argv) > 2 else 22,
+                sys.argv[3] if len(sys.argv) > 3 else None,
+            )
+        )

@@ -1,0 +1,668 @@
+"""A durable journal over ZeroMQ: writers send results, one collector fsyncs them.
+
+    writers (DEALER, connect) --WRITE id,body...--> collector (ROUTER, bind :5590)
+    writers                   <--ACK id...-------- collector, after fsync
+
+The collector owns the journal file (format and recovery: ``journal_format.py``).
+It drains every WRITE that has arrived, appends all new records with one write()
+and ONE fsync (group commit), then acknowledges them. A writer's ``write()``
+returns only after that acknowledgement, so an acknowledged record is on disk.
+
+  * Duplicates: a record id already in the journal is acknowledged, not stored again.
+  * Retries: a writer re-sends an unacknowledged record (same id) every
+    ``RETRY_INTERVAL_S`` until ``WRITE_TIMEOUT_S``, so a collector restart loses nothing.
+  * Flow control: at most ``MAX_INFLIGHT`` writes wait per writer; the next one
+    blocks, and raises ``JournalError`` after the timeout. Nothing is dropped silently.
+  * Crash safety: on start the collector cuts a torn last line and refuses to start
+    (exit 3, naming the line) if any earlier line is corrupt.
+
+Default port 5590 (outside the course's 5570-5572). Run:
+
+    python 03-cluster-runner-simulation/zmq_journal.py collector --path J.jsonl [--port 5590]
+    python 03-cluster-runner-simulation/zmq_journal.py read J.jsonl --format table
+    python 03-cluster-runner-simulation/zmq_journal.py bench --writers 16 --records 20000
+
+From code: ``journal = ZmqJournalWriter("tcp://127.0.0.1:5590")``;
+``await journal.write(result)``; ``await journal.close()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import enum
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import zmq
+import zmq.asyncio
+
+from cluster_runner_simulation.journal_format import (
+    AppendOnlyFile,
+    FileJournalWriter,
+    JournalCorruption,
+    canonical_body,
+    encode_line,
+    scan_journal,
+)
+from cluster_runner_simulation.protocols import JournalError, PerfTestResult
+
+DEFAULT_PORT = 5590
+DEFAULT_BIND = "127.0.0.1"
+PROTOCOL = b"ZJ1"
+MAX_MSG_BYTES = 16 << 20  # bigger frames are garbage; ZeroMQ drops the peer
+MAX_BATCH = 4096  # records one group commit takes at most
+RECV_HWM = 10_000  # messages queued per peer before ZeroMQ pushes back
+POLL_MS = 200  # how often the collector looks at its stop flag
+WRITE_TIMEOUT_S = 30.0  # a write() that is not durable by then raises JournalError
+RETRY_INTERVAL_S = 1.0  # re-send an unacknowledged record after this long
+MAX_INFLIGHT = 1024  # writes one writer lets wait for acknowledgement
+MAX_RECORDS_PER_MESSAGE = 512  # records a writer packs into one WRITE
+BAD_MESSAGE_LOG_EVERY_S = 5.0  # rate limit for "bad message" log lines
+
+log = logging.getLogger("zmq_journal")
+
+
+# --- Wire protocol: message types, one codec --------------------------------------------------
+
+
+class MsgType(bytes, enum.Enum):
+    WRITE = b"WRITE"  # frames: id, body, id, body, ...
+    ACK = b"ACK"  # frames: id, id, ... (durable, or already stored)
+    NACK = b"NACK"  # frames: id, reason (the record is invalid; retrying will not help)
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the journal protocol."""
+
+
+@dataclass(frozen=True)
+class WriteMsg:
+    records: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class AckMsg:
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NackMsg:
+    record_id: str
+    reason: str
+
+
+JournalMsg = WriteMsg | AckMsg | NackMsg
+
+
+def encode(msg: JournalMsg) -> list[bytes]:
+    if isinstance(msg, WriteMsg):
+        frames = [PROTOCOL, MsgType.WRITE.value]
+        for record_id, body in msg.records:
+            frames += [record_id.encode(), body]
+        return frames
+    if isinstance(msg, AckMsg):
+        return [PROTOCOL, MsgType.ACK.value, *(r.encode() for r in msg.record_ids)]
+    return [PROTOCOL, MsgType.NACK.value, msg.record_id.encode(), msg.reason.encode()]
+
+
+def decode(frames: Sequence[bytes]) -> JournalMsg:
+    if len(frames) < 2 or frames[0] != PROTOCOL:
+        raise ProtocolError("not a journal message (bad protocol frame)")
+    try:
+        kind = MsgType(frames[1])
+        parts = [bytes(f) for f in frames[2:]]
+        if kind is MsgType.WRITE:
+            if not parts or len(parts) % 2:
+                raise ProtocolError("WRITE needs id/body pairs")
+            ids = [p.decode() for p in parts[0::2]]
+            if not all(ids):
+                raise ProtocolError("WRITE with an empty record id")
+            return WriteMsg(tuple(zip(ids, parts[1::2])))
+        if kind is MsgType.ACK:
+            return AckMsg(tuple(p.decode() for p in parts))
+        if len(parts) != 2:
+            raise ProtocolError("NACK needs id and reason")
+        return NackMsg(parts[0].decode(), parts[1].decode(errors="replace"))
+    except UnicodeDecodeError:
+        raise ProtocolError("record id is not UTF-8") from None
+    except ValueError as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(f"unknown message type {bytes(frames[1])[:16]!r}") from None
+
+
+def validate_body(record_id: str, body: bytes) -> None:
+    """The collector's boundary check: a JSON object whose record_id matches, one line."""
+    if b"\n" in body or b"\r" in body:
+        raise ProtocolError("body contains a line break")
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError("body is not JSON") from None
+    if not isinstance(parsed, dict) or parsed.get("record_id") != record_id:
+        raise ProtocolError("body is not an object carrying the same record_id")
+
+
+# --- Collector --------------------------------------------------------------------------------
+
+
+class RateLimitedLog:
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.count = 0
+        self._last = 0.0
+
+    def bad(self, peer: bytes, reason: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            log.warning("bad message #%d from peer %s: %s", self.count, peer.hex(), reason)
+
+
+class JournalCollector:
+    """Binds a ROUTER, group-commits incoming records to the journal, acknowledges them."""
+
+    def __init__(self, path: Path, endpoint: str, *, group_commit: bool = True) -> None:
+        self.file = AppendOnlyFile(path)  # recovers; raises JournalCorruption
+        self.group_commit = group_commit
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
+        self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
+        self.sock.setsockopt(zmq.SNDHWM, RECV_HWM)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.bad = RateLimitedLog(BAD_MESSAGE_LOG_EVERY_S)
+        self.stored = 0
+        self.duplicates = 0
+        self.commits = 0
+        self.stopping = False
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stopping:
+            if poller.poll(POLL_MS):
+                self._commit(self._drain())
+
+    def _drain(self) -> list[tuple[bytes, WriteMsg]]:
+        """Every WRITE that has already arrived, up to MAX_BATCH records."""
+        batch: list[tuple[bytes, WriteMsg]] = []
+        records = 0
+        while records < MAX_BATCH:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            peer, body = frames[0], frames[1:]
+            try:
+                msg = decode(body)
+                if not isinstance(msg, WriteMsg):
+                    raise ProtocolError(f"collectors only accept WRITE, got {type(msg).__name__}")
+            except ProtocolError as exc:
+                self.bad.bad(peer, str(exc))
+                continue
+            batch.append((peer, msg))
+            records += len(msg.records)
+        return batch
+
+    def _commit(self, batch: list[tuple[bytes, WriteMsg]]) -> None:
+        acks: dict[bytes, list[str]] = {}
+        lines: list[bytes] = []
+        new_ids: set[str] = set()
+        for peer, msg in batch:
+            for record_id, body in msg.records:
+                if record_id in self.file.ids or record_id in new_ids:
+                    self.duplicates += 1
+                else:
+                    try:
+                        validate_body(record_id, body)
+                    except ProtocolError as exc:
+                        self.bad.bad(peer, f"record {record_id!r}: {exc}")
+                        self._send(peer, NackMsg(record_id, str(exc)))
+                        continue
+                    line = encode_line(record_id, body)
+                    if not self.group_commit:
+                        self.file.append(line)  # the fsync-per-record baseline
+                        self.commits += 1
+                    lines.append(line)
+                    new_ids.add(record_id)
+                acks.setdefault(peer, []).append(record_id)
+        if lines and self.group_commit:
+            self.file.append(b"".join(lines))  # one write, one fsync for the whole batch
+            self.commits += 1
+        self.file.ids |= new_ids
+        self.stored += len(new_ids)
+        for peer, ids in acks.items():
+            self._send(peer, AckMsg(tuple(ids)))
+
+    def _send(self, peer: bytes, msg: JournalMsg) -> None:
+        try:
+            self.sock.send_multipart([peer, *encode(msg)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the writer is not reading; it re-sends and gets a duplicate ACK later
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+        self.file.close()
+
+
+# --- Writer -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """One record waiting for its ACK, and every write() call waiting for it."""
+
+    body: bytes
+    waiters: list[asyncio.Future[None]]
+    sent_at: float = -1.0
+
+
+class ZmqJournalWriter:
+    """``AsyncJournalWriterProtocol`` client: ``write()`` returns once the collector fsync'd.
+
+    One DEALER socket serves any number of concurrent ``write()`` calls. A sender task
+    packs waiting records into WRITE messages and re-sends unacknowledged ones; a
+    receiver task resolves them as ACKs arrive.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = WRITE_TIMEOUT_S,
+        retry_interval: float = RETRY_INTERVAL_S,
+        max_inflight: int = MAX_INFLIGHT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        # One shared context per process: its I/O thread serves every writer's socket.
+        self._sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
+        self._sock.setsockopt(zmq.SNDHWM, RECV_HWM)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._sock.connect(endpoint)
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._pending: dict[str, _Pending] = {}
+        self._outbox: list[str] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.retries = 0
+
+    async def write(self, test_result: PerfTestResult) -> None:
+        if self._closed:
+            raise JournalError("journal writer is closed")
+        self._start()
+        loop = asyncio.get_running_loop()
+        record_id = test_result.record_id
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise JournalError(
+                f"journal at {self.endpoint}: {len(self._pending)} writes already wait for the "
+                f"collector; {record_id!r} not accepted within {self.timeout:.0f}s"
+            ) from None
+        waiter: asyncio.Future[None] = loop.create_future()
+        pending = self._pending.get(record_id)
+        if pending is None:
+            pending = _Pending(canonical_body(test_result.to_record()), [])
+            self._pending[record_id] = pending
+            self._outbox.append(record_id)
+            self._wake.set()
+        pending.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await waiter
+        except TimeoutError:
+            raise JournalError(
+                f"journal at {self.endpoint}: record {record_id!r} not durable after "
+                f"{self.timeout:.0f}s (collector slow or gone)"
+            ) from None
+        finally:
+            self._slots.release()
+            if waiter in pending.waiters:
+                pending.waiters.remove(waiter)
+            if not pending.waiters and self._pending.get(record_id) is pending:
+                del self._pending[record_id]
+
+    def _start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._send_loop(), name="journal-send"),
+                asyncio.create_task(self._recv_loop(), name="journal-recv"),
+            ]
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.retry_interval / 2)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = loop.time()
+            due = [rid for rid in self._outbox if rid in self._pending]
+            self._outbox.clear()
+            overdue = [
+                rid
+                for rid, p in self._pending.items()
+                if p.sent_at >= 0 and now - p.sent_at >= self.retry_interval
+            ]
+            self.retries += len(overdue)
+            batch = due + overdue
+            for start in range(0, len(batch), MAX_RECORDS_PER_MESSAGE):
+                chunk = [
+                    (rid, self._pending[rid])
+                    for rid in batch[start : start + MAX_RECORDS_PER_MESSAGE]
+                    if rid in self._pending  # a timed-out write may have left meanwhile
+                ]
+                if not chunk:
+                    continue
+                for _, pending in chunk:
+                    pending.sent_at = now
+                msg = WriteMsg(tuple((rid, pending.body) for rid, pending in chunk))
+                try:
+                    await self._sock.send_multipart(encode(msg), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # no room towards the collector: the retry timer sends it later
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.warning("ignoring a bad reply from the collector: %s", exc)
+                continue
+            if isinstance(msg, AckMsg):
+                for rid in msg.record_ids:
+                    self._resolve(rid, None)
+            elif isinstance(msg, NackMsg):
+                error = JournalError(f"collector rejected {msg.record_id!r}: {msg.reason}")
+                self._resolve(msg.record_id, error)
+
+    def _resolve(self, record_id: str, error: JournalError | None) -> None:
+        pending = self._pending.pop(record_id, None)
+        if pending is None:
+            return  # a duplicate ACK for a retried record
+        for waiter in pending.waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._sock.close(linger=0)
+
+
+# --- CLI: collector ---------------------------------------------------------------------------
+
+
+def run_collector(args: argparse.Namespace) -> int:
+    endpoint = f"tcp://{args.bind}:{args.port}"
+    try:
+        collector = JournalCollector(Path(args.path), endpoint, group_commit=not args.fsync_each)
+    except JournalCorruption as exc:
+        print(f"collector: error: {exc}", file=sys.stderr)
+        return 3
+    except zmq.ZMQError as exc:
+        print(f"collector: error: cannot bind {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    recovery = collector.file.recovery
+    if recovery.torn_bytes:
+        print(
+            f"collector: cut {recovery.torn_bytes} bytes of a torn last line "
+            f"({recovery.torn_reason})"
+        )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        collector.stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    mode = "group commit" if collector.group_commit else "fsync per record"
+    print(
+        f"collector: {len(recovery.entries)} records in {args.path}; "
+        f"listening on {collector.endpoint} ({mode})",
+        flush=True,
+    )
+    try:
+        collector.serve()
+    finally:
+        print(
+            f"collector: stored {collector.stored}, duplicates {collector.duplicates}, "
+            f"fsyncs {collector.commits}, bad messages {collector.bad.count}",
+            flush=True,
+        )
+        collector.close()
+    return 0
+
+
+# --- CLI: read --------------------------------------------------------------------------------
+
+COLUMNS = ("record_id", "schedule", "test", "nodes", "exit_status", "busbw", "result_line")
+
+
+def _row(body: dict[str, object]) -> list[str]:
+    nodes = body.get("nodes")
+    metrics = body.get("metrics")
+    busbw = metrics.get("busbw_gbps", "") if isinstance(metrics, dict) else ""
+    return [
+        str(body.get("record_id", "")),
+        str(body.get("schedule", "")),
+        str(body.get("test", "")),
+        " ".join(str(n) for n in nodes) if isinstance(nodes, list) else "",
+        str(body.get("exit_status", "")),
+        str(busbw),
+        str(body.get("result_line", "")).strip(),
+    ]
+
+
+def run_read(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        print(f"read: error: {path}: no such journal", file=sys.stderr)
+        return 1
+    try:
+        scan = scan_journal(path)
+    except JournalCorruption as exc:
+        print(f"read: error: {exc}", file=sys.stderr)
+        return 3
+    bodies = [e.body for e in scan.entries]
+    if args.format == "jsonl":
+        for body in bodies:
+            print(json.dumps(body, sort_keys=True))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(COLUMNS)
+        writer.writerows(_row(b) for b in bodies)
+    else:
+        rows = [list(COLUMNS), *(_row(b) for b in bodies)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+        for row in rows:
+            cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
+            print("  ".join(cells))
+    if scan.torn_bytes:
+        print(f"read: warning: torn last line ignored ({scan.torn_reason})", file=sys.stderr)
+    return 0
+
+
+# --- CLI: bench -------------------------------------------------------------------------------
+
+
+def bench_result(writer_no: int, seq: int, run: str) -> PerfTestResult:
+    now = time.time()
+    return PerfTestResult(
+        record_id=f"{run}-w{writer_no}-{seq}",
+        schedule="bench",
+        test="all_reduce_perf",
+        nodes=(f"node-{writer_no:02d}",),
+        exit_status=0,
+        result_line="   134217728    33554432  float  sum  -1  1200.0  111.85  209.72  0",
+        started_at=now,
+        finished_at=now,
+        metrics={"busbw_gbps": 209.72},
+    )
+
+
+async def _drive(make_writer: object, writers: int, per_writer: int, inflight: int) -> float:
+    """Run ``writers`` writers, each with ``inflight`` concurrent writes; return records/s."""
+    assert callable(make_writer)
+    run = f"{os.getpid()}-{time.monotonic_ns()}"
+    instances = [make_writer() for _ in range(writers)]
+
+    async def one_lane(w: int, lane: int) -> None:
+        for seq in range(lane, per_writer, inflight):
+            await instances[w].write(bench_result(w, seq, run))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_lane(w, lane) for w in range(writers) for lane in range(inflight)))
+    elapsed = time.perf_counter() - start
+    for instance in instances:
+        await instance.close()
+    return writers * per_writer / elapsed
+
+
+def _start_collector(path: Path, port: int, fsync_each: bool) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-u", __file__, "collector", "--path", str(path), "--port", str(port)]
+    proc = subprocess.Popen(
+        argv + (["--fsync-each"] if fsync_each else []), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening" not in line:
+        proc.kill()
+        raise SystemExit(f"bench: collector did not start: {line.strip()}")
+    return proc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((DEFAULT_BIND, 0))
+        return int(sock.getsockname()[1])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    per_writer = max(1, args.records // args.writers)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=args.dir) as tmp:
+        for label, fsync_each in (("zmq group commit", False), ("zmq fsync per record", True)):
+            port = _free_port()
+            path = Path(tmp) / f"{'each' if fsync_each else 'group'}.jsonl"
+            proc = _start_collector(path, port, fsync_each)
+            try:
+                endpoint = f"tcp://{DEFAULT_BIND}:{port}"
+                figures[label] = asyncio.run(
+                    _drive(
+                        lambda: ZmqJournalWriter(endpoint), args.writers, per_writer, args.inflight
+                    )
+                )
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=30)
+            stored = len(scan_journal(path).entries)
+            if stored != args.writers * per_writer:
+                print(f"bench: error: {label} stored {stored} records", file=sys.stderr)
+                return 1
+        local = Path(tmp) / "local.jsonl"
+        shared = FileJournalWriter(local)
+
+        class _Shared:
+            """All writers share one file journal, as cluster_runner's tasks would."""
+
+            async def write(self, result: PerfTestResult) -> None:
+                await shared.write(result)
+
+            async def close(self) -> None:
+                pass
+
+        figures["in-process file, fsync per record"] = asyncio.run(
+            _drive(_Shared, args.writers, per_writer, args.inflight)
+        )
+        asyncio.run(shared.close())
+    print(
+        f"journal bench: {args.writers} writers x {per_writer} records, "
+        f"{args.inflight} in flight per writer, durable records/s"
+    )
+    for label, rate in figures.items():
+        print(f"  {label:<36} {rate:>10,.0f}")
+    group = figures["zmq group commit"]
+    print(
+        f"  group commit / zmq fsync per record:   {group / figures['zmq fsync per record']:.1f}x"
+    )
+    per = figures["in-process file, fsync per record"]
+    print(f"  group commit / in-process per record:  {group / per:.1f}x")
+    return 0
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Durable ZeroMQ journal: collector, reader, bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    col = sub.add_parser("collector", help="bind a ROUTER and write the journal")
+    col.add_argument("--path", required=True, help="journal file (JSONL), created if missing")
+    col.add_argument(
+        "--bind", default=DEFAULT_BIND, help=f"address to bind (default {DEFAULT_BIND})"
+    )
+    col.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    col.add_argument("--fsync-each", action="store_true", help="fsync per record (baseline)")
+    read = sub.add_parser("read", help="print or export a journal")
+    read.add_argument("path")
+    read.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
+    bench = sub.add_parser("bench", help="group commit vs fsync per record, in one run")
+    bench.add_argument("--writers", type=int, default=16)
+    bench.add_argument("--records", type=int, default=20_000, help="total records per variant")
+    bench.add_argument("--inflight", type=int, default=8, help="concurrent writes per writer")
+    bench.add_argument("--dir", default=None, help="where the bench journals go (default: TMPDIR)")
+    args = parser.parse_args(argv)
+    if args.command == "collector" and not 0 < args.port < 65536:
+        parser.error("--port must be 1-65535")
+    if args.command == "bench" and (args.writers < 1 or args.records < 1 or args.inflight < 1):
+        parser.error("--writers, --records and --inflight must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    handlers = {"collector": run_collector, "read": run_read, "bench": run_bench}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""The ZeroMQ node agent: a daemon on every node that runs commands for cluster_runner.
+
+Binds a ROUTER on tcp://BIND:PORT (default port 5580; 5570-5572 belong to the
+cluster patterns). Clients (``zmq_node_executor.py``, a DEALER) send ``run``,
+``cancel``, ``facts`` and ``ping`` requests; the agent answers with
+``accepted``, streamed ``output`` chunks, one ``exit``, ``facts_reply``,
+``pong``, ``heartbeat`` (every second while a client has commands running) and
+``error``. Wire spec: docs/agent-protocol.md.
+
+Security is on by default: CURVE encryption, and a ZAP handler that admits
+only the client public keys in KEYS/authorized_clients/. Only request types on
+the protocol's allow-list are ever dispatched.
+
+Commands run through /bin/sh as asyncio subprocesses, each in its own session
+(process group), at most --concurrency at a time. Output goes back in chunks;
+after MAX_OUTPUT_BYTES (64 MiB per command, stdout+stderr) the rest is drained
+and dropped, and ``exit`` says how many bytes were dropped. A timeout, a
+``cancel`` or the agent's shutdown kills the whole process group.
+
+Run it:
+    python 03-cluster-runner-simulation/zmq_node_agent.py keys generate /tmp/agent-keys
+    python 03-cluster-runner-simulation/zmq_node_agent.py serve --node-id n1 \\
+        --bind 127.0.0.1 --port 5580 --keys /tmp/agent-keys
+    # lessons only, no encryption, loopback only:
+    python 03-cluster-runner-simulation/zmq_node_agent.py serve --insecure --port 5580
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from cluster_runner_simulation.agent_keys import (
+    AGENT_NAME,
+    AUTHORIZED_DIR,
+    KeyFileError,
+    authorize_client,
+    generate_keys,
+    load_keypair,
+)
+from cluster_runner_simulation.agent_protocol import (
+    DEFAULT_PORT,
+    MAX_OUTPUT_BYTES,
+    MAX_REQUEST_BYTES,
+    OUTPUT_CHUNK_BYTES,
+    REQUEST_TYPES,
+    Accepted,
+    CancelRequest,
+    ErrorCode,
+    ErrorReply,
+    Exit,
+    FactsReply,
+    FactsRequest,
+    Heartbeat,
+    Message,
+    MsgType,
+    Output,
+    PingRequest,
+    Pong,
+    ProtocolError,
+    RunRequest,
+    TypeNotAllowed,
+    decode,
+    encode,
+    request_id_of,
+)
+
+DEFAULT_CONCURRENCY = 64
+MAX_QUEUED = 4096  # runs accepted but waiting for a slot; beyond this the agent answers "busy"
+HEARTBEAT_INTERVAL_S = 1.0
+KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
+BAD_LOG_INTERVAL_S = 1.0
+NVIDIA_SMI_TIMEOUT_S = 10.0
+ZMTP_HEARTBEAT_MS = 2000  # TCP-level liveness, so dead clients are noticed
+
+log = logging.getLogger("zmq_node_agent")
+
+
+# --- System facts -----------------------------------------------------------------------------
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+async def _gpus() -> list[dict[str, Any]]:
+    """GPUs as nvidia-smi lists them; none when nvidia-smi is absent or fails."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return []
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--query-gpu=index,name,memory.total",
+            "--format=csv,noheader,nounits",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), NVIDIA_SMI_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return []
+    gpus = []
+    for line in out.decode(errors="replace").splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3 and parts[0].isdigit():
+            memory = int(parts[2]) if parts[2].isdigit() else 0
+            gpus.append({"index": int(parts[0]), "name": parts[1], "memory_total_mib": memory})
+    return gpus
+
+
+async def gather_facts(node_id: str) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count() or 1,
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "python_version": platform.python_version(),
+        "os_release": _os_release(),
+        "gpus": await _gpus(),
+    }
+
+
+# --- Running one command ----------------------------------------------------------------------
+
+
+class OutputBudget:
+    """How many more output bytes a command may send (stdout and stderr share it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.dropped = 0
+
+    def take(self, size: int) -> int:
+        granted = min(size, self.left)
+        self.left -= granted
+        self.dropped += size - granted
+        return granted
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def exit_fields(returncode: int | None) -> tuple[int | None, str | None]:
+    """A subprocess return code as SSH reports it: a status, or the signal's name."""
+    if returncode is None or returncode >= 0:
+        return returncode, None
+    try:
+        return None, signal.Signals(-returncode).name.removeprefix("SIG")
+    except ValueError:
+        return None, str(-returncode)
+
+
+@dataclass
+class CommandRun:
+    """One client's command, from ``run`` to ``exit``."""
+
+    agent: NodeAgent
+    peer: bytes
+    request: RunRequest
+    timed_out: bool = False
+    cancelled: bool = False
+
+    async def execute(self) -> None:
+        req = self.request
+        await self.agent.send(self.peer, Accepted(req.id))
+        try:
+            async with self.agent.slots:
+                await self._spawn_and_stream()
+        except asyncio.CancelledError:
+            # Cancelled while still queued for a slot: nothing was started.
+            await self.agent.send(self.peer, Exit(req.id, cancelled=True))
+
+    async def _spawn_and_stream(self) -> None:
+        req = self.request
+        env = {**os.environ, **req.env} if req.env else None
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                req.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=req.cwd,
+                env=env,
+                start_new_session=True,  # its own process group, so a kill takes every child
+                limit=OUTPUT_CHUNK_BYTES,
+            )
+        except OSError as exc:
+            message = f"agent could not start the command: {exc}\n".encode()
+            await self.agent.send(self.peer, Output(req.id, "stderr", message))
+            await self.agent.send(self.peer, Exit(req.id, exit_status=127))
+            return
+        budget = OutputBudget(MAX_OUTPUT_BYTES)
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            asyncio.create_task(self._pump("stdout", proc.stdout, budget)),
+            asyncio.create_task(self._pump("stderr", proc.stderr, budget)),
+        ]
+        try:
+            async with asyncio.timeout(req.timeout):
+                await asyncio.gather(*pumps)
+                await proc.wait()
+        except TimeoutError:
+            self.timed_out = True
+        except asyncio.CancelledError:
+            self.cancelled = True
+        if self.timed_out or self.cancelled:
+            await self._kill(proc, pumps)
+        status, signame = exit_fields(proc.returncode)
+        if budget.dropped:
+            log.warning("%s: dropped %d output bytes beyond the cap", req.id, budget.dropped)
+        await self.agent.send(
+            self.peer,
+            Exit(
+                req.id,
+                exit_status=status,
+                exit_signal=signame,
+                timed_out=self.timed_out,
+                cancelled=self.cancelled,
+                dropped_bytes=budget.dropped,
+            ),
+        )
+
+    async def _kill(
+        self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]
+    ) -> None:
+        kill_group(proc.pid)
+        # A child that left the group may still hold a pipe open: bound the wait.
+        _, pending = await asyncio.wait(pumps, timeout=KILL_DRAIN_S)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), KILL_DRAIN_S)
+
+    async def _pump(self, stream: str, reader: asyncio.StreamReader, budget: OutputBudget) -> None:
+        while chunk := await reader.read(OUTPUT_CHUNK_BYTES):
+            granted = budget.take(len(chunk))
+            if granted:
+                await self.agent.send(self.peer, Output(self.request.id, stream, chunk[:granted]))
+
+
+# --- The agent --------------------------------------------------------------------------------
+
+
+class NodeAgent:
+    """Owns the ROUTER socket; dispatches requests by type, from the allow-list only."""
+
+    def __init__(self, node_id: str, sock: zmq.asyncio.Socket, concurrency: int) -> None:
+        self.node_id = node_id
+        self.sock = sock
+        self.slots = asyncio.Semaphore(concurrency)
+        self.running: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self.bad_messages = 0
+        self.undeliverable = 0
+        self._bad_logged_at = 0.0
+        self._bad_suppressed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        handlers: dict[MsgType, Callable[[bytes, Any], None]] = {
+            MsgType.RUN: self.on_run,
+            MsgType.CANCEL: self.on_cancel,
+            MsgType.FACTS: self.on_facts,
+            MsgType.PING: self.on_ping,
+        }
+        # The handler table and the protocol's allow-list must be the same set.
+        assert set(handlers) == set(REQUEST_TYPES)
+        self.handlers = handlers
+
+    async def send(self, peer: bytes, message: Message) -> None:
+        try:
+            await self.sock.send_multipart([peer, *encode(message)], copy=False)
+        except zmq.ZMQError as exc:
+            # ROUTER_MANDATORY: the client has gone away. Its command still finishes.
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.undeliverable += 1
+
+    async def serve(self) -> None:
+        heartbeats = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while True:
+                frames = await self.sock.recv_multipart()
+                self.dispatch(frames[0], frames[1:])
+        finally:
+            heartbeats.cancel()
+            await self.shutdown()
+
+    def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            message = decode(frames, REQUEST_TYPES)
+        except ProtocolError as exc:
+            self._count_bad(peer, exc)
+            code = (
+                ErrorCode.NOT_ALLOWED if isinstance(exc, TypeNotAllowed) else ErrorCode.BAD_REQUEST
+            )
+            self._spawn(self.send(peer, ErrorReply(request_id_of(frames), code.value, str(exc))))
+            return
+        self.handlers[message.TYPE](peer, message)
+
+    def on_run(self, peer: bytes, req: RunRequest) -> None:
+        key = (peer, req.id)
+        if key in self.running:
+            reply = ErrorReply(req.id, ErrorCode.DUPLICATE_ID.value, "request id already running")
+            self._spawn(self.send(peer, reply))
+            return
+        if len(self.running) >= MAX_QUEUED:
+            reply = ErrorReply(req.id, ErrorCode.BUSY.value, f"{MAX_QUEUED} commands in flight")
+            self._spawn(self.send(peer, reply))
+            return
+        task = asyncio.create_task(CommandRun(self, peer, req).execute())
+        self.running[key] = task
+        task.add_done_callback(lambda _: self.running.pop(key, None))
+
+    def on_cancel(self, peer: bytes, req: CancelRequest) -> None:
+        task = self.running.get((peer, req.id))
+        if task is None:
+            reply = ErrorReply(req.id, ErrorCode.UNKNOWN_ID.value, "no such command running")
+            self._spawn(self.send(peer, reply))
+            return
+        task.cancel()  # CommandRun kills the group and answers with exit{cancelled}
+
+    def on_facts(self, peer: bytes, req: FactsRequest) -> None:
+        async def answer() -> None:
+            await self.send(peer, FactsReply(req.id, facts=await gather_facts(self.node_id)))
+
+        self._spawn(answer())
+
+    def on_ping(self, peer: bytes, req: PingRequest) -> None:
+        self._spawn(self.send(peer, Pong(req.id, node_id=self.node_id)))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _count_bad(self, peer: bytes, exc: ProtocolError) -> None:
+        self.bad_messages += 1
+        now = time.monotonic()
+        if now - self._bad_logged_at < BAD_LOG_INTERVAL_S:
+            self._bad_suppressed += 1
+            return
+        extra = f" ({self._bad_suppressed} more suppressed)" if self._bad_suppressed else ""
+        log.warning("bad message #%d from %s: %s%s", self.bad_messages, peer.hex(), exc, extra)
+        self._bad_logged_at, self._bad_suppressed = now, 0
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            busy_peers: dict[bytes, int] = {}
+            for peer, _ in list(self.running):
+                busy_peers[peer] = busy_peers.get(peer, 0) + 1
+            for peer, count in busy_peers.items():
+                await self.send(peer, Heartbeat("", running=count))
+
+    async def shutdown(self) -> None:
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=KILL_DRAIN_S * 2)
+
+
+# --- Setup: sockets, security, signals --------------------------------------------------------
+
+
+class SetupError(Exception):
+    """Bad configuration: reported on one line, exit status 2."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+    # Output is bounded per command (MAX_OUTPUT_BYTES) and by --concurrency, so the
+    # queue need not be; a bounded ROUTER queue would silently drop output chunks.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * 3)
+    return sock
+
+
+def secure_router(
+    ctx: zmq.asyncio.Context, sock: zmq.asyncio.Socket, keys: Path
+) -> AsyncioAuthenticator:
+    """CURVE server keys and a ZAP allowlist; must run before bind()."""
+    pair = load_keypair(keys / f"{AGENT_NAME}.key_secret")
+    allowed = keys / AUTHORIZED_DIR
+    if not allowed.is_dir() or not any(allowed.glob("*.key")):
+        raise SetupError(f"no client keys in {allowed}: nobody could connect")
+    auth = AsyncioAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(allowed))
+    sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    return auth
+
+
+def bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
+    endpoint = f"tcp://{host}:{port if port else '*'}"
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise SetupError(f"cannot bind {endpoint}: {exc}") from None
+    last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return int(last.rsplit(":", 1)[1])
+
+
+def warn_insecure(host: str) -> None:
+    banner = "!" * 72
+    print(
+        f"{banner}\n!! INSECURE MODE: no encryption, no authentication, for lessons only.\n"
+        f"!! Anyone who can reach {host} can run any command as this user.\n{banner}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    host = args.bind or ("127.0.0.1" if args.insecure else "0.0.0.0")
+    if args.insecure and not is_loopback(host):
+        raise SetupError(f"--insecure binds loopback only; refusing --bind {host}")
+    if not args.insecure and args.keys is None:
+        raise SetupError("--keys DIR is required (or --insecure, for lessons only)")
+    ctx = zmq.asyncio.Context()
+    sock = make_router(ctx)
+    auth: AsyncioAuthenticator | None = None
+    try:
+        if args.insecure:
+            warn_insecure(host)
+        else:
+            auth = secure_router(ctx, sock, Path(args.keys))
+        port = bind(sock, host, args.port)
+        agent = NodeAgent(args.node_id, sock, args.concurrency)
+        mode = "INSECURE" if args.insecure else "curve"
+        print(f"agent {args.node_id} ready on tcp://{host}:{port} ({mode})", flush=True)
+        await run_until_signalled(agent.serve())
+        log.info("stopped (bad messages: %d)", agent.bad_messages)
+    finally:
+        if auth is not None:
+            auth.stop()
+        sock.close(linger=0)
+        ctx.term()
+    return 0
+
+
+async def run_until_signalled(work: Any) -> None:
+    """Run ``work`` until SIGINT or SIGTERM, then cancel it so it cleans up."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="ZeroMQ node agent for cluster_runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("serve", help="run the agent")
+    srv.add_argument("--node-id", default=socket.gethostname())
+    srv.add_argument("--bind", default=None, help="address to bind (default 0.0.0.0)")
+    srv.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="0 picks a free port")
+    srv.add_argument("--keys", default=None, help="keys directory from 'keys generate'")
+    srv.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
+    srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")
+    srv.add_argument("--verbose", action="store_true")
+    keys = sub.add_parser("keys", help="manage CURVE keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="create agent and client keypairs in DIR")
+    gen.add_argument("dir")
+    auth = keys_sub.add_parser("authorize", help="allow a client public key")
+    auth.add_argument("dir")
+    auth.add_argument("public_key_file")
+    return parser
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.keys_command == "generate":
+        generate_keys(directory)
+        print(f"wrote agent and client keypairs to {directory} (secret files 0600)")
+    else:
+        target = authorize_client(directory, Path(args.public_key_file))
+        print(f"authorized {target}; restart the agent to load it")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s agent %(levelname)s %(message)s")
+    try:
+        if args.command == "keys":
+            return keys_command(args)
+        return asyncio.run(serve(args))
+    except (SetupError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

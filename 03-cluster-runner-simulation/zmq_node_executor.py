@@ -1,0 +1,411 @@
+"""ZmqNodeExecutor: cluster_runner's NodeExecutorProtocol over the ZeroMQ node agent.
+
+Connects one DEALER per node to the agent's ROUTER (``zmq_node_agent.py``,
+default port 5580), CURVE-encrypted with the agent's public key and this
+client's keypair. Many commands share that one connection: each request
+carries an id, and a single reader task routes ``accepted``/``output``/``exit``
+replies back to the coroutine that awaits them. Wire spec:
+docs/agent-protocol.md.
+
+Errors are the domain's: ``NodeUnreachable`` when the agent does not accept a
+request within ``connect_timeout`` (down, wrong address, or our key is not
+authorized; with ZMQ_IMMEDIATE nothing is queued for a dead connection), or
+when it goes silent while commands run; ``CommandTimeout`` when the agent
+killed a command's process group at its timeout. Cancelling ``run()`` sends a
+``cancel``, and the agent kills the process group. After an agent restart the
+socket reconnects by itself.
+
+Try it (with an agent running as in zmq_node_agent.py's docstring):
+    python -c "import asyncio; from cluster_runner_simulation.zmq_node_executor import \\
+ZmqNodeExecutor as X; e = X.from_keys_dir('n1', '127.0.0.1', 5580, '/tmp/agent-keys'); \\
+print(asyncio.run(e.run('uname -a')))"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, KeyPair
+from cluster_runner_simulation.agent_keys import load_keypair, load_public
+from cluster_runner_simulation.agent_protocol import (
+    DEFAULT_PORT,
+    MAX_REPLY_BYTES,
+    REPLY_TYPES,
+    Accepted,
+    CancelRequest,
+    ErrorReply,
+    Exit,
+    FactsReply,
+    FactsRequest,
+    Message,
+    Output,
+    PingRequest,
+    ProtocolError,
+    RunRequest,
+    decode,
+    encode,
+    system_config_from_facts,
+)
+from cluster_runner_simulation.protocols import (
+    CommandResult,
+    CommandTimeout,
+    ExecutorError,
+    NodeExecutorProtocol,
+    NodeUnreachable,
+    SystemConfiguration,
+)
+
+CONNECT_TIMEOUT_S = 5.0  # how long a request may wait to be accepted by the agent
+SILENCE_TIMEOUT_S = 5.0  # no heartbeat for this long while commands run: connection lost
+TIMEOUT_GRACE_S = 5.0  # how long past its timeout we wait for the agent's own verdict
+FACTS_TIMEOUT_S = 30.0
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+WATCHDOG_INTERVAL_S = 0.5
+BAD_LOG_INTERVAL_S = 1.0
+
+log = logging.getLogger("zmq_node_executor")
+
+
+class SharedContext:
+    """One zmq.asyncio.Context (one I/O thread) for all executors, terminated with the last."""
+
+    _ctx: zmq.asyncio.Context | None = None
+    _users = 0
+
+    @classmethod
+    def acquire(cls) -> zmq.asyncio.Context:
+        if cls._ctx is None or cls._ctx.closed:
+            cls._ctx = zmq.asyncio.Context()
+        cls._users += 1
+        return cls._ctx
+
+    @classmethod
+    def release(cls) -> None:
+        cls._users -= 1
+        if cls._users <= 0 and cls._ctx is not None:
+            cls._ctx.term()
+            cls._ctx, cls._users = None, 0
+
+
+@dataclass
+class PendingRequest:
+    """Everything that arrived so far for one request id."""
+
+    accepted: asyncio.Future[None]
+    done: asyncio.Future[Message]
+    stdout: list[bytes] = field(default_factory=list)
+    stderr: list[bytes] = field(default_factory=list)
+
+    def fail(self, exc: BaseException) -> None:
+        for fut in (self.accepted, self.done):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: a waiter may have gone already
+
+
+class ZmqNodeExecutor:
+    """Runs commands on one node through its ZeroMQ agent."""
+
+    def __init__(
+        self,
+        node_id: str,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        server_public_key: bytes | None,
+        client_keys: KeyPair | None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        silence_timeout: float = SILENCE_TIMEOUT_S,
+        facts_timeout: float = FACTS_TIMEOUT_S,
+    ) -> None:
+        """``server_public_key=None`` and ``client_keys=None`` talk to an --insecure agent."""
+        if (server_public_key is None) != (client_keys is None):
+            raise ValueError("give both the server public key and the client keys, or neither")
+        self._node_id = node_id
+        self.endpoint = f"tcp://{host}:{port}"
+        self._server_key = server_public_key
+        self._client_keys = client_keys
+        self.connect_timeout = connect_timeout
+        self.silence_timeout = silence_timeout
+        self.facts_timeout = facts_timeout
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+        self._pending: dict[str, PendingRequest] = {}
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_heard = time.monotonic()
+        self._bad_replies = 0
+        self._bad_logged_at = 0.0
+        self._closed = False
+
+    @classmethod
+    def from_keys_dir(
+        cls, node_id: str, host: str, port: int, keys_dir: str | Path, **options: float
+    ) -> ZmqNodeExecutor:
+        """Reads KEYS/agent.key and KEYS/client.key_secret (as ``keys generate`` writes them)."""
+        keys = Path(keys_dir)
+        return cls(
+            node_id,
+            host,
+            port,
+            server_public_key=load_public(keys / f"{AGENT_NAME}.key"),
+            client_keys=load_keypair(keys / f"{CLIENT_NAME}.key_secret"),
+            **options,
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    # --- NodeExecutorProtocol ------------------------------------------------------------------
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        request = RunRequest(
+            self._next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd
+        )
+        pending = await self._submit(request)
+        try:
+            guard = None if timeout is None else timeout + TIMEOUT_GRACE_S
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(pending.done), guard)
+            except TimeoutError:
+                self._send_cancel(request.id)
+                raise CommandTimeout(self._node_id, f"no exit after {timeout}s: {command!r}")
+        except asyncio.CancelledError:
+            self._send_cancel(request.id)  # the agent kills the process group
+            raise
+        finally:
+            self._pending.pop(request.id, None)
+        return self._result(command, timeout, reply, pending)
+
+    async def system_facts(self) -> SystemConfiguration:
+        request = FactsRequest(self._next_id())
+        pending = await self._submit(request, expect_accepted=False)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(pending.done), self.facts_timeout)
+        except TimeoutError:
+            raise NodeUnreachable(self._node_id, f"no facts within {self.facts_timeout}s") from None
+        finally:
+            self._pending.pop(request.id, None)
+        if not isinstance(reply, FactsReply):
+            raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
+        try:
+            return system_config_from_facts(self._node_id, reply.facts)
+        except ProtocolError as exc:
+            raise ExecutorError(self._node_id, str(exc)) from None
+
+    async def ping(self) -> float:
+        """Round trip to the agent in seconds; NodeUnreachable if it does not answer."""
+        started = time.perf_counter()
+        request = PingRequest(self._next_id())
+        pending = await self._submit(request, expect_accepted=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.done), self.connect_timeout)
+        except TimeoutError:
+            raise self._unreachable() from None
+        finally:
+            self._pending.pop(request.id, None)
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in self._pending.values():
+            pending.fail(NodeUnreachable(self._node_id, "executor closed"))
+        self._pending.clear()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            SharedContext.release()
+
+    async def __aenter__(self) -> ZmqNodeExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- Requests ------------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _unreachable(self) -> NodeUnreachable:
+        return NodeUnreachable(
+            self._node_id,
+            f"agent at {self.endpoint} did not answer within {self.connect_timeout}s "
+            "(down, wrong address, or this client's key is not authorized)",
+        )
+
+    async def _submit(self, request: Message, expect_accepted: bool = True) -> PendingRequest:
+        """Send ``request``; return once the agent has accepted it (run) or right away."""
+        sock = self._socket()
+        loop = asyncio.get_running_loop()
+        pending = PendingRequest(loop.create_future(), loop.create_future())
+        self._pending[request.id] = pending
+        deadline = loop.time() + self.connect_timeout
+        try:
+            # ZMQ_IMMEDIATE: this blocks while there is no live, authenticated connection.
+            await asyncio.wait_for(sock.send_multipart(encode(request)), self.connect_timeout)
+            if expect_accepted:
+                await asyncio.wait_for(
+                    asyncio.shield(pending.accepted), max(0.0, deadline - loop.time())
+                )
+        except TimeoutError:
+            self._pending.pop(request.id, None)
+            self._send_cancel(request.id)  # in case it arrives after all
+            raise self._unreachable() from None
+        except BaseException:
+            self._pending.pop(request.id, None)
+            raise
+        return pending
+
+    def _send_cancel(self, request_id: str) -> None:
+        if self._sock is None:
+            return
+        # Fire and forget: it must also work from a task that is being cancelled. With no
+        # live connection there is no remote command to cancel, so EAGAIN is fine.
+        sent = asyncio.ensure_future(
+            self._sock.send_multipart(encode(CancelRequest(request_id)), flags=zmq.NOBLOCK)
+        )
+        sent.add_done_callback(_ignore_outcome)
+
+    def _result(
+        self, command: str, timeout: float | None, reply: Message, pending: PendingRequest
+    ) -> CommandResult:
+        if isinstance(reply, ErrorReply):
+            raise ExecutorError(self._node_id, f"agent refused {command!r}: {reply.message}")
+        if not isinstance(reply, Exit):
+            raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
+        if reply.timed_out:
+            raise CommandTimeout(
+                self._node_id, f"{command!r} ran longer than {timeout}s; process group killed"
+            )
+        if reply.dropped_bytes:
+            log.warning(
+                "%s: %d output bytes beyond the agent's cap were dropped",
+                command,
+                reply.dropped_bytes,
+            )
+        return CommandResult(
+            command=command,
+            exit_status=reply.exit_status,
+            stdout=b"".join(pending.stdout),
+            stderr=b"".join(pending.stderr),
+            exit_signal=reply.exit_signal,
+        )
+
+    # --- Socket and reader ---------------------------------------------------------------------
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._closed:
+            raise NodeUnreachable(self._node_id, "executor is closed")
+        if self._sock is None:
+            sock = SharedContext.acquire().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+            sock.setsockopt(zmq.RCVHWM, 0)  # output chunks must never be dropped
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+            if self._server_key is not None and self._client_keys is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, self._server_key)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self._client_keys.public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self._client_keys.secret)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._last_heard = time.monotonic()
+            self._tasks = [
+                asyncio.create_task(self._read_replies(sock)),
+                asyncio.create_task(self._watch_silence()),
+            ]
+        return self._sock
+
+    async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            self._last_heard = time.monotonic()
+            try:
+                reply = decode(frames, REPLY_TYPES)
+            except ProtocolError as exc:
+                self._count_bad(exc)
+                continue
+            pending = self._pending.get(reply.id)
+            if pending is None:
+                continue  # a heartbeat, or a late reply to a request we gave up on
+            self._route(pending, reply)
+
+    @staticmethod
+    def _route(pending: PendingRequest, reply: Message) -> None:
+        if isinstance(reply, Output):
+            (pending.stdout if reply.stream == "stdout" else pending.stderr).append(reply.data)
+        elif isinstance(reply, Accepted):
+            if not pending.accepted.done():
+                pending.accepted.set_result(None)
+        else:
+            # exit, facts_reply, pong, error: the request is answered.
+            if not pending.accepted.done():
+                pending.accepted.set_result(None)
+            if not pending.done.done():
+                pending.done.set_result(reply)
+
+    async def _watch_silence(self) -> None:
+        """Fail running commands if the agent stops heartbeating (crash, restart, partition)."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            waiting = [p for p in self._pending.values() if p.accepted.done()]
+            silent_for = time.monotonic() - self._last_heard
+            if waiting and silent_for > self.silence_timeout:
+                error = NodeUnreachable(
+                    self._node_id,
+                    f"agent at {self.endpoint} silent for {silent_for:.1f}s; connection lost",
+                )
+                for pending in waiting:
+                    pending.fail(error)
+
+    def _count_bad(self, exc: ProtocolError) -> None:
+        self._bad_replies += 1
+        now = time.monotonic()
+        if now - self._bad_logged_at >= BAD_LOG_INTERVAL_S:
+            log.warning("%s: bad reply #%d: %s", self._node_id, self._bad_replies, exc)
+            self._bad_logged_at = now
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _satisfies_protocol(executor: ZmqNodeExecutor) -> NodeExecutorProtocol:
+    """Never called: mypy proves here that ZmqNodeExecutor is a NodeExecutorProtocol."""
+    return executor
+
+
+__all__ = ["ZmqNodeExecutor", "SharedContext"]

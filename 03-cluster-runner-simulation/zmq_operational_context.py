@@ -1,0 +1,47 @@
+"""cluster_runner's operational context over ZeroMQ: ``build_zmq_context``.
+
+Connects one ``ZmqNodeExecutor`` (DEALER, CURVE) to each descriptor node's agent
+(``zmq_node_agent.py serve``, ROUTER on ``zmq_port``), asks every agent for its
+system facts while building (these answer ``system_config(node_id)``), and hands
+results to the journal it is given (``ZmqJournalWriter`` or ``FileJournalWriter``).
+It mirrors ``build_ssh_context`` so that cluster_runner switches transports in one line:
+
+    if args.transport == "zmq":
+        opcon = await build_zmq_context(descriptor, filter_fn, journal)
+    else:
+        opcon = await build_ssh_context(descriptor, filter_fn, journal)
+
+Run schedules through it:
+    python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq
+"""
+
+from __future__ import annotations
+
+from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
+from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorError, NodeSpec
+from cluster_runner_simulation.protocols import AsyncJournalWriterProtocol
+from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
+
+CONNECT_TIMEOUT_S = 5.0  # how long a node's agent may take to accept a request
+
+
+def zmq_executor_for(node: NodeSpec, connect_timeout: float = CONNECT_TIMEOUT_S) -> ZmqNodeExecutor:
+    """The ZeroMQ executor of one descriptor node (CURVE keys from ``curve_keys_dir``)."""
+    if node.curve_keys_dir is None:
+        raise DescriptorError(f"node {node.id!r}: curve_keys_dir is needed for the zmq transport")
+    return ZmqNodeExecutor.from_keys_dir(
+        node.id, node.host, node.zmq_port, node.curve_keys_dir, connect_timeout=connect_timeout
+    )
+
+
+async def build_zmq_context(
+    descriptor: ClusterDescriptor,
+    filter_fn: NodeFilter | None,
+    journal: AsyncJournalWriterProtocol,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> ExecutorContext:
+    """Raises ``ContextBuildError`` naming every node whose agent did not answer."""
+    return await build_context(
+        "zmq", descriptor, filter_fn, journal, lambda n: zmq_executor_for(n, connect_timeout)
+    )

@@ -1,0 +1,200 @@
+"""One conformance suite, run against every NodeExecutorProtocol implementation.
+
+``zmq``: ZmqNodeExecutor against a real zmq_node_agent.py subprocess (CURVE).
+``asyncssh``: AsyncSSHExecutor against a real private sshd on loopback.
+Both must behave the same: exit codes, binary and 10 MB output, env and cwd,
+timeouts and cancellation that kill the remote process group (checked with
+psutil), and a clear NodeUnreachable within the connect timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.protocols import (
+    CommandTimeout,
+    NodeExecutorProtocol,
+    NodeUnreachable,
+)
+from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
+from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
+
+KINDS = ["zmq", "asyncssh"]
+TEN_MB = 10 * 1024 * 1024
+ORPHAN_WAIT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[LocalSshd]:
+    reason = sshd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalSshd() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[LocalAgents]:
+    with LocalAgents(1) as started:
+        yield started
+
+
+def make_executor(kind: str, request: pytest.FixtureRequest) -> NodeExecutorProtocol:
+    if kind == "zmq":
+        agents: LocalAgents = request.getfixturevalue("agents")
+        return agents.executor(0)
+    sshd: LocalSshd = request.getfixturevalue("sshd")
+    return AsyncSSHExecutor.for_local_sshd("ssh0", sshd)
+
+
+@pytest.fixture(params=KINDS)
+async def executor(request: pytest.FixtureRequest) -> AsyncIterator[NodeExecutorProtocol]:
+    chosen = make_executor(request.param, request)
+    assert isinstance(chosen, NodeExecutorProtocol)
+    yield chosen
+    await chosen.close()
+
+
+def unique_sleep() -> str:
+    """A sleep duration nobody else uses, so psutil can find exactly our processes."""
+    return f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in cmdline):
+            found.append(proc)
+    return found
+
+
+async def wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_exit_codes(executor: NodeExecutorProtocol) -> None:
+    assert (await executor.run("true")).exit_status == 0
+    assert (await executor.run("exit 3")).exit_status == 3
+    assert (await executor.run("false")).returncode == 1
+
+
+async def test_stdout_and_stderr_stay_apart(executor: NodeExecutorProtocol) -> None:
+    result = await executor.run("echo out; echo err >&2")
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+    assert result.ok and result.stdout_text == "out\n"
+
+
+async def test_killed_by_signal(executor: NodeExecutorProtocol) -> None:
+    result = await executor.run("kill -9 $$")
+    assert result.exit_status is None
+    assert result.exit_signal == "KILL"
+
+
+async def test_binary_output_is_intact(executor: NodeExecutorProtocol, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 64 + b"\x00\r\n\xff"
+    (tmp_path / "blob").write_bytes(payload)
+    result = await executor.run(f"cat {tmp_path / 'blob'}; cat {tmp_path / 'blob'} >&2")
+    assert result.stdout == payload
+    assert result.stderr == payload
+
+
+async def test_ten_megabytes_of_stdout(executor: NodeExecutorProtocol, tmp_path: Path) -> None:
+    payload = os.urandom(TEN_MB)
+    (tmp_path / "big").write_bytes(payload)
+    result = await executor.run(f"cat {tmp_path / 'big'}")
+    assert result.exit_status == 0
+    assert len(result.stdout) == TEN_MB
+    assert result.stdout == payload
+
+
+async def test_env_and_cwd(executor: NodeExecutorProtocol, tmp_path: Path) -> None:
+    result = await executor.run(
+        'printf "%s|" "$GREETING"; pwd', env={"GREETING": "hello 'world' $x"}, cwd=str(tmp_path)
+    )
+    assert result.stdout_text == f"hello 'world' $x|{tmp_path}\n"
+
+
+async def test_missing_cwd_fails_the_command(executor: NodeExecutorProtocol) -> None:
+    result = await executor.run("true", cwd="/nonexistent/dir/for/sure")
+    assert result.exit_status not in (0, None)
+
+
+async def test_many_concurrent_commands(executor: NodeExecutorProtocol) -> None:
+    results = await asyncio.gather(*(executor.run(f"echo {i}") for i in range(16)))
+    assert [r.stdout_text for r in results] == [f"{i}\n" for i in range(16)]
+
+
+async def test_timeout_kills_the_whole_process_group(executor: NodeExecutorProtocol) -> None:
+    marker = unique_sleep()
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        await executor.run(f"sleep {marker} & sleep {marker}; wait", timeout=1.0)
+    assert time.monotonic() - started < 1.0 + 4.0
+    assert await wait_until(lambda: not processes_with(marker), ORPHAN_WAIT_S), processes_with(
+        marker
+    )
+    assert (await executor.run("echo still-works")).stdout == b"still-works\n"
+
+
+async def test_cancellation_kills_the_remote_process(executor: NodeExecutorProtocol) -> None:
+    marker = unique_sleep()
+    task = asyncio.create_task(executor.run(f"sleep {marker} & sleep {marker}; wait"))
+    assert await wait_until(lambda: len(processes_with(marker)) >= 2, 10.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_until(lambda: not processes_with(marker), ORPHAN_WAIT_S), processes_with(
+        marker
+    )
+    assert (await executor.run("echo still-works")).stdout == b"still-works\n"
+
+
+async def test_system_facts(executor: NodeExecutorProtocol) -> None:
+    facts = await executor.system_facts()
+    assert facts.node_id == executor.node_id
+    assert facts.hostname == socket.gethostname()
+    assert facts.cpu_count == os.cpu_count()
+    assert facts.memory_total_bytes > 0
+    assert facts.python_version.count(".") == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_unreachable_node_fails_fast_and_clearly(kind: str, free_port: object) -> None:
+    assert callable(free_port)
+    dead_port = free_port()
+    if kind == "zmq":
+        agents_keys = LocalAgents(0)
+        agents_keys.start()
+        try:
+            executor: NodeExecutorProtocol = ZmqNodeExecutor.from_keys_dir(
+                "ghost", "127.0.0.1", dead_port, agents_keys.keys_dir, connect_timeout=1.0
+            )
+        finally:
+            agents_keys.stop()
+    else:
+        executor = AsyncSSHExecutor("ghost", "127.0.0.1", dead_port, connect_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(NodeUnreachable) as caught:
+        await executor.run("true")
+    elapsed = time.monotonic() - started
+    await executor.close()
+    assert elapsed < 1.0 + 1.5
+    assert "ghost" in str(caught.value)
+    assert str(dead_port) in str(caught.value)

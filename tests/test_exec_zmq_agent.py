@@ -1,0 +1,81 @@
+"""ZeroMQ-specific behaviour of the agent and executor, beyond the shared conformance suite.
+
+Reconnect after an agent restart, a clear error when the agent dies mid-command,
+the concurrency limit, the output cap, and the wire codec's round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from cluster_runner_simulation.agent_protocol import (
+    MAX_OUTPUT_BYTES,
+    REPLY_TYPES,
+    REQUEST_TYPES,
+    Exit,
+    Output,
+    ProtocolError,
+    RunRequest,
+    decode,
+    encode,
+)
+from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.protocols import NodeUnreachable
+
+
+def test_codec_round_trip() -> None:
+    run = RunRequest("r1", command="echo hi", timeout=2.5, env={"A": "b"}, cwd="/tmp")
+    assert decode(encode(run), REQUEST_TYPES) == run
+    out = Output("r1", "stderr", b"\x00\xff")
+    assert decode(encode(out), REPLY_TYPES) == out
+    done = Exit("r1", exit_status=None, exit_signal="KILL", timed_out=True)
+    assert decode(encode(done), REPLY_TYPES) == done
+    with pytest.raises(ProtocolError):
+        decode(encode(out), REQUEST_TYPES)  # a reply type is not a request
+
+
+async def test_reconnects_after_an_agent_restart() -> None:
+    with LocalAgents(1) as agents:
+        executor = agents.executor(0, connect_timeout=10.0)
+        assert (await executor.run("echo before")).stdout == b"before\n"
+        agents.restart(0)
+        assert (await executor.run("echo after")).stdout == b"after\n"
+        await executor.close()
+
+
+async def test_agent_death_mid_command_is_node_unreachable() -> None:
+    with LocalAgents(1) as agents:
+        executor = agents.executor(0, silence_timeout=2.0)
+        task = asyncio.create_task(executor.run("sleep 30"))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        agents.stop_one(0, signal.SIGKILL)
+        with pytest.raises(NodeUnreachable, match="silent"):
+            await task
+        assert time.monotonic() - started < 2.0 + 3.0
+        await executor.close()
+
+
+async def test_concurrency_limit_queues_the_rest() -> None:
+    with LocalAgents(1, concurrency=2) as agents:
+        executor = agents.executor(0)
+        started = time.monotonic()
+        results = await asyncio.gather(*(executor.run("sleep 0.5") for _ in range(4)))
+        elapsed = time.monotonic() - started
+        await executor.close()
+    assert all(r.ok for r in results)
+    assert elapsed >= 0.95  # two waves of two
+
+
+async def test_output_beyond_the_cap_is_dropped_not_fatal() -> None:
+    with LocalAgents(1) as agents:
+        executor = agents.executor(0)
+        extra = 1024 * 1024
+        result = await executor.run(f"head -c {MAX_OUTPUT_BYTES + extra} /dev/zero; echo done >&2")
+        await executor.close()
+    assert result.exit_status == 0
+    assert len(result.stdout) + len(result.stderr) == MAX_OUTPUT_BYTES

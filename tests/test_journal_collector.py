@@ -1,0 +1,134 @@
+"""The ZeroMQ journal collector and writer: acks, duplicates, garbage, flow control, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from cluster_runner_simulation.journal_format import canonical_body, scan_journal
+from cluster_runner_simulation.protocols import JournalError, PerfTestResult
+from cluster_runner_simulation.zmq_journal import (
+    AckMsg,
+    NackMsg,
+    ProtocolError,
+    WriteMsg,
+    ZmqJournalWriter,
+    decode,
+    encode,
+)
+
+JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
+
+
+def result(record_id: str) -> PerfTestResult:
+    return PerfTestResult(record_id, "all", "t", ("n0",), 0, "line", 1.0, 2.0)
+
+
+def start(spawn: Any, path: Path, port: int, *extra: str) -> Any:
+    proc = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(port), *extra)
+    proc.wait_for("listening on", timeout=30)
+    return proc
+
+
+def test_codec_round_trip_and_rejections() -> None:
+    for msg in (WriteMsg((("a", b"{}"), ("b", b"{}"))), AckMsg(("a", "b")), NackMsg("a", "why")):
+        assert decode(encode(msg)) == msg
+    for frames in ([b"XX", b"ACK"], [b"ZJ1", b"BOOM"], [b"ZJ1", b"WRITE", b"id"], [b"ZJ1"]):
+        with pytest.raises(ProtocolError):
+            decode(frames)
+
+
+@pytest.mark.parametrize("mode", [[], ["--fsync-each"]])
+async def test_concurrent_writers_are_all_durable(
+    tmp_path: Path, spawn: Any, port: int, mode: list[str]
+) -> None:
+    path = tmp_path / "j.jsonl"
+    collector = start(spawn, path, port, *mode)
+    writers = [ZmqJournalWriter(f"tcp://127.0.0.1:{port}") for _ in range(4)]
+    ids = [f"w{w}-{i}" for w in range(4) for i in range(50)]
+    await asyncio.gather(*(writers[int(r[1])].write(result(r)) for r in ids))
+    # The same ids again, from other writers: acknowledged, stored once.
+    await asyncio.gather(*(writers[(int(r[1]) + 1) % 4].write(result(r)) for r in ids[:20]))
+    for writer in writers:
+        await writer.close()
+    assert sorted(scan_journal(path).record_ids) == sorted(ids)
+    collector.stop()
+    assert "stored 200, duplicates 20" in collector.stdout()
+
+
+async def test_garbage_is_counted_and_the_collector_keeps_serving(
+    tmp_path: Path, spawn: Any, port: int
+) -> None:
+    path = tmp_path / "j.jsonl"
+    collector = start(spawn, path, port)
+    ctx = zmq.asyncio.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        await raw.send_multipart([b"garbage"])
+        await raw.send_multipart([b"ZJ1", b"ACK", b"x"])
+        await raw.send_multipart([b"ZJ1", b"WRITE", b"\xff\xfe", b"{}"])
+        bad_body = canonical_body({"record_id": "other"})
+        await raw.send_multipart(encode(WriteMsg((("mine", bad_body), ("nl", b'{"a":\n1}')))))
+        replies = [decode(await asyncio.wait_for(raw.recv_multipart(), 10)) for _ in range(2)]
+        assert {r.record_id for r in replies if isinstance(r, NackMsg)} == {"mine", "nl"}
+        writer = ZmqJournalWriter(f"tcp://127.0.0.1:{port}")
+        await writer.write(result("good"))
+        await writer.close()
+    finally:
+        raw.close()
+        ctx.term()
+    assert scan_journal(path).record_ids == ["good"]
+    collector.stop()
+    assert "bad messages 5" in collector.stdout()
+    assert "bad message #1" in collector.stderr()
+
+
+async def test_no_collector_means_a_clear_error_after_the_timeout(free_port: Any) -> None:
+    writer = ZmqJournalWriter(f"tcp://127.0.0.1:{free_port()}", timeout=0.5, retry_interval=0.1)
+    started = time.monotonic()
+    with pytest.raises(JournalError, match=r"not durable after 0s|collector slow or gone"):
+        await writer.write(result("lost"))
+    assert time.monotonic() - started < 5
+    await writer.close()
+
+
+async def test_flow_control_blocks_then_raises(free_port: Any) -> None:
+    writer = ZmqJournalWriter(f"tcp://127.0.0.1:{free_port()}", timeout=0.5, max_inflight=2)
+    outcomes = await asyncio.gather(
+        *(writer.write(result(f"r{i}")) for i in range(3)), return_exceptions=True
+    )
+    await writer.close()
+    messages = [str(o) for o in outcomes]
+    assert all(isinstance(o, JournalError) for o in outcomes)
+    assert sum("already wait for the collector" in m for m in messages) == 1
+
+
+def test_sigterm_stops_the_collector_cleanly(tmp_path: Path, spawn: Any, port: int) -> None:
+    collector = start(spawn, tmp_path / "j.jsonl", port)
+    collector.signal(signal.SIGTERM)
+    assert collector.wait() == 0
+    assert "Traceback" not in collector.output() and "stored 0" in collector.stdout()
+
+
+def test_collector_and_bench_argument_errors(run: Any, tmp_path: Path) -> None:
+    bad_port = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--port", "70000")
+    assert bad_port.returncode == 2 and "--port must be 1-65535" in bad_port.stderr
+    bad_bench = run(JOURNAL, "bench", "--writers", "0")
+    assert bad_bench.returncode == 2 and "must be positive" in bad_bench.stderr
+
+
+def test_bench_prints_both_figures(run: Any, tmp_path: Path) -> None:
+    proc = run(JOURNAL, "bench", "--writers", "2", "--records", "200", "--dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for label in ("zmq group commit", "zmq fsync per record", "in-process file"):
+        assert label in proc.stdout
+    assert "group commit / zmq fsync per record" in proc.stdout

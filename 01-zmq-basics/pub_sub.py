@@ -224,7 +224,9 @@ def sync_with_publisher(ctx: Context, sub: Socket, sync_endpoint: str, wait_s: f
     deadline = time.monotonic() + wait_s
     while True:
         if not sub.poll(max(1, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
-            raise Fail(f"no publisher probe within {wait_s:.0f} s - is the publisher running?")
+            raise Fail(
+                f"no publisher probe within {wait_s:.0f} s - is a publisher running with --sync?"
+            )
         if sub.recv_multipart()[0] == SYNC_TOPIC:
             break
     req = tune(ctx.socket(zmq.REQ))
@@ -360,9 +362,11 @@ def demo_run(
     hwm: int,
     work_us: int,
     kernel_buffer: int = 0,
+    port: int = 0,
 ) -> Report:
-    endpoint = f"tcp://{host}:{unused_port(host)}"
-    sync_endpoint = f"tcp://{host}:{unused_port(host)}" if sync else None
+    """One publisher/subscriber run on PORT and PORT+1 (0: any free ports)."""
+    endpoint = f"tcp://{host}:{port or unused_port(host)}"
+    sync_endpoint = f"tcp://{host}:{port + 1 if port else unused_port(host)}" if sync else None
     reports: list[Report] = []
     subscriber = threading.Thread(
         target=lambda: reports.append(
@@ -378,11 +382,13 @@ def demo_run(
     return reports[0] if reports else Report()
 
 
-def demo(ctx: Context, host: str) -> None:
+def demo(ctx: Context, host: str, port: int) -> None:
+    # Each run gets its own two ports: a closed ZeroMQ listener may hold its port briefly.
+    ports = [port + 2 * run if port else 0 for run in range(3)]
     log("demo", f"1) no sync: {DEMO_COUNT} messages at {DEFAULT_RATE}/s")
-    first = demo_run(ctx, host, False, DEMO_COUNT, DEFAULT_RATE, DEFAULT_HWM, 0)
+    first = demo_run(ctx, host, False, DEMO_COUNT, DEFAULT_RATE, DEFAULT_HWM, 0, port=ports[0])
     log("demo", f"2) the same with --sync: {DEMO_COUNT} messages at {DEFAULT_RATE}/s")
-    second = demo_run(ctx, host, True, DEMO_COUNT, DEFAULT_RATE, DEFAULT_HWM, 0)
+    second = demo_run(ctx, host, True, DEMO_COUNT, DEFAULT_RATE, DEFAULT_HWM, 0, port=ports[1])
     log(
         "demo",
         f"3) flood: {DEMO_FLOOD_COUNT} messages at full speed, HWM {DEMO_FLOOD_HWM}, "
@@ -398,6 +404,7 @@ def demo(ctx: Context, host: str) -> None:
         DEMO_FLOOD_HWM,
         DEMO_FLOOD_WORK_US,
         DEMO_FLOOD_KERNEL_BUFFER,
+        port=ports[2],
     )
     flood_missed = third.missed_in_gaps + third.missed_at_end
     log("demo", f"slow joiner without --sync: {first.missed_at_start} messages missed")
@@ -436,8 +443,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     demo_parser = roles.add_parser("demo", help="three publisher/subscriber runs, with figures")
     demo_parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
+    demo_parser.add_argument(
+        "--port", type=int, default=0, help="uses PORT..PORT+5; 0 = any free ports (0)"
+    )
 
     args = parser.parse_args(argv)
+    if args.role == "demo" and not 0 <= args.port <= 65530:
+        parser.error(f"port {args.port} is not in 0-65530 (the demo uses PORT..PORT+5)")
     if args.role != "demo":
         if not 1 <= args.port <= 65534:
             parser.error(f"port {args.port} is not in 1-65534 (PORT+1 is used too)")
@@ -461,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     try:
         if args.role == "demo":
-            demo(ctx, args.host)
+            demo(ctx, args.host, args.port)
             return 0
         endpoint = f"tcp://{args.host}:{args.port}"
         sync_endpoint = f"tcp://{args.host}:{args.port + 1}" if args.sync else None

@@ -138,6 +138,9 @@ def run_sink(
         pass
     finally:
         sock.close()
+        for batch, n_tasks in expected.items():
+            got = sum(per_worker[batch].values())
+            log("sink", f"batch {batch.decode()} incomplete: {got} of {n_tasks} results")
 
 
 def report(batch: bytes, per_worker: collections.Counter[str], elapsed_s: float) -> None:

@@ -150,10 +150,10 @@ class LazyPirateClient:
         for attempt in range(1, self.retries + 1):
             self.sock.send_multipart([sequence, text])
             if self.sock.poll(self.timeout_ms, zmq.POLLIN):
-                reply_sequence, reply = self.sock.recv_multipart()
-                if reply_sequence == sequence:
-                    return reply
-                raise NoReply(f"reply out of order: {reply_sequence!r} != {sequence!r}")
+                frames = self.sock.recv_multipart()
+                if len(frames) == 2 and frames[0] == sequence:
+                    return frames[1]
+                raise NoReply(f"unexpected reply to request {self.sequence}: {frames!r:.80}")
             # No reply: this REQ socket now waits for a reply that may never come and
             # refuses to send. Close it (LINGER 0 drops the pending request) and reopen.
             log("client", f"no reply in {self.timeout_ms} ms (attempt {attempt}/{self.retries})")
@@ -250,7 +250,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     client = roles.add_parser("client", help="send requests, Lazy Pirate style")
     client.add_argument("host_arg", nargs="?", metavar="HOST", help="server host (localhost)")
     client.add_argument("port_arg", nargs="?", type=int, metavar="PORT", help="server port (5555)")
-    client.add_argument("message", nargs="?", default="Hello ZeroMQ", help="text (%(default)s)")
+    client.add_argument(
+        "message", nargs="?", default="Hello ZeroMQ", metavar="MESSAGE", help="(%(default)s)"
+    )
     client.add_argument("--host", help="same as HOST")
     client.add_argument("--port", type=int, help="same as PORT")
     client.add_argument("--count", type=int, default=1, help="requests to send (%(default)s)")
@@ -271,6 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args = parser.parse_args(argv)
     if args.role == "client":
+        options_given = args.host is not None or args.port is not None
+        if options_given and args.host_arg is not None and args.port_arg is None:
+            # `client --port 5555 "Hello"`: with --host/--port, a lone positional is MESSAGE.
+            args.message, args.host_arg = args.host_arg, None
         for option, positional in (("host", "host_arg"), ("port", "port_arg")):
             given, extra = getattr(args, option), getattr(args, positional)
             if given is not None and extra is not None and given != extra:

@@ -277,9 +277,9 @@ def unused_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def demo(ctx: Context, host: str) -> None:
-    frontend = f"tcp://{host}:{unused_port(host)}"
-    backend = f"tcp://{host}:{unused_port(host)}"
+def demo(ctx: Context, host: str, port: int) -> None:
+    frontend = f"tcp://{host}:{port or unused_port(host)}"
+    backend = f"tcp://{host}:{port + 1 if port else unused_port(host)}"
     broker = threading.Thread(target=Broker(ctx, frontend, backend).run, daemon=True)
     broker.start()
     for number in range(1, DEMO_WORKERS + 1):
@@ -341,9 +341,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     demo_parser = roles.add_parser("demo", help="broker, workers and clients in one process")
     demo_parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
+    demo_parser.add_argument("--port", type=int, default=0, help="clients' port, 0 = any free")
 
     args = parser.parse_args(argv)
-    if args.role != "demo" and not 1 <= args.port <= 65534:
+    if not (0 if args.role == "demo" else 1) <= args.port <= 65534:
         parser.error(f"port {args.port} is not in 1-65534 (PORT+1 is used too)")
     if args.role == "worker" and args.work_ms < 0:
         parser.error("--work-ms must be at least 0")
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     try:
         if args.role == "demo":
-            demo(ctx, args.host)
+            demo(ctx, args.host, args.port)
             return 0
         frontend = f"tcp://{args.host}:{args.port}"
         backend = f"tcp://{args.host}:{args.port + 1}"

@@ -48,20 +48,33 @@ CONCURRENCY = 16
 TRANSFER_BYTES = 10 * 1024 * 1024
 DEFAULT_NODES = 16
 QUICK_NODES = 16
-# Samples per executor: (latency, throughput commands, fan-out repetitions, transfers).
-FULL_SAMPLES = {
-    "zmq": (1000, 2000, 5, 5),
-    "local": (1000, 2000, 5, 5),
-    "asyncssh": (100, 320, 5, 3),
-    "ssh_mux": (100, 320, 5, 3),
-    "ssh_fresh": (30, 64, 3, 3),
+MIN_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure per executor; each phase also stops once it has used budget_s."""
+
+    latency: int  # sequential `true` samples
+    throughput: int  # commands at concurrency 16
+    fanout: int  # repetitions of the fan-out
+    transfer: int  # 10 MB transfers
+    budget_s: float
+
+
+FULL_PLANS = {
+    "zmq": Plan(1000, 2000, 5, 5, 20.0),
+    "local": Plan(1000, 2000, 5, 5, 20.0),
+    "asyncssh": Plan(100, 320, 5, 3, 20.0),
+    "ssh_mux": Plan(100, 320, 5, 3, 20.0),
+    "ssh_fresh": Plan(30, 64, 3, 3, 20.0),
 }
-QUICK_SAMPLES = {
-    "zmq": (300, 400, 3, 3),
-    "local": (300, 400, 3, 3),
-    "asyncssh": (30, 64, 3, 2),
-    "ssh_mux": (30, 64, 3, 2),
-    "ssh_fresh": (10, 32, 2, 2),
+QUICK_PLANS = {
+    "zmq": Plan(300, 400, 3, 3, 3.0),
+    "local": Plan(300, 400, 3, 3, 3.0),
+    "asyncssh": Plan(20, 32, 2, 1, 3.0),
+    "ssh_mux": Plan(20, 32, 2, 1, 3.0),
+    "ssh_fresh": Plan(8, 16, 1, 1, 3.0),
 }
 TARGET_ZMQ_VS_LOCAL_P50 = 2.0  # at most
 TARGET_ASYNCSSH_VS_ZMQ_P50 = 20.0  # at least
@@ -205,49 +218,82 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-async def measure_latency(runner: Runner, samples: int, progress: Progress) -> list[float]:
-    for _ in range(min(5, samples)):
-        await runner.run("true")  # warm up: connections, caches
-    latencies = []
-    for _ in range(samples):
-        latencies.append(await timed(lambda: runner.run("true")))
-        progress.step()
-    return latencies
+async def measure_latencies(
+    runners: dict[str, Runner], plans: dict[str, Plan], progress: Progress
+) -> dict[str, list[float]]:
+    """Sequential `true`, one sample per executor in turn, so that a burst of load on
+    this shared machine hits every executor alike instead of whichever ran then."""
+    for runner in runners.values():
+        for _ in range(3):
+            await runner.run("true")  # warm up: connections, caches
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    spent = dict.fromkeys(runners, 0.0)
+    active = list(runners)
+    while active:
+        for name in list(active):
+            elapsed = await timed(lambda: runners[name].run("true"))
+            samples[name].append(elapsed)
+            spent[name] += elapsed / 1000.0
+            progress.step()
+            plan, taken = plans[name], len(samples[name])
+            if taken >= plan.latency or (spent[name] > plan.budget_s and taken >= MIN_SAMPLES):
+                progress.step(plan.latency - taken)
+                active.remove(name)
+    return samples
 
 
-async def measure_throughput(runner: Runner, total: int, progress: Progress) -> float:
-    queue = iter(range(total))
+async def measure_throughput(runner: Runner, plan: Plan, progress: Progress) -> float:
+    todo = iter(range(plan.throughput))
+    done = 0
+    started = time.perf_counter()
+    deadline = started + plan.budget_s
 
     async def worker() -> None:
-        for _ in queue:
+        nonlocal done
+        for _ in todo:
+            if time.perf_counter() > deadline and done >= CONCURRENCY:
+                return
             await runner.run("true")
+            done += 1
             progress.step()
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return total / (time.perf_counter() - started)
+    progress.step(plan.throughput - done)
+    return done / (time.perf_counter() - started)
 
 
-async def measure_fanout(runners: list[Runner], repetitions: int, progress: Progress) -> float:
-    await asyncio.gather(*(r.run("true") for r in runners))  # every connection warm
-    totals = []
-    for _ in range(repetitions):
-        totals.append(await timed(lambda: asyncio.gather(*(r.run("true") for r in runners))))
+async def repeat(
+    plan_count: int, budget_s: float, call: Callable[[], Awaitable[Any]], progress: Progress
+) -> float:
+    """Median wall time of ``call`` in ms, over plan_count runs or budget_s, at least one."""
+    totals: list[float] = []
+    started = time.perf_counter()
+    while len(totals) < plan_count:
+        totals.append(await timed(call))
         progress.step()
+        if time.perf_counter() - started > budget_s:
+            break
+    progress.step(plan_count - len(totals))
     return statistics.median(totals)
 
 
-async def measure_transfer(runner: Runner, repetitions: int, progress: Progress) -> float:
-    command = f"head -c {TRANSFER_BYTES} /dev/zero"
-    totals = []
-    for _ in range(repetitions):
-        started = time.perf_counter()
-        out = await runner.run(command)
-        totals.append((time.perf_counter() - started) * 1000.0)
+async def measure_fanout(runners: list[Runner], plan: Plan, progress: Progress) -> float:
+    if runners[0].name != "ssh_fresh":  # nothing to warm up without a connection
+        await asyncio.gather(*(r.run("true") for r in runners))  # every connection warm
+
+    async def fan_out() -> None:
+        await asyncio.gather(*(r.run("true") for r in runners))
+
+    return await repeat(plan.fanout, plan.budget_s, fan_out, progress)
+
+
+async def measure_transfer(runner: Runner, plan: Plan, progress: Progress) -> float:
+    async def transfer() -> None:
+        out = await runner.run(f"head -c {TRANSFER_BYTES} /dev/zero")
         if len(out) != TRANSFER_BYTES:
             raise RuntimeError(f"{runner.name}: got {len(out)} of {TRANSFER_BYTES} bytes")
-        progress.step()
-    return statistics.median(totals)
+
+    return await repeat(plan.transfer, plan.budget_s, transfer, progress)
 
 
 # --- Setup ------------------------------------------------------------------------------------
@@ -303,11 +349,13 @@ async def stop_ssh_masters(sshd: LocalSshd, tmp: Path, nodes: int) -> None:
 
 
 async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Figures]:
-    samples = QUICK_SAMPLES if args.quick else FULL_SAMPLES
-    steps = sum(sum(samples[n][:2]) + samples[n][2] + samples[n][3] for n in names)
+    plans = QUICK_PLANS if args.quick else FULL_PLANS
+    steps = sum(
+        p.latency + p.throughput + p.fanout + p.transfer for n, p in plans.items() if n in names
+    )
     progress = Progress(steps, enabled=not args.no_progress)
     needs_ssh = any(n.startswith(("ssh", "async")) for n in names)
-    figures: dict[str, Figures] = {}
+    figures = {name: Figures() for name in names}
     with contextlib.ExitStack() as stack:
         progress.phase(f"starting sshd and {args.nodes} agents")
         sshd = stack.enter_context(LocalSshd()) if needs_ssh else None
@@ -315,18 +363,19 @@ async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Fig
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cm-", dir="/tmp")))
         bench = build_bench(names, args.nodes, sshd, agents, tmp)
         try:
+            progress.phase("latency, all executors in turn")
+            firsts = {name: group[0] for name, group in bench.runners.items()}
+            for name, latencies in (await measure_latencies(firsts, plans, progress)).items():
+                figures[name].latencies_ms = latencies
             for name in names:
-                group = bench.runners[name]
-                lat, thr, fan, xfer = samples[name]
-                fig = figures[name] = Figures(fanout_nodes=len(group))
-                progress.phase(f"{name}: latency")
-                fig.latencies_ms = await measure_latency(group[0], lat, progress)
+                group, plan, fig = bench.runners[name], plans[name], figures[name]
                 progress.phase(f"{name}: throughput @{CONCURRENCY}")
-                fig.cmds_per_s = await measure_throughput(group[0], thr, progress)
+                fig.cmds_per_s = await measure_throughput(group[0], plan, progress)
                 progress.phase(f"{name}: fan-out to {len(group)}")
-                fig.fanout_ms = await measure_fanout(group, fan, progress)
+                fig.fanout_nodes = len(group)
+                fig.fanout_ms = await measure_fanout(group, plan, progress)
                 progress.phase(f"{name}: 10 MB stdout")
-                fig.transfer_ms = await measure_transfer(group[0], xfer, progress)
+                fig.transfer_ms = await measure_transfer(group[0], plan, progress)
         finally:
             await bench.close()
             if sshd is not None:
@@ -458,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.descriptor is not None:
-        print("error: --descriptor (real hosts) is not supported yet; run without it", file=sys.stderr)
+        print(
+            "error: --descriptor (real hosts) is not supported yet; run without it", file=sys.stderr
+        )
         return 2
     args.nodes = args.nodes or (QUICK_NODES if args.quick else DEFAULT_NODES)
     names = [n for n in EXECUTORS if n in args.executors]

@@ -270,7 +270,7 @@ class _Pending:
     """One record waiting for its ACK, and every write() call waiting for it."""
 
     body: bytes
-    waiters: list[asyncio.Future[None]]
+    waiters: dict[asyncio.Future[None], float]  # each waiting write() and its deadline
     sent_at: float = -1.0
 
 
@@ -315,34 +315,31 @@ class ZmqJournalWriter:
         self._start()
         loop = asyncio.get_running_loop()
         record_id = test_result.record_id
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise JournalError(
-                f"journal at {self.endpoint}: {len(self._pending)} writes already wait for the "
-                f"collector; {record_id!r} not accepted within {self.timeout:.0f}s"
-            ) from None
+        if self._slots.locked():  # flow control: wait for room, but not forever
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise JournalError(
+                    f"journal at {self.endpoint}: {len(self._pending)} writes already wait for "
+                    f"the collector; {record_id!r} not accepted within {self.timeout:.0f}s"
+                ) from None
+        else:
+            await self._slots.acquire()
         waiter: asyncio.Future[None] = loop.create_future()
         pending = self._pending.get(record_id)
         if pending is None:
-            pending = _Pending(canonical_body(test_result.to_record()), [])
+            pending = _Pending(canonical_body(test_result.to_record()), {})
             self._pending[record_id] = pending
             self._outbox.append(record_id)
             self._wake.set()
-        pending.waiters.append(waiter)
+        # No timer per write: the send loop fails waiters whose deadline has passed.
+        pending.waiters[waiter] = loop.time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
-                await waiter
-        except TimeoutError:
-            raise JournalError(
-                f"journal at {self.endpoint}: record {record_id!r} not durable after "
-                f"{self.timeout:.0f}s (collector slow or gone)"
-            ) from None
+            await waiter
         finally:
             self._slots.release()
-            if waiter in pending.waiters:
-                pending.waiters.remove(waiter)
+            pending.waiters.pop(waiter, None)
             if not pending.waiters and self._pending.get(record_id) is pending:
                 del self._pending[record_id]
 
@@ -355,37 +352,57 @@ class ZmqJournalWriter:
 
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        tick = min(self.retry_interval, self.timeout) / 2
+        next_sweep = loop.time() + tick
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.retry_interval / 2)
+                async with asyncio.timeout(max(0.0, next_sweep - loop.time())):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
             now = loop.time()
-            due = [rid for rid in self._outbox if rid in self._pending]
+            batch = [rid for rid in self._outbox if rid in self._pending]
             self._outbox.clear()
-            overdue = [
-                rid
-                for rid, p in self._pending.items()
-                if p.sent_at >= 0 and now - p.sent_at >= self.retry_interval
+            if now >= next_sweep:
+                next_sweep = now + tick
+                overdue = self._sweep(now)
+                self.retries += len(overdue)
+                batch += overdue
+            await self._send(batch, now)
+
+    def _sweep(self, now: float) -> list[str]:
+        """Fail waiters past their deadline; return the records due for a re-send."""
+        overdue = []
+        for record_id, pending in list(self._pending.items()):
+            for waiter, deadline in list(pending.waiters.items()):
+                if deadline <= now and not waiter.done():
+                    waiter.set_exception(
+                        JournalError(
+                            f"journal at {self.endpoint}: record {record_id!r} not durable after "
+                            f"{self.timeout:.0f}s (collector slow or gone)"
+                        )
+                    )
+            if pending.sent_at >= 0 and now - pending.sent_at >= self.retry_interval:
+                overdue.append(record_id)
+        return overdue
+
+    async def _send(self, batch: list[str], now: float) -> None:
+        for start in range(0, len(batch), MAX_RECORDS_PER_MESSAGE):
+            chunk = [
+                (rid, self._pending[rid])
+                for rid in batch[start : start + MAX_RECORDS_PER_MESSAGE]
+                if rid in self._pending  # a timed-out write may have left meanwhile
             ]
-            self.retries += len(overdue)
-            batch = due + overdue
-            for start in range(0, len(batch), MAX_RECORDS_PER_MESSAGE):
-                chunk = [
-                    (rid, self._pending[rid])
-                    for rid in batch[start : start + MAX_RECORDS_PER_MESSAGE]
-                    if rid in self._pending  # a timed-out write may have left meanwhile
-                ]
-                if not chunk:
-                    continue
-                for _, pending in chunk:
-                    pending.sent_at = now
-                msg = WriteMsg(tuple((rid, pending.body) for rid, pending in chunk))
-                try:
-                    await self._sock.send_multipart(encode(msg), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # no room towards the collector: the retry timer sends it later
+            if not chunk:
+                continue
+            for _, pending in chunk:
+                pending.sent_at = now
+            msg = WriteMsg(tuple((rid, pending.body) for rid, pending in chunk))
+            try:
+                await self._sock.send_multipart(encode(msg), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no room towards the collector: the sweep re-sends it later
 
     async def _recv_loop(self) -> None:
         while True:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
@@ -37,6 +38,7 @@ import platform
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +89,8 @@ from cluster_runner_simulation.agent_protocol import (
 DEFAULT_CONCURRENCY = 64
 MAX_QUEUED = 4096  # runs accepted but waiting for a slot; beyond this the agent answers "busy"
 HEARTBEAT_INTERVAL_S = 1.0
+FLUSH_DELAY_S = 0.002  # how long output may wait to be batched into a bigger message
+PIPE_BYTES = 1024 * 1024  # pipe buffer per stream, so reads (and messages) can be bigger
 KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
 BAD_LOG_INTERVAL_S = 1.0
 NVIDIA_SMI_TIMEOUT_S = 10.0
@@ -177,6 +181,77 @@ def exit_fields(returncode: int | None) -> tuple[int | None, str | None]:
         return None, str(-returncode)
 
 
+class OutputCollector(asyncio.SubprocessProtocol):
+    """Buffers a child's stdout and stderr and ships them in chunks.
+
+    Pipe reads return at most one pipe's worth (64 KiB by default), often much
+    less; sending each read as its own message would cost a round of encoding
+    per few kilobytes. So data waits up to FLUSH_DELAY_S, or until a buffer
+    holds OUTPUT_CHUNK_BYTES, and the rest goes out when the pipe closes.
+    """
+
+    STREAMS = {1: "stdout", 2: "stderr"}
+
+    def __init__(self, run: CommandRun, budget: OutputBudget) -> None:
+        loop = asyncio.get_running_loop()
+        self.run = run
+        self.budget = budget
+        self.buffers = {1: bytearray(), 2: bytearray()}
+        self.open_pipes = 2
+        self.exited = False
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        for fd in self.STREAMS:
+            pipe = transport.get_pipe_transport(fd)
+            handle = pipe.get_extra_info("pipe") if pipe is not None else None
+            if handle is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self.buffers[fd]
+        buffer += data
+        if len(buffer) >= OUTPUT_CHUNK_BYTES:
+            self.flush(fd)
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_all)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.flush(fd)
+        self.open_pipes -= 1
+        self._maybe_finished()
+
+    def process_exited(self) -> None:
+        self.exited = True
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        if self.exited and self.open_pipes <= 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    def flush_all(self) -> None:
+        self._flush_timer = None
+        for fd in self.STREAMS:
+            self.flush(fd)
+
+    def flush(self, fd: int) -> None:
+        buffer = self.buffers[fd]
+        while buffer:
+            chunk = bytes(buffer[:OUTPUT_CHUNK_BYTES])
+            del buffer[:OUTPUT_CHUNK_BYTES]
+            granted = self.budget.take(len(chunk))
+            if granted:
+                self.run.send_now(Output(self.run.request.id, self.STREAMS[fd], chunk[:granted]))
+
+    def stop_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+
 @dataclass
 class CommandRun:
     """One client's command, from ``run`` to ``exit``."""
@@ -187,56 +262,58 @@ class CommandRun:
     timed_out: bool = False
     cancelled: bool = False
 
+    def send_now(self, message: Message) -> None:
+        self.agent.send_now(self.peer, message)
+
     async def execute(self) -> None:
         req = self.request
-        await self.agent.send(self.peer, Accepted(req.id))
+        self.send_now(Accepted(req.id))
         try:
             async with self.agent.slots:
                 await self._spawn_and_stream()
         except asyncio.CancelledError:
             # Cancelled while still queued for a slot: nothing was started.
-            await self.agent.send(self.peer, Exit(req.id, cancelled=True))
+            self.send_now(Exit(req.id, cancelled=True))
 
     async def _spawn_and_stream(self) -> None:
         req = self.request
         env = {**os.environ, **req.env} if req.env else None
+        budget = OutputBudget(MAX_OUTPUT_BYTES)
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_shell(
+            transport, collector = await loop.subprocess_shell(
+                lambda: OutputCollector(self, budget),
                 req.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=req.cwd,
                 env=env,
                 start_new_session=True,  # its own process group, so a kill takes every child
-                limit=OUTPUT_CHUNK_BYTES,
             )
         except OSError as exc:
             message = f"agent could not start the command: {exc}\n".encode()
-            await self.agent.send(self.peer, Output(req.id, "stderr", message))
-            await self.agent.send(self.peer, Exit(req.id, exit_status=127))
+            self.send_now(Output(req.id, "stderr", message))
+            self.send_now(Exit(req.id, exit_status=127))
             return
-        budget = OutputBudget(MAX_OUTPUT_BYTES)
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [
-            asyncio.create_task(self._pump("stdout", proc.stdout, budget)),
-            asyncio.create_task(self._pump("stderr", proc.stderr, budget)),
-        ]
         try:
             async with asyncio.timeout(req.timeout):
-                await asyncio.gather(*pumps)
-                await proc.wait()
+                await asyncio.shield(collector.finished)
         except TimeoutError:
             self.timed_out = True
         except asyncio.CancelledError:
             self.cancelled = True
         if self.timed_out or self.cancelled:
-            await self._kill(proc, pumps)
-        status, signame = exit_fields(proc.returncode)
+            kill_group(transport.get_pid())
+            # A child that left the group may still hold a pipe open: bound the wait.
+            await asyncio.wait([collector.finished], timeout=KILL_DRAIN_S)
+        collector.stop_timer()
+        collector.flush_all()
+        transport.close()
+        status, signame = exit_fields(transport.get_returncode())
         if budget.dropped:
             log.warning("%s: dropped %d output bytes beyond the cap", req.id, budget.dropped)
-        await self.agent.send(
-            self.peer,
+        self.send_now(
             Exit(
                 req.id,
                 exit_status=status,
@@ -244,25 +321,8 @@ class CommandRun:
                 timed_out=self.timed_out,
                 cancelled=self.cancelled,
                 dropped_bytes=budget.dropped,
-            ),
+            )
         )
-
-    async def _kill(
-        self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]
-    ) -> None:
-        kill_group(proc.pid)
-        # A child that left the group may still hold a pipe open: bound the wait.
-        _, pending = await asyncio.wait(pumps, timeout=KILL_DRAIN_S)
-        for task in pending:
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), KILL_DRAIN_S)
-
-    async def _pump(self, stream: str, reader: asyncio.StreamReader, budget: OutputBudget) -> None:
-        while chunk := await reader.read(OUTPUT_CHUNK_BYTES):
-            granted = budget.take(len(chunk))
-            if granted:
-                await self.agent.send(self.peer, Output(self.request.id, stream, chunk[:granted]))
 
 
 # --- The agent --------------------------------------------------------------------------------
@@ -291,14 +351,23 @@ class NodeAgent:
         assert set(handlers) == set(REQUEST_TYPES)
         self.handlers = handlers
 
-    async def send(self, peer: bytes, message: Message) -> None:
-        try:
-            await self.sock.send_multipart([peer, *encode(message)], copy=False)
-        except zmq.ZMQError as exc:
-            # ROUTER_MANDATORY: the client has gone away. Its command still finishes.
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.undeliverable += 1
+    def send_now(self, peer: bytes, message: Message) -> None:
+        """Queue ``message`` for ``peer`` without waiting.
+
+        The ROUTER's queue is unbounded (SNDHWM 0), so pyzmq sends at once and
+        hands back a finished future; messages keep their order.
+        """
+        sent = asyncio.ensure_future(self.sock.send_multipart([peer, *encode(message)], copy=False))
+        sent.add_done_callback(self._count_undeliverable)
+
+    def _count_undeliverable(self, sent: asyncio.Future[Any]) -> None:
+        error = None if sent.cancelled() else sent.exception()
+        if error is None:
+            return
+        # ROUTER_MANDATORY: the client has gone away. Its command still finishes.
+        self.undeliverable += 1
+        if not (isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH):
+            log.warning("send failed: %s", error)
 
     async def serve(self) -> None:
         heartbeats = asyncio.create_task(self._heartbeat_loop())
@@ -318,7 +387,7 @@ class NodeAgent:
             code = (
                 ErrorCode.NOT_ALLOWED if isinstance(exc, TypeNotAllowed) else ErrorCode.BAD_REQUEST
             )
-            self._spawn(self.send(peer, ErrorReply(request_id_of(frames), code.value, str(exc))))
+            self.send_now(peer, ErrorReply(request_id_of(frames), code.value, str(exc)))
             return
         self.handlers[message.TYPE](peer, message)
 
@@ -326,11 +395,11 @@ class NodeAgent:
         key = (peer, req.id)
         if key in self.running:
             reply = ErrorReply(req.id, ErrorCode.DUPLICATE_ID.value, "request id already running")
-            self._spawn(self.send(peer, reply))
+            self.send_now(peer, reply)
             return
         if len(self.running) >= MAX_QUEUED:
             reply = ErrorReply(req.id, ErrorCode.BUSY.value, f"{MAX_QUEUED} commands in flight")
-            self._spawn(self.send(peer, reply))
+            self.send_now(peer, reply)
             return
         task = asyncio.create_task(CommandRun(self, peer, req).execute())
         self.running[key] = task
@@ -340,18 +409,18 @@ class NodeAgent:
         task = self.running.get((peer, req.id))
         if task is None:
             reply = ErrorReply(req.id, ErrorCode.UNKNOWN_ID.value, "no such command running")
-            self._spawn(self.send(peer, reply))
+            self.send_now(peer, reply)
             return
         task.cancel()  # CommandRun kills the group and answers with exit{cancelled}
 
     def on_facts(self, peer: bytes, req: FactsRequest) -> None:
         async def answer() -> None:
-            await self.send(peer, FactsReply(req.id, facts=await gather_facts(self.node_id)))
+            self.send_now(peer, FactsReply(req.id, facts=await gather_facts(self.node_id)))
 
         self._spawn(answer())
 
     def on_ping(self, peer: bytes, req: PingRequest) -> None:
-        self._spawn(self.send(peer, Pong(req.id, node_id=self.node_id)))
+        self.send_now(peer, Pong(req.id, node_id=self.node_id))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -375,7 +444,7 @@ class NodeAgent:
             for peer, _ in list(self.running):
                 busy_peers[peer] = busy_peers.get(peer, 0) + 1
             for peer, count in busy_peers.items():
-                await self.send(peer, Heartbeat("", running=count))
+                self.send_now(peer, Heartbeat("", running=count))
 
     async def shutdown(self) -> None:
         tasks = list(self.running.values())

@@ -187,7 +187,8 @@ class ZmqNodeExecutor:
         try:
             guard = None if timeout is None else timeout + TIMEOUT_GRACE_S
             try:
-                reply = await asyncio.wait_for(asyncio.shield(pending.done), guard)
+                async with asyncio.timeout(guard):
+                    reply = await pending.done
             except TimeoutError:
                 self._send_cancel(request.id)
                 raise CommandTimeout(self._node_id, f"no exit after {timeout}s: {command!r}")
@@ -202,7 +203,8 @@ class ZmqNodeExecutor:
         request = FactsRequest(self._next_id())
         pending = await self._submit(request, expect_accepted=False)
         try:
-            reply = await asyncio.wait_for(asyncio.shield(pending.done), self.facts_timeout)
+            async with asyncio.timeout(self.facts_timeout):
+                reply = await pending.done
         except TimeoutError:
             raise NodeUnreachable(self._node_id, f"no facts within {self.facts_timeout}s") from None
         finally:
@@ -220,7 +222,8 @@ class ZmqNodeExecutor:
         request = PingRequest(self._next_id())
         pending = await self._submit(request, expect_accepted=False)
         try:
-            await asyncio.wait_for(asyncio.shield(pending.done), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                await pending.done
         except TimeoutError:
             raise self._unreachable() from None
         finally:
@@ -268,14 +271,12 @@ class ZmqNodeExecutor:
         loop = asyncio.get_running_loop()
         pending = PendingRequest(loop.create_future(), loop.create_future())
         self._pending[request.id] = pending
-        deadline = loop.time() + self.connect_timeout
         try:
-            # ZMQ_IMMEDIATE: this blocks while there is no live, authenticated connection.
-            await asyncio.wait_for(sock.send_multipart(encode(request)), self.connect_timeout)
-            if expect_accepted:
-                await asyncio.wait_for(
-                    asyncio.shield(pending.accepted), max(0.0, deadline - loop.time())
-                )
+            async with asyncio.timeout(self.connect_timeout):
+                # ZMQ_IMMEDIATE: this waits while there is no live, authenticated connection.
+                await sock.send_multipart(encode(request))
+                if expect_accepted:
+                    await pending.accepted
         except TimeoutError:
             self._pending.pop(request.id, None)
             self._send_cancel(request.id)  # in case it arrives after all

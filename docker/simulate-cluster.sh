@@ -34,6 +34,7 @@ STATE_ROOT="${CLUSTER_STATE_DIR:-${REPO_ROOT}/.cluster-state}"
 HEARTBEAT_INTERVAL="${HEARTBEAT_INTERVAL:-0.5}"
 LIVENESS="${LIVENESS:-3}"
 WAIT_FOR_VERDICT=1
+DEMO_STOP=0
 COMPOSE=()
 PY=""
 
@@ -74,6 +75,8 @@ Testing
                          submit tasks with client.py from inside the cluster
   demo                   start, submit work, print the dashboard URL, stop on Ctrl-C
                          (DEMO_SECONDS=N stops after N seconds)
+  compare [--runs N]     docker: run \`hostname\` on every worker through its ZeroMQ node agent
+                         and through its sshd, from the coordinator container; print both
 
 Failure simulation (fail/recover/partition/heal wait for the monitor's verdict; --no-wait skips)
   fail NODE              kill the node with SIGKILL
@@ -247,6 +250,7 @@ write_worker_override() {
       cat <<EOF
   worker${i}:
     extends: {service: worker1}
+    environment: {NODE_ID: worker${i}}
     command: [python, 02-cluster-patterns/worker.py, --id=worker${i}, --coordinator=coordinator,
               "--heartbeat-interval=${HEARTBEAT_INTERVAL}", "--liveness=${LIVENESS}"]
 EOF
@@ -307,7 +311,11 @@ docker_cleanup() {
   if [[ -n "$(project_containers)" || -n "$(cluster_network)" ]]; then
     compose down --remove-orphans --volumes --timeout 5
   fi
-  images="$(docker images -q "$(image_name | cut -d: -f1)" | sort -u)"
+  # The tagged image plus older builds of this project that a rebuild left untagged.
+  images="$({
+    docker images -q "$(image_name | cut -d: -f1)"
+    docker images -q --filter "label=com.zmqsim.project=${PROJECT}"
+  } | sort -u)"
   if [[ -n "${images}" ]]; then
     # shellcheck disable=SC2086 # one id per word
     docker image rm -f ${images} >/dev/null
@@ -750,6 +758,26 @@ cmd_test() {
     -- "${sim[@]}"
 }
 
+cmd_compare() {
+  local runs=50 nodes=()
+  while (($#)); do
+    case "$1" in
+      --runs) runs="${2:-}" ;;
+      *) die_usage "compare: unknown option '$1' (usage: compare [--runs N])" ;;
+    esac
+    shift 2 || die_usage "compare: $1 needs a value"
+  done
+  if ! is_uint "${runs}" || ((runs < 1)); then
+    die_usage "compare: --runs needs a positive number"
+  fi
+  [[ "${BACKEND}" == docker ]] || die_usage "compare needs the Docker backend (each worker" \
+    "container runs an agent and sshd); locally use 03-cluster-runner-simulation/performance_comparison.py"
+  require_started
+  mapfile -t nodes < <(node_names | grep '^worker')
+  docker exec -i "$(container_id coordinator)" python - --runs "${runs}" "${nodes[@]}" \
+    <"${SCRIPT_DIR}/compare_transports.py"
+}
+
 cmd_fail() {
   local node="${1:-}"
   require_started
@@ -936,9 +964,10 @@ cmd_demo() {
     cmd_start --workers "${DEFAULT_WORKERS}"
     started_here=1
   fi
-  # Ctrl-C or SIGTERM: stop what this demo started, then leave quietly.
-  # shellcheck disable=SC2064 # expand started_here now
-  trap "demo_finish ${started_here}; exit 0" INT TERM
+  # Ctrl-C or SIGTERM only raise a flag: the trap may fire inside a redirected workload,
+  # so the loop below notices it and the demo stops the cluster in plain sight.
+  trap 'DEMO_STOP=1' INT TERM
+  DEMO_STOP=0
   info "submitting 200 tasks with client.py"
   cmd_workload --count 200 --kind sleep --ms 20 || err "the first workload reported failures"
   info ""
@@ -949,16 +978,12 @@ cmd_demo() {
     info "press Ctrl-C to stop; in another terminal try: $0 fail worker1"
   fi
   deadline=$((SECONDS + seconds))
-  while ((seconds == 0 || SECONDS < deadline)); do
+  while ((DEMO_STOP == 0)) && ((seconds == 0 || SECONDS < deadline)); do
     cmd_workload --count 50 --kind cpu --ms 5 >/dev/null 2>&1 || true
-    sleep 1
+    ((DEMO_STOP)) || sleep 1
   done
-  demo_finish "${started_here}"
-}
-
-demo_finish() {
   trap - INT TERM
-  if (($1)); then
+  if ((started_here)); then
     info "stopping the demo cluster"
     cmd_stop
   fi
@@ -1007,7 +1032,7 @@ main() {
   [[ "${PROJECT}" =~ ^[a-z0-9][a-z0-9_-]*$ ]] \
     || die_usage "project name '${PROJECT}' must be lowercase letters, digits, '-' or '_'"
   case "${COMMAND}" in
-    build | start | stop | status | cleanup | logs | test | workload | demo | fail | recover \
+    build | start | stop | status | cleanup | logs | test | workload | demo | compare | fail | recover \
       | partition | heal | pause | resume | slow | flaky | fast) ;;
     *)
       usage >&2

@@ -46,14 +46,15 @@ def start_cluster(spawn: Any, free_port: Callable[[], int]) -> tuple[str, dict[s
     """Coordinator, 3 workers, monitor; returns the monitor's URL and the processes."""
     port, status_port, http_port = free_port(), free_port(), free_port()
     timing = ["--heartbeat-interval", str(INTERVAL_S), "--liveness", str(LIVENESS)]
-    spawn(
+    coordinator = spawn(
         "02-cluster-patterns/coordinator.py",
         "--port",
         str(port),
         "--status-port",
         str(status_port),
         *timing,
-    ).wait_for("coordinator ready")
+    )
+    coordinator.wait_for("coordinator ready")
     workers = {
         name: spawn("02-cluster-patterns/worker.py", "--id", name, "--port", str(port), *timing)
         for name in WORKERS
@@ -70,7 +71,7 @@ def start_cluster(spawn: Any, free_port: Callable[[], int]) -> tuple[str, dict[s
     while node_states(base) != {name: "alive" for name in WORKERS}:
         assert time.monotonic() < deadline, f"workers not all alive: {node_states(base)}"
         time.sleep(0.1)
-    return base, {"port": str(port), **workers}
+    return base, {"port": str(port), "coordinator": coordinator, **workers}
 
 
 def test_dashboard_shows_workers_and_a_kill_without_reload(
@@ -83,7 +84,7 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
     except ImportError:
         pytest.skip("the playwright package is not installed (requirements-dev.txt)")
 
-    base, workers = start_cluster(spawn, free_port)
+    base, procs = start_cluster(spawn, free_port)
     requested: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -110,12 +111,12 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
                 "--ms",
                 "2",
                 "--port",
-                workers["port"],
+                procs["port"],
                 timeout=60,
             )
             assert client.returncode == 0, client.stdout + client.stderr
 
-            workers["w2"].signal(signal.SIGKILL)
+            procs["w2"].signal(signal.SIGKILL)
             killed_at = time.monotonic()
             page.wait_for_selector(
                 'tr[data-node="w2"][data-state="dead"]',
@@ -133,6 +134,14 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
             shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            # The coordinator dies: the page says so, still without a reload.
+            procs["coordinator"].signal(signal.SIGKILL)
+            page.wait_for_selector(
+                '#coordinator[data-seen="lost"]', timeout=(DEAD_WITHIN_S + 5) * 1000
+            )
+            assert "LOST" in page.inner_text("#coordinator")
+            assert page.evaluate("window.__sameDocument") is True
         finally:
             browser.close()
     outside = [url for url in requested if not url.startswith(base + "/")]

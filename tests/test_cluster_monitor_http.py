@@ -74,7 +74,11 @@ class FakeCoordinator:
         self.ctx = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(f"tcp://127.0.0.1:{port}")
+        try:
+            self.pub.bind(f"tcp://127.0.0.1:{port}")
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.seq = 0
         self.done = 0
         self.last_sent = time.monotonic()
@@ -106,6 +110,18 @@ class FakeCoordinator:
                 return
             time.sleep(INTERVAL_S / 2)
         raise AssertionError("condition not reached while publishing STATUS")
+
+
+def rebind(port: int) -> FakeCoordinator:
+    """A new fake on a port just released: libzmq closes listeners asynchronously."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return FakeCoordinator(port)
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -307,7 +323,7 @@ def test_follows_a_restarted_coordinator_and_stops_on_sigint(
 
     # The coordinator dies and a new one (new id, counters from zero) binds the same port.
     fake.pub.close(linger=0)
-    restarted = FakeCoordinator(status_port)
+    restarted = rebind(status_port)
     try:
         restarted.pub.setsockopt(zmq.LINGER, 0)
 

@@ -89,7 +89,9 @@ class Sim:
             ["docker", "network", "ls", "-q", "--filter", label], capture_output=True, text=True
         ).stdout
         images = subprocess.run(
-            ["docker", "images", "-q", f"{self.project}-node"], capture_output=True, text=True
+            ["docker", "images", "-q", "--filter", f"label=com.zmqsim.project={self.project}"],
+            capture_output=True,
+            text=True,
         ).stdout
         return (containers + networks + images).strip()
 

@@ -9,6 +9,8 @@ Marker convention (an HTML comment on the line right before the opening fence; G
     <!-- doc-test: run -->                       the default when no marker is given
     <!-- doc-test: run timeout=120 -->           same, with a longer per-command bound (seconds)
     <!-- doc-test: parse-only (needs Docker) -->  the reason in brackets is mandatory
+    <!-- doc-test: run finally="CMD" -->          CMD runs after the block, pass or fail (cleanup
+                                                 of daemons that a command of the block started)
 
 ``run``: the block's commands run in order from the repository root, with ``.venv/bin`` first on
 PATH (as after ``. .venv/bin/activate``), inside a private network namespace created for the
@@ -147,6 +149,7 @@ class Block:
     reason: str
     timeout: float
     commands: list[str] = field(default_factory=list)
+    cleanup: str = ""
 
     @property
     def ident(self) -> str:
@@ -205,6 +208,7 @@ def parse_blocks(path: Path) -> list[Block]:
             mode, rest = (marker.group("mode"), marker.group("rest")) if marker else ("run", "")
             reason_match = re.search(r"\((.+)\)", rest)
             timeout_match = re.search(r"timeout=(\d+)", rest)
+            finally_match = re.search(r'finally="([^"]+)"', rest)
             block = Block(
                 path=path,
                 line=index + 1,
@@ -213,6 +217,7 @@ def parse_blocks(path: Path) -> list[Block]:
                 reason=reason_match.group(1) if reason_match else "",
                 timeout=float(timeout_match.group(1)) if timeout_match else DEFAULT_TIMEOUT_S,
                 commands=_commands_of(lang, lines[index + 1 : end]),
+                cleanup=finally_match.group(1) if finally_match else "",
             )
             blocks.append(block)
         index = end + 1
@@ -357,7 +362,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-def execute_block(commands: list[str], timeout: float, logdir: Path) -> list[str]:
+def execute_block(
+    commands: list[str], timeout: float, logdir: Path, cleanup: str = ""
+) -> list[str]:
     """Run the commands in order; return the failures (empty means the block works)."""
     env = _env()
     failures: list[str] = []
@@ -415,6 +422,10 @@ def execute_block(commands: list[str], timeout: float, logdir: Path) -> list[str
     finally:
         for _command, proc, _log in reversed(background):
             _stop(proc)
+        if cleanup:
+            subprocess.run(
+                ["bash", "-c", cleanup], cwd=REPO, env=env, capture_output=True, timeout=120
+            )
     return failures
 
 
@@ -476,7 +487,14 @@ def test_run_block(block: Block, tmp_path: Path) -> None:
             assert problem is None, f"{block.ident}: {command}\n  -> {problem}"
     spec = tmp_path / "block.json"
     spec.write_text(
-        json.dumps({"commands": block.commands, "timeout": block.timeout, "logdir": str(tmp_path)})
+        json.dumps(
+            {
+                "commands": block.commands,
+                "timeout": block.timeout,
+                "logdir": str(tmp_path),
+                "cleanup": block.cleanup,
+            }
+        )
     )
     if _netns_available():
         argv = ["unshare", "--net", "--", PYTHON, __file__, "--execute", str(spec)]
@@ -491,7 +509,9 @@ def _main_execute(spec_path: str) -> int:
     """Entry point inside the private network namespace: bring up loopback, run one block."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     spec = json.loads(Path(spec_path).read_text())
-    failures = execute_block(spec["commands"], float(spec["timeout"]), Path(spec["logdir"]))
+    failures = execute_block(
+        spec["commands"], float(spec["timeout"]), Path(spec["logdir"]), spec["cleanup"]
+    )
     for failure in failures:
         print(failure)
     return 1 if failures else 0

@@ -12,6 +12,8 @@ of those files names its date and machine.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
 from pathlib import Path
@@ -137,3 +139,37 @@ def test_results_files_name_date_and_machine() -> None:
             assert "date" in meta and "machine" in meta, f"{path.name}: needs meta.date+machine"
         else:
             assert re.search(r"(?i)date", text) and re.search(r"(?i)machine", text), path.name
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    blocks, lines = [], path.read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        if lines[index].strip() == "```python":
+            end = index + 1
+            while end < len(lines) and not lines[end].strip().startswith("```"):
+                end += 1
+            blocks.append((index + 1, "\n".join(lines[index + 1 : end])))
+            index = end
+        index += 1
+    return blocks
+
+
+PY_BLOCKS = [(doc, line, code) for doc in DOCS for line, code in python_blocks(doc)]
+
+
+@pytest.mark.parametrize(
+    "doc, line, code", PY_BLOCKS, ids=[f"{d.relative_to(REPO)}:{n}" for d, n, _ in PY_BLOCKS]
+)
+def test_python_snippets_compile_and_import_real_names(doc: Path, line: int, code: str) -> None:
+    """Python snippets are not run, but they must compile and import names that exist."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(code, f"{doc.name}:{line}", "exec", flags=flags)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)

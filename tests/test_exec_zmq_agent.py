@@ -7,9 +7,11 @@ the concurrency limit, the output cap, and the wire codec's round trip.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import time
 
+import psutil
 import pytest
 
 from cluster_runner_simulation.agent_protocol import (
@@ -79,3 +81,28 @@ async def test_output_beyond_the_cap_is_dropped_not_fatal() -> None:
         await executor.close()
     assert result.exit_status == 0
     assert len(result.stdout) + len(result.stderr) == MAX_OUTPUT_BYTES
+
+
+async def test_agent_shutdown_kills_running_commands() -> None:
+    marker = f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
+    with LocalAgents(1) as agents:
+        executor = agents.executor(0, silence_timeout=2.0)
+        task = asyncio.create_task(executor.run(f"sleep {marker} & sleep {marker}; wait"))
+        deadline = time.monotonic() + 10
+        while len(sleepers(marker)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(sleepers(marker)) >= 2
+        agents.stop_one(0)  # SIGTERM
+        assert agents.agents[0].proc.returncode == 0
+        with pytest.raises(NodeUnreachable):
+            await task
+        await executor.close()
+    assert not sleepers(marker)
+
+
+def sleepers(marker: str) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "status"])
+        if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(p.info["cmdline"] or [])
+    ]

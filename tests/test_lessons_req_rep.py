@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+import zmq
 
 LESSON = "01-zmq-basics/req_rep.py"
 README_PORT = 5555
@@ -40,7 +41,8 @@ def test_many_requests_report_round_trip_figures(spawn, run, port):
     server = spawn(LESSON, "server", "--port", str(port))
     server.wait_for(r"waiting for requests")
 
-    result = run(LESSON, "client", "localhost", str(port), "ping", "--count", "300", timeout=60)
+    # The options form: with --port given, the lone positional is the message.
+    result = run(LESSON, "client", "--port", str(port), "ping", "--count", "300", timeout=60)
 
     assert result.returncode == 0, result.stderr
     assert "reply 300/300" in result.stdout
@@ -87,6 +89,26 @@ def test_lazy_pirate_survives_a_server_restart(spawn, port):
 
     assert client.wait(timeout=60) == 0, client.output()
     assert "reply 4/4" in client.stdout()
+
+
+def test_server_answers_a_malformed_request_and_carries_on(spawn, run, port):
+    server = spawn(LESSON, "server", "--port", str(port))
+    server.wait_for(r"waiting for requests")
+    ctx = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(f"tcp://127.0.0.1:{port}")
+        req.send_multipart([b"one", b"two", b"three"])
+        assert req.poll(10_000), "no answer to a malformed request"
+        assert req.recv_multipart()[0] == b"?"
+        req.close()
+    finally:
+        ctx.term()
+    server.wait_for(r"bad request #1: 3 frames")
+
+    result = run(LESSON, "client", "localhost", str(port), "still there?", timeout=60)
+    assert result.returncode == 0 and "echo: still there?" in result.stdout
 
 
 def test_port_in_use_is_one_clear_line(spawn, run, port):

@@ -1,0 +1,67 @@
+"""`make demo` (= ./docker/simulate-cluster.sh demo) with the local backend, non-interactively.
+
+DEMO_SECONDS=N makes the demo stop by itself; Ctrl-C (SIGINT to its process group, as a
+terminal sends it) must stop it just as cleanly. Free ports and a temporary state directory
+keep a user's cluster untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def demo_env(tmp_path: Path, free_port: Any, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CLUSTER_BACKEND": "local",
+        "COMPOSE_PROJECT_NAME": f"zsimdemo{uuid.uuid4().hex[:8]}",
+        "COORDINATOR_PORT": str(free_port()),
+        "STATUS_PORT": str(free_port()),
+        "MONITOR_PORT": str(free_port()),
+        "CLUSTER_STATE_DIR": str(tmp_path / "state"),
+        **extra,
+    }
+
+
+def no_live_pids(state: Path) -> bool:
+    return not list(state.glob("*/*.pid"))
+
+
+def test_make_demo_runs_for_demo_seconds(tmp_path: Path, free_port: Any) -> None:
+    env = demo_env(tmp_path, free_port, DEMO_SECONDS="3")
+    done = subprocess.run(
+        ["make", "-s", "demo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "client: submitted 200, done 200" in done.stdout
+    assert f"dashboard: http://localhost:{env['MONITOR_PORT']}/" in done.stdout
+    assert "stopping the demo cluster" in done.stdout
+    assert no_live_pids(tmp_path / "state")
+
+
+def test_demo_stops_cleanly_on_ctrl_c(spawn: Any, tmp_path: Path, free_port: Any) -> None:
+    env = demo_env(tmp_path, free_port, DEMO_SECONDS="0")
+    demo = spawn("./docker/simulate-cluster.sh", "demo", env=env, python=False)
+    demo.wait_for(r"press Ctrl-C to stop", timeout=120)
+    os.killpg(demo.pid, signal.SIGINT)
+    assert demo.wait(timeout=60) == 0, demo.output()
+    assert "stopping the demo cluster" in demo.stdout()
+    assert "Traceback" not in demo.output()
+    assert no_live_pids(tmp_path / "state")

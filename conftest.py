@@ -72,7 +72,9 @@ class Proc:
                     f"{self.output()}"
                 )
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {pattern!r} from {self.argv}:\n{self.output()}")
+        raise AssertionError(
+            f"timed out waiting for {pattern!r} from {self.argv}:\n{self.output()}"
+        )
 
     def signal(self, signum: int) -> None:
         if self.popen.poll() is None:

@@ -76,6 +76,7 @@ QUICK_PLANS = {
     "ssh_mux": Plan(20, 32, 2, 1, 3.0),
     "ssh_fresh": Plan(8, 16, 1, 1, 3.0),
 }
+SMOKE_PLAN = Plan(5, 16, 1, 1, 1.0)  # --smoke: proves the script works, measures nothing
 TARGET_ZMQ_VS_LOCAL_P50 = 2.0  # at most
 TARGET_ASYNCSSH_VS_ZMQ_P50 = 20.0  # at least
 TARGET_FANOUT_SPEEDUP = 10.0  # at least, at 64 nodes
@@ -350,6 +351,8 @@ async def stop_ssh_masters(sshd: LocalSshd, tmp: Path, nodes: int) -> None:
 
 async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Figures]:
     plans = QUICK_PLANS if args.quick else FULL_PLANS
+    if args.smoke:
+        plans = dict.fromkeys(EXECUTORS, SMOKE_PLAN)
     steps = sum(
         p.latency + p.throughput + p.fanout + p.transfer for n, p in plans.items() if n in names
     )
@@ -495,6 +498,7 @@ def executor_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSH vs ZeroMQ command execution benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 90 s")
+    parser.add_argument("--smoke", action="store_true", help="tiny samples: a test run")
     parser.add_argument("--nodes", type=positive_int, default=None, help="fan-out width")
     parser.add_argument("--executors", type=executor_list, default=list(EXECUTORS))
     parser.add_argument("--json", type=Path, default=None, help="write figures as JSON")

@@ -90,7 +90,8 @@ DEFAULT_CONCURRENCY = 64
 MAX_QUEUED = 4096  # runs accepted but waiting for a slot; beyond this the agent answers "busy"
 HEARTBEAT_INTERVAL_S = 1.0
 FLUSH_DELAY_S = 0.002  # how long output may wait to be batched into a bigger message
-PIPE_BYTES = 1024 * 1024  # pipe buffer per stream, so reads (and messages) can be bigger
+PIPE_BYTES = 1024 * 1024  # pipe buffer for bulk output, so reads (and messages) are bigger
+SMALL_PIPE_BYTES = 64 * 1024  # Linux's default pipe size: a read this big means bulk output
 KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
 BAD_LOG_INTERVAL_S = 1.0
 NVIDIA_SMI_TIMEOUT_S = 10.0
@@ -201,23 +202,31 @@ class OutputCollector(asyncio.SubprocessProtocol):
         self.exited = False
         self.finished: asyncio.Future[None] = loop.create_future()
         self._flush_timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.enlarged: set[int] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.SubprocessTransport)
-        for fd in self.STREAMS:
-            pipe = transport.get_pipe_transport(fd)
-            handle = pipe.get_extra_info("pipe") if pipe is not None else None
-            if handle is not None:
-                with contextlib.suppress(OSError, AttributeError):
-                    fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.transport = transport
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if len(data) >= SMALL_PIPE_BYTES and fd not in self.enlarged:
+            self._enlarge_pipe(fd)
         buffer = self.buffers[fd]
         buffer += data
         if len(buffer) >= OUTPUT_CHUNK_BYTES:
             self.flush(fd)
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_all)
+
+    def _enlarge_pipe(self, fd: int) -> None:
+        """A full default pipe means bulk output: let each read take more (Linux only)."""
+        self.enlarged.add(fd)
+        pipe = self.transport.get_pipe_transport(fd) if self.transport else None
+        handle = pipe.get_extra_info("pipe") if pipe is not None else None
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         self.flush(fd)
@@ -526,6 +535,13 @@ async def serve(args: argparse.Namespace) -> int:
         raise SetupError(f"--insecure binds loopback only; refusing --bind {host}")
     if not args.insecure and args.keys is None:
         raise SetupError("--keys DIR is required (or --insecure, for lessons only)")
+    if os.environ.get("AGENT_PIDFD_EXPERIMENT"):
+        import warnings
+
+        warnings.simplefilter("ignore", DeprecationWarning)
+        w = asyncio.PidfdChildWatcher()
+        asyncio.get_event_loop_policy().set_child_watcher(w)
+        w.attach_loop(asyncio.get_running_loop())
     ctx = zmq.asyncio.Context()
     sock = make_router(ctx)
     auth: AsyncioAuthenticator | None = None

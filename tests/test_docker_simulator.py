@@ -1,10 +1,11 @@
 """docker/simulate-cluster.sh against the real Docker engine, driven exactly as a user would.
 
 One test walks the whole user story in order, so the image is built once: build, start,
-status, test, fail/recover worker1, partition/heal worker2, slow/flaky/fast/pause/resume,
-logs monitor, stop, cleanup; then nothing of the project is left in `docker ps -a`,
-`docker network ls` or `docker images`. It uses its own Compose project name, state
-directory and a free monitor port, so a user's cluster on 5572 is untouched.
+status, compare (agent vs sshd), test, fail/recover worker1, partition/heal worker2,
+slow/flaky/fast/pause/resume, logs monitor, stop, cleanup; then nothing of the project is
+left in `docker ps -a`, `docker network ls`, `docker volume ls` or `docker images`.
+It uses its own Compose project name, state directory and a free monitor port, so a user's
+cluster on 5572 is untouched.
 Skips (with the reason) only when no Docker engine answers.
 """
 
@@ -88,12 +89,15 @@ class Sim:
         networks = subprocess.run(
             ["docker", "network", "ls", "-q", "--filter", label], capture_output=True, text=True
         ).stdout
+        volumes = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", label], capture_output=True, text=True
+        ).stdout
         images = subprocess.run(
             ["docker", "images", "-q", "--filter", f"label=com.zmqsim.project={self.project}"],
             capture_output=True,
             text=True,
         ).stdout
-        return (containers + networks + images).strip()
+        return (containers + networks + volumes + images).strip()
 
 
 @pytest.fixture
@@ -123,6 +127,10 @@ def test_docker_cluster_user_story(sim: Sim, tmp_path: Path) -> None:
     for node in ("coordinator", "worker1", "worker2", "worker3", "monitor"):
         assert re.search(rf"^{node}\s+running\s+healthy", status, re.M), status
     assert re.search(r"^worker1\s.*\balive$", status, re.M), status
+
+    # Each worker container also runs the 03 ZeroMQ node agent and an sshd.
+    out = sim.ok("compare", "--runs", "10")
+    assert "zmq agent :5580" in out and "asyncssh sshd :2222" in out, out
 
     figures = tmp_path / "figures.json"
     out = sim.ok("test", "--json", str(figures), timeout=600)
@@ -165,6 +173,6 @@ def test_docker_cluster_user_story(sim: Sim, tmp_path: Path) -> None:
     sim.ok("stop")
     assert sim("status").returncode == 2  # stopped = no cluster any more
     sim.ok("cleanup")
-    assert sim.leftovers() == "", "cleanup left containers, networks or images behind"
+    assert sim.leftovers() == "", "cleanup left containers, networks, volumes or images behind"
     base = subprocess.run(["docker", "image", "inspect", "python:3.11-slim"], capture_output=True)
     assert base.returncode == 0, "cleanup must keep the python:3.11-slim base image"

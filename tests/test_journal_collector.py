@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from pathlib import Path
@@ -60,7 +61,10 @@ async def test_concurrent_writers_are_all_durable(
         await writer.close()
     assert sorted(scan_journal(path).record_ids) == sorted(ids)
     collector.stop()
-    assert "stored 200, duplicates 20" in collector.stdout()
+    counts = re.search(r"stored (\d+), duplicates (\d+)", collector.stdout())
+    assert counts is not None
+    # Re-sends after a slow fsync are duplicates too, so at least the 20 sent on purpose.
+    assert int(counts[1]) == 200 and int(counts[2]) >= 20
 
 
 async def test_garbage_is_counted_and_the_collector_keeps_serving(

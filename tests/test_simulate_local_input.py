@@ -40,7 +40,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     for command in (
         "build", "start [--workers N]", "stop", "status", "cleanup", "logs [SERVICE]", "test",
         "fail NODE", "recover NODE", "partition NODE", "heal NODE", "pause NODE",
-        "resume NODE", "slow NODE MS", "flaky NODE PERCENT", "fast NODE", "demo",
+        "resume NODE", "slow NODE MS", "flaky NODE PERCENT", "fast NODE", "demo", "compare",
     ):  # fmt: skip
         assert command in done.stdout
 
@@ -58,6 +58,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         (["--local", "-p", "Upper", "status"], "project name 'Upper'"),
         (["--local", "test", "--tasks", "lots"], "--tasks needs a positive number"),
         (["--local", "workload", "--kind", "nap"], "--kind is echo|sleep|cpu|fail"),
+        (["--local", "compare"], "compare needs the Docker backend"),
     ],
 )
 def test_bad_input_exits_2(args: list[str], message: str, tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -55,7 +54,7 @@ REPO: Final = HERE.parent
 FULL: Final = {"tasks": 100_000, "echo_msgs": 200_000, "latency_tasks": 1000, "kills": 20}
 QUICK: Final = {"tasks": 20_000, "echo_msgs": 50_000, "latency_tasks": 200, "kills": 5}
 WORKER_CAPACITY: Final = 256
-ECHO_WINDOW: Final = 1000
+ECHO_WINDOW: Final = 200
 KILLS_IN_PARALLEL: Final = 5
 
 
@@ -107,6 +106,9 @@ def echo_server(port: int) -> None:
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    # Block instead of silently dropping replies when the reply pipe is full.
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDHWM, 0)
     router.bind(f"tcp://127.0.0.1:{port}")
     print("echo ready", flush=True)
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -61,6 +61,7 @@ DEFAULT_TIMEOUT_S: Final = 120.0
 # Tasks submitted but not finished at any time: bounds coordinator memory and keeps the
 # measured latency about the cluster rather than about an ever-growing queue.
 DEFAULT_WINDOW: Final = 4096
+STALL_AFTER_S: Final = 10.0
 
 
 @dataclass
@@ -128,6 +129,10 @@ class ClusterClient:
         self.resubmissions = 0
         self.coordinator_id: str | None = None
         self.last_heard = time.monotonic()
+        # No outcome at all for this long while tasks are unresolved: ask again (covers a
+        # reply lost anywhere on the way; the coordinator answers known ids idempotently).
+        self.stall_after_s = max(STALL_AFTER_S, self.lost_after_s * 2)
+        self.last_progress = time.monotonic()
         self.bad = BadInput(f"client {self.client_id}")
         self._tasks: list[asyncio.Task[None]] = []
         self.progress = asyncio.Event()  # set whenever an outcome arrives
@@ -286,6 +291,7 @@ class ClusterClient:
             self.latencies[outcome.task_id] = now - self.sent_at.pop(outcome.task_id, now)
             future.set_result(outcome)
             self.progress.set()
+            self.last_progress = now
 
     def _on_coordinator(self, coordinator_id: str) -> None:
         previous, self.coordinator_id = self.coordinator_id, coordinator_id
@@ -294,10 +300,17 @@ class ClusterClient:
             self.resubmit_unresolved()
 
     async def _watch_coordinator(self) -> None:
+        """Re-submit what is unresolved when the coordinator is silent or nothing finishes."""
         while True:
             await asyncio.sleep(self.interval_s)
-            if time.monotonic() - self.last_heard > self.lost_after_s and self.unresolved:
-                self.last_heard = time.monotonic()  # at most one re-submission per period
+            if not self.unresolved:
+                self.last_progress = time.monotonic()
+                continue
+            now = time.monotonic()
+            silent = now - self.last_heard > self.lost_after_s
+            stalled = now - self.last_progress > self.stall_after_s
+            if silent or stalled:
+                self.last_heard = self.last_progress = now  # at most once per period
                 self.resubmit_unresolved()
 
 

@@ -36,6 +36,7 @@ from cluster_patterns.dispatcher import DEFAULT_MAX_TRIES, DEFAULT_TASK_TIMEOUT_
 from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
 from cluster_patterns.journal import FileJournal, replay
 from cluster_patterns.protocol import (
+    Dispatch,
     Message,
     NodeEvent,
     ProtocolError,
@@ -52,7 +53,10 @@ DEFAULT_STATUS_PORT: Final = 5571
 # Checks of liveness and timeouts per heartbeat interval (detection granularity).
 TICKS_PER_INTERVAL: Final = 10
 # Messages read per poll turn before the loop dispatches and sends (keeps latency bounded).
-MAX_READS_PER_TURN: Final = 2000
+MAX_READS_PER_TURN: Final = 500
+# Replies kept for the next turn when a client's queue is full (beyond: dropped, and the
+# client's stall timer re-submits and gets them again).
+MAX_DEFERRED: Final = 10_000
 
 
 class Coordinator:
@@ -81,6 +85,7 @@ class Coordinator:
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.status = configure(self.ctx.socket(zmq.XPUB))
         self.monitors: list[zmq.Socket[bytes]] = []
+        self.deferred: list[tuple[bytes, Message]] = []
 
     def restore(self) -> None:
         if not self.args.state_dir:
@@ -188,12 +193,20 @@ class Coordinator:
         self.bad.record(what)
 
     def _send_outbox(self, now: float) -> None:
-        outbox, self.dispatcher.outbox = self.dispatcher.outbox, []
+        outbox = self.deferred + self.dispatcher.outbox
+        self.deferred, self.dispatcher.outbox = [], []
         for identity, message in outbox:
             try:
                 self.router.send_multipart([identity, encode(message)], zmq.NOBLOCK)
+            except zmq.Again:
+                # The peer's queue is full. Tasks go back to pending at once; replies to a
+                # client wait for the next turn (bounded: the client re-submits if stalled).
+                if isinstance(message, Dispatch):
+                    self.dispatcher.undeliverable(identity, message, now)
+                elif len(self.deferred) < MAX_DEFERRED:
+                    self.deferred.append((identity, message))
             except (zmq.ZMQError, ProtocolError):
-                # Peer gone or its queue full: a DISPATCH goes back to pending at once.
+                # The peer is gone (ROUTER_MANDATORY): a DISPATCH goes back to pending.
                 self.dispatcher.undeliverable(identity, message, now)
 
     def _publish(self, message: Message) -> None:
@@ -264,25 +277,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    coordinator = Coordinator(args)
+    stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        coordinator.stopping = True
+        nonlocal stopping
+        stopping = True
+        if coordinator is not None:
+            coordinator.stopping = True
 
+    coordinator: Coordinator | None = None
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        coordinator = Coordinator(args)
+        coordinator.stopping = stopping
         coordinator.restore()
         coordinator.bind()
         coordinator.run()
-    except zmq.ZMQError as exc:
-        print(f"coordinator: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (zmq.ZMQError, OSError) as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        coordinator.close()
+        if coordinator is not None:
+            coordinator.close()
     print("coordinator stopped", flush=True)
     return 0
 

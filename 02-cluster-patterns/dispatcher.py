@@ -59,6 +59,9 @@ DEFAULT_MAX_TRIES: Final = 3
 MAX_LATENCIES_PER_STATS: Final = 10_000
 # Forget a client that has sent nothing and has nothing pending for this long.
 CLIENT_IDLE_S: Final = 60.0
+# Finished tasks are remembered this long, so a late re-submission gets the recorded
+# outcome instead of a second run; after that their memory is reclaimed.
+DONE_RETENTION_S: Final = 900.0
 
 
 class TaskState(enum.Enum):
@@ -163,6 +166,7 @@ class Dispatcher:
         self._completed: dict[bytes, list[TaskOutcome]] = {}
         self._accepted: dict[bytes, list[str]] = {}
         self._resets: dict[bytes, float] = {}
+        self._finished: deque[tuple[float, str]] = deque()
 
     # --- Restoring from a journal -----------------------------------------------------------
 
@@ -344,6 +348,7 @@ class Dispatcher:
                 holder.orphans.add(task.spec.task_id)
         task.state = TaskState.DONE
         task.outcome = outcome
+        self._finished.append((task.submitted_at + outcome.latency_s, task.spec.task_id))
         self.journal.recorded(outcome)
         self._count_outcome(outcome)
         self.latencies.append(outcome.latency_s)
@@ -484,6 +489,8 @@ class Dispatcher:
             else:
                 task.state = TaskState.PENDING
                 self.pending.appendleft(task_id)
+        while self._finished and now - self._finished[0][0] > DONE_RETENTION_S:
+            self.tasks.pop(self._finished.popleft()[1], None)
         for identity, sent in list(self._resets.items()):
             if now - sent > self.interval_s:
                 del self._resets[identity]

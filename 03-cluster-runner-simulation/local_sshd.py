@@ -231,37 +231,37 @@ class LocalSshd(_SyncAndAsyncContext):
 
     def ssh_argv(self, control_path: Path | None = None) -> list[str]:
         """OpenSSH client argv (without the command); ``control_path`` turns on multiplexing."""
-        argv = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.client_key_path),
-            "-p",
-            str(self.port),
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ]
-        if control_path is None:
-            argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
-        else:
-            argv += [
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                f"ControlPath={control_path}",
-                "-o",
-                "ControlPersist=300",
-            ]
-        return [*argv, f"{self.username}@{self.host}"]
+        return openssh_argv(
+            self.host,
+            self.port,
+            self.username,
+            self.client_key_path,
+            self.known_hosts,
+            control_path,
+        )
+
+
+def openssh_argv(
+    host: str,
+    port: int,
+    user: str | None,
+    key: Path | None,
+    known_hosts: Path | None,
+    control_path: Path | None = None,
+) -> list[str]:
+    """``ssh`` argv up to the command: batch mode, strict host keys, optional ControlMaster."""
+    argv = ["ssh", "-F", "/dev/null", "-p", str(port), "-o", "BatchMode=yes"]
+    argv += ["-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR"]
+    if key is not None:
+        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    if known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    if control_path is None:
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    else:
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_path}"]
+        argv += ["-o", "ControlPersist=300"]
+    return [*argv, f"{user}@{host}" if user else host]
 
 
 # --- ZeroMQ agents ----------------------------------------------------------------------------

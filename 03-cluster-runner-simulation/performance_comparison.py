@@ -16,10 +16,16 @@ concurrency 16, fan-out of `true` to --nodes nodes at once, and a 10 MB stdout.
 A progress bar runs on stderr; a markdown table and the target ratios go to
 stdout.
 
+With ``--descriptor cluster.toml`` (the format of descriptor.py) it measures
+real hosts instead: each node's sshd (ssh_port, ssh_user, ssh_key,
+ssh_known_hosts) and its agent (zmq_port, curve_keys_dir), fanning out to all
+of the descriptor's nodes; ``local`` still runs on this machine.
+
 Run it:
     python 03-cluster-runner-simulation/performance_comparison.py --quick
     python 03-cluster-runner-simulation/performance_comparison.py --nodes 64 \\
         --json build/perf.json --plot build/perf.png
+    python 03-cluster-runner-simulation/performance_comparison.py --descriptor cluster.toml
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -39,9 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
-from cluster_runner_simulation.protocols import NodeExecutorProtocol
+from cluster_runner_simulation.agent_keys import KeyFileError
+from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec, load_descriptor
+from cluster_runner_simulation.local_sshd import (
+    LocalAgents,
+    LocalSshd,
+    openssh_argv,
+    sshd_unavailable_reason,
+)
+from cluster_runner_simulation.protocols import ExecutorError, NodeExecutorProtocol
 from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
+from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 
 EXECUTORS = ("zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local")
 CONCURRENCY = 16
@@ -84,6 +99,10 @@ COMMAND_TIMEOUT_S = 60.0
 
 
 # --- What runs a command ----------------------------------------------------------------------
+
+
+class SetupError(Exception):
+    """The benchmark cannot be set up as asked; reported on one line, exit status 2."""
 
 
 class Runner:
@@ -311,45 +330,86 @@ class Bench:
             await asyncio.gather(*(r.close() for r in group), return_exceptions=True)
 
 
-def build_bench(
-    names: list[str], nodes: int, sshd: LocalSshd | None, agents: LocalAgents | None, tmp: Path
-) -> Bench:
-    runners: dict[str, list[Runner]] = {}
-    for name in names:
-        if name == "zmq" and agents is not None:
-            runners[name] = [ExecutorRunner(name, e) for e in agents.executors()]
-        elif name == "asyncssh" and sshd is not None:
-            runners[name] = [
-                ExecutorRunner(name, AsyncSSHExecutor.for_local_sshd(f"ssh{i}", sshd))
-                for i in range(nodes)
-            ]
-        elif name == "ssh_mux" and sshd is not None:
-            runners[name] = [
-                ProcessRunner(name, sshd.ssh_argv(control_path=tmp / f"cm{i}"))
-                for i in range(nodes)
-            ]
-        elif name == "ssh_fresh" and sshd is not None:
-            runners[name] = [ProcessRunner(name, sshd.ssh_argv()) for _ in range(nodes)]
-        elif name == "local":
-            runners[name] = [ProcessRunner(name, []) for _ in range(nodes)]
-    return Bench(runners)
+def local_nodes(count: int, sshd: LocalSshd | None, agents: LocalAgents | None) -> list[NodeSpec]:
+    """The loopback cluster described like a real one: one sshd, ``count`` agents."""
+    nodes = []
+    for i in range(count):
+        ssh: dict[str, Any] = {}
+        if sshd is not None:
+            ssh = {
+                "ssh_port": sshd.port,
+                "ssh_user": sshd.username,
+                "ssh_key": sshd.client_key_path,
+                "ssh_known_hosts": sshd.known_hosts,
+            }
+        zmq: dict[str, Any] = {}
+        if agents is not None:
+            zmq = {"zmq_port": agents.agents[i].port, "curve_keys_dir": agents.keys_dir}
+        nodes.append(NodeSpec(id=f"node{i}", host="127.0.0.1", **ssh, **zmq))
+    return nodes
 
 
-async def stop_ssh_masters(sshd: LocalSshd, tmp: Path, nodes: int) -> None:
-    for i in range(nodes):
-        path = tmp / f"cm{i}"
-        if path.exists():
-            argv = sshd.ssh_argv(control_path=path)
-            proc = await asyncio.create_subprocess_exec(
-                *argv[:-1], "-O", "exit", argv[-1],
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            await proc.wait()
+def make_runner(name: str, node: NodeSpec, control_path: Path) -> Runner:
+    def ssh_argv(mux: bool) -> list[str]:
+        return openssh_argv(
+            node.host,
+            node.ssh_port,
+            node.ssh_user,
+            node.ssh_key,
+            node.ssh_known_hosts,
+            control_path if mux else None,
+        )
+
+    if name == "zmq":
+        if node.curve_keys_dir is None:
+            raise SetupError(f"{node.id}: curve_keys_dir is needed to benchmark zmq")
+        return ExecutorRunner(
+            name,
+            ZmqNodeExecutor.from_keys_dir(node.id, node.host, node.zmq_port, node.curve_keys_dir),
+        )
+    if name == "asyncssh":
+        executor = AsyncSSHExecutor(
+            node.id,
+            node.host,
+            node.ssh_port,
+            username=node.ssh_user,
+            client_keys=[str(node.ssh_key)] if node.ssh_key else None,
+            known_hosts=str(node.ssh_known_hosts) if node.ssh_known_hosts else None,
+        )
+        return ExecutorRunner(name, executor)
+    if name in ("ssh_mux", "ssh_fresh"):
+        return ProcessRunner(name, ssh_argv(mux=name == "ssh_mux"))
+    return ProcessRunner(name, [])  # local
+
+
+def build_bench(names: list[str], nodes: list[NodeSpec], tmp: Path) -> Bench:
+    return Bench(
+        {
+            name: [make_runner(name, node, tmp / f"cm{i}") for i, node in enumerate(nodes)]
+            for name in names
+        }
+    )
+
+
+async def stop_ssh_masters(bench: Bench) -> None:
+    """``ssh -O exit`` for every ControlMaster the ssh_mux runners started."""
+    for runner in bench.runners.get("ssh_mux", []):
+        assert isinstance(runner, ProcessRunner)
+        argv = runner.argv_prefix
+        proc = await asyncio.create_subprocess_exec(
+            *argv[:-1], "-O", "exit", argv[-1],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await proc.wait()
 
 
 async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Figures]:
+    # SIGTERM unwinds like Ctrl-C, so the agents and sshd (own sessions) are stopped too.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     plans = QUICK_PLANS if args.quick else FULL_PLANS
     if args.smoke:
         plans = dict.fromkeys(EXECUTORS, SMOKE_PLAN)
@@ -357,14 +417,18 @@ async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Fig
         p.latency + p.throughput + p.fanout + p.transfer for n, p in plans.items() if n in names
     )
     progress = Progress(steps, enabled=not args.no_progress)
-    needs_ssh = any(n.startswith(("ssh", "async")) for n in names)
     figures = {name: Figures() for name in names}
     with contextlib.ExitStack() as stack:
-        progress.phase(f"starting sshd and {args.nodes} agents")
-        sshd = stack.enter_context(LocalSshd()) if needs_ssh else None
-        agents = stack.enter_context(LocalAgents(args.nodes)) if "zmq" in names else None
+        if args.descriptor is not None:
+            nodes = list(load_descriptor(args.descriptor).nodes)
+        else:
+            progress.phase(f"starting sshd and {args.nodes} agents")
+            needs_ssh = any(n.startswith(("ssh", "async")) for n in names)
+            sshd = stack.enter_context(LocalSshd()) if needs_ssh else None
+            agents = stack.enter_context(LocalAgents(args.nodes)) if "zmq" in names else None
+            nodes = local_nodes(args.nodes, sshd, agents)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cm-", dir="/tmp")))
-        bench = build_bench(names, args.nodes, sshd, agents, tmp)
+        bench = build_bench(names, nodes, tmp)
         try:
             progress.phase("latency, all executors in turn")
             firsts = {name: group[0] for name, group in bench.runners.items()}
@@ -381,8 +445,7 @@ async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Fig
                 fig.transfer_ms = await measure_transfer(group[0], plan, progress)
         finally:
             await bench.close()
-            if sshd is not None:
-                await stop_ssh_masters(sshd, tmp, args.nodes)
+            await stop_ssh_masters(bench)
         progress.finish()
     return figures
 
@@ -503,28 +566,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--executors", type=executor_list, default=list(EXECUTORS))
     parser.add_argument("--json", type=Path, default=None, help="write figures as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a latency PNG")
-    parser.add_argument("--descriptor", type=Path, default=None, help="real hosts (not yet)")
+    parser.add_argument(
+        "--descriptor", type=Path, default=None, help="cluster TOML (descriptor.py): real hosts"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.descriptor is not None:
-        print(
-            "error: --descriptor (real hosts) is not supported yet; run without it", file=sys.stderr
-        )
-        return 2
     args.nodes = args.nodes or (QUICK_NODES if args.quick else DEFAULT_NODES)
     names = [n for n in EXECUTORS if n in args.executors]
     reason = sshd_unavailable_reason()
-    if reason and any(n != "zmq" and n != "local" for n in names):
+    if args.descriptor is None and reason and any(n not in ("zmq", "local") for n in names):
         print(f"error: {reason}; or pass --executors zmq,local", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:
+        if args.descriptor is not None:
+            args.nodes = len(load_descriptor(args.descriptor).nodes)
         figures = asyncio.run(benchmark(args, names))
-    except KeyboardInterrupt:
+    except (SetupError, DescriptorError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ExecutorError, RuntimeError) as exc:
+        print(f"\nerror: benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted", file=sys.stderr)
         return 130
     print(markdown(figures, args.nodes))

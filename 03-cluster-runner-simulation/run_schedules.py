@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.context_common import ContextBuildError, ExecutorContext
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -179,7 +180,7 @@ async def run_with_journal(args: argparse.Namespace, descriptor: ClusterDescript
         if endpoint is None and args.transport != "ssh":
             endpoint = stack.enter_context(local_collector(Path(args.journal)))
         if endpoint is not None:
-            journal = ZmqJournalWriter(endpoint)
+            journal = ZmqJournalWriter(endpoint, keys_dir=args.journal_keys)
             where = f"collector {endpoint} -> {args.journal}"
         else:
             journal = FileJournalWriter(args.journal)
@@ -215,6 +216,9 @@ def main_with(args: argparse.Namespace) -> int:
             except (JournalError, ExceptionGroup) as exc:
                 print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
                 return 4
+            except KeyFileError as exc:
+                print(f"run_schedules: error: {exc}", file=sys.stderr)
+                return 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -225,6 +229,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
     parser.add_argument("--journal", default="journal.jsonl", help="journal file (JSONL)")
     parser.add_argument("--journal-endpoint", help="a running collector (tcp://HOST:PORT)")
+    parser.add_argument("--journal-keys", help="CURVE keys dir of that collector's writers")
     parser.add_argument("--schedule", choices=(*SCHEDULE_NAMES, "every"), default="every")
     parser.add_argument("--nodes", help="comma-separated node ids (default: all)")
     args = parser.parse_args(argv)

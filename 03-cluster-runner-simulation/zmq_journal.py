@@ -5,8 +5,9 @@
 
 The collector owns the journal file (format and recovery: ``journal_format.py``).
 It drains every WRITE that has arrived, appends all new records with one write()
-and ONE fsync (group commit), then acknowledges them. A writer's ``write()``
-returns only after that acknowledgement, so an acknowledged record is on disk.
+and ONE fsync (group commit), then acknowledges them. The fsync runs in a commit
+thread, so the next batch is collected meanwhile. A writer's ``write()`` returns
+only after that acknowledgement, so an acknowledged record is on disk.
 
   * Duplicates: a record id already in the journal is acknowledged, not stored again.
   * Retries: a writer re-sends an unacknowledged record (same id) every
@@ -15,10 +16,15 @@ returns only after that acknowledgement, so an acknowledged record is on disk.
     blocks, and raises ``JournalError`` after the timeout. Nothing is dropped silently.
   * Crash safety: on start the collector cuts a torn last line and refuses to start
     (exit 3, naming the line) if any earlier line is corrupt.
+  * Security: without --keys the collector binds loopback only. With --keys DIR (made by
+    ``zmq_node_agent.py keys generate DIR``) it speaks CURVE, using DIR/agent.key_secret, and
+    a ZAP handler admits only the writer keys in DIR/authorized_clients/.
 
 Default port 5590 (outside the course's 5570-5572). Run:
 
     python 03-cluster-runner-simulation/zmq_journal.py collector --path J.jsonl [--port 5590]
+    python 03-cluster-runner-simulation/zmq_journal.py collector --path J.jsonl \\
+        --bind 0.0.0.0 --keys /etc/cluster-keys          # writers: ZmqJournalWriter(..., keys_dir=)
     python 03-cluster-runner-simulation/zmq_journal.py read J.jsonl --format table
     python 03-cluster-runner-simulation/zmq_journal.py bench --writers 16 --records 20000
 
@@ -32,22 +38,29 @@ import argparse
 import asyncio
 import csv
 import enum
+import ipaddress
 import json
 import logging
 import os
+import platform
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import zmq
 import zmq.asyncio
+from zmq.auth.thread import ThreadAuthenticator
 
+from cluster_runner_simulation.agent_keys import AGENT_NAME, AUTHORIZED_DIR, CLIENT_NAME
+from cluster_runner_simulation.agent_keys import KeyFileError, load_keypair, load_public
 from cluster_runner_simulation.journal_format import (
     AppendOnlyFile,
     FileJournalWriter,
@@ -63,13 +76,15 @@ DEFAULT_BIND = "127.0.0.1"
 PROTOCOL = b"ZJ1"
 MAX_MSG_BYTES = 16 << 20  # bigger frames are garbage; ZeroMQ drops the peer
 MAX_BATCH = 4096  # records one group commit takes at most
+MAX_ID_CHARS = 4096
 RECV_HWM = 10_000  # messages queued per peer before ZeroMQ pushes back
 POLL_MS = 200  # how often the collector looks at its stop flag
 WRITE_TIMEOUT_S = 30.0  # a write() that is not durable by then raises JournalError
 RETRY_INTERVAL_S = 1.0  # re-send an unacknowledged record after this long
 MAX_INFLIGHT = 1024  # writes one writer lets wait for acknowledgement
 MAX_RECORDS_PER_MESSAGE = 512  # records a writer packs into one WRITE
-BAD_MESSAGE_LOG_EVERY_S = 5.0  # rate limit for "bad message" log lines
+BAD_MESSAGE_LOG_EVERY_S = 5.0
+COMMIT_DONE_ENDPOINT = "inproc://journal-commit-done"  # rate limit for "bad message" log lines
 
 log = logging.getLogger("zmq_journal")
 
@@ -113,7 +128,8 @@ def encode(msg: JournalMsg) -> list[bytes]:
             frames += [record_id.encode(), body]
         return frames
     if isinstance(msg, AckMsg):
-        return [PROTOCOL, MsgType.ACK.value, *(r.encode() for r in msg.record_ids)]
+        # One frame: a frame per id would cost the collector a send() call per record.
+        return [PROTOCOL, MsgType.ACK.value, "\n".join(msg.record_ids).encode()]
     return [PROTOCOL, MsgType.NACK.value, msg.record_id.encode(), msg.reason.encode()]
 
 
@@ -127,11 +143,13 @@ def decode(frames: Sequence[bytes]) -> JournalMsg:
             if not parts or len(parts) % 2:
                 raise ProtocolError("WRITE needs id/body pairs")
             ids = [p.decode() for p in parts[0::2]]
-            if not all(ids):
-                raise ProtocolError("WRITE with an empty record id")
+            if not all(0 < len(i) <= MAX_ID_CHARS and "\n" not in i for i in ids):
+                raise ProtocolError(f"record ids must be 1-{MAX_ID_CHARS} chars, no line break")
             return WriteMsg(tuple(zip(ids, parts[1::2])))
         if kind is MsgType.ACK:
-            return AckMsg(tuple(p.decode() for p in parts))
+            if len(parts) != 1:
+                raise ProtocolError("ACK carries one frame of ids")
+            return AckMsg(tuple(parts[0].decode().split("\n")) if parts[0] else ())
         if len(parts) != 2:
             raise ProtocolError("NACK needs id and reason")
         return NackMsg(parts[0].decode(), parts[1].decode(errors="replace"))
@@ -172,42 +190,100 @@ class RateLimitedLog:
             log.warning("bad message #%d from peer %s: %s", self.count, peer.hex(), reason)
 
 
+@dataclass
+class _Batch:
+    """Records of one group commit, and who to acknowledge once they are durable."""
+
+    lines: list[bytes] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    acks: dict[bytes, list[str]] = field(default_factory=dict)
+    records: int = 0
+    error: OSError | None = None
+
+
 class JournalCollector:
     """Binds a ROUTER, group-commits incoming records to the journal, acknowledges them."""
 
-    def __init__(self, path: Path, endpoint: str, *, group_commit: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        endpoint: str,
+        *,
+        group_commit: bool = True,
+        keys_dir: Path | None = None,
+    ) -> None:
+        # Keys first: a bad key file must stop us before the journal is touched.
+        server = load_keypair(keys_dir / f"{AGENT_NAME}.key_secret") if keys_dir else None
         self.file = AppendOnlyFile(path)  # recovers; raises JournalCorruption
         self.group_commit = group_commit
         self.ctx = zmq.Context()
+        self.auth: ThreadAuthenticator | None = None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
         self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
         self.sock.setsockopt(zmq.SNDHWM, RECV_HWM)
+        if keys_dir is not None and server is not None:
+            # CURVE, and a ZAP allow-list: only writers whose public key is authorized.
+            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain="*", location=str(keys_dir / AUTHORIZED_DIR))
+            self.sock.setsockopt(zmq.CURVE_SERVER, 1)
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, server.public)
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.bad = RateLimitedLog(BAD_MESSAGE_LOG_EVERY_S)
+        self._next = _Batch()  # being collected
+        self._in_flight: _Batch | None = None  # being fsynced by the commit thread
+        self._commits: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self.failed: OSError | None = None
         self.stored = 0
         self.duplicates = 0
         self.commits = 0
         self.stopping = False
 
     def serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        while not self.stopping:
-            if poller.poll(POLL_MS):
-                self._commit(self._drain())
+        """Receive while the previous batch is being fsynced; acknowledge once it is durable.
 
-    def _drain(self) -> list[tuple[bytes, WriteMsg]]:
-        """Every WRITE that has already arrived, up to MAX_BATCH records."""
-        batch: list[tuple[bytes, WriteMsg]] = []
-        records = 0
-        while records < MAX_BATCH:
+        A single commit thread does write()+fsync() (both release the GIL) and reports
+        each finished batch over an inproc PAIR. The main thread owns the ROUTER and
+        keeps collecting the next batch meanwhile: that is what lets many writers
+        share one fsync.
+        """
+        done_rx = self.ctx.socket(zmq.PAIR)
+        done_rx.setsockopt(zmq.LINGER, 0)
+        done_rx.bind(COMMIT_DONE_ENDPOINT)
+        committer = threading.Thread(target=self._commit_thread, name="commit", daemon=True)
+        committer.start()
+        everything, commits_only = zmq.Poller(), zmq.Poller()
+        everything.register(self.sock, zmq.POLLIN)
+        for poller in (everything, commits_only):
+            poller.register(done_rx, zmq.POLLIN)
+        try:
+            while not self.stopping or self._in_flight is not None:
+                # A full next batch waits for the commit; the rest waits in ZeroMQ's queues.
+                full = self.stopping or self._next.records >= MAX_BATCH
+                events = dict((commits_only if full else everything).poll(POLL_MS))
+                if self.sock in events:
+                    self._drain()
+                if done_rx in events:
+                    done_rx.recv()
+                    self._finish_commit()
+                if self._in_flight is None and self._next.acks:
+                    self._start_commit()
+        finally:
+            self._commits.put(None)
+            committer.join(timeout=30)
+            done_rx.close(linger=0)
+
+    def _drain(self) -> None:
+        """Move every WRITE that has arrived (up to MAX_BATCH records) into the next batch."""
+        while self._next.records < MAX_BATCH:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                return
             peer, body = frames[0], frames[1:]
             try:
                 msg = decode(body)
@@ -216,39 +292,65 @@ class JournalCollector:
             except ProtocolError as exc:
                 self.bad.bad(peer, str(exc))
                 continue
-            batch.append((peer, msg))
-            records += len(msg.records)
-        return batch
+            for record_id, record in msg.records:
+                self._take(peer, record_id, record)
 
-    def _commit(self, batch: list[tuple[bytes, WriteMsg]]) -> None:
-        acks: dict[bytes, list[str]] = {}
-        lines: list[bytes] = []
-        new_ids: set[str] = set()
-        for peer, msg in batch:
-            for record_id, body in msg.records:
-                if record_id in self.file.ids or record_id in new_ids:
-                    self.duplicates += 1
-                else:
-                    try:
-                        validate_body(record_id, body)
-                    except ProtocolError as exc:
-                        self.bad.bad(peer, f"record {record_id!r}: {exc}")
-                        self._send(peer, NackMsg(record_id, str(exc)))
-                        continue
-                    line = encode_line(record_id, body)
-                    if not self.group_commit:
-                        self.file.append(line)  # the fsync-per-record baseline
-                        self.commits += 1
-                    lines.append(line)
-                    new_ids.add(record_id)
-                acks.setdefault(peer, []).append(record_id)
-        if lines and self.group_commit:
-            self.file.append(b"".join(lines))  # one write, one fsync for the whole batch
-            self.commits += 1
-        self.file.ids |= new_ids
-        self.stored += len(new_ids)
-        for peer, ids in acks.items():
+    def _take(self, peer: bytes, record_id: str, body: bytes) -> None:
+        batch = self._next
+        batch.records += 1
+        known = record_id in self.file.ids or record_id in batch.ids
+        if known or (self._in_flight is not None and record_id in self._in_flight.ids):
+            # Already durable, or will be before this batch is: acknowledge with this batch.
+            self.duplicates += 1
+        else:
+            try:
+                validate_body(record_id, body)
+            except ProtocolError as exc:
+                self.bad.bad(peer, f"record {record_id!r}: {exc}")
+                self._send(peer, NackMsg(record_id, str(exc)))
+                return
+            batch.lines.append(encode_line(record_id, body))
+            batch.ids.add(record_id)
+        batch.acks.setdefault(peer, []).append(record_id)
+
+    def _start_commit(self) -> None:
+        self._in_flight, self._next = self._next, _Batch()
+        self._commits.put(self._in_flight)
+
+    def _finish_commit(self) -> None:
+        batch = self._in_flight
+        assert batch is not None
+        self._in_flight = None
+        if batch.error is not None:
+            # Nothing is acknowledged; writers time out with JournalError and we stop.
+            log.error("journal write failed, stopping: %s", batch.error)
+            self.stopping = True
+            self.failed = batch.error
+            return
+        self.file.ids |= batch.ids
+        self.stored += len(batch.ids)
+        for peer, ids in batch.acks.items():
             self._send(peer, AckMsg(tuple(ids)))
+
+    def _commit_thread(self) -> None:
+        done_tx = self.ctx.socket(zmq.PAIR)
+        done_tx.setsockopt(zmq.LINGER, 0)
+        done_tx.connect(COMMIT_DONE_ENDPOINT)
+        try:
+            while (batch := self._commits.get()) is not None:
+                try:
+                    if self.group_commit:
+                        self.file.append(b"".join(batch.lines))  # one write, one fsync
+                        self.commits += 1 if batch.lines else 0
+                    else:
+                        for line in batch.lines:  # the fsync-per-record baseline
+                            self.file.append(line)
+                            self.commits += 1
+                except OSError as exc:
+                    batch.error = exc
+                done_tx.send(b"")
+        finally:
+            done_tx.close(linger=0)
 
     def _send(self, peer: bytes, msg: JournalMsg) -> None:
         try:
@@ -258,6 +360,8 @@ class JournalCollector:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         self.file.close()
 
@@ -289,7 +393,9 @@ class ZmqJournalWriter:
         timeout: float = WRITE_TIMEOUT_S,
         retry_interval: float = RETRY_INTERVAL_S,
         max_inflight: int = MAX_INFLIGHT,
+        keys_dir: Path | str | None = None,
     ) -> None:
+        """``keys_dir`` (from ``keys generate``) turns on CURVE, as the collector's --keys."""
         self.endpoint = endpoint
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -300,6 +406,13 @@ class ZmqJournalWriter:
         self._sock.setsockopt(zmq.SNDHWM, RECV_HWM)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if keys_dir is not None:
+            client = load_keypair(Path(keys_dir) / f"{CLIENT_NAME}.key_secret")
+            self._sock.setsockopt(
+                zmq.CURVE_SERVERKEY, load_public(Path(keys_dir) / f"{AGENT_NAME}.key")
+            )
+            self._sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
+            self._sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)
         self._sock.connect(endpoint)
         self._slots = asyncio.Semaphore(max_inflight)
         self._pending: dict[str, _Pending] = {}
@@ -437,19 +550,38 @@ class ZmqJournalWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for record_id, pending in self._pending.items():
+            for waiter in pending.waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        JournalError(f"writer closed before {record_id!r} was durable")
+                    )
         self._sock.close(linger=0)
 
 
 # --- CLI: collector ---------------------------------------------------------------------------
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def run_collector(args: argparse.Namespace) -> int:
     endpoint = f"tcp://{args.bind}:{args.port}"
+    keys = Path(args.keys) if args.keys else None
     try:
-        collector = JournalCollector(Path(args.path), endpoint, group_commit=not args.fsync_each)
+        collector = JournalCollector(
+            Path(args.path), endpoint, group_commit=not args.fsync_each, keys_dir=keys
+        )
     except JournalCorruption as exc:
         print(f"collector: error: {exc}", file=sys.stderr)
         return 3
+    except KeyFileError as exc:
+        print(f"collector: error: {exc}", file=sys.stderr)
+        return 2
     except zmq.ZMQError as exc:
         print(f"collector: error: cannot bind {endpoint}: {exc}", file=sys.stderr)
         return 1
@@ -466,6 +598,7 @@ def run_collector(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     mode = "group commit" if collector.group_commit else "fsync per record"
+    mode += ", CURVE" if keys else ", no encryption: loopback only"
     print(
         f"collector: {len(recovery.entries)} records in {args.path}; "
         f"listening on {collector.endpoint} ({mode})",
@@ -473,6 +606,11 @@ def run_collector(args: argparse.Namespace) -> int:
     )
     try:
         collector.serve()
+        if collector.failed is not None:
+            print(
+                f"collector: error: cannot write {args.path}: {collector.failed}", file=sys.stderr
+            )
+            return 1
     finally:
         print(
             f"collector: stored {collector.stored}, duplicates {collector.duplicates}, "
@@ -639,7 +777,33 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     per = figures["in-process file, fsync per record"]
     print(f"  group commit / in-process per record:  {group / per:.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench_record(args, per_writer, figures), indent=2))
     return 0
+
+
+def bench_record(
+    args: argparse.Namespace, per_writer: int, figures: dict[str, float]
+) -> dict[str, object]:
+    """The figures plus where and when they were measured, for docs/results/."""
+    group = figures["zmq group commit"]
+    return {
+        "meta": {
+            "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "command": " ".join(["zmq_journal.py", *sys.argv[1:]]),
+        },
+        "writers": args.writers,
+        "records_per_writer": per_writer,
+        "inflight_per_writer": args.inflight,
+        "records_per_s": {label: round(rate) for label, rate in figures.items()},
+        "group_vs_zmq_fsync_per_record": round(group / figures["zmq fsync per record"], 1),
+        "group_vs_in_process_per_record": round(
+            group / figures["in-process file, fsync per record"], 1
+        ),
+    }
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -655,6 +819,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     col.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     col.add_argument("--fsync-each", action="store_true", help="fsync per record (baseline)")
+    col.add_argument("--keys", help="CURVE keys dir ('zmq_node_agent.py keys generate DIR')")
     read = sub.add_parser("read", help="print or export a journal")
     read.add_argument("path")
     read.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
@@ -663,9 +828,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bench.add_argument("--records", type=int, default=20_000, help="total records per variant")
     bench.add_argument("--inflight", type=int, default=8, help="concurrent writes per writer")
     bench.add_argument("--dir", default=None, help="where the bench journals go (default: TMPDIR)")
+    bench.add_argument("--json", help="also write the figures, date and machine to this file")
     args = parser.parse_args(argv)
     if args.command == "collector" and not 0 < args.port < 65536:
         parser.error("--port must be 1-65535")
+    if args.command == "collector" and not args.keys and not is_loopback(args.bind):
+        parser.error(f"--bind {args.bind} is not loopback: writers must be authenticated (--keys)")
     if args.command == "bench" and (args.writers < 1 or args.records < 1 or args.inflight < 1):
         parser.error("--writers, --records and --inflight must be positive")
     return args

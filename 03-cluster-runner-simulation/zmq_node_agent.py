@@ -3,9 +3,9 @@
 Binds a ROUTER on tcp://BIND:PORT (default port 5580; 5570-5572 belong to the
 cluster patterns). Clients (``zmq_node_executor.py``, a DEALER) send ``run``,
 ``cancel``, ``facts`` and ``ping`` requests; the agent answers with
-``accepted``, streamed ``output`` chunks, one ``exit``, ``facts_reply``,
-``pong``, ``heartbeat`` (every second while a client has commands running) and
-``error``. Wire spec: docs/agent-protocol.md.
+``accepted`` (for runs still silent after 50 ms), streamed ``output`` chunks,
+one ``exit``, ``facts_reply``, ``pong``, ``heartbeat`` (every second while a
+client has commands running) and ``error``. Wire spec: docs/agent-protocol.md.
 
 Security is on by default: CURVE encryption, and a ZAP handler that admits
 only the client public keys in KEYS/authorized_clients/. Only request types on
@@ -89,6 +89,7 @@ from cluster_runner_simulation.agent_protocol import (
 DEFAULT_CONCURRENCY = 64
 MAX_QUEUED = 4096  # runs accepted but waiting for a slot; beyond this the agent answers "busy"
 HEARTBEAT_INTERVAL_S = 1.0
+ACCEPT_DELAY_S = 0.05  # a run still silent after this long gets an explicit "accepted"
 FLUSH_DELAY_S = 0.002  # how long output may wait to be batched into a bigger message
 PIPE_BYTES = 1024 * 1024  # pipe buffer for bulk output, so reads (and messages) are bigger
 SMALL_PIPE_BYTES = 64 * 1024  # Linux's default pipe size: a read this big means bulk output
@@ -270,13 +271,21 @@ class CommandRun:
     request: RunRequest
     timed_out: bool = False
     cancelled: bool = False
+    accept_timer: asyncio.TimerHandle | None = None
 
     def send_now(self, message: Message) -> None:
+        # Any reply tells the client its run arrived, so "accepted" is only needed
+        # for runs that stay silent for a while; short ones save a message.
+        if self.accept_timer is not None:
+            self.accept_timer.cancel()
+            self.accept_timer = None
         self.agent.send_now(self.peer, message)
 
     async def execute(self) -> None:
         req = self.request
-        self.send_now(Accepted(req.id))
+        self.accept_timer = asyncio.get_running_loop().call_later(
+            ACCEPT_DELAY_S, self.send_now, Accepted(req.id)
+        )
         try:
             async with self.agent.slots:
                 await self._spawn_and_stream()
@@ -398,7 +407,11 @@ class NodeAgent:
             )
             self.send_now(peer, ErrorReply(request_id_of(frames), code.value, str(exc)))
             return
-        self.handlers[message.TYPE](peer, message)
+        try:
+            self.handlers[message.TYPE](peer, message)
+        except Exception:  # a bug must not take the whole node down with it
+            self.bad_messages += 1
+            log.exception("handler for %s failed", message.TYPE.value)
 
     def on_run(self, peer: bytes, req: RunRequest) -> None:
         key = (peer, req.id)
@@ -470,6 +483,24 @@ class SetupError(Exception):
     """Bad configuration: reported on one line, exit status 2."""
 
 
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11, wait for children with a pidfd instead of a thread per child.
+
+    The default ThreadedChildWatcher starts a thread for every command; a pidfd
+    is one more file descriptor in the event loop, which saves ~0.2 ms per
+    command. Python 3.12+ already prefers pidfds, and deprecates this API.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # a kernel without pidfd support (before Linux 5.3)
+    watcher = asyncio.PidfdChildWatcher()
+    asyncio.get_event_loop_policy().set_child_watcher(watcher)
+    watcher.attach_loop(asyncio.get_running_loop())
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -535,13 +566,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise SetupError(f"--insecure binds loopback only; refusing --bind {host}")
     if not args.insecure and args.keys is None:
         raise SetupError("--keys DIR is required (or --insecure, for lessons only)")
-    if os.environ.get("AGENT_PIDFD_EXPERIMENT"):
-        import warnings
-
-        warnings.simplefilter("ignore", DeprecationWarning)
-        w = asyncio.PidfdChildWatcher()
-        asyncio.get_event_loop_policy().set_child_watcher(w)
-        w.attach_loop(asyncio.get_running_loop())
+    use_pidfd_child_watcher()
     ctx = zmq.asyncio.Context()
     sock = make_router(ctx)
     auth: AsyncioAuthenticator | None = None

@@ -282,7 +282,10 @@ class ZmqNodeExecutor:
             self._send_cancel(request.id)  # in case it arrives after all
             raise self._unreachable() from None
         except BaseException:
+            # Cancelled (or failed) after sending: the run may have started already.
             self._pending.pop(request.id, None)
+            if isinstance(request, RunRequest):
+                self._send_cancel(request.id)
             raise
         return pending
 
@@ -365,17 +368,14 @@ class ZmqNodeExecutor:
 
     @staticmethod
     def _route(pending: PendingRequest, reply: Message) -> None:
+        # Any reply proves the request arrived; the agent sends "accepted" only for
+        # runs that are still silent after a moment.
+        if not pending.accepted.done():
+            pending.accepted.set_result(None)
         if isinstance(reply, Output):
             (pending.stdout if reply.stream == "stdout" else pending.stderr).append(reply.data)
-        elif isinstance(reply, Accepted):
-            if not pending.accepted.done():
-                pending.accepted.set_result(None)
-        else:
-            # exit, facts_reply, pong, error: the request is answered.
-            if not pending.accepted.done():
-                pending.accepted.set_result(None)
-            if not pending.done.done():
-                pending.done.set_result(reply)
+        elif not isinstance(reply, Accepted) and not pending.done.done():
+            pending.done.set_result(reply)  # exit, facts_reply, pong, error: answered
 
     async def _watch_silence(self) -> None:
         """Fail running commands if the agent stops heartbeating (crash, restart, partition)."""

@@ -307,9 +307,14 @@ docker_stop() {
 }
 
 docker_cleanup() {
-  local images
+  local images volumes
   if [[ -n "$(project_containers)" || -n "$(cluster_network)" ]]; then
     compose down --remove-orphans --volumes --timeout 5
+  fi
+  volumes="$(docker volume ls -q --filter "label=com.docker.compose.project=${PROJECT}")"
+  if [[ -n "${volumes}" ]]; then
+    # shellcheck disable=SC2086 # one name per word
+    docker volume rm ${volumes} >/dev/null
   fi
   # The tagged image plus older builds of this project that a rebuild left untagged.
   images="$({
@@ -390,6 +395,9 @@ worker_ns() { printf 'zsim-%s-%s' "$(ns_tag)" "$1"; }
 veth_hub() { printf 'zs%sw%sb' "$(ns_tag)" "${1#worker}"; }
 veth_node() { printf 'zs%sw%sa' "$(ns_tag)" "${1#worker}"; }
 
+# Unix socket paths must fit in 108 bytes, so this one lives in /tmp, not the state dir.
+relay_socket() { printf '%s/zsim-%s-coordinator.sock' "${TMPDIR:-/tmp}" "$(ns_tag)"; }
+
 uses_netns() { [[ "$(local_setting netns 2>/dev/null || echo 0)" == 1 ]]; }
 
 netns_possible() {
@@ -453,7 +461,7 @@ start_node() {
 wait_for_log() {
   local name="$1" pattern="$2" deadline=$((SECONDS + 30))
   while ((SECONDS < deadline)); do
-    grep -q -- "${pattern}" "$(local_dir)/${name}.log" 2>/dev/null && return 0
+    grep -qw -- "${pattern}" "$(local_dir)/${name}.log" 2>/dev/null && return 0
     pid_alive "$(node_pid "${name}")" || break
     sleep 0.1
   done
@@ -479,7 +487,7 @@ netns_up() {
     ip -n "$(worker_ns "${node}")" link set "$(veth_node "${node}")" up
   done
   local sock
-  sock="$(local_dir)/coordinator.sock"
+  sock="$(relay_socket)"
   spawn_detached relay-host "${PY}" -u "${RELAY}" unix-to-tcp --listen "${sock}" \
     --to "127.0.0.1:$(local_setting coordinator_port)"
   wait_for_log relay-host ready
@@ -510,6 +518,8 @@ local_start() {
   echo "${MONITOR_PORT:-5572}" >"$(local_dir)/monitor_port"
   if netns_possible; then echo 1; else echo 0; fi >"$(local_dir)/netns"
   echo "${workers}" >"$(local_dir)/workers"
+  # A start that fails half-way leaves no process, relay or namespace behind.
+  trap 'local_stop_processes; rm -f "$(local_dir)/workers"' EXIT
   start_node coordinator
   wait_for_log coordinator ready
   if uses_netns; then
@@ -522,6 +532,7 @@ local_start() {
     --timeout "${START_TIMEOUT_S}" >/dev/null; then
     die "the cluster did not become ready in ${START_TIMEOUT_S} s; see \`$0 --local logs\`"
   fi
+  trap - EXIT
 }
 
 # Stop every process we recorded: SIGTERM (thawing paused ones), then SIGKILL stragglers.
@@ -544,7 +555,7 @@ local_stop_processes() {
     if pid_alive "${pid}"; then kill -KILL "${pid}" 2>/dev/null || true; fi
     rm -f "${pidfile}"
   done
-  rm -f "$(local_dir)/coordinator.sock"
+  rm -f "$(relay_socket)"
   netns_down
 }
 

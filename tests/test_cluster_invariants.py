@@ -174,6 +174,7 @@ def cluster(spawn: Any, free_port: Callable[[], int], tmp_path: Path) -> Iterato
 
 def summary_of(proc: Any, path: Path, timeout: float = 90.0) -> dict[str, Any]:
     code = proc.wait(timeout=timeout)
+    assert path.exists(), proc.output()
     data: dict[str, Any] = json.loads(path.read_text())
     assert code == 0, proc.output()
     return data
@@ -208,8 +209,10 @@ def test_invariant2_sigkill_worker_mid_run(cluster: Cluster, tmp_path: Path) -> 
     _, event = watcher.wait_for(
         lambda m: isinstance(m, NodeEvent) and m.node_id == "w2" and m.event == "dead"
     )
-    assert dead_at - killed_at <= DEAD_BUDGET, f"dead after {dead_at - killed_at:.2f}s"
-    assert event.detection_latency_s <= DEAD_BUDGET
+    # The coordinator's own measure (last message -> verdict) is held to the budget; the
+    # kill -> observed time also includes this test process being scheduled on a busy box.
+    assert event.detection_latency_s <= DEAD_BUDGET, cluster.coordinator.output()
+    assert dead_at - killed_at <= DEAD_BUDGET + 0.25, f"dead after {dead_at - killed_at:.2f}s"
     summary = summary_of(client, out)
     assert summary["done"] == 90 and summary["lost"] == 0
     cluster.assert_exactly_once(90)
@@ -349,3 +352,28 @@ def test_invariant5_worker_survives_garbage_from_its_coordinator(spawn: Any, por
     finally:
         router.close()
         ctx.term()
+
+
+def test_worker_sigterm_drains_and_coordinator_stops_cleanly(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    watcher = cluster.start(2, capacity=4)
+    out = tmp_path / "summary.json"
+    client = cluster.client("--count", "40", "--kind", "sleep", "--ms", "300", "--json", str(out))
+    watcher.wait_for(
+        lambda m: isinstance(m, Status) and any(n.node_id == "w1" and n.in_flight for n in m.nodes)
+    )
+    w1 = cluster.workers["w1"]
+    w1.signal(signal.SIGTERM)
+    assert w1.wait(timeout=30) == 0
+    assert "draining" in w1.stdout() and "Traceback" not in w1.output()
+    watcher.wait_for(lambda m: isinstance(m, NodeEvent) and m.node_id == "w1" and m.event == "left")
+    summary = summary_of(client, out)
+    assert summary["done"] == 40 and summary["duplicates"] == 0
+    cluster.assert_exactly_once(40)
+    _, status = watcher.wait_for(lambda m: isinstance(m, Status) and m.totals.done == 40)
+    assert status.totals.duplicates == 0
+    assert node_state(status, "w1") == "left"
+    cluster.coordinator.signal(signal.SIGTERM)
+    assert cluster.coordinator.wait(timeout=15) == 0
+    assert "Traceback" not in cluster.coordinator.output()

@@ -15,7 +15,9 @@ Marker convention (an HTML comment on the line right before the opening fence; G
 ``run``: the block's commands run in order from the repository root, with ``.venv/bin`` first on
 PATH (as after ``. .venv/bin/activate``), inside a private network namespace created for the
 block (``unshare --net``, loopback only), so the documented default ports (5555, 5570-5572, ...)
-are free and nothing collides with a cluster someone else runs on this machine. Each command
+are free and nothing collides with a cluster someone else runs on this machine. Without
+``unshare`` (not root) the block is skipped, except in CI (``CI`` set), where the machine runs
+nothing else and the block runs in the host's network namespace. Each command
 must exit 0, unless it ends with ``# exits N`` (a documented failure, e.g. a client without a
 server). Long-running commands (servers, workers, monitors, anything ending in ``&``) are started
 in the background; the runner waits until they print their ready line (see LONG_RUNNING), and
@@ -80,6 +82,8 @@ KNOWN_TOOLS = {
     "docker",
     "docker-compose",
     "git",
+    "grep",
+    "head",
     "install",
     "journalctl",
     "jq",
@@ -290,15 +294,18 @@ def _check_shell_script(argv: list[str]) -> str | None:
     syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     if syntax.returncode != 0:
         return f"bash -n {argv[0]}: {syntax.stderr}"
-    subcommand = next((arg for arg in argv[1:] if not arg.startswith("-")), None)
-    if subcommand is None:
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    if not words:
         return None
     usage = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, cwd=REPO, timeout=30
     )
     text = usage.stdout + usage.stderr
-    if not re.search(rf"(^|\s){re.escape(subcommand)}(\s|$)", text, re.MULTILINE):
-        return f"{argv[0]} --help does not list the command {subcommand!r}:\n{text}"
+    # Option values (e.g. `-p NAME`) are words too, so one of the words must be a command the
+    # usage text lists at the start of a line.
+    listed = set(re.findall(r"^\s+([a-z][\w-]*)", text, re.MULTILINE))
+    if not listed & set(words):
+        return f"{argv[0]} --help lists none of {words} as a command:\n{text}"
     return None
 
 
@@ -498,6 +505,9 @@ def test_run_block(block: Block, tmp_path: Path) -> None:
     )
     if _netns_available():
         argv = ["unshare", "--net", "--", PYTHON, __file__, "--execute", str(spec)]
+    elif os.environ.get("CI"):
+        # A CI machine runs nothing else, so the documented fixed ports are free there.
+        argv = [PYTHON, __file__, "--execute-here", str(spec)]
     else:
         pytest.skip("needs `unshare --net` (root) to run documented fixed ports in isolation")
     overall = block.timeout * (len(block.commands) + 1) + READY_TIMEOUT_S * 2
@@ -505,9 +515,10 @@ def test_run_block(block: Block, tmp_path: Path) -> None:
     assert result.returncode == 0, f"{block.ident}:\n{result.stdout}\n{result.stderr}"
 
 
-def _main_execute(spec_path: str) -> int:
+def _main_execute(spec_path: str, private_netns: bool = True) -> int:
     """Entry point inside the private network namespace: bring up loopback, run one block."""
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if private_netns:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     spec = json.loads(Path(spec_path).read_text())
     failures = execute_block(
         spec["commands"], float(spec["timeout"]), Path(spec["logdir"]), spec["cleanup"]
@@ -518,8 +529,8 @@ def _main_execute(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--execute":
-        sys.exit(_main_execute(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] in ("--execute", "--execute-here"):
+        sys.exit(_main_execute(sys.argv[2], private_netns=sys.argv[1] == "--execute"))
     if len(sys.argv) >= 3 and sys.argv[1] == "--parse":
         # `--parse python SCRIPT ARGS...`: the parse-only check on one command (other tests use
         # it for command lines that live outside markdown, e.g. systemd units).

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster_runner_simulation.local_sshd import sshd_unavailable_reason
+from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
+from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
 
 SCRIPT = "03-cluster-runner-simulation/performance_comparison.py"
 NAMES = {"zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local"}
@@ -46,6 +47,39 @@ def test_bad_arguments_exit_2(run: object) -> None:
     result = run(SCRIPT, "--executors", "telnet")
     assert result.returncode == 2
     assert "choose from" in result.stderr
-    result = run(SCRIPT, "--descriptor", "hosts.json")
+    result = run(SCRIPT, "--descriptor", "/nonexistent/cluster.toml")
     assert result.returncode == 2
-    assert "not supported yet" in result.stderr
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_descriptor_points_it_at_given_hosts(run: object, tmp_path: Path) -> None:
+    """Real hosts are reached through a descriptor; here its hosts are on loopback."""
+    reason = sshd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    assert callable(run)
+    with LocalSshd() as sshd, LocalAgents(2) as agents:
+        nodes = tuple(
+            NodeSpec(
+                id=agent.node_id,
+                host="127.0.0.1",
+                zmq_port=agent.port,
+                ssh_port=sshd.port,
+                ssh_user=sshd.username,
+                ssh_key=sshd.client_key_path,
+                ssh_known_hosts=sshd.known_hosts,
+                curve_keys_dir=agents.keys_dir,
+            )
+            for agent in agents.agents
+        )
+        path = tmp_path / "cluster.toml"
+        path.write_text(render_descriptor(ClusterDescriptor("loopback", nodes)))
+        out_json = tmp_path / "perf.json"
+        result = run(
+            SCRIPT, "--smoke", "--descriptor", str(path), "--executors", "zmq,asyncssh,ssh_mux",
+            "--no-progress", "--json", str(out_json), timeout=240,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out_json.read_text())
+    assert set(report["fanout"]) == {"zmq", "asyncssh", "ssh_mux"}
+    assert all(f["nodes"] == 2 for f in report["fanout"].values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -13,6 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from cluster_runner_simulation.agent_keys import generate_keys
 from cluster_runner_simulation.journal_format import canonical_body, scan_journal
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
 from cluster_runner_simulation.zmq_journal import (
@@ -131,8 +133,57 @@ def test_collector_and_bench_argument_errors(run: Any, tmp_path: Path) -> None:
 
 
 def test_bench_prints_both_figures(run: Any, tmp_path: Path) -> None:
-    proc = run(JOURNAL, "bench", "--writers", "2", "--records", "200", "--dir", str(tmp_path))
+    out = tmp_path / "bench.json"
+    args = ["--writers", "2", "--records", "200", "--dir", str(tmp_path), "--json", str(out)]
+    proc = run(JOURNAL, "bench", *args)
     assert proc.returncode == 0, proc.stderr
     for label in ("zmq group commit", "zmq fsync per record", "in-process file"):
         assert label in proc.stdout
     assert "group commit / zmq fsync per record" in proc.stdout
+    record = json.loads(out.read_text())
+    assert {"date", "machine"} <= set(record["meta"]) and record["writers"] == 2
+    assert record["records_per_s"]["zmq group commit"] > 0
+
+
+async def test_curve_collector_admits_only_authorized_writers(
+    tmp_path: Path, spawn: Any, port: int
+) -> None:
+    keys, stranger = tmp_path / "keys", tmp_path / "stranger"
+    generate_keys(keys)
+    generate_keys(stranger)  # a valid keypair, but not in keys/authorized_clients
+    (stranger / "agent.key").write_bytes((keys / "agent.key").read_bytes())
+    path = tmp_path / "j.jsonl"
+    collector = start(spawn, path, port, "--keys", str(keys))
+    assert "CURVE" in collector.stdout()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    intruders = [ZmqJournalWriter(endpoint, timeout=1.5, keys_dir=k) for k in (None, stranger)]
+    for intruder in intruders:
+        with pytest.raises(JournalError, match="not durable"):
+            await intruder.write(result("intruder"))
+        await intruder.close()
+    writer = ZmqJournalWriter(endpoint, keys_dir=keys)
+    await writer.write(result("trusted"))
+    await writer.close()
+    assert scan_journal(path).record_ids == ["trusted"]
+
+
+def test_collector_refuses_non_loopback_without_keys_and_bad_keys(tmp_path: Path, run: Any) -> None:
+    exposed = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--bind", "0.0.0.0")
+    assert exposed.returncode == 2 and "writers must be authenticated (--keys)" in exposed.stderr
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    (keys / "agent.key_secret").chmod(0o644)
+    loose = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--keys", str(keys))
+    assert loose.returncode == 2 and "refusing to use it" in loose.stderr
+    assert not (tmp_path / "j").exists()
+
+
+async def test_close_fails_writes_still_waiting(free_port: Any) -> None:
+    writer = ZmqJournalWriter(f"tcp://127.0.0.1:{free_port()}")
+    waiting = asyncio.create_task(writer.write(result("never")))
+    await asyncio.sleep(0.1)
+    await writer.close()
+    with pytest.raises(JournalError, match="writer closed before 'never' was durable"):
+        await waiting
+    with pytest.raises(JournalError, match="closed"):
+        await writer.write(result("after"))

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,30 @@ def no_live_pids(state: Path) -> bool:
     return not list(state.glob("*/*.pid"))
 
 
-def test_make_demo_runs_for_demo_seconds(tmp_path: Path, free_port: Any) -> None:
-    env = demo_env(tmp_path, free_port, DEMO_SECONDS="3")
+@pytest.fixture
+def demo_env_factory(tmp_path: Path, free_port: Any) -> Iterator[Callable[..., dict[str, str]]]:
+    """Environments for demo runs; whatever a failed run left behind is cleaned up after."""
+    made: list[dict[str, str]] = []
+
+    def make(**extra: str) -> dict[str, str]:
+        made.append(demo_env(tmp_path, free_port, **extra))
+        return made[-1]
+
+    yield make
+    for env in made:
+        subprocess.run(
+            [str(REPO / "docker" / "simulate-cluster.sh"), "cleanup"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def test_make_demo_runs_for_demo_seconds(
+    demo_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    env = demo_env_factory(DEMO_SECONDS="3")
     done = subprocess.run(
         ["make", "-s", "demo"],
         cwd=REPO,
@@ -56,8 +79,10 @@ def test_make_demo_runs_for_demo_seconds(tmp_path: Path, free_port: Any) -> None
     assert no_live_pids(tmp_path / "state")
 
 
-def test_demo_stops_cleanly_on_ctrl_c(spawn: Any, tmp_path: Path, free_port: Any) -> None:
-    env = demo_env(tmp_path, free_port, DEMO_SECONDS="0")
+def test_demo_stops_cleanly_on_ctrl_c(
+    spawn: Any, demo_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    env = demo_env_factory(DEMO_SECONDS="0")
     demo = spawn("./docker/simulate-cluster.sh", "demo", env=env, python=False)
     demo.wait_for(r"press Ctrl-C to stop", timeout=120)
     os.killpg(demo.pid, signal.SIGINT)

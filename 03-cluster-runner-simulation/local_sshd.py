@@ -386,12 +386,12 @@ class LocalAgents(_SyncAndAsyncContext):
 
 def main() -> int:
     """Start an sshd and two agents on loopback, print how to reach them, wait for Ctrl-C."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
     with contextlib.suppress(KeyboardInterrupt), LocalSshd() as sshd, LocalAgents(2) as agents:
         print(f"sshd: {' '.join(sshd.ssh_argv())} true")
         for agent in agents.agents:
             print(f"agent {agent.node_id}: tcp://{agent.host}:{agent.port} keys {agents.keys_dir}")
-        print("Ctrl-C stops them")
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        print("Ctrl-C stops them", flush=True)
         while True:
             time.sleep(3600)
     return 0

@@ -185,6 +185,18 @@ class AsyncSSHExecutor:
                 raise NodeUnreachable(self._node_id, f"sshd refused a channel: {exc}") from None
         raise AssertionError("unreachable")
 
+    async def _open_uncancellable(self, line: str) -> asyncssh.SSHClientProcess[bytes]:
+        """Open the channel even if cancelled meanwhile: once the exec request is out the
+        command may be running, and only a finished open tells us its process group."""
+        opening = asyncio.ensure_future(self._open_process(line))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                proc = await asyncio.wait_for(opening, KILL_TIMEOUT_S)
+                await self._kill_group(proc, None)
+            raise
+
     async def run(
         self,
         command: str,
@@ -193,7 +205,7 @@ class AsyncSSHExecutor:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> CommandResult:
-        proc = await self._open_process(wrap_command(command, env, cwd))
+        proc = await self._open_uncancellable(wrap_command(command, env, cwd))
         pgid: int | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -208,6 +220,12 @@ class AsyncSSHExecutor:
         except asyncio.CancelledError:
             await self._kill_group(proc, pgid)
             raise
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+            # Same as the ZeroMQ executor: the node is gone; the command may have run.
+            self._conn = None
+            raise NodeUnreachable(
+                self._node_id, f"connection lost while {command!r} ran: {exc}"
+            ) from None
         except (asyncssh.Error, OSError) as exc:
             self._conn = None
             raise ExecutorError(self._node_id, f"{command!r}: {exc}") from None
@@ -223,6 +241,12 @@ class AsyncSSHExecutor:
 
     async def _kill_group(self, proc: asyncssh.SSHClientProcess[bytes], pgid: int | None) -> None:
         """Kill the remote process group through a second channel, then drop the first."""
+        if pgid is None:
+            # Cancelled before the wrapper reported its group: it is about to.
+            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError, ValueError):
+                async with asyncio.timeout(KILL_TIMEOUT_S):
+                    first = await proc.stderr.readline()
+                    pgid = int(first) if first.strip().isdigit() else None
         if pgid is not None and self._conn is not None:
             with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
                 async with asyncio.timeout(KILL_TIMEOUT_S):

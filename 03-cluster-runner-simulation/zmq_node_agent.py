@@ -298,8 +298,8 @@ class CommandRun:
         env = {**os.environ, **req.env} if req.env else None
         budget = OutputBudget(MAX_OUTPUT_BYTES)
         loop = asyncio.get_running_loop()
-        try:
-            transport, collector = await loop.subprocess_shell(
+        spawning = asyncio.ensure_future(
+            loop.subprocess_shell(
                 lambda: OutputCollector(self, budget),
                 req.command,
                 stdin=subprocess.DEVNULL,
@@ -309,18 +309,27 @@ class CommandRun:
                 env=env,
                 start_new_session=True,  # its own process group, so a kill takes every child
             )
+        )
+        try:
+            try:
+                transport, collector = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                # The fork may already have happened: finish spawning, then kill below.
+                self.cancelled = True
+                transport, collector = await spawning
         except OSError as exc:
             message = f"agent could not start the command: {exc}\n".encode()
             self.send_now(Output(req.id, "stderr", message))
-            self.send_now(Exit(req.id, exit_status=127))
+            self.send_now(Exit(req.id, exit_status=127, cancelled=self.cancelled))
             return
-        try:
-            async with asyncio.timeout(req.timeout):
-                await asyncio.shield(collector.finished)
-        except TimeoutError:
-            self.timed_out = True
-        except asyncio.CancelledError:
-            self.cancelled = True
+        if not self.cancelled:
+            try:
+                async with asyncio.timeout(req.timeout):
+                    await asyncio.shield(collector.finished)
+            except TimeoutError:
+                self.timed_out = True
+            except asyncio.CancelledError:
+                self.cancelled = True
         if self.timed_out or self.cancelled:
             kill_group(transport.get_pid())
             # A child that left the group may still hold a pipe open: bound the wait.

@@ -386,7 +386,8 @@ class ZmqNodeExecutor:
             if waiting and silent_for > self.silence_timeout:
                 error = NodeUnreachable(
                     self._node_id,
-                    f"agent at {self.endpoint} silent for {silent_for:.1f}s; connection lost",
+                    f"agent at {self.endpoint} silent for {silent_for:.1f}s; connection lost "
+                    "(the command may have run)",
                 )
                 for pending in waiting:
                     pending.fail(error)

@@ -107,6 +107,7 @@ class Cluster:
         self.coordinator: Any = None
         self.workers: dict[str, Any] = {}
         self.watcher: StatusWatcher | None = None
+        self.persistent = True
 
     def start_coordinator(self, *extra: str) -> Any:
         self.coordinator = self.spawn(
@@ -115,7 +116,7 @@ class Cluster:
             "--status-port", str(self.status_port),
             "--heartbeat-interval", str(INTERVAL),
             "--liveness", str(LIVENESS),
-            "--state-dir", str(self.state_dir),
+            *(("--state-dir", str(self.state_dir)) if self.persistent else ()),
             *extra,
         )  # fmt: skip
         self.coordinator.wait_for(r"coordinator ready")
@@ -252,7 +253,11 @@ def test_invariant3_sigstop_partition_then_recovery(cluster: Cluster, tmp_path: 
     w1.wait_for(r"registered again")
 
 
-def test_invariant4_coordinator_sigkill_and_restart(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("persistent", [True, False], ids=["state-dir", "client-retries-only"])
+def test_invariant4_coordinator_sigkill_and_restart(
+    cluster: Cluster, tmp_path: Path, persistent: bool
+) -> None:
+    cluster.persistent = persistent
     watcher = cluster.start(3, capacity=4)
     out = tmp_path / "summary.json"
     client = cluster.client(
@@ -263,12 +268,16 @@ def test_invariant4_coordinator_sigkill_and_restart(cluster: Cluster, tmp_path: 
     cluster.coordinator.wait()
     time.sleep(1.0)
     restarted = cluster.start_coordinator()
-    restarted.wait_for(r"restored \d+ tasks")
+    if persistent:
+        restarted.wait_for(r"restored \d+ tasks")
     for proc in cluster.workers.values():
         proc.wait_for(r"registered again", timeout=30)
     summary = summary_of(client, out, timeout=120)
-    assert summary["done"] == 150 and summary["lost"] == 0
-    cluster.assert_exactly_once(150)
+    assert summary["done"] == 150 and summary["lost"] == 0 and summary["failed"] == 0
+    if persistent:
+        cluster.assert_exactly_once(150)
+    else:  # the new coordinator learnt the unfinished tasks from the client's re-submission
+        assert summary["resubmissions"] >= 1
 
 
 def _garbage_frames() -> list[list[bytes]]:

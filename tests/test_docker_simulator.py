@@ -79,7 +79,8 @@ class Sim:
             return document
 
     def node_state(self, node: str) -> str:
-        return {n["id"]: n["state"] for n in self.cluster()["nodes"]}.get(node, "absent")
+        states = {str(n["id"]): str(n["state"]) for n in self.cluster()["nodes"]}
+        return states.get(node, "absent")
 
     def leftovers(self) -> str:
         label = f"label=com.docker.compose.project={self.project}"

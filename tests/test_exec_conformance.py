@@ -166,6 +166,28 @@ async def test_cancellation_kills_the_remote_process(executor: NodeExecutorProto
     assert (await executor.run("echo still-works")).stdout == b"still-works\n"
 
 
+async def test_cancellation_at_any_moment_leaves_nothing_behind(
+    executor: NodeExecutorProtocol,
+) -> None:
+    """Cancelled while the request is in flight or the process is being spawned."""
+    await executor.run("true")  # connected, so the early delays hit the spawn itself
+    markers = []
+    for delay in (0.0, 0.0005, 0.002, 0.01, 0.03):
+        marker = unique_sleep()
+        markers.append(marker)
+        task = asyncio.create_task(executor.run(f"sleep {marker}"))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(1.0)  # a process spawned late would show up by now
+
+    def leftovers() -> list[psutil.Process]:
+        return [p for m in markers for p in processes_with(m)]
+
+    assert await wait_until(lambda: not leftovers(), ORPHAN_WAIT_S), leftovers()
+
+
 async def test_system_facts(executor: NodeExecutorProtocol) -> None:
     facts = await executor.system_facts()
     assert facts.node_id == executor.node_id

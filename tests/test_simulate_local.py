@@ -65,7 +65,7 @@ class LocalSim:
         url = f"http://127.0.0.1:{self.monitor_port}/api/cluster"
         with urllib.request.urlopen(url, timeout=5) as response:
             document: dict[str, Any] = json.loads(response.read())
-        return {n["id"]: n["state"] for n in document["nodes"]}.get(node, "absent")
+        return {str(n["id"]): str(n["state"]) for n in document["nodes"]}.get(node, "absent")
 
     def namespaces(self) -> list[str]:
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -107,7 +107,8 @@ def test_local_cluster_user_story(sim: LocalSim, tmp_path: Path) -> None:
     assert 0 < steps["fail worker1"]["figure_s"] <= DETECTION_BOUND_S
 
     out = sim.ok("fail", "worker1")
-    assert float(re.search(r"worker1 dead after ([\d.]+) s", out).group(1)) <= DETECTION_BOUND_S
+    verdict = re.search(r"worker1 dead after ([\d.]+) s", out)
+    assert verdict and float(verdict.group(1)) <= DETECTION_BOUND_S, out
     sim.ok("recover", "worker1")
     assert sim.node_state("worker1") == "alive"
 

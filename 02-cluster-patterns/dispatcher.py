@@ -153,8 +153,10 @@ class Dispatcher:
         self.workers: dict[str, WorkerRecord] = {}
         self.by_identity: dict[bytes, str] = {}
         self.clients: dict[bytes, float] = {}
-        # (deadline, task_id, dispatch_no) in dispatch order, hence sorted by deadline.
-        self.deadlines: deque[tuple[float, str, int]] = deque()
+        # One entry per dispatched batch: (deadline, dispatch number of its first task, task
+        # ids in dispatch order). Appended in time order, hence sorted by deadline; one
+        # entry per batch keeps this small at tens of thousands of tasks per second.
+        self.deadlines: deque[tuple[float, int, list[str]]] = deque()
         self.totals = Totals()
         self.outbox: list[tuple[bytes, Message]] = []
         self.events: list[Message] = []
@@ -268,6 +270,7 @@ class Dispatcher:
                 continue
             if task is not None and task.state is TaskState.PENDING:
                 self._assign(task, record, now)
+                self.deadlines.append((now + self.task_timeout_s, task.dispatch_no, [task_id]))
             else:
                 record.orphans.add(task_id)
 
@@ -278,7 +281,6 @@ class Dispatcher:
         task.state = TaskState.ASSIGNED
         task.worker_id = worker.worker_id
         worker.assigned.add(task.spec.task_id)
-        self.deadlines.append((now + self.task_timeout_s, task.spec.task_id, self.dispatches))
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
         record = self._known_worker(identity, msg.worker_id, now)
@@ -399,6 +401,7 @@ class Dispatcher:
     def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
         batch: list[Assignment] = []
         skipped: list[str] = []
+        first_dispatch = self.dispatches + 1
         while self.pending and len(batch) < limit:
             task_id = self.pending.popleft()
             task = self.tasks[task_id]
@@ -419,6 +422,8 @@ class Dispatcher:
             batch.append(Assignment(task_id, task.tries, spec.kind, spec.ms, spec.payload))
         self.pending.extendleft(reversed(skipped))
         if batch:
+            ids = [assignment.task_id for assignment in batch]
+            self.deadlines.append((now + self.task_timeout_s, first_dispatch, ids))
             worker.last_dispatch = now
             self.outbox.append((worker.identity, Dispatch(tasks=batch)))
         return len(batch)
@@ -474,21 +479,9 @@ class Dispatcher:
                 worker.orphans.clear()
             self._publish_transition(worker.worker_id, transition)
         while self.deadlines and self.deadlines[0][0] <= now:
-            _, task_id, dispatch_no = self.deadlines.popleft()
-            task = self.tasks.get(task_id)
-            if task is None or task.state is not TaskState.ASSIGNED:
-                continue
-            if task.dispatch_no != dispatch_no:
-                continue
-            holder = self.workers.get(task.worker_id)
-            if holder is not None and task_id in holder.assigned:
-                holder.assigned.discard(task_id)
-                holder.orphans.add(task_id)  # it may still be running there
-            if task.tries >= self.max_tries:
-                self._fail(task, f"timed out {task.tries} times", now)
-            else:
-                task.state = TaskState.PENDING
-                self.pending.appendleft(task_id)
+            _, first_dispatch, task_ids = self.deadlines.popleft()
+            for offset, task_id in enumerate(task_ids):
+                self._expire(task_id, first_dispatch + offset, now)
         while self._finished and now - self._finished[0][0] > DONE_RETENTION_S:
             self.tasks.pop(self._finished.popleft()[1], None)
         for identity, sent in list(self._resets.items()):
@@ -497,6 +490,21 @@ class Dispatcher:
         for client, last in list(self.clients.items()):
             if now - last > CLIENT_IDLE_S:
                 del self.clients[client]
+
+    def _expire(self, task_id: str, dispatch_no: int, now: float) -> None:
+        """A dispatch reached its deadline: retry the task, or give up after max_tries."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is not TaskState.ASSIGNED or task.dispatch_no != dispatch_no:
+            return  # finished, or dispatched again since
+        holder = self.workers.get(task.worker_id)
+        if holder is not None and task_id in holder.assigned:
+            holder.assigned.discard(task_id)
+            holder.orphans.add(task_id)  # it may still be running there
+        if task.tries >= self.max_tries:
+            self._fail(task, f"timed out {task.tries} times", now)
+        else:
+            task.state = TaskState.PENDING
+            self.pending.appendleft(task_id)
 
     def _publish_transition(self, worker_id: str, transition: Transition) -> None:
         self.events.append(

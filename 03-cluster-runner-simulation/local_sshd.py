@@ -54,8 +54,9 @@ def sshd_unavailable_reason() -> str | None:
     """Why a LocalSshd cannot run here, or None if it can."""
     if not Path(SSHD_BINARY).exists():
         return f"{SSHD_BINARY} not found (apt-get install openssh-server)"
-    if shutil.which(SSH_KEYGEN) is None:
-        return "ssh-keygen not found (apt-get install openssh-client)"
+    for tool in (SSH_KEYGEN, "ssh"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install openssh-client)"
     return None
 
 

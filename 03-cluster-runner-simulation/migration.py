@@ -18,8 +18,9 @@ ShadowExecutor(primary, secondary)
     ``discrepancies``. Only shadow commands that are safe to run twice.
 
 ``build_fallback_context(descriptor, filter_fn, journal)`` gives the
-``zmq+ssh-fallback`` transport of run_schedules.py:
+``zmq+ssh-fallback`` transport of run_schedules.py, and ``build_shadow_context`` its --shadow:
     python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq+ssh-fallback
+    python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --shadow
 """
 
 from __future__ import annotations
@@ -263,6 +264,38 @@ async def build_fallback_context(
         return FallbackExecutor(zmq_executor_for(node, zmq_connect_timeout), ssh_executor_for(node))
 
     return await build_context("zmq+ssh-fallback", descriptor, filter_fn, journal, make)
+
+
+async def build_shadow_context(
+    descriptor: ClusterDescriptor,
+    filter_fn: NodeFilter | None,
+    journal: AsyncJournalWriterProtocol,
+    *,
+    primary: str = "zmq",
+) -> ExecutorContext:
+    """Every node gets ``ShadowExecutor``: ``primary`` answers, the other transport mirrors."""
+
+    def make(node: NodeSpec) -> ShadowExecutor:
+        zmq_side, ssh_side = zmq_executor_for(node), ssh_executor_for(node)
+        if primary == "zmq":
+            return ShadowExecutor(zmq_side, ssh_side)
+        return ShadowExecutor(ssh_side, zmq_side)
+
+    return await build_context(f"{primary}+shadow", descriptor, filter_fn, journal, make)
+
+
+async def shadow_stats(context: ExecutorContext) -> ShadowStats:
+    """All nodes' shadow comparisons added up, once every pending one is recorded."""
+    total = ShadowStats()
+    for node_id in context.node_ids():
+        executor = context.executor(node_id)
+        if isinstance(executor, ShadowExecutor):
+            await executor.drain()
+            total.compared += executor.stats.compared
+            total.mismatched += executor.stats.mismatched
+            total.secondary_errors += executor.stats.secondary_errors
+            total.discrepancies += executor.stats.discrepancies
+    return total
 
 
 def fallback_counts(context: ExecutorContext) -> dict[str, int]:

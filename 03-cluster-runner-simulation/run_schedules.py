@@ -14,6 +14,10 @@ journal in-process with fsync per record, as cluster_runner does today.
     python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --journal J.jsonl
     python 03-cluster-runner-simulation/run_schedules.py --descriptor D.toml \\
         --transport zmq+ssh-fallback --journal J.jsonl --schedule pairs --nodes a,b,c,d
+    python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --shadow
+
+--shadow (A/B, integration phase 3) answers from --transport and mirrors every command to
+the other transport, then reports any difference in exit status or stdout.
 
 Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments or descriptor;
 3 nodes unreachable while building the context; 4 the journal failed; 130 interrupted.
@@ -44,7 +48,12 @@ from cluster_runner_simulation.descriptor import (
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter
 from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
-from cluster_runner_simulation.migration import build_fallback_context, fallback_counts
+from cluster_runner_simulation.migration import (
+    build_fallback_context,
+    build_shadow_context,
+    fallback_counts,
+    shadow_stats,
+)
 from cluster_runner_simulation.protocols import (
     AsyncJournalWriterProtocol,
     JournalError,
@@ -136,6 +145,8 @@ async def open_context(
     def filter_fn(node: NodeSpec) -> bool:
         return wanted is None or node.id in wanted
 
+    if args.shadow:
+        return await build_shadow_context(descriptor, filter_fn, journal, primary=args.transport)
     # The switch, as cluster_runner will have it.
     if args.transport == "zmq":
         return await build_zmq_context(descriptor, filter_fn, journal)
@@ -168,6 +179,14 @@ async def run_all(
         if args.transport == "zmq+ssh-fallback":
             counts = {n: c for n, c in fallback_counts(opcon).items() if c}
             print(f"ssh fallbacks: {counts or 'none'}")
+        if args.shadow:
+            stats = await shadow_stats(opcon)
+            print(
+                f"shadow: {stats.compared} commands compared, {stats.mismatched} mismatched, "
+                f"{stats.secondary_errors} failed on the shadow side"
+            )
+            for found in stats.discrepancies[:10]:
+                print(f"  DISCREPANCY {found.node_id}: {found.detail}")
     finally:
         await opcon.close()
     return results
@@ -232,9 +251,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--journal-keys", help="CURVE keys dir of that collector's writers")
     parser.add_argument("--schedule", choices=(*SCHEDULE_NAMES, "every"), default="every")
     parser.add_argument("--nodes", help="comma-separated node ids (default: all)")
+    parser.add_argument(
+        "--shadow", action="store_true", help="mirror every command to the other transport (A/B)"
+    )
     args = parser.parse_args(argv)
     if args.local is not None and not 1 <= args.local <= 64:
         parser.error("--local must be 1-64")
+    if args.shadow and args.transport == "zmq+ssh-fallback":
+        parser.error("--shadow needs --transport zmq or ssh (the primary)")
     args.nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
     return args
 

@@ -45,6 +45,7 @@ import os
 import platform
 import queue
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -727,47 +728,61 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _bench_collector(tmp: Path, args: argparse.Namespace, per_writer: int, each: bool) -> float:
+    port = _free_port()
+    path = tmp / f"{'each' if each else 'group'}-{time.monotonic_ns()}.jsonl"
+    proc = _start_collector(path, port, each)
+    try:
+        endpoint = f"tcp://{DEFAULT_BIND}:{port}"
+        rate = asyncio.run(
+            _drive(lambda: ZmqJournalWriter(endpoint), args.writers, per_writer, args.inflight)
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    stored = len(scan_journal(path).entries)
+    if stored != args.writers * per_writer:
+        raise SystemExit(f"bench: error: the collector stored {stored} records, not all")
+    return rate
+
+
+def _bench_file(tmp: Path, args: argparse.Namespace, per_writer: int) -> float:
+    shared = FileJournalWriter(tmp / f"local-{time.monotonic_ns()}.jsonl")
+
+    class _Shared:
+        """All writers share one file journal, as cluster_runner's tasks would."""
+
+        async def write(self, result: PerfTestResult) -> None:
+            await shared.write(result)
+
+        async def close(self) -> None:
+            pass
+
+    rate = asyncio.run(_drive(_Shared, args.writers, per_writer, args.inflight))
+    asyncio.run(shared.close())
+    return rate
+
+
 def run_bench(args: argparse.Namespace) -> int:
     per_writer = max(1, args.records // args.writers)
-    figures: dict[str, float] = {}
+    runs: dict[str, list[float]] = {
+        "zmq group commit": [],
+        "zmq fsync per record": [],
+        "in-process file, fsync per record": [],
+    }
     with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=args.dir) as tmp:
-        for label, fsync_each in (("zmq group commit", False), ("zmq fsync per record", True)):
-            port = _free_port()
-            path = Path(tmp) / f"{'each' if fsync_each else 'group'}.jsonl"
-            proc = _start_collector(path, port, fsync_each)
-            try:
-                endpoint = f"tcp://{DEFAULT_BIND}:{port}"
-                figures[label] = asyncio.run(
-                    _drive(
-                        lambda: ZmqJournalWriter(endpoint), args.writers, per_writer, args.inflight
-                    )
-                )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.communicate(timeout=30)
-            stored = len(scan_journal(path).entries)
-            if stored != args.writers * per_writer:
-                print(f"bench: error: {label} stored {stored} records", file=sys.stderr)
-                return 1
-        local = Path(tmp) / "local.jsonl"
-        shared = FileJournalWriter(local)
-
-        class _Shared:
-            """All writers share one file journal, as cluster_runner's tasks would."""
-
-            async def write(self, result: PerfTestResult) -> None:
-                await shared.write(result)
-
-            async def close(self) -> None:
-                pass
-
-        figures["in-process file, fsync per record"] = asyncio.run(
-            _drive(_Shared, args.writers, per_writer, args.inflight)
-        )
-        asyncio.run(shared.close())
+        # Interleaved rounds, so that a noisy neighbour hurts every variant alike.
+        for _ in range(args.repeat):
+            runs["zmq group commit"].append(_bench_collector(Path(tmp), args, per_writer, False))
+            runs["zmq fsync per record"].append(_bench_collector(Path(tmp), args, per_writer, True))
+            runs["in-process file, fsync per record"].append(
+                _bench_file(Path(tmp), args, per_writer)
+            )
+    figures = {label: statistics.median(rates) for label, rates in runs.items()}
     print(
         f"journal bench: {args.writers} writers x {per_writer} records, "
-        f"{args.inflight} in flight per writer, durable records/s"
+        f"{args.inflight} in flight per writer, durable records/s "
+        f"(median of {args.repeat} interleaved run(s))"
     )
     for label, rate in figures.items():
         print(f"  {label:<36} {rate:>10,.0f}")
@@ -798,6 +813,7 @@ def bench_record(
         "writers": args.writers,
         "records_per_writer": per_writer,
         "inflight_per_writer": args.inflight,
+        "repeat": args.repeat,
         "records_per_s": {label: round(rate) for label, rate in figures.items()},
         "group_vs_zmq_fsync_per_record": round(group / figures["zmq fsync per record"], 1),
         "group_vs_in_process_per_record": round(
@@ -827,6 +843,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bench.add_argument("--writers", type=int, default=16)
     bench.add_argument("--records", type=int, default=20_000, help="total records per variant")
     bench.add_argument("--inflight", type=int, default=8, help="concurrent writes per writer")
+    bench.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians shown")
     bench.add_argument("--dir", default=None, help="where the bench journals go (default: TMPDIR)")
     bench.add_argument("--json", help="also write the figures, date and machine to this file")
     args = parser.parse_args(argv)
@@ -834,8 +851,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--port must be 1-65535")
     if args.command == "collector" and not args.keys and not is_loopback(args.bind):
         parser.error(f"--bind {args.bind} is not loopback: writers must be authenticated (--keys)")
-    if args.command == "bench" and (args.writers < 1 or args.records < 1 or args.inflight < 1):
-        parser.error("--writers, --records and --inflight must be positive")
+    if args.command == "bench" and min(args.writers, args.records, args.inflight, args.repeat) < 1:
+        parser.error("--writers, --records, --inflight and --repeat must be positive")
     return args
 
 

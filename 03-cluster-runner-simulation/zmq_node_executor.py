@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,20 +85,23 @@ class SharedContext:
 
     _ctx: zmq.asyncio.Context | None = None
     _users = 0
+    _lock = threading.Lock()  # executors on event loops in other threads share it too
 
     @classmethod
     def acquire(cls) -> zmq.asyncio.Context:
-        if cls._ctx is None or cls._ctx.closed:
-            cls._ctx = zmq.asyncio.Context()
-        cls._users += 1
-        return cls._ctx
+        with cls._lock:
+            if cls._ctx is None or cls._ctx.closed:
+                cls._ctx = zmq.asyncio.Context()
+            cls._users += 1
+            return cls._ctx
 
     @classmethod
     def release(cls) -> None:
-        cls._users -= 1
-        if cls._users <= 0 and cls._ctx is not None:
-            cls._ctx.term()
-            cls._ctx, cls._users = None, 0
+        with cls._lock:
+            cls._users -= 1
+            if cls._users <= 0 and cls._ctx is not None:
+                cls._ctx.term()
+                cls._ctx, cls._users = None, 0
 
 
 @dataclass

@@ -176,3 +176,51 @@ def test_fuzz_structured_messages(
     except ProtocolError:
         return
     assert decode(encode(message)) == message  # whatever is accepted re-encodes cleanly
+
+
+record_fields = st.dictionaries(
+    st.sampled_from(
+        [
+            "task_id",
+            "kind",
+            "ms",
+            "payload",
+            "attempt",
+            "ok",
+            "output",
+            "error",
+            "duration_s",
+            "tries",
+            "worker_id",
+            "latency_s",
+            "other",
+        ]
+    ),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats()
+    | st.text(max_size=3)
+    | st.sampled_from(["t1", "echo", "x" * 200]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record_fields)
+def test_fast_record_checks_agree_with_the_generic_ones(value: dict[str, object]) -> None:
+    from cluster_patterns import protocol
+
+    pairs = [
+        (protocol._TASK_SPEC, protocol._TASK_SPEC_GENERIC),
+        (protocol._ASSIGNMENT, protocol._ASSIGNMENT_GENERIC),
+        (protocol._TASK_RESULT, protocol._TASK_RESULT_GENERIC),
+        (protocol._TASK_OUTCOME, protocol._TASK_OUTCOME_GENERIC),
+    ]
+    for fast, generic in pairs:
+        outcomes = []
+        for check in (fast, generic):
+            try:
+                outcomes.append(check(value))
+            except ProtocolError:
+                outcomes.append("error")
+        assert outcomes[0] == outcomes[1], (value, outcomes)

@@ -59,3 +59,16 @@ def test_unreachable_nodes_exit_3_naming_them(tmp_path: Path, run: Any, free_por
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "ssh context: 1 node(s) unreachable: gone:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_shadow_mirrors_every_command_to_the_other_transport(tmp_path: Path, run: Any) -> None:
+    reason = sshd_unavailable_reason()
+    if reason:
+        pytest.skip(f"--local needs sshd: {reason}")
+    args = ["--local", "2", "--transport", "ssh", "--shadow", "--schedule", "all"]
+    proc = run(SCRIPT, *args, "--journal", str(tmp_path / "j.jsonl"), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "shadow: 2 commands compared, 0 mismatched, 0 failed on the shadow side" in proc.stdout
+    assert "in-process, fsync per record" in proc.stdout  # ssh keeps today's journal
+    wrong = run(SCRIPT, "--local", "2", "--transport", "zmq+ssh-fallback", "--shadow")
+    assert wrong.returncode == 2 and "--shadow needs --transport zmq or ssh" in wrong.stderr

@@ -142,3 +142,14 @@ def test_watch_once_without_monitor_exits_1(run: Any, port: int) -> None:
 def test_watch_rejects_bad_arguments(run: Any) -> None:
     result = run("examples/monitoring/watch.py", "--interval", "0")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_watch_once_with_no_workers_yet(spawn: Any, free_port: Any, run: Any) -> None:
+    status, http = free_port(), free_port()
+    monitor = spawn(
+        "02-cluster-patterns/monitor.py", "--status-port", str(status), "--port", str(http)
+    )
+    monitor.wait_for("ready")
+    result = run("examples/monitoring/watch.py", "--once", "--url", f"http://127.0.0.1:{http}")
+    assert result.returncode == 0, result.stderr
+    assert "(no workers registered)" in result.stdout and "NOT SEEN" in result.stdout

@@ -80,7 +80,7 @@ def render(cluster: dict[str, Any], colour: bool) -> str:
     seen = "seen" if coordinator.get("seen") else "NOT SEEN"
     lines = [f"coordinator {coordinator.get('id') or '-'}: {seen}", ""]
     rows = node_rows(cluster)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(COLUMNS)]
     lines.append("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:

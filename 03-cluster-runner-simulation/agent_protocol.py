@@ -360,6 +360,8 @@ def decode(frames: list[bytes], allowed: frozenset[MsgType]) -> Message:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ProtocolError("header is not UTF-8 JSON") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise ProtocolError("header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     if header.get("v") != PROTOCOL_VERSION:
@@ -382,7 +384,7 @@ def request_id_of(frames: list[bytes]) -> str:
     try:
         header = json.loads(frames[0])
         value = header.get("id") if isinstance(header, dict) else None
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return ""
     return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else ""
 

@@ -146,7 +146,12 @@ class ExecutorError(Exception):
 
 
 class NodeUnreachable(ExecutorError):
-    """The node could not be reached; the command was never started."""
+    """The node could not be reached, or the connection was lost.
+
+    Raised before a command starts (then it never ran and a fallback transport
+    may run it), or while it runs (then the message says it may have run, and no
+    caller may re-run it elsewhere: ``FallbackExecutor`` refuses to).
+    """
 
 
 class CommandTimeout(ExecutorError):
@@ -177,7 +182,7 @@ class NodeExecutorProtocol(Protocol):
     ) -> CommandResult:
         """Run ``command`` through the node's shell and wait for it.
 
-        Raises ``NodeUnreachable`` if it could not start, ``CommandTimeout`` if
+        Raises ``NodeUnreachable`` if the node is out of reach, ``CommandTimeout`` if
         it ran longer than ``timeout`` (the remote process group is killed).
         Cancelling the awaiting task kills the remote process group too.
         """

@@ -401,7 +401,11 @@ class NodeAgent:
         try:
             while True:
                 frames = await self.sock.recv_multipart()
-                self.dispatch(frames[0], frames[1:])
+                try:
+                    self.dispatch(frames[0], frames[1:])
+                except Exception:  # last line of defence: a peer never stops the agent
+                    self.bad_messages += 1
+                    log.exception("unexpected error handling a message")
         finally:
             heartbeats.cancel()
             await self.shutdown()
@@ -446,7 +450,13 @@ class NodeAgent:
 
     def on_facts(self, peer: bytes, req: FactsRequest) -> None:
         async def answer() -> None:
-            self.send_now(peer, FactsReply(req.id, facts=await gather_facts(self.node_id)))
+            try:
+                facts = await gather_facts(self.node_id)
+            except Exception as exc:  # report it; the caller must not wait for nothing
+                log.exception("gathering facts failed")
+                self.send_now(peer, ErrorReply(req.id, ErrorCode.BAD_REQUEST.value, str(exc)))
+                return
+            self.send_now(peer, FactsReply(req.id, facts=facts))
 
         self._spawn(answer())
 

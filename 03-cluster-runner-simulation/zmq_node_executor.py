@@ -213,6 +213,8 @@ class ZmqNodeExecutor:
             raise NodeUnreachable(self._node_id, f"no facts within {self.facts_timeout}s") from None
         finally:
             self._pending.pop(request.id, None)
+        if isinstance(reply, ErrorReply):
+            raise ExecutorError(self._node_id, f"agent could not gather facts: {reply.message}")
         if not isinstance(reply, FactsReply):
             raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
         try:

@@ -189,6 +189,8 @@ GARBAGE: list[list[bytes]] = [
     [b'{"v": 1, "type": "run", "id": "x", "command": "true"}', b"unexpected body"],
     [b'{"v": 1, "type": "ping", "id": "x"}', b"a", b"b"],
     [b""],
+    [b"[" * 100_000],  # deeper than json's recursion limit
+    [b'{"v": 1, "type": "ping", "id": "x", "pad": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"],
 ]
 
 

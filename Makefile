@@ -27,7 +27,6 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)

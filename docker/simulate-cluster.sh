@@ -627,8 +627,8 @@ cmd_build() {
     docker_build
   else
     "${PY}" -c 'import zmq, cluster_patterns' 2>/dev/null \
-      || die "the local backend needs the project installed: run \`make venv\` (or pip install" \
-        "-r requirements.txt && pip install -e .)"
+      || die "the local backend needs the project installed: run \`make venv\`" \
+        "(or pip install -r requirements.txt)"
     info "local backend: nothing to build; ${PY} imports zmq and cluster_patterns"
   fi
 }

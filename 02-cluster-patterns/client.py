@@ -37,6 +37,7 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.cli_args import non_negative_int, port_number, positive_float, positive_int
 from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
 from cluster_patterns.protocol import (
     MAX_BATCH,
@@ -312,34 +313,6 @@ class ClusterClient:
             if silent or stalled:
                 self.last_heard = self.last_progress = now  # at most once per period
                 self.resubmit_unresolved()
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

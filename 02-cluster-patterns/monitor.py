@@ -31,6 +31,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.cli_args import port_number, positive_float, positive_int
 from cluster_patterns.cluster_metrics import ClusterMetrics
 from cluster_patterns.cluster_view import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -270,50 +271,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "JSON and Prometheus metrics over HTTP.",
     )
     parser.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="coordinator host")
-    parser.add_argument("--status-port", type=_port, default=DEFAULT_STATUS_PORT)
-    parser.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT, help="HTTP port")
+    parser.add_argument("--status-port", type=port_number, default=DEFAULT_STATUS_PORT)
+    parser.add_argument("--port", type=port_number, default=DEFAULT_HTTP_PORT, help="HTTP port")
     parser.add_argument("--bind", default=DEFAULT_BIND, help="HTTP listen address")
     parser.add_argument(
         "--heartbeat-interval",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_HEARTBEAT_INTERVAL_S,
         help="seconds; used until the first STATUS announces the coordinator's own",
     )
     parser.add_argument(
         "--liveness",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_LIVENESS,
         help="missed intervals before the coordinator counts as gone (until a STATUS says)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every node event")
     return parser.parse_args(argv)
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
 
 
 def _endpoint(host: str, port: int) -> str:

@@ -33,6 +33,7 @@ import psutil
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.cli_args import port_number, positive_float, positive_int
 from cluster_patterns.heartbeat import (
     BACKOFF_MAX_S,
     DEFAULT_INTERVAL_S,
@@ -299,27 +300,6 @@ class Worker:
         if exc is not None:
             # Queue full or socket closing: the coordinator's timeouts recover the tasks.
             self.bad.record(f"could not send: {exc}")
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text}")
-    return value
 
 
 def worker_id(text: str) -> str:

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster_patterns.cli_args import positive_int
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec, load_descriptor
 from cluster_runner_simulation.local_sshd import (
@@ -541,13 +542,6 @@ def plot(figures: dict[str, Figures], path: Path) -> None:
 
 
 # --- Command line -----------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def executor_list(text: str) -> list[str]:

@@ -51,6 +51,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from cluster_patterns.cli_args import bind_port, positive_int
 from cluster_runner_simulation.agent_keys import (
     AGENT_NAME,
     AUTHORIZED_DIR,
@@ -621,27 +622,13 @@ async def run_until_signalled(work: Any) -> None:
 # --- Command line -----------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="ZeroMQ node agent for cluster_runner")
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="run the agent")
     srv.add_argument("--node-id", default=socket.gethostname())
     srv.add_argument("--bind", default=None, help="address to bind (default 0.0.0.0)")
-    srv.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="0 picks a free port")
+    srv.add_argument("--port", type=bind_port, default=DEFAULT_PORT, help="0 picks a free port")
     srv.add_argument("--keys", default=None, help="keys directory from 'keys generate'")
     srv.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")

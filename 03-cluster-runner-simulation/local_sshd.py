@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cluster_runner_simulation.agent_keys import generate_keys
+from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
 from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 
 SSHD_BINARY = "/usr/sbin/sshd"
@@ -400,3 +401,32 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+LOCAL_LEAVES = ("leaf-a", "leaf-b")
+
+
+def write_local_descriptor(
+    sshd: LocalSshd, agents: LocalAgents, path: Path, name: str = "local"
+) -> Path:
+    """Describe the loopback cluster (one sshd, N agents) like a real one, in a TOML file.
+
+    Nodes alternate between two leaves (and racks), so pair schedules have pairs.
+    """
+    nodes = tuple(
+        NodeSpec(
+            id=agent.node_id,
+            host=agent.host,
+            zmq_port=agent.port,
+            ssh_port=sshd.port,
+            ssh_user=sshd.username,
+            ssh_key=sshd.client_key_path,
+            ssh_known_hosts=sshd.known_hosts,
+            curve_keys_dir=agents.keys_dir,
+            leaf=LOCAL_LEAVES[index % len(LOCAL_LEAVES)],
+            rack=f"rack-{index % len(LOCAL_LEAVES) + 1}",
+        )
+        for index, agent in enumerate(agents.agents)
+    )
+    path.write_text(render_descriptor(ClusterDescriptor(name, nodes)))
+    return path

@@ -44,10 +44,14 @@ from cluster_runner_simulation.descriptor import (
     DescriptorError,
     NodeSpec,
     load_descriptor,
-    render_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.local_sshd import (
+    LocalAgents,
+    LocalSshd,
+    sshd_unavailable_reason,
+    write_local_descriptor,
+)
 from cluster_runner_simulation.migration import (
     build_fallback_context,
     build_shadow_context,
@@ -66,7 +70,6 @@ from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 
 TRANSPORTS = ("zmq", "ssh", "zmq+ssh-fallback")
-LOCAL_LEAVES = ("leaf-a", "leaf-b")
 COLLECTOR_SCRIPT = Path(__file__).resolve().parent / "zmq_journal.py"
 COLLECTOR_START_S = 15.0
 
@@ -81,23 +84,7 @@ def local_cluster(count: int, workdir: Path) -> Iterator[Path]:
     if reason:
         raise SystemExit(f"run_schedules: error: --local needs sshd: {reason}")
     with LocalSshd() as sshd, LocalAgents(count) as agents:
-        nodes = tuple(
-            NodeSpec(
-                id=agent.node_id,
-                host=agent.host,
-                zmq_port=agent.port,
-                ssh_port=sshd.port,
-                ssh_user=sshd.username,
-                ssh_key=sshd.client_key_path,
-                ssh_known_hosts=sshd.known_hosts,
-                curve_keys_dir=agents.keys_dir,
-                leaf=LOCAL_LEAVES[index % len(LOCAL_LEAVES)],
-                rack=f"rack-{index % len(LOCAL_LEAVES) + 1}",
-            )
-            for index, agent in enumerate(agents.agents)
-        )
-        path = workdir / "local-cluster.toml"
-        path.write_text(render_descriptor(ClusterDescriptor("local", nodes)))
+        path = write_local_descriptor(sshd, agents, workdir / "local-cluster.toml")
         yield path
 
 

@@ -22,12 +22,15 @@ import pytest
 from cluster_runner_simulation.context_common import ExecutorContext
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
-    NodeSpec,
     load_descriptor,
-    render_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.local_sshd import (
+    LocalAgents,
+    LocalSshd,
+    sshd_unavailable_reason,
+    write_local_descriptor,
+)
 from cluster_runner_simulation.migration import (
     FallbackExecutor,
     ShadowExecutor,
@@ -75,22 +78,7 @@ def agents() -> Iterator[LocalAgents]:
 @pytest.fixture
 def descriptor(tmp_path: Path, sshd: LocalSshd, agents: LocalAgents) -> ClusterDescriptor:
     """A descriptor file for the local cluster, written and read back like a user's."""
-    nodes = tuple(
-        NodeSpec(
-            id=agent.node_id,
-            host=agent.host,
-            zmq_port=agent.port,
-            ssh_port=sshd.port,
-            ssh_user=sshd.username,
-            ssh_key=sshd.client_key_path,
-            ssh_known_hosts=sshd.known_hosts,
-            curve_keys_dir=agents.keys_dir,
-            leaf=f"leaf-{'ab'[index % 2]}",
-        )
-        for index, agent in enumerate(agents.agents)
-    )
-    path = tmp_path / "cluster.toml"
-    path.write_text(render_descriptor(ClusterDescriptor("test", nodes)))
+    path = write_local_descriptor(sshd, agents, tmp_path / "cluster.toml", name="test")
     return load_descriptor(path)
 
 

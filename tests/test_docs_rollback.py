@@ -18,9 +18,13 @@ from typing import Any
 
 import pytest
 
-from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
 from cluster_runner_simulation.journal_format import scan_journal
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.local_sshd import (
+    LocalAgents,
+    LocalSshd,
+    sshd_unavailable_reason,
+    write_local_descriptor,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = REPO / "integration-plan" / "rollback-plan.md"
@@ -53,22 +57,7 @@ def test_documented_rollback_command_works(run: Any, tmp_path: Path) -> None:
     argv = documented_rollback_argv()
     assert argv[1] == "03-cluster-runner-simulation/run_schedules.py"
     with LocalSshd() as sshd, LocalAgents(3) as agents:
-        nodes = tuple(
-            NodeSpec(
-                id=agent.node_id,
-                host=agent.host,
-                zmq_port=agent.port,
-                ssh_port=sshd.port,
-                ssh_user=sshd.username,
-                ssh_key=sshd.client_key_path,
-                ssh_known_hosts=sshd.known_hosts,
-                curve_keys_dir=agents.keys_dir,
-                leaf=f"leaf-{index % 2}",
-            )
-            for index, agent in enumerate(agents.agents)
-        )
-        descriptor = tmp_path / "cluster.toml"
-        descriptor.write_text(render_descriptor(ClusterDescriptor("rollback", nodes)))
+        descriptor = write_local_descriptor(sshd, agents, tmp_path / "cluster.toml", "rollback")
 
         base = with_option(argv[1:], "--descriptor", str(descriptor))
         zmq_journal = tmp_path / "zmq.jsonl"

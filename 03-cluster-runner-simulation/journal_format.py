@@ -54,9 +54,13 @@ class JournalCorruption(JournalError):
 # --- Encoding ---------------------------------------------------------------------------------
 
 
+# One encoder for every record: json.dumps with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical_body(record: Mapping[str, Any]) -> bytes:
     """The bytes a record body is stored as: sorted keys, compact, ASCII only."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL.encode(record).encode()
 
 
 def encode_line(record_id: str, body: bytes) -> bytes:

@@ -19,7 +19,10 @@ stdout.
 With ``--descriptor cluster.toml`` (the format of descriptor.py) it measures
 real hosts instead: each node's sshd (ssh_port, ssh_user, ssh_key,
 ssh_known_hosts) and its agent (zmq_port, curve_keys_dir), fanning out to all
-of the descriptor's nodes; ``local`` still runs on this machine.
+of the descriptor's nodes; ``local`` still runs on this machine, and no local
+sshd is needed (only the ``ssh`` client, for ssh_mux and ssh_fresh).
+``./docker/simulate-cluster.sh compare`` runs this mode inside the Docker
+cluster against its worker containers.
 
 Run it:
     python 03-cluster-runner-simulation/performance_comparison.py --quick
@@ -36,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -552,6 +556,21 @@ def executor_list(text: str) -> list[str]:
     return names
 
 
+def setup_problem(descriptor: Path | None, names: list[str]) -> str | None:
+    """Why the chosen executors cannot run on this machine, or None.
+
+    On loopback every SSH executor needs the private sshd; against a descriptor's hosts
+    only the OpenSSH client runs here (ssh_mux, ssh_fresh), since asyncssh is a library."""
+    if descriptor is None:
+        reason = sshd_unavailable_reason()
+        if reason and any(n not in ("zmq", "local") for n in names):
+            return f"{reason}; or pass --executors zmq,local"
+        return None
+    if shutil.which("ssh") is None and {"ssh_mux", "ssh_fresh"} & set(names):
+        return "ssh not found (apt-get install openssh-client); or leave out ssh_mux,ssh_fresh"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SSH vs ZeroMQ command execution benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 90 s")
@@ -571,14 +590,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.nodes = args.nodes or (QUICK_NODES if args.quick else DEFAULT_NODES)
     names = [n for n in EXECUTORS if n in args.executors]
-    reason = sshd_unavailable_reason()
-    if args.descriptor is None and reason and any(n not in ("zmq", "local") for n in names):
-        print(f"error: {reason}; or pass --executors zmq,local", file=sys.stderr)
+    reason = setup_problem(args.descriptor, names)
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:
         if args.descriptor is not None:
-            args.nodes = len(load_descriptor(args.descriptor).nodes)
+            descriptor = load_descriptor(args.descriptor)
+            args.nodes = len(descriptor.nodes)
+            print(f"measuring {descriptor.name}: {', '.join(descriptor.node_ids())}\n")
         figures = asyncio.run(benchmark(args, names))
     except (SetupError, DescriptorError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -75,8 +75,10 @@ Testing
                          submit tasks with client.py from inside the cluster
   demo                   start, submit work, print the dashboard URL, stop on Ctrl-C
                          (DEMO_SECONDS=N stops after N seconds)
-  compare [--runs N]     docker: run \`hostname\` on every worker through its ZeroMQ node agent
-                         and through its sshd, from the coordinator container; print both
+  compare [--smoke|--quick|--full] [--executors LIST] [--json PATH]
+                         docker: run 03 performance_comparison.py --descriptor from the
+                         coordinator container against every worker's ZeroMQ node agent
+                         and sshd (default --quick); prints its markdown table
 
 Failure simulation (fail/recover/partition/heal wait for the monitor's verdict; --no-wait skips)
   fail NODE              kill the node with SIGKILL
@@ -769,24 +771,56 @@ cmd_test() {
     -- "${sim[@]}"
 }
 
+# performance_comparison.py --descriptor, run inside the coordinator container against the
+# workers' agents and sshds; the descriptor comes from node-entrypoint (it knows the keys).
 cmd_compare() {
-  local runs=50 nodes=()
+  local mode=--quick executors="" json="" nodes=() id status=0
   while (($#)); do
     case "$1" in
-      --runs) runs="${2:-}" ;;
-      *) die_usage "compare: unknown option '$1' (usage: compare [--runs N])" ;;
+      --smoke | --quick | --full) mode="$1" ;;
+      --executors)
+        executors="${2:-}"
+        [[ "${executors}" =~ ^[a-z_]+(,[a-z_]+)*$ ]] \
+          || die_usage "compare: --executors takes a comma list such as zmq,asyncssh"
+        shift
+        ;;
+      --json)
+        json="${2:-}"
+        [[ -n "${json}" ]] || die_usage "compare: --json needs a path"
+        shift
+        ;;
+      *)
+        die_usage "compare: unknown option '$1'" \
+          "(usage: compare [--smoke|--quick|--full] [--executors LIST] [--json PATH])"
+        ;;
     esac
-    shift 2 || die_usage "compare: $1 needs a value"
+    shift
   done
-  if ! is_uint "${runs}" || ((runs < 1)); then
-    die_usage "compare: --runs needs a positive number"
-  fi
   [[ "${BACKEND}" == docker ]] || die_usage "compare needs the Docker backend (each worker" \
     "container runs an agent and sshd); locally use 03-cluster-runner-simulation/performance_comparison.py"
   require_started
   mapfile -t nodes < <(node_names | grep '^worker')
-  docker exec -i "$(container_id coordinator)" python - --runs "${runs}" "${nodes[@]}" \
-    <"${SCRIPT_DIR}/compare_transports.py"
+  id="$(container_id coordinator)"
+  local dir=/tmp/zsim-compare args=()
+  docker exec "${id}" node-entrypoint descriptor "${dir}" "${nodes[@]}" >/dev/null
+  args=(--descriptor "${dir}/cluster.toml" --json "${dir}/perf.json")
+  [[ "${mode}" == --full ]] || args+=("${mode}") # full sampling is the script's default
+  [[ -n "${executors}" ]] && args+=(--executors "${executors}")
+  local tty=()
+  if [[ -t 0 && -t 1 && -t 2 ]]; then
+    tty=(-it) # a terminal: the progress bar shows and Ctrl-C reaches the benchmark
+  else
+    args+=(--no-progress)
+  fi
+  info "compare: performance_comparison.py ${mode} from the coordinator container against" \
+    "${nodes[*]}"
+  docker exec ${tty[@]+"${tty[@]}"} "${id}" python 03-cluster-runner-simulation/performance_comparison.py \
+    "${args[@]}" || status=$?
+  if ((status == 0)) && [[ -n "${json}" ]]; then
+    docker exec "${id}" cat "${dir}/perf.json" >"${json}.part" && mv "${json}.part" "${json}"
+  fi
+  docker exec "${id}" rm -rf "${dir}" || true
+  return "${status}"
 }
 
 cmd_fail() {
@@ -971,7 +1005,10 @@ cmd_fast() {
 cmd_demo() {
   local seconds="${DEMO_SECONDS:-0}" started_here=0 deadline
   is_uint "${seconds}" || die_usage "DEMO_SECONDS must be a whole number of seconds"
-  if ! cluster_running; then
+  if cluster_running; then
+    info "demo: cluster '${PROJECT}' (${BACKEND} backend) is already running; using it as it is"
+  else
+    info "demo: starting cluster '${PROJECT}' on the ${BACKEND} backend"
     cmd_start --workers "${DEFAULT_WORKERS}"
     started_here=1
   fi

@@ -171,7 +171,9 @@ def split_bodies(index: str, bodies: bytes) -> tuple[tuple[str, bytes], ...]:
         records.append((record_id, bodies[offset:end]))
         offset = end
     if offset != len(bodies):
-        raise ProtocolError(f"WRITE index covers {offset} bytes, the bodies frame has {len(bodies)}")
+        raise ProtocolError(
+            f"WRITE index covers {offset} bytes, the bodies frame has {len(bodies)}"
+        )
     return tuple(records)
 
 

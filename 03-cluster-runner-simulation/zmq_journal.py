@@ -70,7 +70,11 @@ from cluster_runner_simulation.journal_format import (
     encode_line,
     scan_journal,
 )
-from cluster_runner_simulation.protocols import JournalError, PerfTestResult
+from cluster_runner_simulation.protocols import (
+    AsyncJournalWriterProtocol,
+    JournalError,
+    PerfTestResult,
+)
 
 DEFAULT_PORT = 5590
 DEFAULT_BIND = "127.0.0.1"
@@ -879,6 +883,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130
+
+
+def _satisfies_protocol(
+    zmq_writer: ZmqJournalWriter, file_writer: FileJournalWriter
+) -> tuple[AsyncJournalWriterProtocol, AsyncJournalWriterProtocol]:
+    """Never called: mypy proves here that both journals are AsyncJournalWriterProtocols."""
+    return zmq_writer, file_writer
 
 
 if __name__ == "__main__":

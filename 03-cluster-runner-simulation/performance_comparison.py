@@ -24,8 +24,14 @@ sshd is needed (only the ``ssh`` client, for ssh_mux and ssh_fresh).
 ``./docker/simulate-cluster.sh compare`` runs this mode inside the Docker
 cluster against its worker containers.
 
+By default the private sshd sets SHLVL=1, so Debian's bash does not source the
+login user's ~/.bashrc before each command (the agent's /bin/sh sources nothing
+either): both sides measure the transport. ``--ssh-login-rc`` drops that
+setting, to show what the user's rc file adds to every SSH command.
+
 Run it:
     python 03-cluster-runner-simulation/performance_comparison.py --quick
+    python 03-cluster-runner-simulation/performance_comparison.py --quick --ssh-login-rc
     python 03-cluster-runner-simulation/performance_comparison.py --nodes 64 \\
         --json build/perf.json --plot build/perf.png
     python 03-cluster-runner-simulation/performance_comparison.py --descriptor cluster.toml
@@ -429,7 +435,9 @@ async def benchmark(args: argparse.Namespace, names: list[str]) -> dict[str, Fig
         else:
             progress.phase(f"starting sshd and {args.nodes} agents")
             needs_ssh = any(n.startswith(("ssh", "async")) for n in names)
-            sshd = stack.enter_context(LocalSshd()) if needs_ssh else None
+            sshd = LocalSshd(source_rc=args.ssh_login_rc) if needs_ssh else None
+            if sshd is not None:
+                stack.enter_context(sshd)
             agents = stack.enter_context(LocalAgents(args.nodes)) if "zmq" in names else None
             nodes = local_nodes(args.nodes, sshd, agents)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cm-", dir="/tmp")))
@@ -518,6 +526,7 @@ def report_json(figures: dict[str, Figures], args: argparse.Namespace) -> dict[s
             "python": platform.python_version(),
             "platform": platform.platform(),
             "quick": bool(args.quick),
+            "ssh_login_rc": bool(args.ssh_login_rc),
         },
     }
 
@@ -583,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--descriptor", type=Path, default=None, help="cluster TOML (descriptor.py): real hosts"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--ssh-login-rc",
+        action="store_true",
+        help="let the local sshd's bash source the login user's ~/.bashrc (off by default: "
+        "that measures the user's rc file, not SSH)",
+    )
     return parser
 
 
@@ -611,7 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     print(markdown(figures, args.nodes))
-    print(f"\n({time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs, nodes={args.nodes})")
+    rc_mode = "sourced" if args.ssh_login_rc else "not sourced (SHLVL=1)"
+    print(
+        f"\n({time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs, nodes={args.nodes}, "
+        f"login ~/.bashrc {rc_mode})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report_json(figures, args), indent=2) + "\n")

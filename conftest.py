@@ -9,6 +9,7 @@ there means a component that CI was supposed to install is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,59 @@ def port() -> int:
 def free_port() -> object:
     """A factory: call ``free_port()`` for as many free ports as a test needs."""
     return free_tcp_port
+
+
+# --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------
+
+
+class ClusterSimulator:
+    """Runs ``./docker/simulate-cluster.sh --BACKEND ...`` with an isolated project and ports."""
+
+    def __init__(self, backend: str, project: str, monitor_port: int, env: dict[str, str]) -> None:
+        self.backend = backend
+        self.project = project
+        self.monitor_port = monitor_port
+        self.env = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": project,
+            "MONITOR_PORT": str(monitor_port),
+            **env,
+        }
+
+    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ok(self, *args: str, timeout: float = 300) -> str:
+        """Run a command that must succeed; return its stdout."""
+        done = self(*args, timeout=timeout)
+        assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        return done.stdout
+
+    def cluster(self) -> dict[str, object]:
+        """The monitor's /api/cluster document."""
+        url = f"http://127.0.0.1:{self.monitor_port}/api/cluster"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            document: dict[str, object] = json.loads(response.read())
+        return document
+
+    def node_state(self, node: str) -> str:
+        nodes = self.cluster()["nodes"]
+        assert isinstance(nodes, list)
+        return {str(n["id"]): str(n["state"]) for n in nodes}.get(node, "absent")
+
+
+@pytest.fixture
+def cluster_simulator() -> type[ClusterSimulator]:
+    """The ``ClusterSimulator`` class, for tests that drive simulate-cluster.sh."""
+    return ClusterSimulator
 
 
 # --- No skips in CI -------------------------------------------------------------------------

@@ -13,11 +13,9 @@ Skips (with the reason) only when no Docker engine answers.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,70 +42,36 @@ def engine_problem() -> str | None:
     return None
 
 
-class Sim:
-    """Runs ./docker/simulate-cluster.sh --docker with an isolated project."""
-
-    def __init__(self, project: str, monitor_port: int, state_dir: Path) -> None:
-        self.project = project
-        self.monitor_port = monitor_port
-        self.env = {
-            **os.environ,
-            "COMPOSE_PROJECT_NAME": project,
-            "MONITOR_PORT": str(monitor_port),
-            "CLUSTER_STATE_DIR": str(state_dir),
-        }
-
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(SIM), "--docker", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, *args: str, timeout: float = 300) -> str:
-        done = self(*args, timeout=timeout)
-        assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-        return done.stdout
-
-    def cluster(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.monitor_port}/api/cluster"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            document: dict[str, Any] = json.loads(response.read())
-            return document
-
-    def node_state(self, node: str) -> str:
-        states = {str(n["id"]): str(n["state"]) for n in self.cluster()["nodes"]}
-        return states.get(node, "absent")
-
-    def leftovers(self) -> str:
-        label = f"label=com.docker.compose.project={self.project}"
-        containers = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True
-        ).stdout
-        networks = subprocess.run(
-            ["docker", "network", "ls", "-q", "--filter", label], capture_output=True, text=True
-        ).stdout
-        volumes = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", label], capture_output=True, text=True
-        ).stdout
-        images = subprocess.run(
-            ["docker", "images", "-q", "--filter", f"label=com.zmqsim.project={self.project}"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        return (containers + networks + volumes + images).strip()
+def leftovers(sim: Any) -> str:
+    label = f"label=com.docker.compose.project={sim.project}"
+    containers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True
+    ).stdout
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", label], capture_output=True, text=True
+    ).stdout
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", label], capture_output=True, text=True
+    ).stdout
+    images = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label=com.zmqsim.project={sim.project}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return (containers + networks + volumes + images).strip()
 
 
 @pytest.fixture
-def sim(tmp_path: Path, free_port: Any) -> Iterator[Sim]:
+def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
     problem = engine_problem()
     if problem:
         pytest.skip(f"Docker scenario needs a Docker engine: {problem}")
-    simulator = Sim(f"zsimtest{uuid.uuid4().hex[:8]}", free_port(), tmp_path / "state")
+    simulator = cluster_simulator(
+        "docker",
+        f"zsimtest{uuid.uuid4().hex[:8]}",
+        free_port(),
+        {"CLUSTER_STATE_DIR": str(tmp_path / "state")},
+    )
     yield simulator
     simulator("cleanup", timeout=180)
 
@@ -118,7 +82,7 @@ def seconds_in(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
-def test_docker_cluster_user_story(sim: Sim, tmp_path: Path) -> None:
+def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     sim.ok("build", timeout=600)
 
     out = sim.ok("start")
@@ -179,6 +143,6 @@ def test_docker_cluster_user_story(sim: Sim, tmp_path: Path) -> None:
     sim.ok("stop")
     assert sim("status").returncode == 2  # stopped = no cluster any more
     sim.ok("cleanup")
-    assert sim.leftovers() == "", "cleanup left containers, networks, volumes or images behind"
+    assert leftovers(sim) == "", "cleanup left containers, networks, volumes or images behind"
     base = subprocess.run(["docker", "image", "inspect", "python:3.11-slim"], capture_output=True)
     assert base.returncode == 0, "cleanup must keep the python:3.11-slim base image"

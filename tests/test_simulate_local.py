@@ -8,11 +8,11 @@ without root, partition must refuse with a clear message and exit code 2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,61 +29,34 @@ IS_ROOT = os.geteuid() == 0
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-class LocalSim:
-    """Runs ./docker/simulate-cluster.sh --local with an isolated project, ports and state."""
-
-    def __init__(self, project: str, ports: list[int], state_dir: Path) -> None:
-        self.project = project
-        self.monitor_port = ports[2]
-        self.state_dir = state_dir
-        self.env = {
-            **os.environ,
-            "COMPOSE_PROJECT_NAME": project,
-            "COORDINATOR_PORT": str(ports[0]),
-            "STATUS_PORT": str(ports[1]),
-            "MONITOR_PORT": str(ports[2]),
-            "CLUSTER_STATE_DIR": str(state_dir),
-        }
-
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(SIM), "--local", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, *args: str, timeout: float = 300) -> str:
-        done = self(*args, timeout=timeout)
-        assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-        return done.stdout
-
-    def node_state(self, node: str) -> str:
-        url = f"http://127.0.0.1:{self.monitor_port}/api/cluster"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            document: dict[str, Any] = json.loads(response.read())
-        return {str(n["id"]): str(n["state"]) for n in document["nodes"]}.get(node, "absent")
-
-    def namespaces(self) -> list[str]:
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        tag = __import__("hashlib").md5(self.project.encode()).hexdigest()[:6]
-        return [line for line in listing.splitlines() if line.startswith(f"zsim-{tag}-")]
+def namespaces(sim: Any) -> list[str]:
+    """The network namespaces the local backend made for this project."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    tag = hashlib.md5(sim.project.encode()).hexdigest()[:6]
+    return [line for line in listing.splitlines() if line.startswith(f"zsim-{tag}-")]
 
 
 @pytest.fixture
-def sim(tmp_path: Path, free_port: Any) -> Iterator[LocalSim]:
+def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
     ports = [free_port(), free_port(), free_port()]
     while len(set(ports)) < 3:
         ports = [free_port(), free_port(), free_port()]
-    simulator = LocalSim(f"zsimlocal{uuid.uuid4().hex[:8]}", ports, tmp_path / "state")
+    state_dir = tmp_path / "state"
+    simulator = cluster_simulator(
+        "local",
+        f"zsimlocal{uuid.uuid4().hex[:8]}",
+        ports[2],
+        {
+            "COORDINATOR_PORT": str(ports[0]),
+            "STATUS_PORT": str(ports[1]),
+            "CLUSTER_STATE_DIR": str(state_dir),
+        },
+    )
     yield simulator
     simulator("cleanup", timeout=120)
 
 
-def test_local_cluster_user_story(sim: LocalSim, tmp_path: Path) -> None:
+def test_local_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     sim.ok("build")
     out = sim.ok("start")
     assert "cluster ready: 3 workers alive" in out
@@ -133,6 +106,6 @@ def test_local_cluster_user_story(sim: LocalSim, tmp_path: Path) -> None:
     assert "ready" in sim.ok("logs", "monitor")
     sim.ok("stop")
     assert sim("status").returncode == 2
-    assert sim.namespaces() == []
+    assert namespaces(sim) == []
     sim.ok("cleanup")
-    assert not (sim.state_dir / f"local-{sim.project}").exists()
+    assert not (Path(sim.env["CLUSTER_STATE_DIR"]) / f"local-{sim.project}").exists()

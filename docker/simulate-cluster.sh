@@ -1028,7 +1028,9 @@ cmd_demo() {
   deadline=$((SECONDS + seconds))
   while ((DEMO_STOP == 0)) && ((seconds == 0 || SECONDS < deadline)); do
     cmd_workload --count 50 --kind cpu --ms 5 >/dev/null 2>&1 || true
-    ((DEMO_STOP)) || sleep 1
+    # `|| true`: Ctrl-C also interrupts sleep, whose failure would end the script (set -e)
+    # before it stops the cluster.
+    ((DEMO_STOP)) || sleep 1 || true
   done
   trap - INT TERM
   if ((started_here)); then

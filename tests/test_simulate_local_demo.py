@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,3 +91,25 @@ def test_demo_stops_cleanly_on_ctrl_c(
     assert "stopping the demo cluster" in demo.stdout()
     assert "Traceback" not in demo.output()
     assert no_live_pids(tmp_path / "state")
+
+
+def test_ctrl_c_while_the_demo_sleeps_between_workloads(
+    spawn: Any, demo_env_factory: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Ctrl-C also interrupts the loop's `sleep`; the script must still stop the cluster."""
+    env = demo_env_factory(DEMO_SECONDS="0")
+    demo = spawn("./docker/simulate-cluster.sh", "demo", env=env, python=False)
+    demo.wait_for(r"press Ctrl-C to stop", timeout=120)
+    deadline = time.monotonic() + 30
+    while not sleeping_in_group(demo.pid):
+        assert time.monotonic() < deadline, "the demo loop never reached its sleep"
+        time.sleep(0.05)
+    os.killpg(demo.pid, signal.SIGINT)
+    assert demo.wait(timeout=60) == 0, demo.output()
+    assert "stopping the demo cluster" in demo.stdout()
+    assert no_live_pids(tmp_path / "state")
+
+
+def sleeping_in_group(pgid: int) -> bool:
+    found = subprocess.run(["pgrep", "-g", str(pgid), "-x", "sleep"], capture_output=True)
+    return found.returncode == 0

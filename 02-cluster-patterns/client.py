@@ -45,16 +45,13 @@ from cluster_patterns.protocol import (
     Accepted,
     Completed,
     CoordinatorHeartbeat,
-    ProtocolError,
     Submit,
     TaskKind,
     TaskOutcome,
     TaskSpec,
-    decode,
-    describe,
     encode,
 )
-from cluster_patterns.transport import BadInput, configure, endpoint
+from cluster_patterns.transport import BadInput, configure, decode_from_coordinator, endpoint
 
 DEFAULT_COORDINATOR: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5570
@@ -262,13 +259,8 @@ class ClusterClient:
         while True:
             frames = await self.sock.recv_multipart()
             self.last_heard = time.monotonic()
-            if len(frames) != 1:
-                self.bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
-                continue
-            try:
-                message = decode(frames[0])
-            except ProtocolError as exc:
-                self.bad.record(f"{exc} in {describe(frames[0])}")
+            message = decode_from_coordinator(frames, self.bad)
+            if message is None:
                 continue
             if isinstance(message, Completed):
                 self._on_completed(message.outcomes)
@@ -368,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(amain(args))
-    except OSError as exc:
-        print(f"client: error: {exc}", file=sys.stderr)
-        return 1
-    except zmq.ZMQError as exc:
+    except (OSError, zmq.ZMQError) as exc:
         print(f"client: error: {exc}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,13 @@ from typing import Final, TextIO, TypeVar
 
 import zmq
 
-from cluster_patterns.protocol import SOCKET_MAX_MESSAGE_BYTES
+from cluster_patterns.protocol import (
+    SOCKET_MAX_MESSAGE_BYTES,
+    Message,
+    ProtocolError,
+    decode,
+    describe,
+)
 
 LINGER_MS: Final = 200
 LOG_EVERY_S: Final = 1.0
@@ -72,3 +78,15 @@ class BadInput:
         print(f"{self.who}: bad message #{self.count} dropped: {what}{more}", file=stream)
         self._last_log = now
         self._suppressed = 0
+
+
+def decode_from_coordinator(frames: list[bytes], bad: BadInput) -> Message | None:
+    """The one message a DEALER got from the coordinator, or None (counted in ``bad``)."""
+    if len(frames) != 1:
+        bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
+        return None
+    try:
+        return decode(frames[0])
+    except ProtocolError as exc:
+        bad.record(f"{exc} in {describe(frames[0])}")
+        return None

@@ -50,18 +50,15 @@ from cluster_patterns.protocol import (
     Drain,
     Heartbeat,
     Message,
-    ProtocolError,
     Register,
     Reset,
     Results,
     TaskResult,
     Welcome,
-    decode,
-    describe,
     encode,
 )
 from cluster_patterns.tasks import CAPABILITIES, run, run_quick
-from cluster_patterns.transport import BadInput, configure, endpoint
+from cluster_patterns.transport import BadInput, configure, decode_from_coordinator, endpoint
 
 DEFAULT_CAPACITY: Final = 8
 DEFAULT_COORDINATOR: Final = "127.0.0.1"
@@ -217,15 +214,9 @@ class Worker:
         while True:
             frames = await sock.recv_multipart()
             coordinator.heard(time.monotonic())
-            if len(frames) != 1:
-                self.bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
-                continue
-            try:
-                message = decode(frames[0])
-            except ProtocolError as exc:
-                self.bad.record(f"{exc} in {describe(frames[0])}")
-                continue
-            self._handle(message)
+            message = decode_from_coordinator(frames, self.bad)
+            if message is not None:
+                self._handle(message)
 
     def _handle(self, message: Message) -> None:
         if isinstance(message, Dispatch):

@@ -66,8 +66,8 @@ from cluster_runner_simulation.local_sshd import (
     sshd_unavailable_reason,
 )
 from cluster_runner_simulation.protocols import ExecutorError, NodeExecutorProtocol
-from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
-from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
+from cluster_runner_simulation.ssh_context import ssh_executor_for
+from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 
 EXECUTORS = ("zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local")
 CONCURRENCY = 16
@@ -374,20 +374,9 @@ def make_runner(name: str, node: NodeSpec, control_path: Path) -> Runner:
     if name == "zmq":
         if node.curve_keys_dir is None:
             raise SetupError(f"{node.id}: curve_keys_dir is needed to benchmark zmq")
-        return ExecutorRunner(
-            name,
-            ZmqNodeExecutor.from_keys_dir(node.id, node.host, node.zmq_port, node.curve_keys_dir),
-        )
+        return ExecutorRunner(name, zmq_executor_for(node))
     if name == "asyncssh":
-        executor = AsyncSSHExecutor(
-            node.id,
-            node.host,
-            node.ssh_port,
-            username=node.ssh_user,
-            client_keys=[str(node.ssh_key)] if node.ssh_key else None,
-            known_hosts=str(node.ssh_known_hosts) if node.ssh_known_hosts else None,
-        )
-        return ExecutorRunner(name, executor)
+        return ExecutorRunner(name, ssh_executor_for(node))
     if name in ("ssh_mux", "ssh_fresh"):
         return ProcessRunner(name, ssh_argv(mux=name == "ssh_mux"))
     return ProcessRunner(name, [])  # local

@@ -16,9 +16,9 @@ from __future__ import annotations
 from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.protocols import AsyncJournalWriterProtocol
-from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
 
-CONNECT_TIMEOUT_S = 10.0  # an SSH handshake is slower than a ZeroMQ one
+# The executor's own default: an SSH handshake is slower than a ZeroMQ one.
+from cluster_runner_simulation.ssh_executor import CONNECT_TIMEOUT_S, AsyncSSHExecutor
 
 
 def ssh_executor_for(

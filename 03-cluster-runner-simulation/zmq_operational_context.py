@@ -20,9 +20,9 @@ from __future__ import annotations
 from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
 from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorError, NodeSpec
 from cluster_runner_simulation.protocols import AsyncJournalWriterProtocol
-from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 
-CONNECT_TIMEOUT_S = 5.0  # how long a node's agent may take to accept a request
+# The executor's own default: how long a node's agent may take to accept a request.
+from cluster_runner_simulation.zmq_node_executor import CONNECT_TIMEOUT_S, ZmqNodeExecutor
 
 
 def zmq_executor_for(node: NodeSpec, connect_timeout: float = CONNECT_TIMEOUT_S) -> ZmqNodeExecutor:

@@ -23,10 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 REPO = Path(__file__).resolve().parent
 PYTHON = sys.executable
 IN_CI = bool(os.environ.get("CI"))
+
+# Fuzz tests are deterministic in CI (same examples every run, no flaky first failure) and
+# explore freely on a developer's machine. HYPOTHESIS_PROFILE=ci reproduces CI locally.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 
 def free_tcp_port() -> int:

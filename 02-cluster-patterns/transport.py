@@ -10,9 +10,10 @@ This module binds and connects nothing by itself; see coordinator.py and worker.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Final, TextIO, TypeVar
+from typing import Callable, Final, TextIO, TypeVar
 
 import zmq
 
@@ -57,27 +58,54 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+class RateLimitedLog:
+    """Emits the first line at once, then at most one line per ``every_s``, saying how many
+    were suppressed in between: a flood of bad input can neither fill a log nor slow a loop.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        every_s: float = LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._emit = emit
+        self._every_s = every_s
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, text: str) -> None:
+        now = self._clock()
+        if now - self._last < self._every_s:
+            self._suppressed += 1
+            return
+        more = f" (+{self._suppressed} more suppressed)" if self._suppressed else ""
+        self._emit(f"{text}{more}")
+        self._last = now
+        self._suppressed = 0
+
+
+def print_to(stream: TextIO | None) -> Callable[[str], None]:
+    """An ``emit`` for RateLimitedLog that prints one line (stderr when ``stream`` is None)."""
+
+    def emit(line: str) -> None:
+        print(line, file=stream or sys.stderr, flush=True)
+
+    return emit
+
+
 class BadInput:
     """Counts refused input and logs it, rate-limited, on one line per event."""
 
     def __init__(self, who: str, stream: TextIO | None = None) -> None:
         self.who = who
         self.count = 0
-        self._stream = stream
-        self._last_log = -LOG_EVERY_S
-        self._suppressed = 0
+        self._log = RateLimitedLog(print_to(stream))
 
     def record(self, what: str) -> None:
         self.count += 1
-        now = time.monotonic()
-        if now - self._last_log < LOG_EVERY_S:
-            self._suppressed += 1
-            return
-        more = f" (+{self._suppressed} more suppressed)" if self._suppressed else ""
-        stream = self._stream or sys.stderr
-        print(f"{self.who}: bad message #{self.count} dropped: {what}{more}", file=stream)
-        self._last_log = now
-        self._suppressed = 0
+        self._log(f"{self.who}: bad message #{self.count} dropped: {what}")
 
 
 def decode_from_coordinator(frames: list[bytes], bad: BadInput) -> Message | None:

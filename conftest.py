@@ -9,19 +9,25 @@ there means a component that CI was supposed to install is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import Popen
+from typing import IO
 
+import psutil
 import pytest
 from hypothesis import settings as hypothesis_settings
 
@@ -209,6 +215,7 @@ class ClusterSimulator:
             "MONITOR_PORT": str(monitor_port),
             **env,
         }
+        self._stderr: dict[int, IO[bytes]] = {}
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -238,6 +245,63 @@ class ClusterSimulator:
         nodes = self.cluster()["nodes"]
         assert isinstance(nodes, list)
         return {str(n["id"]): str(n["state"]) for n in nodes}.get(node, "absent")
+
+    def popen(self, *args: str, stdout: int | IO[bytes] = subprocess.PIPE) -> Popen[bytes]:
+        """Start a command as a terminal's foreground job: in a process group of its own, so
+        ``os.killpg(popen.pid, SIGINT)`` reaches it and every child it runs, as Ctrl-C does.
+        Stderr goes to a file (``stderr_of``), so only stdout is the pipe a test may close."""
+        stderr = tempfile.TemporaryFile()
+        popen = subprocess.Popen(
+            [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args],
+            cwd=REPO,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        self._stderr[popen.pid] = stderr
+        return popen
+
+    def stderr_of(self, popen: Popen[bytes]) -> str:
+        stderr = self._stderr[popen.pid]
+        stderr.seek(0)
+        return stderr.read().decode(errors="replace")
+
+    def survivors(self) -> list[str]:
+        """What of this cluster still runs, found for real: every live process that carries the
+        project's name in its environment (nodes, relays, helpers and the wrapper itself all
+        inherit it), the project's containers and its network namespaces."""
+        found = [
+            f"process {proc.pid} {' '.join(proc.info['cmdline'] or [])}"
+            for proc in psutil.process_iter(["cmdline", "status"])
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and self._in_project(proc)
+        ]
+        if self.backend == "docker":
+            label = f"label=com.docker.compose.project={self.project}"
+            listing = subprocess.run(
+                ["docker", "ps", "-a", "--filter", label, "--format", "{{.Names}} {{.Status}}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            found += [f"container {line}" for line in listing.stdout.splitlines()]
+        found += [f"namespace {name}" for name in self.namespaces()]
+        return found
+
+    def namespaces(self) -> list[str]:
+        """The network namespaces the local backend made for this project (as root)."""
+        if shutil.which("ip") is None:
+            return []
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        tag = hashlib.md5(self.project.encode()).hexdigest()[:6]
+        return [line.split()[0] for line in listing.splitlines() if line.startswith(f"zsim-{tag}-")]
+
+    def _in_project(self, proc: psutil.Process) -> bool:
+        try:
+            return proc.environ().get("COMPOSE_PROJECT_NAME") == self.project
+        except (psutil.Error, OSError):
+            return False
 
 
 @pytest.fixture

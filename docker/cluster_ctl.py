@@ -2,25 +2,34 @@
 
 It talks only HTTP to the monitor (GET /api/cluster on the loopback port the wrapper gives
 it) and runs the wrapper itself for workloads and faults, so the same code drives the Docker
-and the local backend. Stdlib only: it runs with whatever python3 the host has.
+and the local backend. Stdlib only, so it runs with whatever python3 the host has; psutil,
+where installed, names the process that holds a busy port.
 
     python docker/cluster_ctl.py view --url http://127.0.0.1:5572
     python docker/cluster_ctl.py wait --url URL --node worker1 --state dead --timeout 10
     python docker/cluster_ctl.py wait-ready --url URL --workers 3 --timeout 60
     python docker/cluster_ctl.py status --url URL --row "worker1|running|healthy" ...
     python docker/cluster_ctl.py scenario --url URL -- docker/simulate-cluster.sh --local
+    python docker/cluster_ctl.py ports-in-use --host 127.0.0.1 MONITOR_PORT=5572 ...
 
 `scenario` is the `test` command: a >= 200-task workload during each of baseline, fail
 worker1, recover worker1, partition worker2 and heal worker2; after every step it checks
 the invariants (every acknowledged task done exactly once: lost == 0, duplicates == 0,
 done == submitted) and prints a table with failure-detection and partition-recovery times.
 Exit codes: 0 all invariants hold, 1 a violation or a timeout, 2 bad arguments.
+`ports-in-use` prints one line per NAME=PORT that something already listens on (naming the
+holder) and nothing when all are free. Output to a closed stdout (a reader that went away,
+as `tee` does on Ctrl-C) is dropped and the work goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TextIO
+
+psutil: ModuleType | None
+try:
+    import psutil
+except ImportError:  # the Docker backend may run on a host Python without it
+    psutil = None
 
 POLL_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 2.0
@@ -43,6 +59,80 @@ WORKLOAD_TIMEOUT_S = 240.0
 FIGURE_KEYS = {"failure detection": "failure_detection", "partition recovery": "partition_recovery"}
 # A fault is injected once this many tasks of the step's workload are done.
 FAULT_AFTER_DONE = 24
+
+
+def say(*parts: object, stream: TextIO | None = None) -> None:
+    """print(), except that a closed stream is no error: it is pointed at /dev/null instead,
+    so a `test` whose reader went away still finishes (and heals the faults it injected)."""
+    target = stream or sys.stdout
+    try:
+        print(*parts, file=target, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, target.fileno())
+        os.close(devnull)
+
+
+# --- ports -----------------------------------------------------------------------------------
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True if something listens on HOST:PORT: a bind there fails as the node's own would."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def port_holders(port: int) -> list[str]:
+    """'pid N (name)' of every process listening on TCP ``port`` that this user may see."""
+    if psutil is None:
+        return []
+    try:
+        listeners = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    holders = set()
+    for conn in listeners:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                continue
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.Error:
+                name = "exited"
+            holders.add(f"pid {conn.pid} ({name})")
+    return sorted(holders)
+
+
+def describe_taken_port(name: str, port: int) -> str:
+    holders = port_holders(port)
+    if holders:
+        holder = ", ".join(holders)
+        if "(docker-proxy)" in holder:
+            holder += ": a container publishes it, see `docker ps`"
+    elif psutil is None:
+        holder = "another process (install psutil to see which)"
+    else:
+        holder = "a process this user cannot see (try as root: ss -ltnp)"
+    return f"port {port} ({name}) is already in use by {holder}; free it or set {name}=ANOTHER"
+
+
+def ports_in_use(host: str, named_ports: list[tuple[str, int]]) -> list[str]:
+    return [describe_taken_port(name, port) for name, port in named_ports if port_taken(host, port)]
+
+
+def named_port(text: str) -> tuple[str, int]:
+    name, _, port = text.partition("=")
+    if not name or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected NAME=PORT with PORT 1-65535, got {text!r}")
+    return name, int(port)
+
+
+# --- the monitor's view ----------------------------------------------------------------------
 
 
 def fetch_cluster(url: str) -> dict[str, Any] | None:
@@ -88,19 +178,19 @@ def print_status(url: str, rows: list[str]) -> None:
     """Each node's runtime state (from the wrapper) next to the cluster's own view of it."""
     document = fetch_cluster(url)
     view = node_states(document)
-    print(f"{'NODE':<13} {'RUNTIME':<22} {'DETAIL':<22} CLUSTER VIEW (monitor)")
+    say(f"{'NODE':<13} {'RUNTIME':<22} {'DETAIL':<22} CLUSTER VIEW (monitor)")
     for row in rows:
         node, runtime, detail = (row.split("|") + ["", ""])[:3]
         if node in ("coordinator", "monitor"):
             cluster = _role_view(node, document)
         else:
             cluster = view.get(node, "not reported")
-        print(f"{node:<13} {runtime:<22} {detail:<22} {cluster}")
+        say(f"{node:<13} {runtime:<22} {detail:<22} {cluster}")
     if document is None:
-        print(f"monitor API {url}/api/cluster does not answer")
+        say(f"monitor API {url}/api/cluster does not answer")
     else:
         totals = document.get("totals", {})
-        print(
+        say(
             "tasks: "
             + ", ".join(f"{key} {totals.get(key, 0)}" for key in ("submitted", "done", "failed"))
             + f"; dashboard {url}/"
@@ -260,25 +350,25 @@ def run_scenario(url: str, sim: list[str], tasks: int, json_out: str | None) -> 
     with tempfile.TemporaryDirectory(prefix="cluster-test-") as tmp:
         scenario = Scenario(url, sim, tasks, Path(tmp))
         for step in STEPS:
-            print(f"--- {step.name}: {tasks} tasks", flush=True)
+            say(f"--- {step.name}: {tasks} tasks")
             try:
                 result = scenario.run_step(step)
             except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
-                print(f"FAILED at step '{step.name}': {exc}", file=sys.stderr)
-                print(format_table(results))
+                say(f"FAILED at step '{step.name}': {exc}", stream=sys.stderr)
+                say(format_table(results))
                 return 1
             results.append(result)
             verdict = "ok" if not result.violations else "; ".join(result.violations)
-            print(f"    invariants: {verdict}", flush=True)
-    print()
-    print(format_table(results))
+            say(f"    invariants: {verdict}")
+    say()
+    say(format_table(results))
     violations = [f"{r.step.name}: {v}" for r in results for v in r.violations]
     if json_out:
         Path(json_out).write_text(json.dumps(_as_json(results, violations), indent=2) + "\n")
     if violations:
-        print("\nINVARIANT VIOLATIONS:\n  " + "\n  ".join(violations), file=sys.stderr)
+        say("\nINVARIANT VIOLATIONS:\n  " + "\n  ".join(violations), stream=sys.stderr)
         return 1
-    print("\nall invariants hold: no acknowledged task lost, no result recorded twice")
+    say("\nall invariants hold: no acknowledged task lost, no result recorded twice")
     return 0
 
 
@@ -321,6 +411,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scenario.add_argument("sim", nargs="+", help="the wrapper's argv, after --")
     scenario.add_argument("--tasks", type=int, default=DEFAULT_TASKS)
     scenario.add_argument("--json", help="also write the figures as JSON here")
+    ports = sub.add_parser("ports-in-use", help="one line per NAME=PORT that is already taken")
+    ports.add_argument("--host", default="127.0.0.1", help="address the nodes bind")
+    ports.add_argument("ports", nargs="+", type=named_port, metavar="NAME=PORT")
     args = parser.parse_args(argv)
     if args.command == "scenario" and args.tasks < 1:
         parser.error("--tasks must be at least 1")
@@ -328,22 +421,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The wrapper starts this with SIGINT ignored, so that a Ctrl-C during start-up cannot
+    # interrupt the imports; from here on Ctrl-C raises KeyboardInterrupt, handled below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     try:
         if args.command == "view":
             for node, state in sorted(node_states(fetch_cluster(args.url)).items()):
-                print(f"{node} {state}")
+                say(f"{node} {state}")
         elif args.command == "wait":
             elapsed = wait_for_state(args.url, args.node, set(args.state.split(",")), args.timeout)
-            print(f"{elapsed:.2f}")
+            say(f"{elapsed:.2f}")
         elif args.command == "wait-ready":
-            print(f"{wait_ready(args.url, args.workers, args.timeout):.2f}")
+            say(f"{wait_ready(args.url, args.workers, args.timeout):.2f}")
         elif args.command == "status":
             print_status(args.url, args.row)
+        elif args.command == "ports-in-use":
+            for line in ports_in_use(args.host, args.ports):
+                say(line)
         else:
             return run_scenario(args.url, args.sim, args.tasks, args.json)
     except TimeoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", stream=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

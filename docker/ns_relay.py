@@ -60,7 +60,12 @@ async def serve(mode: str, listen: str, target: str) -> None:
         except OSError:
             writer.close()  # the far end is down: refuse, the peer will retry
             return
-        await asyncio.gather(pump(reader, far_writer), pump(far_reader, writer))
+        try:
+            await asyncio.gather(pump(reader, far_writer), pump(far_reader, writer))
+        except asyncio.CancelledError:
+            # The relay is stopping (SIGTERM): the pumps have closed both sockets. Ending the
+            # handler normally keeps asyncio from logging a traceback for every connection.
+            return
 
     if mode == "unix-to-tcp":
         with contextlib.suppress(FileNotFoundError):

@@ -13,7 +13,10 @@
 # COORDINATOR_PORT (5570) and STATUS_PORT (5571) for the local backend, HEARTBEAT_INTERVAL
 # (0.5 s), LIVENESS (3), CLUSTER_STATE_DIR (.cluster-state), PYTHON, DEMO_SECONDS.
 #
-# Exit codes: 0 ok, 1 the operation failed (or `test` found a violation), 2 bad input.
+# Exit codes: 0 ok, 1 the operation failed (or `test` found a violation), 2 bad input,
+# 3 a port the cluster needs is taken (the message names it and its holder), 130 interrupted
+# (Ctrl-C; the demo's own end on Ctrl-C is 0). Whatever ends a start, or the demo, stops what
+# it started, through a closed stdout and a second Ctrl-C alike.
 
 set -euo pipefail
 
@@ -39,10 +42,12 @@ COMPOSE=()
 PY=""
 
 #######################################
-# Messages and exits.
+# Messages and exits. A closed stdout or stderr (the pipe to a `tee` that Ctrl-C killed) must
+# not end the script before it has stopped what it started: main traps SIGPIPE, so a write
+# only fails, and the dead stream is swapped for /dev/null so that no later command hits it.
 #######################################
-info() { printf '%s\n' "$*"; }
-err() { printf 'simulate-cluster: %s\n' "$*" >&2; }
+info() { printf '%s\n' "$*" 2>/dev/null || exec >/dev/null; }
+err() { printf 'simulate-cluster: %s\n' "$*" >&2 2>/dev/null || exec 2>/dev/null; }
 die() {
   err "$*"
   exit 1
@@ -51,6 +56,37 @@ die() {
 die_usage() {
   err "$*"
   exit 2
+}
+
+#######################################
+# Undo on every exit. While a run holds nodes it must not leave behind (a start that has not
+# finished, the demo's own cluster), UNDO names the function that stops them, and on_exit runs
+# it however the script ends: an error, Ctrl-C, SIGTERM, a hang-up.
+#######################################
+UNDO=""
+# What UNDO becomes once a start has succeeded: nothing for `start` (the cluster stays up),
+# cmd_stop for the demo, which stops the cluster it started however it ends.
+UNDO_ONCE_STARTED=""
+
+# Once a stop has begun it runs to the end: a second Ctrl-C is ignored, by this shell and by
+# every command it starts from now on (they inherit the ignored signals).
+ignore_interrupts() { trap '' INT TERM HUP; }
+
+run_undo() {
+  local undo="${UNDO}"
+  UNDO=""
+  [[ -n "${undo}" ]] || return 0
+  ignore_interrupts
+  "${undo}"
+}
+
+on_exit() {
+  local status=$?
+  if [[ -n "${UNDO}" ]]; then
+    err "stopping what this run started (cluster '${PROJECT}')"
+    run_undo || status=1
+  fi
+  exit "${status}"
 }
 
 usage() {
@@ -96,6 +132,7 @@ Options
   -h, --help, help       this text
 
 Dashboard: http://localhost:\${MONITOR_PORT:-5572}/
+Exit codes: 0 ok, 1 failed, 2 bad input, 3 a port is taken (the message names its holder)
 EOF
 }
 
@@ -115,7 +152,13 @@ pick_python() {
   [[ -n "${PY}" ]] || die "python3 is needed to run this script"
 }
 
-ctl() { "${PY}" "${CTL}" "$@"; }
+ctl() { sigint_once_ready "${PY}" "${CTL}" "$@"; }
+
+# Run a Python program that installs its own Ctrl-C handling first thing (cluster_ctl.py,
+# client.py): started with SIGINT ignored, a Ctrl-C during its imports cannot end it with a
+# traceback; from its handler on, Ctrl-C reaches it as usual. (Through `docker exec` the
+# client in the container just finishes its batch.)
+sigint_once_ready() { (trap '' INT && exec "$@"); }
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
@@ -178,6 +221,16 @@ check_node() {
   fi
 }
 
+# Exit 3 with one line per taken port, naming the process that holds it, unless every
+# NAME=PORT given is free on 127.0.0.1. Called before anything starts: nothing to undo.
+require_free_ports() {
+  local taken line
+  taken="$(ctl ports-in-use --host 127.0.0.1 "$@")"
+  [[ -n "${taken}" ]] || return 0
+  while IFS= read -r line; do err "${line}"; done <<<"${taken}"
+  exit 3
+}
+
 # After a fault, wait until the monitor reports the node in STATE and print how long it took.
 await_verdict() {
   local node="$1" state="$2" elapsed
@@ -209,14 +262,34 @@ detect_compose() {
   fi
 }
 
+# Compose with this project's files and settings. `compose --shielded ARGS` runs it in a
+# session of its own: a Ctrl-C in this terminal (SIGINT to our process group) cannot reach it.
 compose() {
-  local files=(-f "${COMPOSE_FILE}")
+  local files=(-f "${COMPOSE_FILE}") session=()
+  if [[ "${1:-}" == --shielded ]]; then
+    session=(setsid --wait)
+    shift
+  fi
   if [[ -f "$(docker_dir)/workers.yml" ]]; then
     files+=(-f "$(docker_dir)/workers.yml")
   fi
   CLUSTER_IMAGE="$(image_name)" MONITOR_PORT="${MONITOR_PORT:-5572}" \
     HEARTBEAT_INTERVAL="${HEARTBEAT_INTERVAL}" LIVENESS="${LIVENESS}" \
-    "${COMPOSE[@]}" "${files[@]}" -p "${PROJECT}" "$@"
+    ${session[@]+"${session[@]}"} "${COMPOSE[@]}" "${files[@]}" -p "${PROJECT}" "$@"
+}
+
+# `compose down ARGS` for a stop, shielded, with its output in a file: a closed stdout (the
+# pipe to a dead `tee`) cannot kill it halfway. The output is shown only if it fails.
+compose_down() {
+  local log status=0
+  log="$(mktemp "${TMPDIR:-/tmp}/zsim-down.XXXXXX")"
+  compose --shielded down --remove-orphans --timeout 5 "$@" >"${log}" 2>&1 </dev/null \
+    || status=$?
+  if ((status != 0)); then
+    err "compose down failed (exit ${status}): $(tail -n 3 "${log}" | tr '\n' ' ')"
+  fi
+  rm -f "${log}"
+  return "${status}"
 }
 
 # Container id of a service, running or not (both Compose versions set these labels).
@@ -268,6 +341,11 @@ docker_build() {
 
 docker_start() {
   local workers="$1" services=(coordinator monitor) i
+  # A project that already has containers is the user's: start it again as it is, no undo.
+  if [[ -z "$(project_containers)" ]]; then
+    require_free_ports "MONITOR_PORT=${MONITOR_PORT:-5572}"
+    UNDO=docker_stop # from here on a failure or Ctrl-C removes what compose created
+  fi
   # Always build: with the layer cache this takes seconds and picks up edited code.
   info "building $(image_name) (cached layers make this quick)"
   docker build -q --label "com.zmqsim.project=${PROJECT}" -f "${SCRIPT_DIR}/Dockerfile" \
@@ -280,8 +358,10 @@ docker_start() {
   # Compose v1.29 has no `up --wait`: poll the monitor's view, then the healthchecks.
   if ! ctl wait-ready --url "$(monitor_url)" --workers "${workers}" \
     --timeout "${START_TIMEOUT_S}" >/dev/null || ! docker_wait_healthy "${services[@]}"; then
-    compose ps >&2 || true
-    die "the cluster did not become ready in ${START_TIMEOUT_S} s; see \`$0 logs\`"
+    # The undo removes the containers, and their logs with them: keep the logs.
+    compose logs --no-color --tail 100 >"$(docker_dir)/failed-start.log" 2>&1 || true
+    die "the cluster did not become ready in ${START_TIMEOUT_S} s; logs:" \
+      "$(docker_dir)/failed-start.log"
   fi
 }
 
@@ -303,7 +383,7 @@ docker_wait_healthy() {
 
 docker_stop() {
   if [[ -n "$(project_containers)" || -n "$(cluster_network)" ]]; then
-    compose down --remove-orphans --timeout 5
+    compose_down
   fi
   rm -f "$(docker_dir)/workers" "$(docker_dir)/workers.yml" "$(docker_dir)/partitioned-"*
 }
@@ -311,7 +391,7 @@ docker_stop() {
 docker_cleanup() {
   local images volumes
   if [[ -n "$(project_containers)" || -n "$(cluster_network)" ]]; then
-    compose down --remove-orphans --volumes --timeout 5
+    compose_down --volumes
   fi
   volumes="$(docker volume ls -q --filter "label=com.docker.compose.project=${PROJECT}")"
   if [[ -n "${volumes}" ]]; then
@@ -512,7 +592,9 @@ local_start() {
   if [[ -f "$(local_dir)/workers" ]] && pid_alive "$(node_pid coordinator)"; then
     die_usage "cluster '${PROJECT}' is already running (local backend); \`$0 --local stop\` first"
   fi
-  local_stop_processes
+  local_stop_processes # leftovers of a cluster that died, which may hold its ports
+  require_free_ports "COORDINATOR_PORT=${COORDINATOR_PORT:-5570}" \
+    "STATUS_PORT=${STATUS_PORT:-5571}" "MONITOR_PORT=${MONITOR_PORT:-5572}"
   mkdir -p "$(local_dir)"
   rm -f "$(local_dir)"/*.log
   echo "${COORDINATOR_PORT:-5570}" >"$(local_dir)/coordinator_port"
@@ -521,7 +603,7 @@ local_start() {
   if netns_possible; then echo 1; else echo 0; fi >"$(local_dir)/netns"
   echo "${workers}" >"$(local_dir)/workers"
   # A start that fails half-way leaves no process, relay or namespace behind.
-  trap 'local_stop_processes; rm -f "$(local_dir)/workers"' EXIT
+  UNDO=local_stop
   start_node coordinator
   wait_for_log coordinator ready
   if uses_netns; then
@@ -534,7 +616,6 @@ local_start() {
     --timeout "${START_TIMEOUT_S}" >/dev/null; then
     die "the cluster did not become ready in ${START_TIMEOUT_S} s; see \`$0 --local logs\`"
   fi
-  trap - EXIT
 }
 
 # Stop every process we recorded: SIGTERM (thawing paused ones), then SIGKILL stragglers.
@@ -655,10 +736,12 @@ cmd_start() {
   fi
   info "starting cluster '${PROJECT}' (${BACKEND} backend, ${workers} workers)"
   if [[ "${BACKEND}" == docker ]]; then docker_start "${workers}"; else local_start "${workers}"; fi
+  UNDO="${UNDO_ONCE_STARTED}"
   info "cluster ready: ${workers} workers alive; dashboard $(monitor_url)/"
 }
 
 cmd_stop() {
+  ignore_interrupts
   if [[ "${BACKEND}" == docker ]]; then docker_stop; else local_stop; fi
   info "cluster '${PROJECT}' stopped (${BACKEND} backend)"
 }
@@ -674,6 +757,7 @@ cmd_status() {
 }
 
 cmd_cleanup() {
+  ignore_interrupts
   if [[ "${BACKEND}" == docker ]]; then
     docker_cleanup
   else
@@ -731,13 +815,13 @@ cmd_workload() {
   is_uint "${ms}" || die_usage "workload: --ms needs a number of milliseconds"
   [[ "${kind}" =~ ^(echo|sleep|cpu|fail)$ ]] || die_usage "workload: --kind is echo|sleep|cpu|fail"
   require_started
-  local args=(--count "${count}" --kind "${kind}" --ms "${ms}" --timeout 180)
+  local client=()
+  mapfile -t client < <(client_argv --count "${count}" --kind "${kind}" --ms "${ms}")
   if [[ "${BACKEND}" == docker ]]; then
     summary="/tmp/workload-$$.json"
     local id status=0
     id="$(container_id coordinator)"
-    docker exec "${id}" python 02-cluster-patterns/client.py --coordinator 127.0.0.1 \
-      "${args[@]}" --json "${summary}" || status=$?
+    "${client[@]}" --json "${summary}" || status=$?
     if [[ -n "${json}" ]] && docker exec "${id}" cat "${summary}" >"${json}.part"; then
       mv "${json}.part" "${json}"
     fi
@@ -745,8 +829,19 @@ cmd_workload() {
     docker exec "${id}" rm -f "${summary}" || true
     return "${status}"
   fi
-  (cd "${REPO_ROOT}" && "${PY}" -u 02-cluster-patterns/client.py --coordinator 127.0.0.1 \
-    --port "$(local_setting coordinator_port)" "${args[@]}" ${json:+--json "${json}"})
+  "${client[@]}" ${json:+--json "${json}"}
+}
+
+# The argv of client.py with ARGS against the running cluster, one word per line: on this
+# host (local) or inside the coordinator container (docker).
+client_argv() {
+  if [[ "${BACKEND}" == docker ]]; then
+    printf '%s\n' docker exec "$(container_id coordinator)" python 02-cluster-patterns/client.py
+  else
+    printf '%s\n' "${PY}" -u "${REPO_ROOT}/02-cluster-patterns/client.py" \
+      --port "$(local_setting coordinator_port)"
+  fi
+  printf '%s\n' --coordinator 127.0.0.1 --timeout 180 "$@"
 }
 
 cmd_test() {
@@ -1003,23 +1098,28 @@ cmd_fast() {
 }
 
 cmd_demo() {
-  local seconds="${DEMO_SECONDS:-0}" started_here=0 deadline
+  local seconds="${DEMO_SECONDS:-0}" deadline first=() batch=() dashboard api
   is_uint "${seconds}" || die_usage "DEMO_SECONDS must be a whole number of seconds"
   if cluster_running; then
     info "demo: cluster '${PROJECT}' (${BACKEND} backend) is already running; using it as it is"
   else
     info "demo: starting cluster '${PROJECT}' on the ${BACKEND} backend"
+    UNDO_ONCE_STARTED=cmd_stop
     cmd_start --workers "${DEFAULT_WORKERS}"
-    started_here=1
   fi
-  # Ctrl-C or SIGTERM only raise a flag: the trap may fire inside a redirected workload,
-  # so the loop below notices it and the demo stops the cluster in plain sight.
-  trap 'DEMO_STOP=1' INT TERM
+  mapfile -t first < <(client_argv --count 200 --kind sleep --ms 20)
+  mapfile -t batch < <(client_argv --count 50 --kind cpu --ms 5)
+  dashboard="http://localhost:$(monitor_port)/"
+  api="$(monitor_url)/api/cluster"
+  # Ctrl-C, SIGTERM or a hang-up only raise a flag, which the loop notices. Until the cluster
+  # is stopped the shell runs no command substitution: a Ctrl-C kills those too, and their
+  # empty output would send the script down a wrong path.
+  trap 'DEMO_STOP=1' INT TERM HUP
   DEMO_STOP=0
   info "submitting 200 tasks with client.py"
-  cmd_workload --count 200 --kind sleep --ms 20 || err "the first workload reported failures"
+  sigint_once_ready "${first[@]}" || ((DEMO_STOP)) || err "the first workload reported failures"
   info ""
-  info "dashboard: http://localhost:$(monitor_port)/   (API: $(monitor_url)/api/cluster)"
+  info "dashboard: ${dashboard}   (API: ${api})"
   if ((seconds > 0)); then
     info "demo runs for ${seconds} s (DEMO_SECONDS), submitting more work meanwhile"
   else
@@ -1027,15 +1127,14 @@ cmd_demo() {
   fi
   deadline=$((SECONDS + seconds))
   while ((DEMO_STOP == 0)) && ((seconds == 0 || SECONDS < deadline)); do
-    cmd_workload --count 50 --kind cpu --ms 5 >/dev/null 2>&1 || true
+    "${batch[@]}" >/dev/null 2>&1 || true
     # `|| true`: Ctrl-C also interrupts sleep, whose failure would end the script (set -e)
     # before it stops the cluster.
     ((DEMO_STOP)) || sleep 1 || true
   done
-  trap - INT TERM
-  if ((started_here)); then
+  if [[ -n "${UNDO}" ]]; then
     info "stopping the demo cluster"
-    cmd_stop
+    run_undo
   fi
 }
 
@@ -1089,6 +1188,11 @@ main() {
       die_usage "unknown command '${COMMAND}'"
       ;;
   esac
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  trap ':' PIPE # a write to a closed stdout fails (EPIPE) instead of ending the script
   pick_python
   resolve_backend
   [[ "${BACKEND}" == docker ]] && detect_compose

@@ -18,6 +18,8 @@ any language would see:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -38,6 +40,7 @@ from cluster_patterns.curve import fingerprint
 from cluster_runner_simulation.agent_keys import generate_keys, write_keypair
 from cluster_runner_simulation.agent_protocol import MAX_OUTPUT_BYTES, PROTOCOL_VERSION
 from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.protocols import CommandTimeout
 from conftest import REPO
 
 AGENT = "03-cluster-runner-simulation/zmq_node_agent.py"
@@ -438,6 +441,22 @@ def test_timeout_counts_from_acceptance_including_the_queue(ctx: Ctx) -> None:
             hog.send(header("cancel", f"hog-{i}"))
         hog.close()
         client.close()
+
+
+async def test_the_executor_says_when_a_run_never_started() -> None:
+    with LocalAgents(1, concurrency=1) as agents:
+        executor = agents.executor(0)
+        hog = asyncio.create_task(executor.run("sleep 30"))
+        deadline = time.monotonic() + 10
+        while not psutil.Process(agents.agents[0].proc.pid).children():
+            assert time.monotonic() < deadline, "the slot-holding command never started"
+            await asyncio.sleep(0.05)
+        with pytest.raises(CommandTimeout, match="never started"):
+            await executor.run("echo hi", timeout=1.0)
+        hog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hog
+        await executor.close()
 
 
 # --- Row: SIGTERM while the agent prints "ready" ------------------------------------------------

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from cluster_runner_simulation.agent_protocol import (
     MAX_OUTPUT_BYTES,
+    PROTOCOL_VERSION,
     REPLY_TYPES,
     REQUEST_TYPES,
     Exit,
@@ -73,7 +74,7 @@ def test_decode_of_random_frames_only_ever_raises_protocol_error(frames: list[by
 def test_decode_of_random_headers_only_ever_raises_protocol_error(
     header: dict[str, object], msg_type: str, with_body: bool
 ) -> None:
-    header = {"v": 1, "type": msg_type, **header}
+    header = {"v": PROTOCOL_VERSION, "type": msg_type, **header}
     frames = [json.dumps(header).encode()] + ([b"body"] if with_body else [])
     for allowed in (REQUEST_TYPES, REPLY_TYPES):
         try:

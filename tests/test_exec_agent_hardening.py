@@ -13,7 +13,10 @@ any language would see:
 * an unparsable key file stops the agent at start-up; denied handshakes are logged with the
   peer's address and key fingerprint;
 * a run's ``timeout`` counts from when the agent accepts it, time queued for a slot included;
-* SIGTERM that arrives while the agent prints "ready" still stops it cleanly.
+* SIGTERM that arrives while the agent prints "ready" still stops it cleanly;
+* a few thousand random and mutated frames, each answered, and a few hundred raw TCP
+  connections of junk leave the agent serving within a memory bound (the codec's own
+  property tests are in test_exec_agent_fuzz.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +44,17 @@ import zmq
 
 from cluster_patterns.curve import fingerprint
 from cluster_runner_simulation.agent_keys import generate_keys, write_keypair
-from cluster_runner_simulation.agent_protocol import MAX_OUTPUT_BYTES, PROTOCOL_VERSION
+from cluster_runner_simulation.agent_protocol import (
+    MAX_OUTPUT_BYTES,
+    MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
+    CancelRequest,
+    FactsRequest,
+    Message,
+    PingRequest,
+    RunRequest,
+    encode,
+)
 from cluster_runner_simulation.local_sshd import LocalAgents
 from cluster_runner_simulation.protocols import CommandTimeout
 from conftest import REPO
@@ -525,3 +541,162 @@ def test_sigterm_during_the_ready_line_stops_the_agent_cleanly(tmp_path: Path) -
         if drainer is not None:
             drainer.join(timeout=5)
         os.close(read_end)
+
+
+# --- Row: fuzzing over real sockets --------------------------------------------------------------
+
+FUZZ_FRAMES = 3000
+FUZZ_HUGE_FRAMES = 20
+FUZZ_JUNK_CONNECTIONS = 300
+FUZZ_REPLY_WAIT_S = 15.0
+FUZZ_RSS_LIMIT = 160 * MiB
+
+
+def fuzz_bases(cwd: Path) -> list[Message]:
+    """The valid requests that fuzz cases are mutated from; runs are harmless and short."""
+    return [
+        PingRequest("p-1"),
+        FactsRequest("f-1"),
+        CancelRequest("c-1"),
+        RunRequest("r-1", command="true", timeout=5.0, env={"FUZZ": "1"}, cwd=str(cwd)),
+    ]
+
+
+def random_frames(rng: random.Random, bases: list[Message]) -> list[bytes]:
+    """One fuzz case: random bytes, many frames, empty, or a mutated or odd valid header."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(1, 200))]
+    if kind == 1:
+        return [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(3, 7))]
+    if kind == 2:
+        return [b""]
+    if kind in (3, 4):  # a few bytes flipped, inserted, or cut off
+        raw = bytearray(encode(rng.choice(bases))[0])
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(raw)) if raw else 0
+            operation = rng.randrange(3)
+            if operation == 0 and raw:
+                raw[at] ^= 1 << rng.randrange(8)
+            elif operation == 1:
+                raw[at:at] = rng.randbytes(rng.randrange(1, 4))
+            elif raw:
+                del raw[at:]
+        return [bytes(raw)]
+    if kind == 5:  # one field replaced by an odd value
+        fields = json.loads(encode(rng.choice(bases))[0])
+        name = rng.choice(sorted(fields))
+        odd: list[Any] = [10**400, math.nan, math.inf, True, "\ud800", [[[[]]]], {"a": "\udfff"}]
+        fields[name] = rng.choice([*odd, None, ""])
+        return [json.dumps(fields).encode()]
+    return [encode(rng.choice(bases))[0], rng.randbytes(rng.randrange(0, 64))]  # a stray body
+
+
+def is_credit(frames: list[bytes]) -> bool:
+    """Credit grants are one-way: the agent answers only malformed ones."""
+    try:
+        parsed = json.loads(frames[0])
+    except (ValueError, RecursionError, IndexError):
+        return False
+    return isinstance(parsed, dict) and parsed.get("type") == "credit"
+
+
+def test_thousands_of_random_frames_leave_the_agent_serving(
+    spawn: object, tmp_path: Path, ctx: Ctx
+) -> None:
+    assert callable(spawn)
+    agent_script = str(REPO / AGENT)
+    agent = spawn(
+        agent_script, "serve", "--insecure", "--port", "0", "--node-id", "fuzz", cwd=tmp_path
+    )
+    port = int(agent.wait_for(r"ready on tcp://127.0.0.1:(\d+)", timeout=30).group(1))
+    endpoint = f"tcp://127.0.0.1:{port}"
+    rng = random.Random(20240610)
+    bases = fuzz_bases(tmp_path)
+    answered = one_way = 0
+    with RssSampler(agent.pid) as rss:
+        client = ctx.socket(zmq.DEALER)  # NULL mechanism: every frame reaches the codec
+        client.setsockopt(zmq.LINGER, 0)
+        client.connect(endpoint)
+        for _ in range(FUZZ_FRAMES):
+            frames = random_frames(rng, bases)
+            client.send_multipart(frames)
+            if is_credit(frames):
+                one_way += 1
+                continue
+            answer_to(client)  # one at a time: every case must be answered
+            answered += 1
+        for _ in range(FUZZ_HUGE_FRAMES):  # each makes libzmq drop that connection
+            big = ctx.socket(zmq.DEALER)
+            big.setsockopt(zmq.LINGER, 0)
+            big.connect(endpoint)
+            big.send(rng.randbytes(MAX_REQUEST_BYTES + rng.randrange(1, 4096)))
+            time.sleep(0.02)
+            big.close()
+        client.send(encode(RunRequest("final", command="echo still here", timeout=10.0))[0])
+        final = answer_to(client)
+        client.send(encode(PingRequest("final-ping"))[0])
+        pong = answer_to(client)
+        client.close()
+    alive = agent.popen.poll() is None
+    print(
+        f"fuzz: {FUZZ_FRAMES} frames sent ({answered} answered, {one_way} one-way credits), "
+        f"{FUZZ_HUGE_FRAMES} oversized; agent alive={alive}; peak RSS {rss.peak / MiB:.1f} MiB"
+    )
+    assert final["type"] == "exit" and final["exit_status"] == 0
+    assert pong["type"] == "pong"
+    assert alive
+    assert rss.peak < FUZZ_RSS_LIMIT
+    assert "Traceback" not in agent.output()
+
+
+def answer_to(sock: zmq.Socket[bytes]) -> dict[str, Any]:
+    """The reply that ends the request just sent (skipping accepted, output, heartbeat)."""
+    deadline = time.monotonic() + FUZZ_REPLY_WAIT_S
+    while True:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        assert left_ms > 0 and sock.poll(left_ms), "a fuzz frame got no answer"
+        reply = json.loads(sock.recv_multipart()[0])
+        if reply.get("type") in TERMINAL_TYPES:
+            assert isinstance(reply, dict)
+            return reply
+
+
+def junk_payload(rng: random.Random) -> bytes:
+    """Bytes that are not a CURVE handshake: noise, a greeting cut short, a bad HELLO."""
+    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\x00")
+    greeting += b"\x00" * 32
+    choice = rng.randrange(5)
+    if choice == 0:
+        return rng.randbytes(rng.randrange(1, 2048))
+    if choice == 1:
+        return greeting[: rng.randrange(1, len(greeting))]
+    if choice == 2:
+        return greeting + rng.randbytes(rng.randrange(1, 512))
+    if choice == 3:
+        return greeting + b"\x04\xc8\x05HELLO" + rng.randbytes(194)  # a HELLO of noise
+    return b""  # connect and hang up
+
+
+async def test_raw_tcp_junk_leaves_a_curve_agent_serving(agent: LocalAgents) -> None:
+    rng = random.Random(7)
+    process = agent.agents[0]
+    with RssSampler(process.proc.pid) as rss:
+        for _ in range(FUZZ_JUNK_CONNECTIONS):
+            with socket.create_connection(("127.0.0.1", process.port), timeout=5) as raw:
+                if payload := junk_payload(rng):
+                    raw.sendall(payload)
+        executor = agent.executor(0)
+        try:
+            result = await executor.run("echo ok")
+            await executor.ping()
+        finally:
+            await executor.close()
+    alive = process.proc.poll() is None
+    print(
+        f"junk: {FUZZ_JUNK_CONNECTIONS} raw TCP connections; agent alive={alive}; "
+        f"peak RSS {rss.peak / MiB:.1f} MiB"
+    )
+    assert result.stdout == b"ok\n"
+    assert alive
+    assert rss.peak < FUZZ_RSS_LIMIT

@@ -525,9 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("serve", help="run the agent", formatter_class=formatter)
     srv.add_argument("--node-id", default=socket.gethostname(), help="name in pong and facts")
-    srv.add_argument("--bind", default=None, help="address to bind (0.0.0.0; 127.0.0.1 insecure)")
+    srv.add_argument(
+        "--bind", default=None, help="address to bind; None: 0.0.0.0, or 127.0.0.1 with --insecure"
+    )
     srv.add_argument("--port", type=bind_port, default=DEFAULT_PORT, help="0 picks a free port")
-    srv.add_argument("--keys", default=None, help="keys directory from 'keys generate'")
+    srv.add_argument(
+        "--keys",
+        default=None,
+        help="keys directory from 'keys generate' (required unless --insecure)",
+    )
     srv.add_argument(
         "--concurrency",
         type=positive_int,

@@ -257,8 +257,12 @@ class CommandRun:
 
     async def _wait_for_slot(self) -> bool:
         """True once this run holds a slot; False if its deadline passed while it waited."""
-        acquiring = asyncio.ensure_future(self.slots.acquire())
         deadline = self.deadline
+        if deadline is None or not self.slots.locked():
+            # A free slot is taken without suspending; without a deadline there is nothing
+            # to race. Either way no helper task is needed (the common case, kept cheap).
+            return await self.slots.acquire()
+        acquiring = asyncio.ensure_future(self.slots.acquire())
         loop = asyncio.get_running_loop()
         timeout = None if deadline is None else max(0.0, deadline - loop.time())
         try:

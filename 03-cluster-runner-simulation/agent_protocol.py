@@ -139,6 +139,10 @@ def _parse_constant(name: str) -> float:
     return float(name)
 
 
+# Built once: json.loads(text, parse_int=...) would build a new decoder for every message.
+_JSON = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
+
+
 def _shown(value: object) -> str:
     """A peer's value as it may appear in an error message: short, printable ASCII.
 
@@ -475,7 +479,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ProtocolError("header is not valid UTF-8") from None
     try:
-        header = json.loads(text, parse_int=_parse_int, parse_constant=_parse_constant)
+        header = _JSON.decode(text)
     except ValueError:
         raise ProtocolError("header is not JSON") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack

@@ -187,36 +187,35 @@ def test_coordinator_survives_thousands_of_hostile_frames(
     status_frames = [[b"\x07" + rng.randbytes(rng.randint(0, 100))] for _ in range(200)]
     expected = sum(counted_as_bad(m) for m in messages) + len(status_frames)
     ctx = zmq.Context()
+    sockets: list[zmq.Socket[bytes]] = []
+
+    def socket_of(kind: int, target: int, **options: int | bytes) -> zmq.Socket[bytes]:
+        sock = ctx.socket(kind)
+        sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 5000)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(f"tcp://127.0.0.1:{target}")
+        return sock
+
     try:
-        senders = []
-        for i in range(SENDERS):
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 5000)
-            dealer.setsockopt(zmq.ROUTING_ID, f"fuzzer-{i}".encode())
-            dealer.connect(f"tcp://127.0.0.1:{port}")
-            senders.append(dealer)
+        senders = [socket_of(zmq.DEALER, port, ROUTING_ID=b"fuzzer-%d" % i) for i in range(SENDERS)]
         for index, parts in enumerate(messages):
             sender = senders[index % SENDERS]
             sender.send_multipart(parts)
             while sender.poll(0):  # WELCOME, DISPATCH, RESET, REFUSED...: read and drop
                 sender.recv_multipart()
-        xsub = ctx.socket(zmq.XSUB)
-        xsub.setsockopt(zmq.LINGER, 5000)
-        xsub.connect(f"tcp://127.0.0.1:{status_port}")
+        xsub = socket_of(zmq.XSUB, status_port)
         time.sleep(0.3)
         for parts in status_frames:
             xsub.send_multipart(parts)
         # Beyond MAXMSGSIZE libzmq drops the connection itself; these are not counted.
         for size in (SOCKET_LIMIT + 1, 8 << 20, 16 << 20):
-            huge = ctx.socket(zmq.DEALER)
-            huge.setsockopt(zmq.LINGER, 2000)
-            huge.connect(f"tcp://127.0.0.1:{port}")
-            huge.send(b"z" * size)
-            huge.close()
-        status = tap.wait_for(lambda s: s["totals"]["bad_messages"] >= before + expected, 120)
-        for sock in [*senders, xsub]:
-            sock.close()
+            socket_of(zmq.DEALER, port).send(b"z" * size)
+        status = tap.wait_for(lambda s: s["totals"]["bad_messages"] >= before + expected, 60)
     finally:
+        for sock in sockets:
+            sock.close(linger=0)
         ctx.term()
     counted = status["totals"]["bad_messages"] - before
     rss_after = process.memory_info().rss

@@ -69,6 +69,8 @@ def valid_messages(rng: random.Random) -> list[dict[str, Any]]:
         {"type": "DISPATCH", "tasks": [{"task_id": tid, "attempt": 1, "kind": "echo"}]},
         {"type": "COORDINATOR_HEARTBEAT", "coordinator_id": "c"},
         {"type": "RESET", "reason": "x"},
+        {"type": "REFUSED", "worker_id": wid, "reason": "cluster_full", "detail": "",
+         "retry_after_s": 1.5},
         {"type": "ACCEPTED", "task_ids": [tid]},
         {"type": "COMPLETED", "outcomes": [{"task_id": tid, "ok": True}]},
         {"type": "STATUS", "coordinator_id": "c", "seq": 1, "heartbeat_interval_s": 0.5,

@@ -50,6 +50,10 @@ EXAMPLES: list[Message] = [
     Dispatch([Assignment("t1", 1, "sleep", 20, ""), Assignment("t2", 1, "echo", 0, "hé")]),
     CoordinatorHeartbeat("coord-1"),
     Reset("unknown worker"),
+    decode(
+        b'{"v":1,"type":"REFUSED","worker_id":"w1","reason":"worker_id_in_use",'
+        b'"detail":"held by a live peer","retry_after_s":1.5}'
+    ),
     Submit("c1", [TaskSpec("t1", "echo", 0, "x"), TaskSpec("t2", "cpu", 5)]),
     Accepted(["t1", "t2"]),
     Completed([TaskOutcome("t1", True, "x", "", 1, "w1", 0.002)]),

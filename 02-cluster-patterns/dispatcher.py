@@ -71,7 +71,7 @@ CLIENT_IDLE_S: Final = 60.0
 # outcome instead of a second run; after that their memory is reclaimed.
 DONE_RETENTION_S: Final = 900.0
 # The workers' share of one STATUS frame (which must stay below MAX_MESSAGE_BYTES). A typical
-# worker takes about 300 bytes, so this admits some 2,500 workers.
+# worker is counted as about 370 bytes, so this admits some 2,100 workers.
 STATUS_NODES_BUDGET_BYTES: Final = MAX_MESSAGE_BYTES * 3 // 4
 # What one NodeStatus takes besides its id, capabilities and capacity: field names, the state
 # and the widest numbers a heartbeat can put there.

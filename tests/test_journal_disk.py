@@ -200,3 +200,16 @@ def test_fill_really_fills(tmp_path: Path) -> None:
         fill(disk)
         with pytest.raises(OSError, match=NO_SPACE):
             (disk / "more").write_bytes(b"x" * 8192)
+
+
+@pytest.mark.parametrize("transport", ["ssh", "zmq"])
+def test_run_schedules_with_a_directory_as_journal_exits_2(
+    tmp_path: Path, run: Any, transport: str
+) -> None:
+    """The CLIs that drive the writers: the in-process FileJournalWriter, and a local collector."""
+    args = ["--local", "1", "--transport", transport, "--journal", str(tmp_path)]
+    proc = run("03-cluster-runner-simulation/run_schedules.py", *args, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(errors) == 1 and "Is a directory" in errors[0] and str(tmp_path) in errors[0]
+    assert "Traceback" not in proc.stderr

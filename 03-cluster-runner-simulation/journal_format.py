@@ -82,10 +82,14 @@ class JournalCorruption(JournalError):
 class JournalFileError(JournalError):
     """The journal file cannot be used: a directory, read-only, full, locked, missing..."""
 
-    def __init__(self, path: Path, action: str, error: OSError) -> None:
-        super().__init__(f"{path}: {action}: {error.strerror or error}")
+    def __init__(self, message: str, path: Path, errno: int | None = None) -> None:
+        super().__init__(message)
         self.path = path
-        self.errno = error.errno
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, path: Path, action: str, error: OSError) -> JournalFileError:
+        return cls(f"{path}: {action}: {error.strerror or error}", path, error.errno)
 
 
 class RecordRejected(JournalError):
@@ -375,7 +379,7 @@ def scan_journal(path: Path) -> JournalScan:
     except FileNotFoundError:
         return JournalScan(path)
     except OSError as exc:
-        raise JournalFileError(path, "cannot read the journal", exc) from None
+        raise JournalFileError.from_os_error(path, "cannot read the journal", exc) from None
     if lines.bad is not None:
         raise JournalCorruption.at(path, lines.bad)
     entries = [JournalEntry(n, e.record_id, e.body) for n, e in enumerate(lines.items, 1)]
@@ -401,7 +405,7 @@ def repair_journal(path: Path, now: float | None = None) -> Repair:
     try:
         return repair_lines(path, _entry_checker(), MAX_LINE_BYTES, now)
     except OSError as exc:
-        raise JournalFileError(path, "cannot repair the journal", exc) from None
+        raise JournalFileError.from_os_error(path, "cannot repair the journal", exc) from None
 
 
 def iter_results(path: Path) -> Iterator[PerfTestResult]:
@@ -450,7 +454,7 @@ class AppendOnlyFile:
                     os.close(dir_fd)
         except OSError as exc:
             self.close()
-            raise JournalFileError(path, "cannot open the journal", exc) from None
+            raise JournalFileError.from_os_error(path, "cannot open the journal", exc) from None
         if ids.bad is not None:
             self.close()
             raise JournalCorruption.at(path, ids.bad)
@@ -470,7 +474,7 @@ class AppendOnlyFile:
                 os.fsync(self.fd)
         except OSError as exc:
             self._undo_partial_append(exc)
-            raise JournalFileError(self.path, "cannot append", exc) from None
+            raise JournalFileError.from_os_error(self.path, "cannot append", exc) from None
         self.size += len(data)
 
     def _undo_partial_append(self, error: OSError) -> None:

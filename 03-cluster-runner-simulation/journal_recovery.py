@@ -121,6 +121,7 @@ class Repair:
     kept_bytes: int
     moved_bytes: int
     moved_lines: int  # lines in the copy, an unterminated last one included
+    moved_valid: int  # of those, lines that pass the check on their own: records to look at
     copy_path: Path | None
     bad: BadLine | None
     torn_bytes: int
@@ -137,17 +138,33 @@ def repair_lines(
             scan = scan_lines(handle, check, max_line)
         size = os.fstat(fd).st_size
         keep = scan.valid_bytes
-        repair = Repair(len(scan.items), keep, size - keep, 0, None, scan.bad, scan.torn_bytes)
+        kept = len(scan.items)
         if keep == size:
-            return repair
+            return Repair(kept, keep, 0, 0, 0, None, scan.bad, scan.torn_bytes)
         copy_path, lines = _copy_tail(fd, path, keep, now)
         os.ftruncate(fd, keep)  # only now that the copy is durable
         os.fsync(fd)
-        return Repair(
-            len(scan.items), keep, size - keep, lines, copy_path, scan.bad, scan.torn_bytes
-        )
     finally:
         os.close(fd)
+    with copy_path.open("rb") as handle:
+        valid = count_valid_lines(handle, check, max_line)
+    return Repair(kept, keep, size - keep, lines, valid, copy_path, scan.bad, scan.torn_bytes)
+
+
+def count_valid_lines(handle: BinaryIO, check: Callable[[bytes], object], max_line: int) -> int:
+    """How many complete lines pass ``check``, reading past bad ones (bounded memory)."""
+    valid = 0
+    while line := handle.readline(max_line + 1):
+        if not line.endswith(b"\n"):
+            if len(line) > max_line:
+                _measure_rest(handle, len(line))
+            continue
+        try:
+            check(line[:-1])
+        except ValueError:
+            continue
+        valid += 1
+    return valid
 
 
 def _copy_tail(fd: int, path: Path, start: int, now: float | None) -> tuple[Path, int]:

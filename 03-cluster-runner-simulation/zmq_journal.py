@@ -808,8 +808,8 @@ def run_repair(args: argparse.Namespace) -> int:
         print(f"repair: {path}: torn last line: {report.torn_bytes} bytes without a newline")
     print(f"repair: kept {report.kept_records} records ({report.kept_bytes} bytes) in {path}")
     print(
-        f"repair: moved {report.moved_bytes} bytes ({report.moved_lines} lines) to "
-        f"{report.copy_path}"
+        f"repair: moved {report.moved_bytes} bytes ({report.moved_lines} lines, "
+        f"{report.moved_valid} of them valid records) to {report.copy_path}"
     )
     return 0
 

@@ -10,6 +10,8 @@ Rules (docs/journal-and-context.md, "Recovery rules"):
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,8 @@ def test_repair_keeps_the_valid_prefix_and_moves_the_rest_to_a_copy(
     assert path.read_bytes() == kept and copy.read_bytes() == data[len(kept) :]
     out = repaired.stdout
     assert f"kept 2 records ({len(kept)} bytes)" in out
-    assert f"moved {len(data) - len(kept)} bytes (4 lines) to {copy}" in out
+    moved = f"moved {len(data) - len(kept)} bytes (4 lines, 3 of them valid records) to {copy}"
+    assert moved in out
     assert f"line 3 (byte offset {len(kept)}): checksum mismatch" in out
     started = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(port))
     started.wait_for("listening on")
@@ -190,3 +193,47 @@ def test_repair_errors_are_one_clear_line(tmp_path: Path, run: Any) -> None:
     for proc in (missing, directory):
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# --- The repair shown in docs/journal-and-context.md is what the CLI prints -------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "journal-and-context.md"
+SCRIPT = Path(__file__).resolve().parent.parent / JOURNAL
+NCCL_LINE = "   134217728      33554432     float     sum      -1   1042.7  128.72  225.27      0"
+
+
+def docs_journal(path: Path) -> None:
+    """The journal of the docs' example: 5 records, one changed byte in the third."""
+    lines = []
+    for i in range(5):
+        record_id = f"run1/all/all_reduce_perf/node0{i}"
+        nodes = (f"node0{i}",)
+        metrics = {"busbw_gbps": 225.27}
+        record = PerfTestResult(
+            record_id, "all", "all_reduce_perf", nodes, 0, NCCL_LINE, 1.0, 2.0, metrics
+        )
+        lines.append(encode_line(record_id, canonical_body(record.to_record())))
+    lines[2] = lines[2].replace(b"225.27", b"225.28", 1)
+    path.write_bytes(b"".join(lines))
+
+
+def test_the_docs_show_the_collector_and_repair_output_as_printed(tmp_path: Path) -> None:
+    text = DOCS.read_text()
+    block = text[text.index("```console\n$ python 03-cluster-runner-simulation/zmq_journal.py r") :]
+    block = block[len("```console\n") : block.index("\n```")]
+    refusal = next(ln for ln in text.splitlines() if ln.strip().startswith("collector: error:"))
+    docs_journal(tmp_path / "J.jsonl")
+
+    def run_in_tmp(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, str(SCRIPT), *args]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    refused = run_in_tmp("collector", "--path", "J.jsonl", "--port", "1")
+    assert refused.returncode == 3 and refused.stderr.strip() == refusal.strip()
+    printed = []
+    for command in (ln for ln in block.splitlines() if ln.startswith("$ ")):
+        printed += [command, *run_in_tmp(*command.split()[3:]).stdout.splitlines()]
+    stamp = re.compile(r"corrupt-\d{8}T\d{6}Z")
+    assert [stamp.sub("corrupt-T", ln) for ln in printed] == [
+        stamp.sub("corrupt-T", ln) for ln in block.splitlines()
+    ]

@@ -213,3 +213,17 @@ def test_run_schedules_with_a_directory_as_journal_exits_2(
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert len(errors) == 1 and "Is a directory" in errors[0] and str(tmp_path) in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_journal_in_use_is_refused(tmp_path: Path, spawn: Any, run: Any, free_port: Any) -> None:
+    """Two appenders would interleave and store duplicates: the second one is refused."""
+    path = tmp_path / "j.jsonl"
+    first = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(free_port()))
+    first.wait_for("listening on")
+    second = run(JOURNAL, "collector", "--path", str(path), "--port", str(free_port()))
+    one_clear_line(second, str(path), "in use by another")
+    one_clear_line(run(JOURNAL, "repair", str(path)), "in use by another")
+    with pytest.raises(JournalError, match="in use by another"):
+        FileJournalWriter(path)
+    first.stop()
+    assert run(JOURNAL, "repair", str(path)).returncode == 0

@@ -34,6 +34,7 @@ from cluster_runner_simulation.journal_format import (
 )
 from cluster_runner_simulation.protocols import PerfTestResult
 from cluster_runner_simulation.zmq_journal import (
+    MAX_MSG_BYTES,
     PROTOCOL,
     MsgType,
     ProtocolError,
@@ -47,6 +48,7 @@ from cluster_runner_simulation.zmq_journal import (
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
 FUZZ_MESSAGES = 3000
 FUZZ_SEED = 20261201
+OVERSIZED_AT = (1000, 2000)  # messages that get the connection dropped
 RSS_BOUND_MIB = 256  # the collector idles near 40 MiB; a leak or unbounded queue would show
 DEEP = b'{"record_id":"h","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 HUGE_INT = b'{"record_id":"h","exit_status":' + b"9" * 5000 + b"}"
@@ -286,6 +288,8 @@ def test_collector_survives_thousands_of_random_and_mutated_frames(
     try:
         for count in range(FUZZ_MESSAGES):
             message = fuzz_message(rng, valid)
+            if count in OVERSIZED_AT:  # over MAXMSGSIZE: ZeroMQ drops us, and we reconnect
+                message = [PROTOCOL, MsgType.WRITE.value, b"1 h", bytes(MAX_MSG_BYTES + 1)]
             try:
                 sock.send_multipart(message)
             except zmq.Again:

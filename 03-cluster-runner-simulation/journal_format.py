@@ -44,6 +44,7 @@ from typing import Any
 from cluster_runner_simulation.journal_recovery import (
     BadLine,
     Repair,
+    fsync_directory,
     lock_journal,
     recover_lines,
     repair_lines,
@@ -456,11 +457,7 @@ class AppendOnlyFile:
             if not existed:
                 # The new file's directory entry must be durable too, or an fsync'd record
                 # could vanish with the file after a power loss.
-                dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fsync_directory(path.parent)
         except OSError as exc:
             self.close()
             raise JournalFileError.from_os_error(path, "cannot open the journal", exc) from None

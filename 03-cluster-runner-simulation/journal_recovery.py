@@ -183,7 +183,7 @@ def _copy_tail(fd: int, path: Path, start: int, now: float | None) -> tuple[Path
             last = chunk[-1:]
             position += len(chunk)
         os.fsync(out)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except BaseException:
         os.close(out)
         copy_path.unlink(missing_ok=True)
@@ -204,7 +204,7 @@ def _create_unique(wanted: Path) -> tuple[Path, int]:
             candidate = wanted.with_name(f"{wanted.name}-{number}")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a new directory entry durable (a fsynced file can vanish with its entry)."""
     dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -80,6 +80,7 @@ from cluster_runner_simulation.journal_format import (
     AppendOnlyFile,
     FileJournalWriter,
     JournalCorruption,
+    JournalFileError,
     RecordRejected,
     checked_line,
     encode_record,
@@ -689,12 +690,10 @@ def run_collector(args: argparse.Namespace) -> int:
         collector = JournalCollector(
             Path(args.path), endpoint, group_commit=not args.fsync_each, keys_dir=keys
         )
-    except JournalCorruption as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
-        return 3
-    except (JournalError, KeyFileError) as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
-        return 2
+    except JournalError as exc:
+        return journal_failure("collector", exc)
+    except KeyFileError as exc:
+        return journal_failure("collector", str(exc))
     except zmq.ZMQError as exc:
         print(f"collector: error: cannot bind {endpoint}: {exc}", file=sys.stderr)
         return 1
@@ -720,8 +719,7 @@ def run_collector(args: argparse.Namespace) -> int:
     try:
         collector.serve()
         if collector.failed is not None:
-            print(f"collector: error: {collector.failed}", file=sys.stderr)
-            return 2
+            return journal_failure("collector", collector.failed)
     finally:
         print(
             f"collector: stored {collector.stored}, duplicates {collector.duplicates}, "
@@ -753,19 +751,24 @@ def _row(body: dict[str, object]) -> list[str]:
     ]
 
 
-def run_read(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+def journal_failure(command: str, error: JournalError | str) -> int:
+    """One line on stderr; the exit code: 3 for a corrupt journal, 2 for an unusable path."""
+    print(f"{command}: error: {error}", file=sys.stderr)
+    return 3 if isinstance(error, JournalCorruption) else 2
+
+
+def existing(path: Path) -> Path:
+    """``path``, if there is a journal there (an empty journal is not made up for a typo)."""
     if not path.exists():
-        print(f"read: error: {path}: no such journal", file=sys.stderr)
-        return 2
+        raise JournalFileError(f"{path}: no such journal", path)
+    return path
+
+
+def run_read(args: argparse.Namespace) -> int:
     try:
-        scan = scan_journal(path)
-    except JournalCorruption as exc:
-        print(f"read: error: {exc}", file=sys.stderr)
-        return 3
+        scan = scan_journal(existing(Path(args.path)))
     except JournalError as exc:
-        print(f"read: error: {exc}", file=sys.stderr)
-        return 2
+        return journal_failure("read", exc)
     bodies = [e.body for e in scan.entries]
     if args.format == "jsonl":
         for body in bodies:
@@ -791,14 +794,10 @@ def run_read(args: argparse.Namespace) -> int:
 def run_repair(args: argparse.Namespace) -> int:
     """Keep the valid records before the first bad line; move the rest to a fsynced copy."""
     path = Path(args.path)
-    if not path.exists():
-        print(f"repair: error: {path}: no such journal", file=sys.stderr)
-        return 2
     try:
-        report = repair_journal(path)
+        report = repair_journal(existing(path))
     except JournalError as exc:
-        print(f"repair: error: {exc}", file=sys.stderr)
-        return 2
+        return journal_failure("repair", exc)
     if report.copy_path is None:
         print(f"repair: nothing to repair: {report.kept_records} records in {path}, all valid")
         return 0

@@ -13,8 +13,10 @@ checks that it still stores a valid WRITE and that its memory stayed bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,15 @@ def result(record_id: str) -> PerfTestResult:
 
 def line_for(record_id: str) -> bytes:
     return encode_line(record_id, canonical_body(result(record_id).to_record()))
+
+
+@contextlib.contextmanager
+def journal_file(data: bytes) -> Iterator[Path]:
+    """A fresh directory per example (hypothesis runs many in one test), holding ``data``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j.jsonl"
+        path.write_bytes(data)
+        yield path
 
 
 # --- The WRITE decoder and the collector's record check --------------------------------------
@@ -153,10 +164,8 @@ def test_a_flipped_bit_in_a_complete_line_is_always_corruption(
     lines[where] = (
         target[:position] + bytes([target[position] ^ (1 << bit)]) + target[position + 1 :]
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "j.jsonl"
-        data = b"".join(lines)
-        path.write_bytes(data)
+    data = b"".join(lines)
+    with journal_file(data) as path:
         with pytest.raises(JournalCorruption) as info:
             recover_journal(path)
         assert info.value.line_no == where + 1
@@ -181,9 +190,7 @@ def complete_lines(data: bytes) -> list[bytes]:
 @given(pieces=PIECES)
 def test_the_scanner_never_drops_a_complete_valid_record(pieces: list[bytes]) -> None:
     data = b"".join(pieces)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "j.jsonl"
-        path.write_bytes(data)
+    with journal_file(data) as path:
         ends = data.rfind(b"\n") + 1
         try:
             scan = scan_journal(path)
@@ -206,9 +213,7 @@ def test_the_scanner_never_drops_a_complete_valid_record(pieces: list[bytes]) ->
 @given(pieces=PIECES)
 def test_recovery_shrinks_a_file_by_at_most_the_torn_tail_it_reports(pieces: list[bytes]) -> None:
     data = b"".join(pieces)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "j.jsonl"
-        path.write_bytes(data)
+    with journal_file(data) as path:
         unterminated = len(data) - (data.rfind(b"\n") + 1)
         try:
             scan = recover_journal(path)
@@ -225,9 +230,7 @@ def test_repair_keeps_the_valid_prefix_and_copies_every_cut_byte(pieces: list[by
     from cluster_runner_simulation.journal_format import repair_journal
 
     data = b"".join(pieces)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "j.jsonl"
-        path.write_bytes(data)
+    with journal_file(data) as path:
         report = repair_journal(path)
         kept = path.read_bytes()
         copied = report.copy_path.read_bytes() if report.copy_path else b""

@@ -20,7 +20,7 @@ the length and checksum, and a body of the ``PerfTestResult`` record's fields an
 The writers and the collector run the same check before they acknowledge a record
 (``checked_line``), so an acknowledged record can always be read back.
 
-Recovery (the rules live in ``journal_recovery.py``): only an unterminated last line is a
+Recovery (the rules live in ``cluster_patterns.line_journal``): only an unterminated last line is a
 torn append and is cut; any complete line that fails its check, or repeats a record id,
 is corruption: ``JournalCorruption`` names its line and byte offset, nothing is modified,
 and ``repair_journal`` (``zmq_journal.py repair PATH``) moves the damaged part aside.
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster_runner_simulation.journal_recovery import (
+from cluster_patterns.line_journal import (
     BadLine,
     Repair,
     fsync_directory,

@@ -1,0 +1,22 @@
+"""`python -m cluster_simulator ARGS`: what docker/simulate-cluster.sh execs.
+
+The wrapper starts this with SIGINT ignored, so a Ctrl-C while Python starts up cannot end
+it with a traceback; the first thing here gives Ctrl-C back, and cli.main installs the
+handler that the rest of the run lives by (see lifecycle.py).
+"""
+
+import signal
+import sys
+
+
+def run() -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        from cluster_simulator.cli import main
+    except KeyboardInterrupt:
+        return 130
+    return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -310,6 +310,67 @@ def cluster_simulator() -> type[ClusterSimulator]:
     return ClusterSimulator
 
 
+# --- The 02 cluster's status channel, read as it goes on the wire ------------------------------
+
+
+class StatusTap:
+    """A SUB socket on a coordinator's status port that reads STATUS frames as plain JSON.
+
+    Tests that use it depend on the wire format only, not on the Python message classes.
+    ``keys`` is a keys directory made by ``curve.py generate``: the tap then connects with
+    CURVE, as any client of that directory would.
+    """
+
+    def __init__(self, port: int, keys: Path | None = None) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if keys is not None:
+            from cluster_patterns.curve import curve_client, load_keypair, load_public
+
+            server = load_public(keys / "coordinator.key")
+            curve_client(self.sock, server, load_keypair(keys / "client.key_secret"))
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def wait_for(self, check: object = None, timeout: float = 20.0) -> dict[str, object]:
+        """The first STATUS (as a dict) for which ``check(status)`` is true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching STATUS within {timeout} s")
+            if not self.sock.poll(int(left * 1000) + 1):
+                continue
+            try:
+                document = json.loads(self.sock.recv())
+            except ValueError:
+                continue
+            if isinstance(document, dict) and document.get("type") == "STATUS":
+                if check is None or check(document):  # type: ignore[operator]
+                    return document
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def status_tap() -> Iterator[object]:
+    """``status_tap(port, keys=None)`` opens a StatusTap; all are closed after the test."""
+    taps: list[StatusTap] = []
+
+    def open_tap(port: int, keys: Path | None = None) -> StatusTap:
+        taps.append(StatusTap(port, keys))
+        return taps[-1]
+
+    yield open_tap
+    for tap in taps:
+        tap.close()
+
+
 # --- No skips in CI -------------------------------------------------------------------------
 
 _skipped: list[str] = []

@@ -13,6 +13,9 @@ Run it (after coordinator.py and some worker.py):
     python 02-cluster-patterns/client.py --count 500 --kind echo
     python 02-cluster-patterns/client.py --count 50 --kind sleep --ms 200 --json /tmp/summary.json
     python 02-cluster-patterns/client.py --count 5 --kind fail        # exits 1: tasks failed
+    python 02-cluster-patterns/client.py --count 9 --kind echo --keys /tmp/keys   # CURVE
+Exit codes: 0 every task succeeded, 1 some failed or got no outcome, 2 bad arguments or key
+files, 3 the coordinator refused the connection (CURVE), 130 interrupted.
 
 From Python:
     async with ClusterClient("127.0.0.1", 5570) as client:
@@ -38,6 +41,14 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns.cli_args import non_negative_int, port_number, positive_float, positive_int
+from cluster_patterns.cluster_keys import (
+    ClientKeys,
+    add_keys_option,
+    keys_or_exit,
+    load_client_keys,
+    refusal_hint,
+    secure_client,
+)
 from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
 from cluster_patterns.protocol import (
     MAX_BATCH,
@@ -51,7 +62,15 @@ from cluster_patterns.protocol import (
     TaskSpec,
     encode,
 )
-from cluster_patterns.transport import BadInput, configure, decode_from_coordinator, endpoint
+from cluster_patterns.transport import (
+    BadInput,
+    HandshakeWatch,
+    PeerFault,
+    configure,
+    decode_from_coordinator,
+    endpoint,
+    robust_console,
+)
 
 DEFAULT_COORDINATOR: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5570
@@ -60,6 +79,11 @@ DEFAULT_TIMEOUT_S: Final = 120.0
 # measured latency about the cluster rather than about an ever-growing queue.
 DEFAULT_WINDOW: Final = 4096
 STALL_AFTER_S: Final = 10.0
+REFUSED_EXIT: Final = 3
+
+
+class CoordinatorRefused(Exception):
+    """The coordinator refused this client's handshake (CURVE key or mechanism)."""
 
 
 @dataclass
@@ -109,8 +133,10 @@ class ClusterClient:
         client_id: str | None = None,
         heartbeat_interval_s: float = DEFAULT_INTERVAL_S,
         liveness: int = DEFAULT_LIVENESS,
+        keys: ClientKeys | None = None,
     ) -> None:
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.keys = keys
         self.endpoint = endpoint(host, port)
         self.lost_after_s = heartbeat_interval_s * liveness
         self.interval_s = heartbeat_interval_s
@@ -118,6 +144,9 @@ class ClusterClient:
         self.sock = configure(
             self.ctx.socket(zmq.DEALER), routing_id=f"client:{self.client_id}".encode()
         )
+        secure_client(self.sock, keys)
+        self.watch = HandshakeWatch(self.sock)
+        self.refused: CoordinatorRefused | None = None
         self.futures: dict[str, asyncio.Future[TaskOutcome]] = {}
         self.unresolved: dict[str, TaskSpec] = {}
         self.sent_at: dict[str, float] = {}
@@ -160,6 +189,7 @@ class ClusterClient:
                 await task
             except asyncio.CancelledError:
                 pass
+        self.watch.close()
         self.sock.close(linger=0)
         self.ctx.term()
 
@@ -201,6 +231,8 @@ class ClusterClient:
         """The outcomes that arrived within ``timeout`` (the rest are lost)."""
         if futures:
             await asyncio.wait(futures, timeout=timeout)
+        if self.refused is not None:
+            raise self.refused
         return [f.result() for f in futures if f.done() and not f.cancelled()]
 
     async def run_batch(
@@ -219,6 +251,8 @@ class ClusterClient:
         futures: list[asyncio.Future[TaskOutcome]] = []
         next_index = 0
         while next_index < count and time.monotonic() < deadline:
+            if self.refused is not None:
+                raise self.refused
             room = window - len(self.unresolved)
             if room > 0:
                 chunk = specs[next_index : next_index + min(room, window // 4 or 1)]
@@ -292,10 +326,22 @@ class ClusterClient:
             # A restarted coordinator: it may have lost what it had not committed.
             self.resubmit_unresolved()
 
+    def _check_handshakes(self) -> None:
+        for failure in self.watch.failures():
+            if failure.fault is PeerFault.DENIED_HANDSHAKE and self.refused is None:
+                self.refused = CoordinatorRefused(
+                    f"the coordinator at {self.endpoint} refused the connection: "
+                    f"{failure.reason}; {refusal_hint(self.keys)}"
+                )
+                for future in self.futures.values():
+                    future.cancel()  # nothing will come: wake up whoever waits
+                self.progress.set()
+
     async def _watch_coordinator(self) -> None:
         """Re-submit what is unresolved when the coordinator is silent or nothing finishes."""
         while True:
             await asyncio.sleep(self.interval_s)
+            self._check_handshakes()
             if not self.unresolved:
                 self.last_progress = time.monotonic()
                 continue
@@ -320,18 +366,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=positive_float, default=DEFAULT_INTERVAL_S)
     parser.add_argument("--liveness", type=positive_int, default=DEFAULT_LIVENESS)
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    add_keys_option(parser, server=False)
     args = parser.parse_args(argv)
     if len(args.payload) > MAX_PAYLOAD_CHARS:
         parser.error(f"--payload is longer than {MAX_PAYLOAD_CHARS} characters")
     return args
 
 
-async def amain(args: argparse.Namespace) -> int:
+async def amain(args: argparse.Namespace, keys: ClientKeys | None = None) -> int:
     client = ClusterClient(
         args.coordinator,
         args.port,
         heartbeat_interval_s=args.heartbeat_interval,
         liveness=args.liveness,
+        keys=keys,
     )
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
@@ -345,6 +393,9 @@ async def amain(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             print("client: interrupted", file=sys.stderr)
             return 130
+        except CoordinatorRefused as exc:
+            print(f"client: error: {exc}", file=sys.stderr)
+            return REFUSED_EXIT
     print(f"client: {summary.line()}", flush=True)
     if summary.lost == summary.submitted:
         print(
@@ -357,9 +408,11 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    robust_console()
     args = parse_args(argv)
+    keys = keys_or_exit(load_client_keys, args.keys, "client")
     try:
-        return asyncio.run(amain(args))
+        return asyncio.run(amain(args, keys))
     except (OSError, zmq.ZMQError) as exc:
         print(f"client: error: {exc}", file=sys.stderr)
         return 1

@@ -65,7 +65,22 @@ TOTAL_COUNTERS = (
     (
         "bad_messages",
         "cluster_bad_messages",
-        "Malformed or unknown messages the coordinator dropped.",
+        "Malformed or misdirected messages and ZMTP protocol violations the coordinator dropped.",
+    ),
+    (
+        "aborted_handshakes",
+        "cluster_aborted_handshakes",
+        "Connections closed before their handshake completed (health probes, reconnects).",
+    ),
+    (
+        "denied_handshakes",
+        "cluster_denied_handshakes",
+        "Handshakes the coordinator's security refused (CURVE key not allowed, no CURVE).",
+    ),
+    (
+        "refused_registrations",
+        "cluster_refused_registrations",
+        "REGISTERs refused: the worker id was held by another live peer, or the table was full.",
     ),
 )
 TOTAL_GAUGES = (

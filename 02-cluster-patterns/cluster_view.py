@@ -56,6 +56,9 @@ TOTAL_FIELDS = (
     "requeued",
     "duplicates",
     "bad_messages",
+    "aborted_handshakes",
+    "denied_handshakes",
+    "refused_registrations",
     "pending",
     "in_flight",
 )

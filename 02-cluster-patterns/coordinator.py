@@ -9,12 +9,18 @@ logic) decide, commit the journal once (with --state-dir), then send. Every hear
 interval it publishes STATUS (which is also its heartbeat to monitors) and TASK_STATS, and
 sends COORDINATOR_HEARTBEAT to each worker and recent client. Garbage from peers is
 counted (``bad_messages`` in STATUS) and logged at most once per second; it never stops
-the loop.
+the loop. Health probes and connections closed mid-handshake count apart
+(``aborted_handshakes``), and so do handshakes CURVE refuses (``denied_handshakes``).
+
+With ``--keys DIR`` both ports are CURVE servers: only clients whose public key is in
+DIR/authorized_clients/ get in (the ZAP handler is answered in this same loop). Without it
+they speak NULL, and binding anything but loopback prints a loud warning.
 
 Run it:
     python 02-cluster-patterns/coordinator.py
-    python 02-cluster-patterns/coordinator.py --bind 0.0.0.0 --state-dir /tmp/coord-state
+    python 02-cluster-patterns/coordinator.py --bind 0.0.0.0 --keys /tmp/keys --state-dir /tmp/st
 Then start workers (worker.py --id w1) and submit work (client.py --count 100 --kind echo).
+Exit codes: 0 after Ctrl-C or SIGTERM, 1 when a port cannot be bound, 2 bad arguments or keys.
 """
 
 from __future__ import annotations
@@ -33,6 +39,13 @@ from typing import Final
 import zmq
 
 from cluster_patterns.cli_args import port_number, positive_float, positive_int
+from cluster_patterns.cluster_keys import (
+    ServerKeys,
+    add_keys_option,
+    keys_or_exit,
+    load_server_keys,
+)
+from cluster_patterns.curve import ZapPolicy, answer_zap, bind_zap, curve_server
 from cluster_patterns.dispatcher import DEFAULT_MAX_TRIES, DEFAULT_TASK_TIMEOUT_S, Dispatcher
 from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
 from cluster_patterns.journal import FileJournal, replay
@@ -41,12 +54,24 @@ from cluster_patterns.protocol import (
     Message,
     NodeEvent,
     ProtocolError,
+    Refused,
     TaskOutcome,
     decode,
     describe,
     encode,
 )
-from cluster_patterns.transport import HANDSHAKE_FAILURES, BadInput, configure, endpoint
+from cluster_patterns.transport import (
+    BadInput,
+    HandshakeWatch,
+    PeerFault,
+    RateLimitedLog,
+    configure,
+    endpoint,
+    is_loopback,
+    print_to,
+    printable,
+    robust_console,
+)
 
 DEFAULT_BIND: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5570
@@ -63,8 +88,9 @@ MAX_DEFERRED: Final = 10_000
 class Coordinator:
     """Owns the sockets and the loop; all decisions are the Dispatcher's."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, keys: ServerKeys | None = None) -> None:
         self.args = args
+        self.keys = keys
         self.interval_s: float = args.heartbeat_interval
         self.coordinator_id = f"coord-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.journal = FileJournal(Path(args.state_dir)) if args.state_dir else None
@@ -77,15 +103,23 @@ class Coordinator:
             journal=self.journal,
         )
         self.bad = BadInput("coordinator")
+        self.denied_log = RateLimitedLog(print_to(None))
+        self.refusal_log = RateLimitedLog(print_to(None))
         self.stopping = False
         self.ctx = zmq.Context()
+        # The ZAP handler must exist before a CURVE socket binds, or libzmq asks nobody.
+        self.zap = bind_zap(self.ctx) if keys else None
+        self.zap_policy = ZapPolicy(keys.allowed, "coordinator") if keys else None
         self.router = configure(self.ctx.socket(zmq.ROUTER))
         # Route replies to an unreachable peer as an error we can act on, not a silent drop,
         # and let a reconnecting worker take over its routing id from a stale connection.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.status = configure(self.ctx.socket(zmq.XPUB))
-        self.monitors: list[zmq.Socket[bytes]] = []
+        if keys is not None:
+            for sock in (self.router, self.status):
+                curve_server(sock, keys.pair)
+        self.watches: list[HandshakeWatch] = []
         self.deferred: list[tuple[bytes, Message]] = []
 
     def restore(self) -> None:
@@ -110,18 +144,32 @@ class Coordinator:
     def bind(self) -> None:
         tasks = endpoint(self.args.bind, self.args.port)
         status = endpoint(self.args.bind, self.args.status_port)
+        self.watches = [HandshakeWatch(sock) for sock in (self.router, self.status)]
         self.router.bind(tasks)
         self.status.bind(status)
-        for sock in (self.router, self.status):
-            self.monitors.append(sock.get_monitor_socket(HANDSHAKE_FAILURES))
-        print(f"coordinator ready: tasks {tasks}, status {status}", flush=True)
+        if self.keys is None and not is_loopback(self.args.bind):
+            print(
+                f"coordinator: WARNING: {tasks} and {status} are open to the network without "
+                "encryption or authentication: anyone who reaches them can register workers, "
+                "submit tasks and read the status. Start with --keys DIR "
+                "(docs/wire-protocol.md, Security).",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.keys is None:
+            security = "NULL, no encryption"
+        else:
+            security = f"CURVE, {len(self.keys.allowed)} authorized key(s)"
+        print(f"coordinator ready: tasks {tasks}, status {status} ({security})", flush=True)
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.status, zmq.POLLIN)
-        for mon in self.monitors:
-            poller.register(mon, zmq.POLLIN)
+        for watch in self.watches:
+            poller.register(watch.socket, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
         tick_s = self.interval_s / TICKS_PER_INTERVAL
         next_tick = next_status = time.monotonic()
         while not self.stopping:
@@ -132,9 +180,11 @@ class Coordinator:
                 self._read_router(now)
             if self.status in ready:
                 self._read_status_socket()
-            for mon in self.monitors:
-                if mon in ready:
-                    self._read_monitor(mon)
+            if self.zap is not None and self.zap in ready and self.zap_policy is not None:
+                answer_zap(self.zap, self.zap_policy)
+            for watch in self.watches:
+                if watch.socket in ready:
+                    self._read_handshakes(watch)
             if now >= next_tick:
                 self.dispatcher.tick(now)
                 next_tick = now + tick_s
@@ -167,7 +217,12 @@ class Coordinator:
             except ProtocolError as exc:
                 self._bad(f"{exc} in {describe(frame)}")
                 continue
-            if not self.dispatcher.handle(identity, message, now):
+            try:
+                handled = self.dispatcher.handle(identity, message, now)
+            except Exception as exc:  # a bug must cost one message, never the coordinator
+                self._bad(f"{type(message).__name__} failed: {type(exc).__name__}: {exc}")
+                continue
+            if not handled:
                 self._bad(f"{type(message).__name__} is not sent to a coordinator")
 
     def _read_status_socket(self) -> None:
@@ -180,14 +235,18 @@ class Coordinator:
             if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
                 self._bad(f"non-subscription frame on the status port: {describe(frames[0])}")
 
-    def _read_monitor(self, mon: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = mon.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if frames:
-                self._bad("a peer failed the ZMTP handshake (not a ZeroMQ peer?)")
+    def _read_handshakes(self, watch: HandshakeWatch) -> None:
+        for failure in watch.failures():
+            if failure.fault is PeerFault.ABORTED_HANDSHAKE:
+                self.dispatcher.count_aborted_handshake()  # probes: normal, not logged
+            elif failure.fault is PeerFault.DENIED_HANDSHAKE:
+                self.dispatcher.count_denied_handshake()
+                if not failure.by_zap:
+                    self.denied_log(
+                        f"coordinator: denied handshake on {failure.endpoint}: {failure.reason}"
+                    )
+            else:
+                self._bad(f"{failure.reason} on {failure.endpoint}")
 
     def _bad(self, what: str) -> None:
         self.dispatcher.count_bad()
@@ -197,6 +256,11 @@ class Coordinator:
         outbox = self.deferred + self.dispatcher.outbox
         self.deferred, self.dispatcher.outbox = [], []
         for identity, message in outbox:
+            if isinstance(message, Refused):
+                self.refusal_log(
+                    f"coordinator: refused REGISTER of {printable(message.worker_id)} "
+                    f"from {identity!r} ({message.reason}): {message.detail}"
+                )
             try:
                 self.router.send_multipart([identity, encode(message)], zmq.NOBLOCK)
             except zmq.Again:
@@ -225,13 +289,18 @@ class Coordinator:
                     extra = f" after {event.detection_latency_s:.2f}s of silence"
                 if event.recovery_s is not None:
                     extra = f" (recovered after {event.recovery_s:.2f}s)"
-                print(f"coordinator: node {event.node_id} {event.event}{extra}", flush=True)
+                node = printable(event.node_id)
+                print(f"coordinator: node {node} {event.event}{extra}", flush=True)
             self._publish(event)
         return len(events)
 
     def close(self) -> None:
-        for sock in [self.router, self.status, *self.monitors]:
-            sock.close(linger=0 if sock in self.monitors else None)
+        for sock in (self.router, self.status):
+            sock.close()
+        for watch in self.watches:
+            watch.close()
+        if self.zap is not None:
+            self.zap.close(linger=0)
         if self.journal is not None:
             self.journal.close()
         self.ctx.term()
@@ -249,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task-timeout", type=positive_float, default=DEFAULT_TASK_TIMEOUT_S)
     parser.add_argument("--max-tries", type=positive_int, default=DEFAULT_MAX_TRIES)
     parser.add_argument("--state-dir", help="journal directory: accepted tasks survive a crash")
+    add_keys_option(parser, server=True)
     args = parser.parse_args(argv)
     if args.port == args.status_port:
         parser.error("--port and --status-port must differ")
@@ -256,7 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    robust_console()
     args = parse_args(argv)
+    keys = keys_or_exit(load_server_keys, args.keys, "coordinator")
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -269,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        coordinator = Coordinator(args)
+        coordinator = Coordinator(args, keys)
         coordinator.stopping = stopping
         coordinator.restore()
         coordinator.bind()

@@ -12,7 +12,11 @@ Rules it enforces:
   * exactly once: the first result for a task id is recorded, every later one is counted
     as a duplicate and dropped; client re-submissions of a known id are idempotent;
   * a task whose worker died or timed out is retried until ``max_tries`` dispatches, then
-    recorded as failed.
+    recorded as failed;
+  * one holder per worker id: a REGISTER for an id that another live peer holds is REFUSED;
+    the id changes hands only after its holder was silent for a full liveness window (or left);
+  * a bounded worker table: the workers' share of a STATUS frame stays under
+    STATUS_NODES_BUDGET_BYTES (dead and departed workers are forgotten first).
 
 Run the unit tests:  python -m pytest tests/test_cluster_dispatcher.py -q
 """
@@ -20,6 +24,7 @@ Run the unit tests:  python -m pytest tests/test_cluster_dispatcher.py -q
 from __future__ import annotations
 
 import enum
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Final, Protocol
 from cluster_patterns.heartbeat import Liveness, Transition
 from cluster_patterns.protocol import (
     MAX_BATCH,
+    MAX_MESSAGE_BYTES,
     Accepted,
     Assignment,
     Completed,
@@ -40,6 +46,8 @@ from cluster_patterns.protocol import (
     NodeEvent,
     NodeState,
     NodeStatus,
+    RefusalReason,
+    Refused,
     Register,
     Reset,
     Results,
@@ -62,6 +70,12 @@ CLIENT_IDLE_S: Final = 60.0
 # Finished tasks are remembered this long, so a late re-submission gets the recorded
 # outcome instead of a second run; after that their memory is reclaimed.
 DONE_RETENTION_S: Final = 900.0
+# The workers' share of one STATUS frame (which must stay below MAX_MESSAGE_BYTES). A typical
+# worker is counted as about 370 bytes, so this admits some 2,100 workers.
+STATUS_NODES_BUDGET_BYTES: Final = MAX_MESSAGE_BYTES * 3 // 4
+# What one NodeStatus takes besides its id, capabilities and capacity: field names, the state
+# and the widest numbers a heartbeat can put there.
+NODE_STATUS_OVERHEAD_BYTES: Final = 320
 
 
 class TaskState(enum.Enum):
@@ -99,6 +113,7 @@ class WorkerRecord:
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
     load1: float = 0.0
+    status_bytes: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -109,6 +124,12 @@ class WorkerRecord:
         if self.draining or self.liveness.state not in (NodeState.ALIVE, NodeState.SUSPECT):
             return 0
         return max(0, self.capacity - self.in_flight)
+
+
+def status_bytes(msg: Register) -> int:
+    """An upper bound of what this worker takes in a STATUS frame (JSON escapes included)."""
+    text = json.dumps([msg.worker_id, msg.capabilities])
+    return NODE_STATUS_OVERHEAD_BYTES + len(text) + 2 * len(str(msg.capacity))
 
 
 class Journal(Protocol):
@@ -168,6 +189,8 @@ class Dispatcher:
         self._completed: dict[bytes, list[TaskOutcome]] = {}
         self._accepted: dict[bytes, list[str]] = {}
         self._resets: dict[bytes, float] = {}
+        self._refusals: dict[bytes, float] = {}
+        self._table_bytes = 0
         self._finished: deque[tuple[float, str]] = deque()
 
     # --- Restoring from a journal -----------------------------------------------------------
@@ -230,6 +253,30 @@ class Dispatcher:
 
     def _on_register(self, identity: bytes, msg: Register, now: float) -> None:
         record = self.workers.get(msg.worker_id)
+        if record is not None and record.identity != identity and not self._free(record, now):
+            age = record.liveness.age(now)
+            self._refuse(
+                identity,
+                msg.worker_id,
+                RefusalReason.WORKER_ID_IN_USE,
+                f"held by another peer, heard {age:.2f} s ago; "
+                f"free after {record.liveness.dead_after_s:g} s of silence",
+                record.liveness.dead_after_s - age,
+                now,
+            )
+            return
+        needed = status_bytes(msg)
+        if not self._make_room(needed - (record.status_bytes if record else 0), msg.worker_id):
+            self._refuse(
+                identity,
+                msg.worker_id,
+                RefusalReason.CLUSTER_FULL,
+                f"the worker table is full ({len(self.workers)} workers)",
+                self.interval_s * self.liveness,
+                now,
+            )
+            return
+        self._table_bytes += needed - (record.status_bytes if record else 0)
         if record is not None and record.identity != identity:
             self.by_identity.pop(record.identity, None)
         if record is None:
@@ -254,10 +301,51 @@ class Dispatcher:
                 self.events.append(NodeEvent(msg.worker_id, "joined", time.time()))
             else:
                 self._heard(record, now)
+        record.status_bytes = needed
         self._adopt(record, msg.running, now)
         self.by_identity[identity] = msg.worker_id
         self._resets.pop(identity, None)
         self.outbox.append((identity, Welcome(self.coordinator_id, self.interval_s, self.liveness)))
+
+    def _free(self, record: WorkerRecord, now: float) -> bool:
+        """Whether another peer may take this worker id now: its holder is dead or left."""
+        self._check_liveness(record, now)
+        return record.liveness.state in (NodeState.DEAD, NodeState.LEFT)
+
+    def _refuse(
+        self,
+        identity: bytes,
+        worker_id: str,
+        reason: RefusalReason,
+        detail: str,
+        retry_after_s: float,
+        now: float,
+    ) -> None:
+        """Answer a REGISTER with REFUSED, at most once per interval per peer."""
+        self.totals.refused_registrations += 1
+        if now - self._refusals.get(identity, -1e9) < self.interval_s:
+            return
+        self._refusals[identity] = now
+        retry = round(max(self.interval_s, retry_after_s), 3)
+        self.outbox.append((identity, Refused(worker_id, reason.value, detail, retry)))
+
+    def _make_room(self, needed: int, keep: str) -> bool:
+        """Forget dead and departed workers, longest silent first, until ``needed`` more
+        bytes fit in the STATUS budget; False if the live workers alone fill it."""
+        while self._table_bytes + needed > STATUS_NODES_BUDGET_BYTES:
+            gone = [
+                w
+                for w in self.workers.values()
+                if w.worker_id != keep and w.liveness.state in (NodeState.DEAD, NodeState.LEFT)
+            ]
+            if not gone:
+                return False
+            oldest = min(gone, key=lambda w: w.liveness.last_heard)
+            del self.workers[oldest.worker_id]
+            if self.by_identity.get(oldest.identity) == oldest.worker_id:
+                del self.by_identity[oldest.identity]
+            self._table_bytes -= oldest.status_bytes
+        return True
 
     def _adopt(self, record: WorkerRecord, running: list[str], now: float) -> None:
         """Count what a (re-)registering worker still runs: a task we hold as pending (we
@@ -401,6 +489,7 @@ class Dispatcher:
     def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
         batch: list[Assignment] = []
         skipped: list[str] = []
+        clogged = False
         first_dispatch = self.dispatches + 1
         while self.pending and len(batch) < limit:
             task_id = self.pending.popleft()
@@ -411,6 +500,7 @@ class Dispatcher:
             if spec.kind not in worker.capabilities:
                 skipped.append(task_id)
                 if len(skipped) > 4 * MAX_BATCH:
+                    clogged = True
                     break
                 continue
             if task.tries >= self.max_tries:
@@ -420,7 +510,12 @@ class Dispatcher:
                 self.totals.retried += 1
             self._assign(task, worker, now)
             batch.append(Assignment(task_id, task.tries, spec.kind, spec.ms, spec.payload))
-        self.pending.extendleft(reversed(skipped))
+        if clogged:
+            # A long run of tasks this worker cannot run: move it behind the rest, so that
+            # tasks of a kind nobody runs (yet) cannot starve everything queued after them.
+            self.pending.extend(skipped)
+        else:
+            self.pending.extendleft(reversed(skipped))
         if batch:
             ids = [assignment.task_id for assignment in batch]
             self.deadlines.append((now + self.task_timeout_s, first_dispatch, ids))
@@ -471,25 +566,30 @@ class Dispatcher:
     def tick(self, now: float) -> None:
         """Liveness verdicts and task timeouts; call a few times per heartbeat interval."""
         for worker in self.workers.values():
-            transition = worker.liveness.check(now)
-            if transition is None:
-                continue
-            if transition.new is NodeState.DEAD:
-                self._requeue_all(worker, now)
-                worker.orphans.clear()
-            self._publish_transition(worker.worker_id, transition)
+            self._check_liveness(worker, now)
         while self.deadlines and self.deadlines[0][0] <= now:
             _, first_dispatch, task_ids = self.deadlines.popleft()
             for offset, task_id in enumerate(task_ids):
                 self._expire(task_id, first_dispatch + offset, now)
         while self._finished and now - self._finished[0][0] > DONE_RETENTION_S:
             self.tasks.pop(self._finished.popleft()[1], None)
-        for identity, sent in list(self._resets.items()):
-            if now - sent > self.interval_s:
-                del self._resets[identity]
+        for told in (self._resets, self._refusals):
+            for identity, sent in list(told.items()):
+                if now - sent > self.interval_s:
+                    del told[identity]
         for client, last in list(self.clients.items()):
             if now - last > CLIENT_IDLE_S:
                 del self.clients[client]
+
+    def _check_liveness(self, worker: WorkerRecord, now: float) -> None:
+        """Advance one worker's verdict; a dead worker's tasks go back to pending."""
+        transition = worker.liveness.check(now)
+        if transition is None:
+            return
+        if transition.new is NodeState.DEAD:
+            self._requeue_all(worker, now)
+            worker.orphans.clear()
+        self._publish_transition(worker.worker_id, transition)
 
     def _expire(self, task_id: str, dispatch_no: int, now: float) -> None:
         """A dispatch reached its deadline: retry the task, or give up after max_tries."""
@@ -579,4 +679,13 @@ class Dispatcher:
         return stats
 
     def count_bad(self) -> None:
+        """A message or a ZMTP exchange that breaks the protocol."""
         self.totals.bad_messages += 1
+
+    def count_aborted_handshake(self) -> None:
+        """A connection closed before its handshake completed (a probe, a peer giving up)."""
+        self.totals.aborted_handshakes += 1
+
+    def count_denied_handshake(self) -> None:
+        """A handshake the security layer refused (key not allowed, mechanism mismatch)."""
+        self.totals.denied_handshakes += 1

@@ -1,7 +1,9 @@
 """Container health probe: exit 0 when this node's process is up and its socket answers.
 
 Docker's HEALTHCHECK runs it inside each container of docker/docker-compose.yml; it binds
-nothing and sends no ZeroMQ traffic, so the cluster never sees it as a peer.
+nothing and sends no ZeroMQ traffic. The coordinator sees a ``tcp`` probe as a connection that
+closed before its handshake and counts it in ``aborted_handshakes``, not as a bad message (see
+docs/monitoring.md). It works the same with or without CURVE (``--keys``).
 
     tcp        the coordinator: something accepts TCP connections on --port (its ROUTER).
     http       the monitor: GET --url answers 200 (its /health endpoint).

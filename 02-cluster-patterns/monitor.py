@@ -12,10 +12,14 @@ Run it next to a coordinator:
     python 02-cluster-patterns/coordinator.py
     python 02-cluster-patterns/monitor.py --coordinator 127.0.0.1
     curl -s http://127.0.0.1:5572/api/cluster ; open http://127.0.0.1:5572/
+With a CURVE coordinator (``--keys DIR`` on both; see cluster_keys.py):
+    python 02-cluster-patterns/monitor.py --coordinator 10.0.0.5 --keys /tmp/keys
 
 Anything on the SUB socket that the codec rejects is counted
 (cluster_monitor_bad_messages_total), logged at most once per BAD_LOG_INTERVAL_S, and
-dropped: a peer's garbage never takes the monitor down. Ctrl-C / SIGTERM exit 0.
+dropped: a peer's garbage never takes the monitor down. Ctrl-C / SIGTERM exit 0; 1 when the
+HTTP port cannot be bound; 2 bad arguments or key files; 3 the coordinator refused our
+CURVE handshake.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns.cli_args import port_number, positive_float, positive_int
+from cluster_patterns.cluster_keys import (
+    ClientKeys,
+    add_keys_option,
+    keys_or_exit,
+    load_client_keys,
+    refusal_hint,
+    secure_client,
+)
 from cluster_patterns.cluster_metrics import ClusterMetrics
 from cluster_patterns.cluster_view import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -52,6 +64,7 @@ from cluster_patterns.protocol import (
     decode,
     describe,
 )
+from cluster_patterns.transport import HandshakeWatch, PeerFault, robust_console
 
 # Tunables ---------------------------------------------------------------------------------
 DEFAULT_COORDINATOR = "127.0.0.1"
@@ -73,6 +86,7 @@ STATIC_FILES = {
     "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REFUSED_EXIT = 3
 
 log = logging.getLogger("monitor")
 
@@ -105,6 +119,9 @@ def status_report(msg: Status) -> StatusReport:
         "requeued": t.requeued,
         "duplicates": t.duplicates,
         "bad_messages": t.bad_messages,
+        "aborted_handshakes": t.aborted_handshakes,
+        "denied_handshakes": t.denied_handshakes,
+        "refused_registrations": t.refused_registrations,
         "pending": t.pending,
         "in_flight": t.in_flight,
     }
@@ -143,6 +160,10 @@ class RateLimitedLog:
         self._suppressed = 0
 
 
+class StatusRefused(Exception):
+    """The coordinator refused the status channel's handshake (CURVE key or mechanism)."""
+
+
 class StatusFollower:
     """Owns the SUB socket; decodes each message and dispatches it by type.
 
@@ -152,16 +173,23 @@ class StatusFollower:
     the socket away and connects a fresh one (counted as a resubscribe).
     """
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, view: ClusterView) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        view: ClusterView,
+        keys: ClientKeys | None = None,
+    ) -> None:
         self.view = view
         self.metrics = ClusterMetrics(view)
         self._ctx = ctx
         self._endpoint = endpoint
+        self._keys = keys
         self._bad_log = RateLimitedLog(BAD_LOG_INTERVAL_S)
-        self._sock = self._connect()
+        self._sock, self._watch = self._connect()
         self._quiet_since = time.monotonic()
 
-    def _connect(self) -> zmq.asyncio.Socket:
+    def _connect(self) -> tuple[zmq.asyncio.Socket, HandshakeWatch]:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MESSAGE_BYTES)
@@ -170,14 +198,18 @@ class StatusFollower:
         sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(sock, self._keys)
+        watch = HandshakeWatch(sock)
         try:
             sock.connect(self._endpoint)
         except zmq.ZMQError:
+            watch.close()
             sock.close(linger=0)  # or ctx.term() would wait for it forever
             raise
-        return sock
+        return sock, watch
 
     def close(self) -> None:
+        self._watch.close()
         self._sock.close(linger=0)
 
     async def run(self) -> None:
@@ -185,7 +217,16 @@ class StatusFollower:
             if await self._sock.poll(POLL_MS):
                 frames = await self._sock.recv_multipart()
                 self.handle(frames)
+            self._check_handshakes()
             self._resubscribe_if_quiet()
+
+    def _check_handshakes(self) -> None:
+        for failure in self._watch.failures():
+            if failure.fault is PeerFault.DENIED_HANDSHAKE:
+                raise StatusRefused(
+                    f"the coordinator at {self._endpoint} refused the status channel: "
+                    f"{failure.reason}; {refusal_hint(self._keys)}"
+                )
 
     def _resubscribe_if_quiet(self) -> None:
         now = time.monotonic()
@@ -195,8 +236,8 @@ class StatusFollower:
         if quiet_for < limit:
             return
         log.warning("no STATUS from %s for %.1f s: reconnecting", self._endpoint, quiet_for)
-        self._sock.close(linger=0)
-        self._sock = self._connect()
+        self.close()
+        self._sock, self._watch = self._connect()
         self._quiet_since = now
         self.view.on_resubscribe()
 
@@ -287,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="missed intervals before the coordinator counts as gone (until a STATUS says)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every node event")
+    add_keys_option(parser, server=False)
     return parser.parse_args(argv)
 
 
@@ -294,7 +336,7 @@ def _endpoint(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, keys: ClientKeys | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -304,7 +346,7 @@ async def serve(args: argparse.Namespace) -> int:
     ctx = zmq.asyncio.Context()
     endpoint = _endpoint(args.coordinator, args.status_port)
     try:
-        follower = StatusFollower(ctx, endpoint, view)
+        follower = StatusFollower(ctx, endpoint, view, keys)
     except zmq.ZMQError as exc:
         print(f"monitor: error: cannot connect to {endpoint}: {exc}", file=sys.stderr)
         ctx.term()
@@ -332,21 +374,27 @@ async def serve(args: argparse.Namespace) -> int:
     await http.close()
     follower.close()
     ctx.term()
-    if receiver in done and receiver.exception() is not None:
-        print(f"monitor: error: status channel failed: {receiver.exception()}", file=sys.stderr)
+    failure = receiver.exception() if receiver in done else None
+    if isinstance(failure, StatusRefused):
+        print(f"monitor: error: {failure}", file=sys.stderr)
+        return REFUSED_EXIT
+    if failure is not None:
+        print(f"monitor: error: status channel failed: {failure}", file=sys.stderr)
         return 1
     print("monitor stopped", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    robust_console()
     args = parse_args(argv)
+    keys = keys_or_exit(load_client_keys, args.keys, "monitor")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        return asyncio.run(serve(args))
+        return asyncio.run(serve(args, keys))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 0
 

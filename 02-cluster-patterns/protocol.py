@@ -12,7 +12,7 @@ Frame layout (one frame per message; ROUTER adds/strips the peer identity frame)
 Where the messages flow (see docs/wire-protocol.md for the full spec and state machines):
 
     worker  -> coordinator (5570): REGISTER, HEARTBEAT, RESULTS, DRAIN, DEREGISTER
-    coordinator -> worker  (5570): WELCOME, DISPATCH, COORDINATOR_HEARTBEAT, RESET
+    coordinator -> worker  (5570): WELCOME, DISPATCH, COORDINATOR_HEARTBEAT, RESET, REFUSED
     client  -> coordinator (5570): SUBMIT
     coordinator -> client  (5570): ACCEPTED, COMPLETED, COORDINATOR_HEARTBEAT
     coordinator -> monitors (PUB 5571): STATUS, NODE_EVENT, TASK_STATS
@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Final, Union
 
@@ -63,6 +64,7 @@ class MsgType(str, enum.Enum):
     DISPATCH = "DISPATCH"
     COORDINATOR_HEARTBEAT = "COORDINATOR_HEARTBEAT"
     RESET = "RESET"
+    REFUSED = "REFUSED"
     SUBMIT = "SUBMIT"
     ACCEPTED = "ACCEPTED"
     COMPLETED = "COMPLETED"
@@ -93,6 +95,13 @@ class NodeEventKind(str, enum.Enum):
     DEAD = "dead"
     ALIVE = "alive"
     LEFT = "left"
+
+
+class RefusalReason(str, enum.Enum):
+    """Why the coordinator refused a REGISTER (the ``reason`` of REFUSED)."""
+
+    WORKER_ID_IN_USE = "worker_id_in_use"  # another peer holds the id and is alive
+    CLUSTER_FULL = "cluster_full"  # the worker table (and so STATUS) is at its bound
 
 
 # --- Nested records -------------------------------------------------------------------------
@@ -167,6 +176,14 @@ class Totals:
     requeued: int = 0
     duplicates: int = 0
     bad_messages: int = 0
+    # Connections that closed before their ZMTP handshake completed: health probes, sockets
+    # closed while connecting. Not bad input, so not in bad_messages.
+    aborted_handshakes: int = 0
+    # Handshakes the security layer refused: a CURVE key not on the allow-list, a peer with
+    # another security mechanism, a CURVE handshake that does not decrypt.
+    denied_handshakes: int = 0
+    # REGISTERs answered with REFUSED (worker id held by another live peer, table full).
+    refused_registrations: int = 0
     pending: int = 0
     in_flight: int = 0
 
@@ -259,6 +276,18 @@ class Reset:
 
 
 @dataclass(slots=True)
+class Refused:
+    """Coordinator -> would-be worker: REGISTER refused. Do not send more than one REGISTER
+    per ``retry_after_s``; ``reason`` says whether waiting can help (see wire-protocol.md)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REFUSED
+    worker_id: str
+    reason: str
+    detail: str
+    retry_after_s: float
+
+
+@dataclass(slots=True)
 class Submit:
     """Client -> coordinator: tasks to run. Re-submitting a known task id is harmless."""
 
@@ -328,6 +357,7 @@ Message = Union[
     Dispatch,
     CoordinatorHeartbeat,
     Reset,
+    Refused,
     Submit,
     Accepted,
     Completed,
@@ -374,7 +404,10 @@ def _is_bool(value: Any) -> bool:
 def _is_number(value: Any) -> float:
     # JSON has one number type: accept ints where floats are meant, never bools or NaN.
     if type(value) is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            raise ProtocolError("expected a finite number") from None
     if type(value) is not float or not math.isfinite(value):
         raise ProtocolError("expected a finite number")
     return value
@@ -400,7 +433,7 @@ def _one_of(allowed: type[enum.Enum]) -> Check:
     values = frozenset(member.value for member in allowed)
 
     def checked(value: Any) -> str:
-        if value not in values or type(value) is not str:
+        if type(value) is not str or value not in values:
             raise ProtocolError(f"expected one of {sorted(values)}")
         return value
 
@@ -611,6 +644,15 @@ _SCHEMAS: dict[MsgType, tuple[type[Any], dict[str, Check]]] = {
     MsgType.DISPATCH: (Dispatch, {"tasks": _list_of(_ASSIGNMENT, MAX_BATCH)}),
     MsgType.COORDINATOR_HEARTBEAT: (CoordinatorHeartbeat, {"coordinator_id": _is_id}),
     MsgType.RESET: (Reset, {"reason": _is_str}),
+    MsgType.REFUSED: (
+        Refused,
+        {
+            "worker_id": _is_id,
+            "reason": _one_of(RefusalReason),
+            "detail": _is_str,
+            "retry_after_s": _is_number,
+        },
+    ),
     MsgType.SUBMIT: (Submit, {"client_id": _is_id, "tasks": _list_of(_TASK_SPEC, MAX_BATCH)}),
     MsgType.ACCEPTED: (Accepted, {"task_ids": _IDS}),
     MsgType.COMPLETED: (Completed, {"outcomes": _list_of(_TASK_OUTCOME, MAX_BATCH)}),
@@ -679,14 +721,36 @@ def encode(message: Message) -> bytes:
     return frame
 
 
+# A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF). The parser joins a valid pair into
+# one character; a lone one would become a str that cannot be encoded, printed or logged.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _text(frame: bytes) -> str:
+    """The frame as text: strict UTF-8 (json.loads alone would let encoded surrogates in)."""
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"not valid UTF-8 at byte {exc.start}") from None
+
+
+def _refuse_lone_surrogates(body: Any) -> None:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("a string holds a lone surrogate (not valid Unicode)") from None
+
+
 def decode(frame: bytes) -> Message:
     """The message in ``frame``; ProtocolError for anything that is not a valid message."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        body = json.loads(frame)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError/UnicodeDecodeError: ValueError
+        body = json.loads(_text(frame))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"not a JSON document: {str(exc)[:80]}") from None
+    if _SURROGATE_ESCAPE.search(frame):  # rare: only then pay for a second look
+        _refuse_lone_surrogates(body)
     if type(body) is not dict:
         raise ProtocolError("a message is a JSON object")
     version = body.get("v")

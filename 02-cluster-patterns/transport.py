@@ -1,18 +1,36 @@
-"""Socket plumbing shared by the coordinator, worker and client: safe options, bad-input log.
+"""Socket plumbing shared by the coordinator, worker, client and monitor: safe options,
+bad-input log, and what a socket's handshake failures mean.
 
 Every socket made here gets LINGER (so closing never hangs) and, when it faces the
 network, MAXMSGSIZE (so a peer cannot make us allocate a huge frame). ``BadInput`` counts
 what peers send that the codec or the state machine refuses, and logs it at most once per
 second, so a flood of garbage neither kills a daemon nor fills its log.
 
+libzmq reports failed handshakes on a socket monitor; ``classify`` sorts them three ways:
+
+    ABORTED_HANDSHAKE  the peer closed before the handshake completed: a TCP health probe, a
+                       socket closed while connecting. Normal traffic, not bad input.
+    DENIED_HANDSHAKE   the security layer refused it: a CURVE key not on the allow-list,
+                       one side with CURVE and the other without, a wrong server key.
+    BAD_MESSAGE        a ZMTP protocol violation: counted with the malformed messages.
+
+A frame over MAXMSGSIZE is different: libzmq drops that peer's connection and reports only
+an ordinary disconnect, so it cannot be counted (the peer's socket reconnects by itself).
+
 This module binds and connects nothing by itself; see coordinator.py and worker.py.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
+import itertools
 import math
+import os
+import struct
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Final, TextIO, TypeVar
 
 import zmq
@@ -36,6 +54,14 @@ HANDSHAKE_FAILURES: Final = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 
+# The class byte of libzmq's ZMTP security errors (CRYPTOGRAPHIC, MECHANISM_MISMATCH).
+ZMTP_SECURITY_ERRORS: Final = 0x11000000
+PROTOCOL_ERROR_NAMES: Final = {
+    getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_")
+    for name in dir(zmq)
+    if name.startswith("PROTOCOL_ERROR_")
+}
+
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
 
 
@@ -56,6 +82,33 @@ def endpoint(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"tcp://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a port on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # "*", an interface name, a host name: reachable from elsewhere
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: control characters escaped, so a peer's id cannot forge lines."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def robust_console() -> None:
+    """Make print() escape what the terminal's encoding cannot show instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass  # a closed or unusual stream: keep it as it is
 
 
 class RateLimitedLog:
@@ -118,3 +171,90 @@ def decode_from_coordinator(frames: list[bytes], bad: BadInput) -> Message | Non
     except ProtocolError as exc:
         bad.record(f"{exc} in {describe(frames[0])}")
         return None
+
+
+# --- Handshake failures ------------------------------------------------------------------------
+
+
+class PeerFault(enum.Enum):
+    """What a failed handshake means for the counters in STATUS."""
+
+    BAD_MESSAGE = "bad_message"
+    ABORTED_HANDSHAKE = "aborted_handshake"
+    DENIED_HANDSHAKE = "denied_handshake"
+
+
+@dataclass(frozen=True)
+class HandshakeFailure:
+    fault: PeerFault
+    endpoint: str
+    reason: str
+    # A ZAP refusal: the ZAP handler has logged it already, with address and key fingerprint.
+    by_zap: bool = False
+
+
+def classify(event: int, value: int, endpoint: str) -> HandshakeFailure | None:
+    """One socket-monitor event as a HandshakeFailure (None for any other event)."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        why = "closed before the ZMTP handshake completed (a TCP probe or a peer giving up)"
+        return HandshakeFailure(PeerFault.ABORTED_HANDSHAKE, endpoint, why)
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        why = f"the CURVE key was refused (ZAP status {value})"
+        return HandshakeFailure(PeerFault.DENIED_HANDSHAKE, endpoint, why, by_zap=True)
+    if event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return None
+    name = PROTOCOL_ERROR_NAMES.get(value, hex(value))
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        why = "security mechanism mismatch: one side uses CURVE (--keys), the other does not"
+        return HandshakeFailure(PeerFault.DENIED_HANDSHAKE, endpoint, why)
+    if value & 0xFF000000 == ZMTP_SECURITY_ERRORS:
+        why = f"the CURVE handshake failed ({name}): does the client have the right server key?"
+        return HandshakeFailure(PeerFault.DENIED_HANDSHAKE, endpoint, why)
+    return HandshakeFailure(PeerFault.BAD_MESSAGE, endpoint, f"ZMTP protocol error {name}")
+
+
+def parse_monitor_event(frames: list[bytes]) -> HandshakeFailure | None:
+    """A socket monitor's two frames (event id and value; endpoint) as a HandshakeFailure."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        return None
+    event, value = struct.unpack("=HI", frames[0])
+    return classify(event, value, frames[1].decode("utf-8", "replace"))
+
+
+_watch_ids = itertools.count()
+
+
+class HandshakeWatch:
+    """Reports the failed handshakes of one socket, for a loop that polls now and then.
+
+    The monitor's PAIR socket lives in a synchronous view of the watched socket's context, so
+    the same class serves asyncio sockets (worker, client, monitor) and plain ones; it is read
+    without blocking, from the thread that owns the watched socket.
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:  # type: ignore[type-arg]
+        self._watched = sock
+        address = f"inproc://handshakes-{os.getpid()}-{next(_watch_ids)}"
+        sock.monitor(address, HANDSHAKE_FAILURES)
+        self.socket: zmq.Socket[bytes] = zmq.Context.shadow(sock.context.underlying).socket(
+            zmq.PAIR
+        )
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+
+    def failures(self) -> list[HandshakeFailure]:
+        """Every failure reported since the last call (never blocks)."""
+        found: list[HandshakeFailure] = []
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return found
+            failure = parse_monitor_event(frames)
+            if failure is not None:
+                found.append(failure)
+
+    def close(self) -> None:
+        if not self._watched.closed:
+            self._watched.disable_monitor()
+        self.socket.close(linger=0)

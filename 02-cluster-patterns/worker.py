@@ -13,9 +13,18 @@ jitter and a cap, then registers again (reporting the tasks it still runs). SIGT
 Ctrl-C drains: DRAIN (no new tasks), finish what is in flight, DEREGISTER, exit 0; a second
 signal exits at once.
 
+Its routing id is ``worker:<id>:<8 random hex digits>``, fixed for the life of the process:
+a reconnect takes over its own stale connection (ROUTER_HANDOVER), while a second process
+started with the same --id is another peer to the coordinator. That one gets REFUSED; it
+retries while the id may yet fall free (the holder silent for a liveness window, say after a
+crash), and gives up with exit code 3 once the holder stayed alive for two windows. Exit
+code 3 also means the coordinator refused this worker's CURVE handshake (--keys).
+
 Run it (after coordinator.py):
     python 02-cluster-patterns/worker.py --id w1
     python 02-cluster-patterns/worker.py --id w2 --coordinator 127.0.0.1 --capacity 16
+    python 02-cluster-patterns/worker.py --id w3 --keys /tmp/keys    # CURVE, see cluster_keys.py
+Exit codes: 0 after a drain, 1 socket error, 2 bad arguments or key files, 3 refused.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -34,6 +44,14 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns.cli_args import port_number, positive_float, positive_int
+from cluster_patterns.cluster_keys import (
+    ClientKeys,
+    add_keys_option,
+    keys_or_exit,
+    load_client_keys,
+    refusal_hint,
+    secure_client,
+)
 from cluster_patterns.heartbeat import (
     BACKOFF_MAX_S,
     DEFAULT_INTERVAL_S,
@@ -50,6 +68,8 @@ from cluster_patterns.protocol import (
     Drain,
     Heartbeat,
     Message,
+    RefusalReason,
+    Refused,
     Register,
     Reset,
     Results,
@@ -58,26 +78,47 @@ from cluster_patterns.protocol import (
     encode,
 )
 from cluster_patterns.tasks import CAPABILITIES, run, run_quick
-from cluster_patterns.transport import BadInput, configure, decode_from_coordinator, endpoint
+from cluster_patterns.transport import (
+    BadInput,
+    HandshakeWatch,
+    PeerFault,
+    RateLimitedLog,
+    configure,
+    decode_from_coordinator,
+    endpoint,
+    print_to,
+    robust_console,
+)
 
 DEFAULT_CAPACITY: Final = 8
 DEFAULT_COORDINATOR: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5570
 # How often the session loop wakes up, as a fraction of the heartbeat interval.
 WAKEUPS_PER_INTERVAL: Final = 5
+# A refused worker gives up when the coordinator still refuses it this many liveness
+# windows after the first refusal (one window is enough for a crashed holder to expire).
+REFUSED_GIVE_UP_WINDOWS: Final = 2
+REFUSED_EXIT: Final = 3
 
 
 class Worker:
     """One worker process: a session per connection, reconnecting until told to stop."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, keys: ClientKeys | None = None) -> None:
         self.worker_id: str = args.id
+        self.keys = keys
+        self.routing_id = f"worker:{self.worker_id}:{uuid.uuid4().hex[:8]}".encode()
         self.capacity: int = args.capacity
         self.interval_s: float = args.heartbeat_interval
         self.liveness: int = args.liveness
         self.endpoint = endpoint(args.coordinator, args.port)
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
+        self.watch: HandshakeWatch | None = None
+        self.handshake_log = RateLimitedLog(print_to(None), every_s=5.0)
+        self.exit_code = 0
+        self.refused_since: float | None = None
+        self.next_register_at: float | None = None
         self.running: dict[str, asyncio.Task[None]] = {}
         self.outbox: list[TaskResult] = []
         self.flush_scheduled = False
@@ -124,7 +165,7 @@ class Worker:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.ctx.term()
         print(f"worker {self.worker_id} stopped", flush=True)
-        return 0
+        return self.exit_code
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds, but wake up at once for a signal."""
@@ -133,15 +174,18 @@ class Worker:
             await asyncio.sleep(min(0.05, deadline - time.monotonic()))
 
     def _connect(self) -> None:
-        sock = configure(
-            self.ctx.socket(zmq.DEALER), routing_id=f"worker:{self.worker_id}".encode()
-        )
+        sock = configure(self.ctx.socket(zmq.DEALER), routing_id=self.routing_id)
+        secure_client(sock, self.keys)
+        self.watch = HandshakeWatch(sock)
         sock.connect(self.endpoint)
         self.sock = sock
         if not self.registered_once:
             print(f"worker {self.worker_id} ready: connected to {self.endpoint}", flush=True)
 
     def _disconnect(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
         if self.sock is not None:
             self.sock.close(linger=0 if self.stop_now.is_set() else None)
             self.sock = None
@@ -165,7 +209,11 @@ class Worker:
                 if self.draining and not self.running and not self.outbox:
                     self._send(Deregister(self.worker_id))
                     return "done"
-                if now >= next_beat:
+                self._check_handshakes()
+                if self.next_register_at is not None and now >= self.next_register_at:
+                    self.next_register_at = None
+                    self._register()
+                if now >= next_beat and self.refused_since is None:
                     self._send(self._heartbeat())
                     next_beat = now + self.interval_s
                 try:
@@ -225,17 +273,69 @@ class Worker:
             pass
         elif isinstance(message, Welcome):
             self._on_welcome(message)
+        elif isinstance(message, Refused):
+            self._on_refused(message)
         elif isinstance(message, Reset):
-            if self.welcomed or time.monotonic() - self.registered_at > self.interval_s:
+            if self.refused_since is not None:
+                pass  # we register again on the schedule the refusal set
+            elif self.welcomed or time.monotonic() - self.registered_at > self.interval_s:
                 print(f"worker {self.worker_id}: {message.reason}; registering again", flush=True)
                 self.welcomed = False
                 self._register()
         else:
             self.bad.record(f"{type(message).__name__} is not sent to a worker")
 
+    def _on_refused(self, message: Refused) -> None:
+        now = time.monotonic()
+        window = self.interval_s * self.liveness
+        self.welcomed = False
+        if self.refused_since is None:
+            self.refused_since = now
+            print(
+                f"worker {self.worker_id}: registration refused ({message.reason}): "
+                f"{message.detail}; trying again",
+                flush=True,
+            )
+        if now - self.refused_since >= REFUSED_GIVE_UP_WINDOWS * window:
+            if message.reason == RefusalReason.WORKER_ID_IN_USE.value:
+                self._fail(
+                    f"worker id {self.worker_id!r} is in use by another live worker "
+                    f"({message.detail}); start this one with another --id"
+                )
+            else:
+                self._fail(f"the coordinator refused to register this worker: {message.detail}")
+            return
+        # Ask again when the holder may have expired, but often enough that the replies
+        # keep proving the coordinator alive.
+        wait = max(self.interval_s, min(message.retry_after_s, window / 2))
+        self.next_register_at = now + wait
+
+    def _check_handshakes(self) -> None:
+        if self.watch is None:
+            return
+        for failure in self.watch.failures():
+            if failure.fault is PeerFault.DENIED_HANDSHAKE:
+                self._fail(
+                    f"the coordinator at {self.endpoint} refused the connection: "
+                    f"{failure.reason}; {refusal_hint(self.keys)}"
+                )
+                return
+            self.handshake_log(
+                f"worker {self.worker_id}: warning: handshake with {self.endpoint} failed: "
+                f"{failure.reason}; is it the coordinator's task port"
+                + (" and DIR/coordinator.key its public key?" if self.keys else "?")
+            )
+
+    def _fail(self, reason: str) -> None:
+        """Give up for good: one line, exit code 3 (nothing a retry could fix)."""
+        print(f"worker {self.worker_id}: error: {reason}", file=sys.stderr, flush=True)
+        self.exit_code = REFUSED_EXIT
+        self.stop_now.set()
+
     def _on_welcome(self, message: Welcome) -> None:
         self.backoff.reset()
         self.welcomed = True
+        self.refused_since = self.next_register_at = None
         verb = "registered" if not self.registered_once else "registered again"
         self.registered_once = True
         print(f"worker {self.worker_id} {verb} with {message.coordinator_id}", flush=True)
@@ -310,11 +410,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reconnect-max", type=positive_float, default=BACKOFF_MAX_S, help="backoff cap (s)"
     )
+    add_keys_option(parser, server=False)
     return parser.parse_args(argv)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    worker = Worker(args)
+async def amain(args: argparse.Namespace, keys: ClientKeys | None = None) -> int:
+    worker = Worker(args, keys)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, worker.on_signal)
@@ -322,9 +423,11 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    robust_console()
     args = parse_args(argv)
+    keys = keys_or_exit(load_client_keys, args.keys, "worker")
     try:
-        return asyncio.run(amain(args))
+        return asyncio.run(amain(args, keys))
     except zmq.ZMQError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)
         return 1

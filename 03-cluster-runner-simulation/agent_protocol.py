@@ -7,13 +7,20 @@ docs/agent-protocol.md.
 
 Every message is one ZeroMQ multipart message of one or two frames:
 
-    frame 0  header: a UTF-8 JSON object {"v": 1, "type": "<type>", "id": "<request id>", ...}
+    frame 0  header: a UTF-8 JSON object {"v": 2, "type": "<type>", "id": "<request id>", ...}
     frame 1  body:   raw bytes, present only on ``output`` messages (a chunk of stdout/stderr)
 
 Requests (client -> agent) are dispatched ONLY if their type is in
 ``REQUEST_TYPES``: an explicit allow-list, so that no message can reach a
 method that was never meant to be remote (the lesson of Salt's CVE-2020-11651).
-Everything that fails validation raises ``ProtocolError`` with a one-line reason.
+Everything that fails validation raises ``ProtocolError`` with a one-line reason
+that names the field, and nothing else escapes ``decode``: huge integers,
+non-finite numbers, booleans where numbers belong, lone surrogates and bytes that
+are not UTF-8 are all refused here, before any of it can reach a subprocess call.
+``error_reply`` turns such an error into the reply the agent sends.
+
+Version 2 added flow control: the client grants ``credit`` for the reply bytes it
+has read, and the agent sends at most CREDIT_WINDOW_BYTES beyond that.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any, ClassVar
 
 from cluster_runner_simulation.protocols import GpuInfo, SystemConfiguration
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_PORT = 5580
 
 MAX_HEADER_BYTES = 256 * 1024  # a header holds a command line, env and cwd
@@ -39,12 +46,29 @@ MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # per command, stdout + stderr; the rest is
 # Largest message either side accepts (zmq.MAXMSGSIZE); bigger frames drop the connection.
 MAX_REQUEST_BYTES = MAX_HEADER_BYTES
 MAX_REPLY_BYTES = OUTPUT_CHUNK_BYTES + MAX_HEADER_BYTES
+# Flow control: reply bytes (headers and bodies) the agent may send to one connection
+# beyond what the client has credited back; a client credits at least every batch.
+CREDIT_WINDOW_BYTES = 8 * 1024 * 1024
+CREDIT_BATCH_BYTES = 1024 * 1024
+MAX_CREDIT_BYTES = 2**53  # the largest integer every JSON parser holds exactly
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+MAX_INT_DIGITS = 19  # integers longer than this are out of range for every field
+INT64_RANGE = range(-(2**63), 2**63)
+MAX_ERROR_MESSAGE_CHARS = 1024
+MAX_CWD_CHARS = 4096
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: no trailing newline, unlike $
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow this protocol."""
+    """A message that does not follow this protocol.
+
+    ``request_id`` is the id of the offending request when it could be read, else "".
+    """
+
+    def __init__(self, reason: str, request_id: str = "") -> None:
+        super().__init__(reason)
+        self.request_id = request_id
 
 
 class TypeNotAllowed(ProtocolError):
@@ -57,6 +81,7 @@ class MsgType(str, Enum):
     CANCEL = "cancel"
     FACTS = "facts"
     PING = "ping"
+    CREDIT = "credit"
     # replies: agent -> client
     ACCEPTED = "accepted"
     OUTPUT = "output"
@@ -69,7 +94,7 @@ class MsgType(str, Enum):
 
 # The allow-list: the only message types the agent will ever dispatch.
 REQUEST_TYPES: frozenset[MsgType] = frozenset(
-    {MsgType.RUN, MsgType.CANCEL, MsgType.FACTS, MsgType.PING}
+    {MsgType.RUN, MsgType.CANCEL, MsgType.FACTS, MsgType.PING, MsgType.CREDIT}
 )
 REPLY_TYPES: frozenset[MsgType] = frozenset(set(MsgType) - REQUEST_TYPES)
 
@@ -80,9 +105,61 @@ class ErrorCode(str, Enum):
     BUSY = "busy"
     DUPLICATE_ID = "duplicate_id"
     UNKNOWN_ID = "unknown_id"
+    INTERNAL_ERROR = "internal_error"
+
+
+# Messages whose ``id`` may be "": heartbeats and credits concern the connection, and an
+# error answers a request whose id could not be read.
+EMPTY_ID_TYPES: frozenset[MsgType] = frozenset({MsgType.HEARTBEAT, MsgType.CREDIT, MsgType.ERROR})
 
 
 # --- Field validation -------------------------------------------------------------------------
+
+
+class _OutOfRange:
+    """What the header parser returns for an integer with more than MAX_INT_DIGITS digits.
+
+    Parsing it would cost time quadratic in its length (and Python refuses past 4300
+    digits); no field can hold it anyway, so the field validators refuse it by name.
+    """
+
+    def __repr__(self) -> str:
+        return "<number out of range>"
+
+
+OUT_OF_RANGE = _OutOfRange()
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else OUT_OF_RANGE
+
+
+def _parse_constant(name: str) -> float:
+    # NaN and Infinity are not JSON; parsed as floats so the field validators name the field.
+    return float(name)
+
+
+# Built once: json.loads(text, parse_int=...) would build a new decoder for every message.
+_JSON = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
+
+
+def _shown(value: object) -> str:
+    """A peer's value as it may appear in an error message: short, printable ASCII.
+
+    Containers are named, not printed: printing one nested 990 deep would recurse.
+    """
+    if isinstance(value, (list, dict)):
+        return "an array" if isinstance(value, list) else "an object"
+    return ascii(value[:40] if isinstance(value, str) else value)[:42]
+
+
+def _valid_text(value: str, what: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{what} is not valid Unicode (lone surrogate)") from None
+    return value
 
 
 def _req_str(header: dict[str, Any], key: str, max_chars: int, allow_empty: bool = False) -> str:
@@ -93,7 +170,7 @@ def _req_str(header: dict[str, Any], key: str, max_chars: int, allow_empty: bool
         raise ProtocolError(f"field {key!r} longer than {max_chars} characters")
     if not value and not allow_empty:
         raise ProtocolError(f"field {key!r} must not be empty")
-    return value
+    return _valid_text(value, f"field {key!r}")
 
 
 def _opt_str(header: dict[str, Any], key: str, max_chars: int) -> str | None:
@@ -102,33 +179,41 @@ def _opt_str(header: dict[str, Any], key: str, max_chars: int) -> str | None:
     return _req_str(header, key, max_chars)
 
 
-def _opt_positive_float(header: dict[str, Any], key: str) -> float | None:
+def _no_nul(value: str, key: str) -> str:
+    if "\0" in value:
+        raise ProtocolError(f"field {key!r} contains a NUL character")
+    return value
+
+
+def _opt_timeout(header: dict[str, Any], key: str) -> float | None:
     value = header.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(f"field {key!r} must be a number")
-    if not math.isfinite(value) or value <= 0:
-        raise ProtocolError(f"field {key!r} must be a positive finite number")
+        raise ProtocolError(f"field {key!r} must be a number, not {_shown(value)}")
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise ProtocolError(f"field {key!r} must be a finite number in (0, {MAX_TIMEOUT_S:.0f}]")
     return float(value)
 
 
-def _opt_int(header: dict[str, Any], key: str) -> int | None:
+def _opt_int(header: dict[str, Any], key: str, allowed: range = INT64_RANGE) -> int | None:
     value = header.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"field {key!r} must be an integer")
+        raise ProtocolError(f"field {key!r} must be an integer, not {_shown(value)}")
+    if value not in allowed:
+        raise ProtocolError(f"field {key!r} is out of range")
     return value
 
 
-def _int(header: dict[str, Any], key: str) -> int:
-    value = _opt_int(header, key)
+def _int(header: dict[str, Any], key: str, allowed: range = INT64_RANGE) -> int:
+    value = _opt_int(header, key, allowed)
     return 0 if value is None else value
 
 
-def _bool(header: dict[str, Any], key: str) -> bool:
-    value = header.get(key, False)
+def _bool(header: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = header.get(key, default)
     if not isinstance(value, bool):
         raise ProtocolError(f"field {key!r} must be true or false")
     return value
@@ -141,8 +226,9 @@ def _env(header: dict[str, Any]) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) > MAX_ENV_ENTRIES:
         raise ProtocolError(f"field 'env' must be an object of at most {MAX_ENV_ENTRIES} strings")
     for name, text in value.items():
-        if not ENV_NAME.match(name) or not isinstance(text, str) or "\0" in text:
-            raise ProtocolError(f"env entry {name!r} is not NAME=string")
+        if not ENV_NAME.fullmatch(name) or not isinstance(text, str) or "\0" in text:
+            raise ProtocolError(f"field 'env': entry {_shown(name)} is not NAME=string")
+        _valid_text(text, f"field 'env': the value of {name}")
     return dict(value)
 
 
@@ -177,15 +263,13 @@ class RunRequest(Message):
 
     @classmethod
     def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        command = _req_str(header, "command", MAX_COMMAND_CHARS)
-        if "\0" in command:
-            raise ProtocolError("field 'command' contains a NUL character")
+        cwd = _opt_str(header, "cwd", MAX_CWD_CHARS)
         return cls(
             msg_id,
-            command=command,
-            timeout=_opt_positive_float(header, "timeout"),
+            command=_no_nul(_req_str(header, "command", MAX_COMMAND_CHARS), "command"),
+            timeout=_opt_timeout(header, "timeout"),
             env=_env(header),
-            cwd=_opt_str(header, "cwd", 4096),
+            cwd=None if cwd is None else _no_nul(cwd, "cwd"),
         )
 
 
@@ -202,6 +286,23 @@ class FactsRequest(Message):
 @dataclass(frozen=True)
 class PingRequest(Message):
     TYPE = MsgType.PING
+
+
+@dataclass(frozen=True)
+class Credit(Message):
+    """The client has read ``nbytes`` more reply bytes (headers and bodies) on this connection."""
+
+    TYPE = MsgType.CREDIT
+    nbytes: int = 0
+
+    def header_fields(self) -> dict[str, Any]:
+        return {"bytes": self.nbytes}
+
+    @classmethod
+    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
+        if header.get("bytes") is None:
+            raise ProtocolError("field 'bytes' is required")
+        return cls(msg_id, nbytes=_int(header, "bytes", range(1, MAX_CREDIT_BYTES + 1)))
 
 
 @dataclass(frozen=True)
@@ -235,7 +336,10 @@ class Exit(Message):
     exit_signal: str | None = None
     timed_out: bool = False
     cancelled: bool = False
-    dropped_bytes: int = 0  # output beyond MAX_OUTPUT_BYTES, drained but not sent
+    # Output drained but not sent: beyond MAX_OUTPUT_BYTES, or unsendable when a timeout or
+    # cancel killed a command whose client had stopped reading.
+    dropped_bytes: int = 0
+    started: bool = True  # false: the run ended (timeout, cancel) while queued for a slot
 
     def header_fields(self) -> dict[str, Any]:
         return {
@@ -244,6 +348,7 @@ class Exit(Message):
             "timed_out": self.timed_out,
             "cancelled": self.cancelled,
             "dropped_bytes": self.dropped_bytes,
+            "started": self.started,
         }
 
     @classmethod
@@ -254,7 +359,8 @@ class Exit(Message):
             exit_signal=_opt_str(header, "exit_signal", 32),
             timed_out=_bool(header, "timed_out"),
             cancelled=_bool(header, "cancelled"),
-            dropped_bytes=_int(header, "dropped_bytes"),
+            dropped_bytes=_int(header, "dropped_bytes", range(2**63)),
+            started=_bool(header, "started", default=True),
         )
 
 
@@ -297,7 +403,7 @@ class Heartbeat(Message):
 
     @classmethod
     def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(msg_id, running=_int(header, "running"))
+        return cls(msg_id, running=_int(header, "running", range(2**31)))
 
 
 @dataclass(frozen=True)
@@ -314,7 +420,7 @@ class ErrorReply(Message):
         return cls(
             msg_id,
             code=_req_str(header, "code", 64),
-            message=_req_str(header, "message", 4096, allow_empty=True),
+            message=_req_str(header, "message", MAX_ERROR_MESSAGE_CHARS, allow_empty=True),
         )
 
 
@@ -325,6 +431,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         CancelRequest,
         FactsRequest,
         PingRequest,
+        Credit,
         Accepted,
         Output,
         Exit,
@@ -350,43 +457,87 @@ def encode(message: Message) -> list[bytes]:
 
 
 def decode(frames: list[bytes], allowed: frozenset[MsgType]) -> Message:
-    """Frames as a message, or ``ProtocolError``; types outside ``allowed`` are refused."""
-    if not 1 <= len(frames) <= 2:
-        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
-    raw = frames[0]
+    """Frames as a message, or ``ProtocolError``; types outside ``allowed`` are refused.
+
+    The error carries the request's id when the header got far enough to show one.
+    """
+    if not frames:
+        raise ProtocolError("expected 1 or 2 frames, got 0")
+    header = _parse_header(frames[0])
+    try:
+        return _decode_header(header, frames, allowed)
+    except ProtocolError as exc:
+        exc.request_id = _readable_id(header)
+        raise
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header larger than {MAX_HEADER_BYTES} bytes")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError("header is not UTF-8 JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("header is not valid UTF-8") from None
+    try:
+        header = _JSON.decode(text)
+    except ValueError:
+        raise ProtocolError("header is not JSON") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack
         raise ProtocolError("header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {header.get('v')!r}")
+    return header
+
+
+def _decode_header(
+    header: dict[str, Any], frames: list[bytes], allowed: frozenset[MsgType]
+) -> Message:
+    if len(frames) > 2:
+        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"field 'v': unsupported protocol version {_shown(version)}; "
+            f"this side speaks {PROTOCOL_VERSION}"
+        )
+    type_name = header.get("type")
+    if not isinstance(type_name, str):
+        raise ProtocolError("field 'type' must be a string")
     try:
-        msg_type = MsgType(header.get("type"))
+        msg_type = MsgType(type_name)
     except ValueError:
-        raise ProtocolError(f"unknown message type {str(header.get('type'))[:40]!r}") from None
-    if msg_type not in allowed:
-        raise TypeNotAllowed(f"message type {msg_type.value!r} is not allowed here")
-    msg_id = _req_str(header, "id", MAX_ID_CHARS, allow_empty=msg_type is MsgType.HEARTBEAT)
+        msg_type = None
+    if msg_type is None or msg_type not in allowed:
+        raise TypeNotAllowed(f"message type {_shown(type_name)} is not allowed here")
+    msg_id = _req_str(header, "id", MAX_ID_CHARS, allow_empty=msg_type in EMPTY_ID_TYPES)
     body = frames[1] if len(frames) == 2 else None
     if body is not None and msg_type is not MsgType.OUTPUT:
         raise ProtocolError(f"a {msg_type.value!r} message has no body frame")
     return MESSAGE_CLASSES[msg_type].from_header(msg_id, header, body)
 
 
+def _readable_id(header: dict[str, Any]) -> str:
+    value = header.get("id")
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        return ""
+    try:
+        return _valid_text(value, "id")
+    except ProtocolError:
+        return ""
+
+
+def error_reply(exc: ProtocolError) -> ErrorReply:
+    """The ``error`` reply for a request that failed to decode."""
+    code = ErrorCode.NOT_ALLOWED if isinstance(exc, TypeNotAllowed) else ErrorCode.BAD_REQUEST
+    return ErrorReply(exc.request_id, code.value, str(exc)[:MAX_ERROR_MESSAGE_CHARS])
+
+
 def request_id_of(frames: list[bytes]) -> str:
     """Best effort: the id of a message that failed to decode, for the error reply."""
     try:
-        header = json.loads(frames[0])
-        value = header.get("id") if isinstance(header, dict) else None
-    except (ValueError, IndexError, RecursionError):
+        return _readable_id(_parse_header(frames[0])) if frames else ""
+    except ProtocolError:
         return ""
-    return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else ""
 
 
 # --- Facts ------------------------------------------------------------------------------------

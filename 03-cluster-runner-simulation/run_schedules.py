@@ -19,7 +19,8 @@ journal in-process with fsync per record, as cluster_runner does today.
 --shadow (A/B, integration phase 3) answers from --transport and mirrors every command to
 the other transport, then reports any difference in exit status or stdout.
 
-Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments or descriptor;
+Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments, descriptor or journal
+path (a directory, read-only, full);
 3 nodes unreachable while building the context; 4 the journal failed; 130 interrupted.
 """
 
@@ -45,7 +46,7 @@ from cluster_runner_simulation.descriptor import (
     NodeSpec,
     load_descriptor,
 )
-from cluster_runner_simulation.journal_format import FileJournalWriter
+from cluster_runner_simulation.journal_format import FileJournalWriter, JournalFileError
 from cluster_runner_simulation.local_sshd import (
     LocalAgents,
     LocalSshd,
@@ -104,13 +105,22 @@ def local_collector(journal: Path) -> Iterator[str]:
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + COLLECTOR_START_S
-        line = ""
-        while time.monotonic() < deadline and "listening" not in line:
+        said = ""
+        listening = False
+        while time.monotonic() < deadline and not listening:
             line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-        if "listening" not in line:
-            raise JournalError(f"journal collector did not start: {line.strip()}")
+            if not line:
+                break  # end of output: the collector exited
+            listening = "listening" in line
+            said = line.strip() or said
+        if not listening:
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code == 2:  # the collector's code for an unusable journal path
+                raise JournalFileError(said.replace(": error:", ":", 1), journal)
+            raise JournalError(f"journal collector did not start: {said or 'no output'}")
         yield f"tcp://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -219,6 +229,9 @@ def main_with(args: argparse.Namespace) -> int:
             except ContextBuildError as exc:
                 print(f"run_schedules: error: {exc}", file=sys.stderr)
                 return 3
+            except JournalFileError as exc:
+                print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
+                return 2
             except (JournalError, ExceptionGroup) as exc:
                 print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
                 return 4

@@ -349,8 +349,10 @@ async def test_corrupted_middle_record_is_reported(
     lines[2] = lines[2].replace(b'"line"', b'"LINE"')  # same length, wrong checksum
     path.write_bytes(b"\n".join(lines))
 
+    offset = len(lines[0]) + len(lines[1]) + 2
     restarted = spawn(COLLECTOR, "collector", "--path", str(path), "--port", str(port))
     assert restarted.wait() == 3
-    assert "line 3: checksum mismatch" in restarted.stderr()
+    assert f"line 3 (byte offset {offset}): checksum mismatch" in restarted.stderr()
     read = run(COLLECTOR, "read", str(path))
-    assert read.returncode == 3 and "line 3" in read.stderr
+    assert read.returncode == 3 and f"line 3 (byte offset {offset})" in read.stderr
+    assert path.read_bytes() == b"\n".join(lines)  # refused, and touched nothing

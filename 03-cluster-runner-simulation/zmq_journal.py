@@ -10,12 +10,21 @@ thread, so the next batch is collected meanwhile. A writer's ``write()`` returns
 only after that acknowledgement, so an acknowledged record is on disk.
 
   * Duplicates: a record id already in the journal is acknowledged, not stored again.
+  * Validation: a record is checked exactly as every later start will check its line
+    (``journal_format.checked_line``); one that could not be read back gets a NACK and a
+    reason. Writers refuse an oversized or non-finite record before sending it.
   * Retries: a writer re-sends an unacknowledged record (same id) every
     ``RETRY_INTERVAL_S`` until ``WRITE_TIMEOUT_S``, so a collector restart loses nothing.
   * Flow control: at most ``MAX_INFLIGHT`` writes wait per writer; the next one
     blocks, and raises ``JournalError`` after the timeout. Nothing is dropped silently.
-  * Crash safety: on start the collector cuts a torn last line and refuses to start
-    (exit 3, naming the line) if any earlier line is corrupt.
+  * Crash safety: on start the collector cuts a torn (unterminated) last line and refuses to
+    start (exit 3, naming the line and byte offset) if any complete line fails its check;
+    ``repair PATH`` then keeps the valid prefix and moves the rest to a copy.
+  * Unusable journal path (a directory, read-only, full disk, locked): one line, exit 2; a
+    failed commit is cut back, its records get a NACK with the reason, and the collector stops.
+  * Hostile peers: a bad message is counted and logged rate-limited, an unexpected error
+    while handling one is counted apart; neither ends the loop. Queues are bounded (HWMs,
+    ``MAX_MSG_BYTES``, ``MAX_BATCH_BYTES``).
   * Security: without --keys the collector binds loopback only. With --keys DIR (made by
     ``zmq_node_agent.py keys generate DIR``) it speaks CURVE, using DIR/agent.key_secret, and
     a ZAP handler admits only the writer keys in DIR/authorized_clients/.
@@ -26,7 +35,11 @@ Default port 5590 (outside the course's 5570-5572). Run:
     python 03-cluster-runner-simulation/zmq_journal.py collector --path J.jsonl \\
         --bind 0.0.0.0 --keys /etc/cluster-keys          # writers: ZmqJournalWriter(..., keys_dir=)
     python 03-cluster-runner-simulation/zmq_journal.py read J.jsonl --format table
+    python 03-cluster-runner-simulation/zmq_journal.py repair J.jsonl
     python 03-cluster-runner-simulation/zmq_journal.py bench --writers 16 --records 20000
+
+Exit codes: 0 done; 1 cannot bind; 2 bad arguments, bad keys, or an unusable journal path;
+3 the journal is corrupt (nothing was changed); 130 interrupted.
 
 From code: ``journal = ZmqJournalWriter("tcp://127.0.0.1:5590")``;
 ``await journal.write(result)``; ``await journal.close()``.
@@ -51,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -63,11 +76,15 @@ from zmq.auth.thread import ThreadAuthenticator
 from cluster_runner_simulation.agent_keys import AGENT_NAME, AUTHORIZED_DIR, CLIENT_NAME
 from cluster_runner_simulation.agent_keys import KeyFileError, load_keypair, load_public
 from cluster_runner_simulation.journal_format import (
+    MAX_ID_CHARS,
     AppendOnlyFile,
     FileJournalWriter,
     JournalCorruption,
-    canonical_body,
-    encode_line,
+    JournalFileError,
+    RecordRejected,
+    checked_line,
+    encode_record,
+    repair_journal,
     scan_journal,
 )
 from cluster_runner_simulation.protocols import (
@@ -79,17 +96,20 @@ from cluster_runner_simulation.protocols import (
 DEFAULT_PORT = 5590
 DEFAULT_BIND = "127.0.0.1"
 PROTOCOL = b"ZJ1"
-MAX_MSG_BYTES = 16 << 20  # bigger frames are garbage; ZeroMQ drops the peer
-MAX_BATCH = 4096  # records one group commit takes at most
-MAX_ID_CHARS = 4096
-RECV_HWM = 10_000  # messages queued per peer before ZeroMQ pushes back
+MAX_MSG_BYTES = 8 << 20  # bigger frames are garbage; ZeroMQ drops the peer
+MAX_BATCH = 4096  # records one group commit takes at most (and one WRITE carries at most)
+MAX_BATCH_BYTES = 64 << 20  # bytes of lines one group commit holds at most
+MAX_LENGTH_DIGITS = len(str(MAX_MSG_BYTES))  # a body length in the WRITE index
+HWM = 100  # messages queued per peer and direction before ZeroMQ pushes back or drops
+CLOSE_LINGER_MS = 500  # the last ACKs and NACKs get this long to leave on close
 POLL_MS = 200  # how often the collector looks at its stop flag
 WRITE_TIMEOUT_S = 30.0  # a write() that is not durable by then raises JournalError
 RETRY_INTERVAL_S = 1.0  # re-send an unacknowledged record after this long
 MAX_INFLIGHT = 1024  # writes one writer lets wait for acknowledgement
 MAX_RECORDS_PER_MESSAGE = 512  # records a writer packs into one WRITE
-BAD_MESSAGE_LOG_EVERY_S = 5.0
-COMMIT_DONE_ENDPOINT = "inproc://journal-commit-done"  # rate limit for "bad message" log lines
+MAX_BODIES_PER_MESSAGE = 4 << 20  # bytes of bodies a writer packs into one WRITE (and 1 more)
+BAD_MESSAGE_LOG_EVERY_S = 5.0  # rate limit for "bad message" log lines
+COMMIT_DONE_ENDPOINT = "inproc://journal-commit-done"
 
 log = logging.getLogger("zmq_journal")
 
@@ -139,11 +159,15 @@ def encode(msg: JournalMsg) -> list[bytes]:
 
 
 def decode(frames: Sequence[bytes]) -> JournalMsg:
+    """The one codec's decoder: ``ProtocolError`` is the only error it raises."""
     if len(frames) < 2 or frames[0] != PROTOCOL:
         raise ProtocolError("not a journal message (bad protocol frame)")
     try:
-        kind = MsgType(frames[1])
-        parts = [bytes(f) for f in frames[2:]]
+        kind = MsgType(bytes(frames[1]))
+    except ValueError:
+        raise ProtocolError(f"unknown message type {bytes(frames[1])[:16]!r}") from None
+    parts = [bytes(f) for f in frames[2:]]
+    try:
         if kind is MsgType.WRITE:
             if len(parts) != 2:
                 raise ProtocolError("WRITE needs an index frame and a bodies frame")
@@ -157,19 +181,21 @@ def decode(frames: Sequence[bytes]) -> JournalMsg:
         return NackMsg(parts[0].decode(), parts[1].decode(errors="replace"))
     except UnicodeDecodeError:
         raise ProtocolError("record id is not UTF-8") from None
-    except ValueError as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(f"unknown message type {bytes(frames[1])[:16]!r}") from None
 
 
 def split_bodies(index: str, bodies: bytes) -> tuple[tuple[str, bytes], ...]:
     """Cut the bodies frame along the index frame's ``<length> <id>`` lines."""
+    if index.count("\n") >= MAX_BATCH:
+        raise ProtocolError(f"a WRITE carries at most {MAX_BATCH} records")
     records = []
     offset = 0
     for entry in index.split("\n"):
         length, _, record_id = entry.partition(" ")
-        if not (length.isascii() and length.isdigit()) or not 0 < len(record_id) <= MAX_ID_CHARS:
+        if not (0 < len(length) <= MAX_LENGTH_DIGITS and length.isascii() and length.isdigit()):
+            raise ProtocolError(
+                f"WRITE index lines are '<length of 1-{MAX_LENGTH_DIGITS} digits> <id>'"
+            )
+        if not 0 < len(record_id) <= MAX_ID_CHARS:
             raise ProtocolError(f"WRITE index lines are '<length> <id of 1-{MAX_ID_CHARS} chars>'")
         end = offset + int(length)
         records.append((record_id, bodies[offset:end]))
@@ -181,33 +207,36 @@ def split_bodies(index: str, bodies: bytes) -> tuple[tuple[str, bytes], ...]:
     return tuple(records)
 
 
-def validate_body(record_id: str, body: bytes) -> None:
-    """The collector's boundary check: a JSON object whose record_id matches, one line."""
-    if b"\n" in body or b"\r" in body:
-        raise ProtocolError("body contains a line break")
+def validate_body(record_id: str, body: bytes) -> bytes:
+    """The collector's boundary check; returns the journal line, or raises ``ProtocolError``.
+
+    It is the check every later start applies to the line (``journal_format.checked_line``),
+    so a record that passes here can always be read back.
+    """
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError("body is not JSON") from None
-    if not isinstance(parsed, dict) or parsed.get("record_id") != record_id:
-        raise ProtocolError("body is not an object carrying the same record_id")
+        return checked_line(record_id, body)
+    except RecordRejected as exc:
+        raise ProtocolError(exc.reason) from None
 
 
 # --- Collector --------------------------------------------------------------------------------
 
 
 class RateLimitedLog:
-    def __init__(self, every_s: float) -> None:
+    """Counts events and logs at most one line per ``every_s`` (never a traceback)."""
+
+    def __init__(self, every_s: float, what: str = "bad message") -> None:
         self.every_s = every_s
+        self.what = what
         self.count = 0
-        self._last = 0.0
+        self._last = -every_s
 
     def bad(self, peer: bytes, reason: str) -> None:
         self.count += 1
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
-            log.warning("bad message #%d from peer %s: %s", self.count, peer.hex(), reason)
+            log.warning("%s #%d from peer %s: %s", self.what, self.count, peer.hex(), reason[:300])
 
 
 @dataclass
@@ -215,10 +244,17 @@ class _Batch:
     """Records of one group commit, and who to acknowledge once they are durable."""
 
     lines: list[bytes] = field(default_factory=list)
+    line_ids: list[str] = field(default_factory=list)  # the record id of each line
     ids: set[str] = field(default_factory=set)
     acks: dict[bytes, list[str]] = field(default_factory=dict)
     records: int = 0
-    error: OSError | None = None
+    bytes: int = 0
+    written: int = 0  # lines durable so far (fsync per record may fail half-way)
+    error: JournalError | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.records >= MAX_BATCH or self.bytes >= MAX_BATCH_BYTES
 
 
 class JournalCollector:
@@ -234,34 +270,45 @@ class JournalCollector:
     ) -> None:
         # Keys first: a bad key file must stop us before the journal is touched.
         server = load_keypair(keys_dir / f"{AGENT_NAME}.key_secret") if keys_dir else None
-        self.file = AppendOnlyFile(path)  # recovers; raises JournalCorruption
+        # Recovers; raises JournalCorruption, or JournalFileError for an unusable path.
+        self.file = AppendOnlyFile(path)
         self.group_commit = group_commit
         self.ctx = zmq.Context()
         self.auth: ThreadAuthenticator | None = None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
-        self.sock.setsockopt(zmq.RCVHWM, RECV_HWM)
-        self.sock.setsockopt(zmq.SNDHWM, RECV_HWM)
-        if keys_dir is not None and server is not None:
-            # CURVE, and a ZAP allow-list: only writers whose public key is authorized.
-            self.auth = ThreadAuthenticator(self.ctx)
-            self.auth.start()
-            self.auth.configure_curve(domain="*", location=str(keys_dir / AUTHORIZED_DIR))
-            self.sock.setsockopt(zmq.CURVE_SERVER, 1)
-            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, server.public)
-            self.sock.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
-        self.sock.bind(endpoint)
+        self.sock.setsockopt(zmq.RCVHWM, HWM)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        try:
+            if keys_dir is not None and server is not None:
+                # CURVE, and a ZAP allow-list: only writers whose public key is authorized.
+                self.auth = ThreadAuthenticator(self.ctx)
+                self.auth.start()
+                self.auth.configure_curve(domain="*", location=str(keys_dir / AUTHORIZED_DIR))
+                self.sock.setsockopt(zmq.CURVE_SERVER, 1)
+                self.sock.setsockopt(zmq.CURVE_PUBLICKEY, server.public)
+                self.sock.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
+            self.sock.bind(endpoint)
+        except BaseException:
+            self.close()
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.bad = RateLimitedLog(BAD_MESSAGE_LOG_EVERY_S)
+        self.unexpected = RateLimitedLog(BAD_MESSAGE_LOG_EVERY_S, "unexpected error")
         self._next = _Batch()  # being collected
         self._in_flight: _Batch | None = None  # being fsynced by the commit thread
         self._commits: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self.failed: OSError | None = None
+        self.failed: JournalError | None = None
         self.stored = 0
         self.duplicates = 0
         self.commits = 0
         self.stopping = False
+
+    @property
+    def errors(self) -> int:
+        """Unexpected errors while handling a message (each survived, counted, logged)."""
+        return self.unexpected.count
 
     def serve(self) -> None:
         """Receive while the previous batch is being fsynced; acknowledge once it is durable.
@@ -283,14 +330,14 @@ class JournalCollector:
         try:
             while not self.stopping or self._in_flight is not None:
                 # A full next batch waits for the commit; the rest waits in ZeroMQ's queues.
-                full = self.stopping or self._next.records >= MAX_BATCH
+                full = self.stopping or self._next.full
                 events = dict((commits_only if full else everything).poll(POLL_MS))
                 if self.sock in events:
                     self._drain()
                 if done_rx in events:
                     done_rx.recv()
                     self._finish_commit()
-                if self._in_flight is None and self._next.acks:
+                if self._in_flight is None and self._next.acks and self.failed is None:
                     self._start_commit()
         finally:
             self._commits.put(None)
@@ -298,22 +345,28 @@ class JournalCollector:
             done_rx.close(linger=0)
 
     def _drain(self) -> None:
-        """Move every WRITE that has arrived (up to MAX_BATCH records) into the next batch."""
-        while self._next.records < MAX_BATCH:
+        """Move every WRITE that has arrived (up to a full batch) into the next batch."""
+        while not self._next.full:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            peer, body = frames[0], frames[1:]
+            peer = frames[0]
             try:
-                msg = decode(body)
-                if not isinstance(msg, WriteMsg):
-                    raise ProtocolError(f"collectors only accept WRITE, got {type(msg).__name__}")
-            except ProtocolError as exc:
-                self.bad.bad(peer, str(exc))
-                continue
-            for record_id, record in msg.records:
-                self._take(peer, record_id, record)
+                self._handle(peer, frames[1:])
+            except Exception as exc:  # a bug must cost one message, never the collector
+                self.unexpected.bad(peer, f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+            if not isinstance(msg, WriteMsg):
+                raise ProtocolError(f"collectors only accept WRITE, got {type(msg).__name__}")
+        except ProtocolError as exc:
+            self.bad.bad(peer, str(exc))
+            return
+        for record_id, record in msg.records:
+            self._take(peer, record_id, record)
 
     def _take(self, peer: bytes, record_id: str, body: bytes) -> None:
         batch = self._next
@@ -324,13 +377,15 @@ class JournalCollector:
             self.duplicates += 1
         else:
             try:
-                validate_body(record_id, body)
+                line = validate_body(record_id, body)
             except ProtocolError as exc:
-                self.bad.bad(peer, f"record {record_id!r}: {exc}")
+                self.bad.bad(peer, f"record {record_id[:64]!r}: {exc}")
                 self._send(peer, NackMsg(record_id, str(exc)))
                 return
-            batch.lines.append(encode_line(record_id, body))
+            batch.lines.append(line)
+            batch.line_ids.append(record_id)
             batch.ids.add(record_id)
+            batch.bytes += len(line)
         batch.acks.setdefault(peer, []).append(record_id)
 
     def _start_commit(self) -> None:
@@ -342,15 +397,33 @@ class JournalCollector:
         assert batch is not None
         self._in_flight = None
         if batch.error is not None:
-            # Nothing is acknowledged; writers time out with JournalError and we stop.
-            log.error("journal write failed, stopping: %s", batch.error)
-            self.stopping = True
-            self.failed = batch.error
+            self._fail(batch, batch.error)
             return
         self.file.ids |= batch.ids
         self.stored += len(batch.ids)
         for peer, ids in batch.acks.items():
             self._send(peer, AckMsg(tuple(ids)))
+
+    def _fail(self, batch: _Batch, error: JournalError) -> None:
+        """The journal cannot be written: say so to every waiting writer, then stop.
+
+        The commit cut its partial append back, so the file is as it was before the batch
+        (less any lines already fsynced one by one, which are acknowledged).
+        """
+        durable = set(batch.line_ids[: batch.written])
+        self.file.ids |= durable
+        self.stored += len(durable)
+        lost = batch.ids - durable
+        reason = f"the collector cannot write its journal and stops: {error}"
+        for pending, not_durable in ((batch, lost), (self._next, self._next.ids | lost)):
+            for peer, ids in pending.acks.items():
+                if acked := tuple(i for i in ids if i not in not_durable):
+                    self._send(peer, AckMsg(acked))
+                for record_id in (i for i in ids if i in not_durable):
+                    self._send(peer, NackMsg(record_id, reason))
+        self._next = _Batch()
+        self.failed = error
+        self.stopping = True
 
     def _commit_thread(self) -> None:
         done_tx = self.ctx.socket(zmq.PAIR)
@@ -361,13 +434,17 @@ class JournalCollector:
                 try:
                     if self.group_commit:
                         self.file.append(b"".join(batch.lines))  # one write, one fsync
+                        batch.written = len(batch.lines)
                         self.commits += 1 if batch.lines else 0
                     else:
                         for line in batch.lines:  # the fsync-per-record baseline
                             self.file.append(line)
+                            batch.written += 1
                             self.commits += 1
-                except OSError as exc:
+                except JournalError as exc:
                     batch.error = exc
+                except Exception as exc:  # reported like a write error, never a silent thread
+                    batch.error = JournalError(f"{self.file.path}: commit failed: {exc!r}")
                 done_tx.send(b"")
         finally:
             done_tx.close(linger=0)
@@ -377,9 +454,11 @@ class JournalCollector:
             self.sock.send_multipart([peer, *encode(msg)], zmq.NOBLOCK)
         except zmq.Again:
             pass  # the writer is not reading; it re-sends and gets a duplicate ACK later
+        except zmq.ZMQError as exc:
+            self.unexpected.bad(peer, f"cannot answer: {exc}")
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.sock.close(linger=CLOSE_LINGER_MS)  # the last ACKs and NACKs may still leave
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
@@ -423,7 +502,7 @@ class ZmqJournalWriter:
         self._sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
-        self._sock.setsockopt(zmq.SNDHWM, RECV_HWM)
+        self._sock.setsockopt(zmq.SNDHWM, HWM)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if keys_dir is not None:
@@ -445,6 +524,8 @@ class ZmqJournalWriter:
     async def write(self, test_result: PerfTestResult) -> None:
         if self._closed:
             raise JournalError("journal writer is closed")
+        # Refused here, before anything is sent: too big, not finite, or a bad record id.
+        body = encode_record(test_result)
         self._start()
         loop = asyncio.get_running_loop()
         record_id = test_result.record_id
@@ -462,7 +543,7 @@ class ZmqJournalWriter:
         waiter: asyncio.Future[None] = loop.create_future()
         pending = self._pending.get(record_id)
         if pending is None:
-            pending = _Pending(canonical_body(test_result.to_record()), {})
+            pending = _Pending(body, {})
             self._pending[record_id] = pending
             self._outbox.append(record_id)
             self._wake.set()
@@ -502,7 +583,10 @@ class ZmqJournalWriter:
                 overdue = self._sweep(now)
                 self.retries += len(overdue)
                 batch += overdue
-            await self._send(batch, now)
+            try:
+                await self._send(batch, now)
+            except zmq.ZMQError as exc:  # the sweep above must go on, or writes would hang
+                log.warning("cannot send to the collector at %s: %s", self.endpoint, exc)
 
     def _sweep(self, now: float) -> list[str]:
         """Fail waiters past their deadline; return the records due for a re-send."""
@@ -521,14 +605,7 @@ class ZmqJournalWriter:
         return overdue
 
     async def _send(self, batch: list[str], now: float) -> None:
-        for start in range(0, len(batch), MAX_RECORDS_PER_MESSAGE):
-            chunk = [
-                (rid, self._pending[rid])
-                for rid in batch[start : start + MAX_RECORDS_PER_MESSAGE]
-                if rid in self._pending  # a timed-out write may have left meanwhile
-            ]
-            if not chunk:
-                continue
+        for chunk in self._chunks(batch):
             for _, pending in chunk:
                 pending.sent_at = now
             msg = WriteMsg(tuple((rid, pending.body) for rid, pending in chunk))
@@ -536,6 +613,23 @@ class ZmqJournalWriter:
                 await self._sock.send_multipart(encode(msg), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # no room towards the collector: the sweep re-sends it later
+
+    def _chunks(self, batch: list[str]) -> Iterator[list[tuple[str, _Pending]]]:
+        """Waiting records in WRITEs of at most MAX_RECORDS_PER_MESSAGE records and about
+        MAX_BODIES_PER_MESSAGE bytes, so that every message fits the collector's limit."""
+        chunk: list[tuple[str, _Pending]] = []
+        size = 0
+        for rid in batch:
+            pending = self._pending.get(rid)  # a timed-out write may have left meanwhile
+            if pending is None:
+                continue
+            if chunk and (len(chunk) >= MAX_RECORDS_PER_MESSAGE or size >= MAX_BODIES_PER_MESSAGE):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((rid, pending))
+            size += len(pending.body) + 4 * len(rid) + 10  # the id's index line, at worst
+        if chunk:
+            yield chunk
 
     async def _recv_loop(self) -> None:
         while True:
@@ -596,12 +690,10 @@ def run_collector(args: argparse.Namespace) -> int:
         collector = JournalCollector(
             Path(args.path), endpoint, group_commit=not args.fsync_each, keys_dir=keys
         )
-    except JournalCorruption as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
-        return 3
+    except JournalError as exc:
+        return journal_failure("collector", exc)
     except KeyFileError as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
-        return 2
+        return journal_failure("collector", str(exc))
     except zmq.ZMQError as exc:
         print(f"collector: error: cannot bind {endpoint}: {exc}", file=sys.stderr)
         return 1
@@ -620,21 +712,19 @@ def run_collector(args: argparse.Namespace) -> int:
     mode = "group commit" if collector.group_commit else "fsync per record"
     mode += ", CURVE" if keys else ", no encryption: loopback only"
     print(
-        f"collector: {len(recovery.entries)} records in {args.path}; "
+        f"collector: {recovery.records} records in {args.path}; "
         f"listening on {collector.endpoint} ({mode})",
         flush=True,
     )
     try:
         collector.serve()
         if collector.failed is not None:
-            print(
-                f"collector: error: cannot write {args.path}: {collector.failed}", file=sys.stderr
-            )
-            return 1
+            return journal_failure("collector", collector.failed)
     finally:
         print(
             f"collector: stored {collector.stored}, duplicates {collector.duplicates}, "
-            f"fsyncs {collector.commits}, bad messages {collector.bad.count}",
+            f"fsyncs {collector.commits}, bad messages {collector.bad.count}, "
+            f"unexpected errors {collector.errors}",
             flush=True,
         )
         collector.close()
@@ -661,16 +751,24 @@ def _row(body: dict[str, object]) -> list[str]:
     ]
 
 
-def run_read(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+def journal_failure(command: str, error: JournalError | str) -> int:
+    """One line on stderr; the exit code: 3 for a corrupt journal, 2 for an unusable path."""
+    print(f"{command}: error: {error}", file=sys.stderr)
+    return 3 if isinstance(error, JournalCorruption) else 2
+
+
+def existing(path: Path) -> Path:
+    """``path``, if there is a journal there (an empty journal is not made up for a typo)."""
     if not path.exists():
-        print(f"read: error: {path}: no such journal", file=sys.stderr)
-        return 1
+        raise JournalFileError(f"{path}: no such journal", path)
+    return path
+
+
+def run_read(args: argparse.Namespace) -> int:
     try:
-        scan = scan_journal(path)
-    except JournalCorruption as exc:
-        print(f"read: error: {exc}", file=sys.stderr)
-        return 3
+        scan = scan_journal(existing(Path(args.path)))
+    except JournalError as exc:
+        return journal_failure("read", exc)
     bodies = [e.body for e in scan.entries]
     if args.format == "jsonl":
         for body in bodies:
@@ -687,6 +785,31 @@ def run_read(args: argparse.Namespace) -> int:
             print("  ".join(cells))
     if scan.torn_bytes:
         print(f"read: warning: torn last line ignored ({scan.torn_reason})", file=sys.stderr)
+    return 0
+
+
+# --- CLI: repair ------------------------------------------------------------------------------
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    """Keep the valid records before the first bad line; move the rest to a fsynced copy."""
+    path = Path(args.path)
+    try:
+        report = repair_journal(existing(path))
+    except JournalError as exc:
+        return journal_failure("repair", exc)
+    if report.copy_path is None:
+        print(f"repair: nothing to repair: {report.kept_records} records in {path}, all valid")
+        return 0
+    if report.bad is not None:
+        print(f"repair: {path}: first bad line: {report.bad}")
+    else:
+        print(f"repair: {path}: torn last line: {report.torn_bytes} bytes without a newline")
+    print(f"repair: kept {report.kept_records} records ({report.kept_bytes} bytes) in {path}")
+    print(
+        f"repair: moved {report.moved_bytes} bytes ({report.moved_lines} lines, "
+        f"{report.moved_valid} of them valid records) to {report.copy_path}"
+    )
     return 0
 
 
@@ -845,7 +968,9 @@ def bench_record(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Durable ZeroMQ journal: collector, reader, bench")
+    parser = argparse.ArgumentParser(
+        description="Durable ZeroMQ journal: collector, reader, repair, bench"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     col = sub.add_parser("collector", help="bind a ROUTER and write the journal")
     col.add_argument("--path", required=True, help="journal file (JSONL), created if missing")
@@ -856,8 +981,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     col.add_argument("--fsync-each", action="store_true", help="fsync per record (baseline)")
     col.add_argument("--keys", help="CURVE keys dir ('zmq_node_agent.py keys generate DIR')")
     read = sub.add_parser("read", help="print or export a journal")
-    read.add_argument("path")
-    read.add_argument("--format", choices=("jsonl", "csv", "table"), default="table")
+    read.add_argument("path", help="journal file (JSONL)")
+    read.add_argument(
+        "--format", choices=("jsonl", "csv", "table"), default="table", help="default table"
+    )
+    repair = sub.add_parser(
+        "repair", help="keep the valid records, move the damaged rest to PATH.corrupt-<UTC time>"
+    )
+    repair.add_argument("path", help="journal file (JSONL) that the collector refused")
     bench = sub.add_parser("bench", help="group commit vs fsync per record, in one run")
     bench.add_argument("--writers", type=int, default=16)
     bench.add_argument("--records", type=int, default=20_000, help="total records per variant")
@@ -878,7 +1009,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    handlers = {"collector": run_collector, "read": run_read, "bench": run_bench}
+    handlers = {
+        "collector": run_collector,
+        "read": run_read,
+        "repair": run_repair,
+        "bench": run_bench,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -2,20 +2,22 @@
 
 Binds a ROUTER on tcp://BIND:PORT (default port 5580; 5570-5572 belong to the
 cluster patterns). Clients (``zmq_node_executor.py``, a DEALER) send ``run``,
-``cancel``, ``facts`` and ``ping`` requests; the agent answers with
+``cancel``, ``facts``, ``ping`` and ``credit`` requests; the agent answers with
 ``accepted`` (for runs still silent after 50 ms), streamed ``output`` chunks,
 one ``exit``, ``facts_reply``, ``pong``, ``heartbeat`` (every second while a
 client has commands running) and ``error``. Wire spec: docs/agent-protocol.md.
 
-Security is on by default: CURVE encryption, and a ZAP handler that admits
-only the client public keys in KEYS/authorized_clients/. Only request types on
-the protocol's allow-list are ever dispatched.
+Security is on by default: CURVE encryption, and a ZAP handler (cluster_patterns.curve)
+that admits only the client public keys in KEYS/authorized_clients/, bound before the
+ROUTER, and logs denied handshakes (rate-limited) with the peer's address and key
+fingerprint. A key file there that cannot be parsed stops the agent at start-up. Only
+request types on the protocol's allow-list are ever dispatched; anything else gets
+``not_allowed``, anything malformed ``bad_request``; bad input is counted and logged at
+most once a second, and no traceback reaches the log.
 
-Commands run through /bin/sh as asyncio subprocesses, each in its own session
-(process group), at most --concurrency at a time. Output goes back in chunks;
-after MAX_OUTPUT_BYTES (64 MiB per command, stdout+stderr) the rest is drained
-and dropped, and ``exit`` says how many bytes were dropped. A timeout, a
-``cancel`` or the agent's shutdown kills the whole process group.
+Memory is bounded whatever a client does: each connection has a credit window
+(agent_flow.py), and a client that stops reading stops its commands' output, not
+the agent. Running one command is agent_commands.py.
 
 Run it:
     python 03-cluster-runner-simulation/zmq_node_agent.py keys generate /tmp/agent-keys
@@ -30,7 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -38,66 +40,60 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import psutil
 import zmq
 import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
 
 from cluster_patterns.cli_args import bind_port, positive_int
+from cluster_patterns.curve import ZapPolicy, bind_zap, curve_server, serve_zap, server_policy
+from cluster_patterns.transport import RateLimitedLog
+from cluster_runner_simulation.agent_commands import KILL_DRAIN_S, CommandRun
+from cluster_runner_simulation.agent_flow import ConnectionWindow
 from cluster_runner_simulation.agent_keys import (
     AGENT_NAME,
-    AUTHORIZED_DIR,
     KeyFileError,
     authorize_client,
     generate_keys,
     load_keypair,
 )
 from cluster_runner_simulation.agent_protocol import (
+    CREDIT_BATCH_BYTES,
+    CREDIT_WINDOW_BYTES,
     DEFAULT_PORT,
-    MAX_OUTPUT_BYTES,
     MAX_REQUEST_BYTES,
-    OUTPUT_CHUNK_BYTES,
     REQUEST_TYPES,
-    Accepted,
     CancelRequest,
+    Credit,
     ErrorCode,
     ErrorReply,
-    Exit,
     FactsReply,
     FactsRequest,
     Heartbeat,
     Message,
     MsgType,
-    Output,
     PingRequest,
     Pong,
     ProtocolError,
     RunRequest,
-    TypeNotAllowed,
     decode,
     encode,
-    request_id_of,
+    error_reply,
 )
 
 DEFAULT_CONCURRENCY = 64
 MAX_QUEUED = 4096  # runs accepted but waiting for a slot; beyond this the agent answers "busy"
 HEARTBEAT_INTERVAL_S = 1.0
-ACCEPT_DELAY_S = 0.05  # a run still silent after this long gets an explicit "accepted"
-FLUSH_DELAY_S = 0.002  # how long output may wait to be batched into a bigger message
-PIPE_BYTES = 1024 * 1024  # pipe buffer for bulk output, so reads (and messages) are bigger
-SMALL_PIPE_BYTES = 64 * 1024  # Linux's default pipe size: a read this big means bulk output
-KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
-BAD_LOG_INTERVAL_S = 1.0
+IDLE_PROBE_S = 10.0  # an idle connection with uncredited bytes is probed this often
 NVIDIA_SMI_TIMEOUT_S = 10.0
 ZMTP_HEARTBEAT_MS = 2000  # TCP-level liveness, so dead clients are noticed
+RCVHWM_MESSAGES = 100  # requests buffered per connection before libzmq stops reading it
 
 log = logging.getLogger("zmq_node_agent")
 
@@ -152,250 +148,88 @@ async def gather_facts(node_id: str) -> dict[str, Any]:
     }
 
 
-# --- Running one command ----------------------------------------------------------------------
-
-
-class OutputBudget:
-    """How many more output bytes a command may send (stdout and stderr share it)."""
-
-    def __init__(self, limit: int) -> None:
-        self.left = limit
-        self.dropped = 0
-
-    def take(self, size: int) -> int:
-        granted = min(size, self.left)
-        self.left -= granted
-        self.dropped += size - granted
-        return granted
-
-
-def kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def exit_fields(returncode: int | None) -> tuple[int | None, str | None]:
-    """A subprocess return code as SSH reports it: a status, or the signal's name."""
-    if returncode is None or returncode >= 0:
-        return returncode, None
-    try:
-        return None, signal.Signals(-returncode).name.removeprefix("SIG")
-    except ValueError:
-        return None, str(-returncode)
-
-
-class OutputCollector(asyncio.SubprocessProtocol):
-    """Buffers a child's stdout and stderr and ships them in chunks.
-
-    Pipe reads return at most one pipe's worth (64 KiB by default), often much
-    less; sending each read as its own message would cost a round of encoding
-    per few kilobytes. So data waits up to FLUSH_DELAY_S, or until a buffer
-    holds OUTPUT_CHUNK_BYTES, and the rest goes out when the pipe closes.
-    """
-
-    STREAMS = {1: "stdout", 2: "stderr"}
-
-    def __init__(self, run: CommandRun, budget: OutputBudget) -> None:
-        loop = asyncio.get_running_loop()
-        self.run = run
-        self.budget = budget
-        self.buffers = {1: bytearray(), 2: bytearray()}
-        self.open_pipes = 2
-        self.exited = False
-        self.finished: asyncio.Future[None] = loop.create_future()
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.SubprocessTransport | None = None
-        self.enlarged: set[int] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if len(data) >= SMALL_PIPE_BYTES and fd not in self.enlarged:
-            self._enlarge_pipe(fd)
-        buffer = self.buffers[fd]
-        buffer += data
-        if len(buffer) >= OUTPUT_CHUNK_BYTES:
-            self.flush(fd)
-        elif self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_all)
-
-    def _enlarge_pipe(self, fd: int) -> None:
-        """A full default pipe means bulk output: let each read take more (Linux only)."""
-        self.enlarged.add(fd)
-        pipe = self.transport.get_pipe_transport(fd) if self.transport else None
-        handle = pipe.get_extra_info("pipe") if pipe is not None else None
-        if handle is not None:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self.flush(fd)
-        self.open_pipes -= 1
-        self._maybe_finished()
-
-    def process_exited(self) -> None:
-        self.exited = True
-        self._maybe_finished()
-
-    def _maybe_finished(self) -> None:
-        if self.exited and self.open_pipes <= 0 and not self.finished.done():
-            self.finished.set_result(None)
-
-    def flush_all(self) -> None:
-        self._flush_timer = None
-        for fd in self.STREAMS:
-            self.flush(fd)
-
-    def flush(self, fd: int) -> None:
-        buffer = self.buffers[fd]
-        while buffer:
-            chunk = bytes(buffer[:OUTPUT_CHUNK_BYTES])
-            del buffer[:OUTPUT_CHUNK_BYTES]
-            granted = self.budget.take(len(chunk))
-            if granted:
-                self.run.send_now(Output(self.run.request.id, self.STREAMS[fd], chunk[:granted]))
-
-    def stop_timer(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-
-
-@dataclass
-class CommandRun:
-    """One client's command, from ``run`` to ``exit``."""
-
-    agent: NodeAgent
-    peer: bytes
-    request: RunRequest
-    timed_out: bool = False
-    cancelled: bool = False
-    accept_timer: asyncio.TimerHandle | None = None
-
-    def send_now(self, message: Message) -> None:
-        # Any reply tells the client its run arrived, so "accepted" is only needed
-        # for runs that stay silent for a while; short ones save a message.
-        if self.accept_timer is not None:
-            self.accept_timer.cancel()
-            self.accept_timer = None
-        self.agent.send_now(self.peer, message)
-
-    async def execute(self) -> None:
-        req = self.request
-        self.accept_timer = asyncio.get_running_loop().call_later(
-            ACCEPT_DELAY_S, self.send_now, Accepted(req.id)
-        )
-        try:
-            async with self.agent.slots:
-                await self._spawn_and_stream()
-        except asyncio.CancelledError:
-            # Cancelled while still queued for a slot: nothing was started.
-            self.send_now(Exit(req.id, cancelled=True))
-
-    async def _spawn_and_stream(self) -> None:
-        req = self.request
-        env = {**os.environ, **req.env} if req.env else None
-        budget = OutputBudget(MAX_OUTPUT_BYTES)
-        loop = asyncio.get_running_loop()
-        spawning = asyncio.ensure_future(
-            loop.subprocess_shell(
-                lambda: OutputCollector(self, budget),
-                req.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=req.cwd,
-                env=env,
-                start_new_session=True,  # its own process group, so a kill takes every child
-            )
-        )
-        try:
-            try:
-                transport, collector = await asyncio.shield(spawning)
-            except asyncio.CancelledError:
-                # The fork may already have happened: finish spawning, then kill below.
-                self.cancelled = True
-                transport, collector = await spawning
-        except OSError as exc:
-            message = f"agent could not start the command: {exc}\n".encode()
-            self.send_now(Output(req.id, "stderr", message))
-            self.send_now(Exit(req.id, exit_status=127, cancelled=self.cancelled))
-            return
-        if not self.cancelled:
-            try:
-                async with asyncio.timeout(req.timeout):
-                    await asyncio.shield(collector.finished)
-            except TimeoutError:
-                self.timed_out = True
-            except asyncio.CancelledError:
-                self.cancelled = True
-        if self.timed_out or self.cancelled:
-            kill_group(transport.get_pid())
-            # A child that left the group may still hold a pipe open: bound the wait.
-            await asyncio.wait([collector.finished], timeout=KILL_DRAIN_S)
-        collector.stop_timer()
-        collector.flush_all()
-        transport.close()
-        status, signame = exit_fields(transport.get_returncode())
-        if budget.dropped:
-            log.warning("%s: dropped %d output bytes beyond the cap", req.id, budget.dropped)
-        self.send_now(
-            Exit(
-                req.id,
-                exit_status=status,
-                exit_signal=signame,
-                timed_out=self.timed_out,
-                cancelled=self.cancelled,
-                dropped_bytes=budget.dropped,
-            )
-        )
-
-
 # --- The agent --------------------------------------------------------------------------------
 
 
 class NodeAgent:
     """Owns the ROUTER socket; dispatches requests by type, from the allow-list only."""
 
-    def __init__(self, node_id: str, sock: zmq.asyncio.Socket, concurrency: int) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        sock: zmq.asyncio.Socket,
+        concurrency: int,
+        clock: Callable[[], float] = time.monotonic,
+        window_bytes: int = CREDIT_WINDOW_BYTES,
+    ) -> None:
+        if window_bytes < CREDIT_BATCH_BYTES:
+            raise ValueError("a window below the clients' credit batch would never reopen")
         self.node_id = node_id
         self.sock = sock
+        self.clock = clock
+        self.window_bytes = window_bytes
         self.slots = asyncio.Semaphore(concurrency)
         self.running: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self.windows: dict[bytes, ConnectionWindow] = {}
         self.bad_messages = 0
+        self.dropped_requests = 0  # from saturated connections (replies left unread)
+        self.internal_errors = 0
         self.undeliverable = 0
-        self._bad_logged_at = 0.0
-        self._bad_suppressed = 0
+        self._bad_log = RateLimitedLog(log.warning)
+        self._saturated_log = RateLimitedLog(log.warning)
+        self._warn = RateLimitedLog(log.warning)
         self._tasks: set[asyncio.Task[None]] = set()
         handlers: dict[MsgType, Callable[[bytes, Any], None]] = {
             MsgType.RUN: self.on_run,
             MsgType.CANCEL: self.on_cancel,
             MsgType.FACTS: self.on_facts,
             MsgType.PING: self.on_ping,
+            MsgType.CREDIT: self.on_credit,
         }
         # The handler table and the protocol's allow-list must be the same set.
         assert set(handlers) == set(REQUEST_TYPES)
         self.handlers = handlers
 
+    # --- Sending, within each connection's credit window -----------------------------------------
+
+    def window(self, peer: bytes) -> ConnectionWindow:
+        window = self.windows.get(peer)
+        if window is None:
+            window = self.windows[peer] = ConnectionWindow(self.window_bytes)
+        return window
+
     def send_now(self, peer: bytes, message: Message) -> None:
-        """Queue ``message`` for ``peer`` without waiting.
+        """Queue ``message`` for ``peer`` without waiting, and count it in its window.
 
-        The ROUTER's queue is unbounded (SNDHWM 0), so pyzmq sends at once and
-        hands back a finished future; messages keep their order.
+        The ROUTER's queue is unbounded (SNDHWM 0: a bounded one would drop output
+        silently); the credit window is what bounds it. pyzmq sends at once and hands
+        back a finished future; messages keep their order.
         """
-        sent = asyncio.ensure_future(self.sock.send_multipart([peer, *encode(message)], copy=False))
-        sent.add_done_callback(self._count_undeliverable)
+        window = self.window(peer)
+        if window.gone:
+            self.undeliverable += 1
+            return
+        frames = encode(message)
+        window.sent(sum(len(frame) for frame in frames), self.clock())
+        sent = asyncio.ensure_future(self.sock.send_multipart([peer, *frames], copy=False))
+        if sent.done():
+            self._check_sent(peer, sent)
+        else:
+            sent.add_done_callback(functools.partial(self._check_sent, peer))
 
-    def _count_undeliverable(self, sent: asyncio.Future[Any]) -> None:
+    def _check_sent(self, peer: bytes, sent: asyncio.Future[Any]) -> None:
         error = None if sent.cancelled() else sent.exception()
         if error is None:
             return
-        # ROUTER_MANDATORY: the client has gone away. Its command still finishes.
         self.undeliverable += 1
-        if not (isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH):
-            log.warning("send failed: %s", error)
+        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+            # ROUTER_MANDATORY: the client has gone away. Its commands still finish.
+            if (window := self.windows.get(peer)) is not None:
+                window.lost()
+        else:
+            self._warn(f"send failed: {error}")
+
+    # --- Receiving -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
         heartbeats = asyncio.create_task(self._heartbeat_loop())
@@ -404,28 +238,54 @@ class NodeAgent:
                 frames = await self.sock.recv_multipart()
                 try:
                     self.dispatch(frames[0], frames[1:])
-                except Exception:  # last line of defence: a peer never stops the agent
-                    self.bad_messages += 1
-                    log.exception("unexpected error handling a message")
+                except Exception as exc:  # last line of defence: a peer never stops the agent
+                    self._internal_error("dispatching a message", exc)
         finally:
             heartbeats.cancel()
             await self.shutdown()
 
     def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
+        window = self.windows.get(peer)
+        if window is not None:
+            window.heard_from()
         try:
             message = decode(frames, REQUEST_TYPES)
         except ProtocolError as exc:
-            self._count_bad(peer, exc)
-            code = (
-                ErrorCode.NOT_ALLOWED if isinstance(exc, TypeNotAllowed) else ErrorCode.BAD_REQUEST
-            )
-            self.send_now(peer, ErrorReply(request_id_of(frames), code.value, str(exc)))
+            self.bad_messages += 1
+            self._bad_log(f"bad message #{self.bad_messages} from {peer.hex()}: {exc}")
+            if not self._drop_if_saturated(peer, window):
+                self.send_now(peer, error_reply(exc))
+            return
+        if message.TYPE is not MsgType.CREDIT and self._drop_if_saturated(peer, window):
             return
         try:
             self.handlers[message.TYPE](peer, message)
-        except Exception:  # a bug must not take the whole node down with it
-            self.bad_messages += 1
-            log.exception("handler for %s failed", message.TYPE.value)
+        except Exception as exc:  # a bug must not take the whole node down with it
+            self._internal_error(f"handling {message.TYPE.value!r}", exc)
+            reason = f"the agent failed handling the request: {type(exc).__name__}"
+            self.send_now(peer, ErrorReply(message.id, ErrorCode.INTERNAL_ERROR.value, reason))
+
+    def _drop_if_saturated(self, peer: bytes, window: ConnectionWindow | None) -> bool:
+        if window is None or not window.saturated:
+            return False
+        self.dropped_requests += 1
+        self._saturated_log(
+            f"dropped request #{self.dropped_requests} from {peer.hex()}: it left "
+            f"{window.in_flight} reply bytes unread"
+        )
+        return True
+
+    def _internal_error(self, what: str, exc: BaseException) -> None:
+        self.internal_errors += 1
+        self._warn(f"internal error #{self.internal_errors} {what}: {exc!r}")
+        log.debug("internal error %s", what, exc_info=exc)  # the traceback, with --verbose only
+
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler: one rate-limited line, no traceback."""
+        exc = context.get("exception")
+        self._internal_error(str(context.get("message", "in the event loop")), exc or Exception())
+
+    # --- Handlers --------------------------------------------------------------------------------
 
     def on_run(self, peer: bytes, req: RunRequest) -> None:
         key = (peer, req.id)
@@ -437,7 +297,15 @@ class NodeAgent:
             reply = ErrorReply(req.id, ErrorCode.BUSY.value, f"{MAX_QUEUED} commands in flight")
             self.send_now(peer, reply)
             return
-        task = asyncio.create_task(CommandRun(self, peer, req).execute())
+        run = CommandRun(
+            req,
+            send=functools.partial(self.send_now, peer),
+            window=self.window(peer),
+            slots=self.slots,
+            accepted_at=asyncio.get_running_loop().time(),
+            warn=self._warn,
+        )
+        task = asyncio.create_task(run.execute())
         self.running[key] = task
         task.add_done_callback(lambda _: self.running.pop(key, None))
 
@@ -454,8 +322,9 @@ class NodeAgent:
             try:
                 facts = await gather_facts(self.node_id)
             except Exception as exc:  # report it; the caller must not wait for nothing
-                log.exception("gathering facts failed")
-                self.send_now(peer, ErrorReply(req.id, ErrorCode.BAD_REQUEST.value, str(exc)))
+                self._internal_error("gathering facts", exc)
+                reply = ErrorReply(req.id, ErrorCode.INTERNAL_ERROR.value, f"facts: {exc!r}")
+                self.send_now(peer, reply)
                 return
             self.send_now(peer, FactsReply(req.id, facts=facts))
 
@@ -464,29 +333,34 @@ class NodeAgent:
     def on_ping(self, peer: bytes, req: PingRequest) -> None:
         self.send_now(peer, Pong(req.id, node_id=self.node_id))
 
-    def _spawn(self, coro: Any) -> None:
+    def on_credit(self, peer: bytes, req: Credit) -> None:
+        if (window := self.windows.get(peer)) is not None:
+            window.credit(req.nbytes)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _count_bad(self, peer: bytes, exc: ProtocolError) -> None:
-        self.bad_messages += 1
-        now = time.monotonic()
-        if now - self._bad_logged_at < BAD_LOG_INTERVAL_S:
-            self._bad_suppressed += 1
-            return
-        extra = f" ({self._bad_suppressed} more suppressed)" if self._bad_suppressed else ""
-        log.warning("bad message #%d from %s: %s%s", self.bad_messages, peer.hex(), exc, extra)
-        self._bad_logged_at, self._bad_suppressed = now, 0
+    # --- Liveness and shutdown -------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            busy_peers: dict[bytes, int] = {}
-            for peer, _ in list(self.running):
-                busy_peers[peer] = busy_peers.get(peer, 0) + 1
-            for peer, count in busy_peers.items():
-                self.send_now(peer, Heartbeat("", running=count))
+            self.beat()
+
+    def beat(self) -> None:
+        """Heartbeat every busy connection; probe idle ones, and forget those that left."""
+        busy = Counter(peer for peer, _ in self.running)
+        now = self.clock()
+        for peer, window in list(self.windows.items()):
+            if busy[peer]:
+                self.send_now(peer, Heartbeat("", running=busy[peer]))
+            elif window.gone or window.in_flight == 0:
+                del self.windows[peer]  # nothing owed either way
+            elif now - window.last_sent >= IDLE_PROBE_S:
+                # Is it still there? If not, ROUTER_MANDATORY says so and the next beat forgets it.
+                self.send_now(peer, Heartbeat("", running=0))
 
     async def shutdown(self) -> None:
         tasks = list(self.running.values())
@@ -534,9 +408,10 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-    # Output is bounded per command (MAX_OUTPUT_BYTES) and by --concurrency, so the
-    # queue need not be; a bounded ROUTER queue would silently drop output chunks.
+    # A bounded ROUTER queue would silently drop output chunks; each connection's credit
+    # window (agent_flow.py) bounds what is queued instead.
     sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM_MESSAGES)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * 3)
@@ -545,19 +420,18 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
 
 def secure_router(
     ctx: zmq.asyncio.Context, sock: zmq.asyncio.Socket, keys: Path
-) -> AsyncioAuthenticator:
-    """CURVE server keys and a ZAP allowlist; must run before bind()."""
+) -> tuple[zmq.asyncio.Socket, ZapPolicy]:
+    """The ZAP handler's socket and policy, and CURVE server keys on ``sock``.
+
+    Call before bind(): libzmq asks the ZAP handler only if it was bound first.
+    One unparsable key in KEYS/authorized_clients/ stops the agent (KeyFileError names it).
+    """
+    policy = server_policy(keys, "agent", log.warning)
     pair = load_keypair(keys / f"{AGENT_NAME}.key_secret")
-    allowed = keys / AUTHORIZED_DIR
-    if not allowed.is_dir() or not any(allowed.glob("*.key")):
-        raise SetupError(f"no client keys in {allowed}: nobody could connect")
-    auth = AsyncioAuthenticator(ctx)
-    auth.start()
-    auth.configure_curve(domain="*", location=str(allowed))
-    sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
-    sock.setsockopt(zmq.CURVE_SERVER, 1)
-    return auth
+    zap = bind_zap(ctx)
+    assert isinstance(zap, zmq.asyncio.Socket)
+    curve_server(sock, pair)
+    return zap, policy
 
 
 def bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
@@ -581,6 +455,7 @@ def warn_insecure(host: str) -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    """Set up and serve until cancelled; run it under run_until_signalled()."""
     host = args.bind or ("127.0.0.1" if args.insecure else "0.0.0.0")
     if args.insecure and not is_loopback(host):
         raise SetupError(f"--insecure binds loopback only; refusing --bind {host}")
@@ -589,57 +464,91 @@ async def serve(args: argparse.Namespace) -> int:
     use_pidfd_child_watcher()
     ctx = zmq.asyncio.Context()
     sock = make_router(ctx)
-    auth: AsyncioAuthenticator | None = None
+    zap: zmq.asyncio.Socket | None = None
+    zap_task: asyncio.Task[None] | None = None
     try:
         if args.insecure:
             warn_insecure(host)
         else:
-            auth = secure_router(ctx, sock, Path(args.keys))
+            zap, policy = secure_router(ctx, sock, Path(args.keys))
+            zap_task = asyncio.create_task(serve_zap(zap, policy))
         port = bind(sock, host, args.port)
         agent = NodeAgent(args.node_id, sock, args.concurrency)
+        asyncio.get_running_loop().set_exception_handler(agent.loop_error)
         mode = "INSECURE" if args.insecure else "curve"
         print(f"agent {args.node_id} ready on tcp://{host}:{port} ({mode})", flush=True)
-        await run_until_signalled(agent.serve())
-        log.info("stopped (bad messages: %d)", agent.bad_messages)
+        try:
+            await agent.serve()
+        finally:
+            log.info(
+                "stopped (bad messages: %d, dropped requests: %d, internal errors: %d)",
+                agent.bad_messages,
+                agent.dropped_requests,
+                agent.internal_errors,
+            )
     finally:
-        if auth is not None:
-            auth.stop()
+        if zap_task is not None:
+            zap_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await zap_task
+        if zap is not None:
+            zap.close(linger=0)
         sock.close(linger=0)
         ctx.term()
     return 0
 
 
-async def run_until_signalled(work: Any) -> None:
-    """Run ``work`` until SIGINT or SIGTERM, then cancel it so it cleans up."""
+async def run_until_signalled(work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work`` until SIGINT or SIGTERM, then cancel it so it cleans up; 0 if signalled.
+
+    The handlers are in place before ``work`` takes its first step, so a signal that
+    arrives while it sets up or prints its ready line still ends it cleanly.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 0
 
 
 # --- Command line -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="ZeroMQ node agent for cluster_runner")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        description="ZeroMQ node agent for cluster_runner", formatter_class=formatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    srv = sub.add_parser("serve", help="run the agent")
-    srv.add_argument("--node-id", default=socket.gethostname())
-    srv.add_argument("--bind", default=None, help="address to bind (default 0.0.0.0)")
+    srv = sub.add_parser("serve", help="run the agent", formatter_class=formatter)
+    srv.add_argument("--node-id", default=socket.gethostname(), help="name in pong and facts")
+    srv.add_argument(
+        "--bind", default=None, help="address to bind; None: 0.0.0.0, or 127.0.0.1 with --insecure"
+    )
     srv.add_argument("--port", type=bind_port, default=DEFAULT_PORT, help="0 picks a free port")
-    srv.add_argument("--keys", default=None, help="keys directory from 'keys generate'")
-    srv.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
+    srv.add_argument(
+        "--keys",
+        default=None,
+        help="keys directory from 'keys generate' (required unless --insecure)",
+    )
+    srv.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help="commands run at once; later ones queue (their timeout counts the wait)",
+    )
     srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")
-    srv.add_argument("--verbose", action="store_true")
+    srv.add_argument("--verbose", action="store_true", help="debug logging, with tracebacks")
     keys = sub.add_parser("keys", help="manage CURVE keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     gen = keys_sub.add_parser("generate", help="create agent and client keypairs in DIR")
-    gen.add_argument("dir")
+    gen.add_argument("dir", help="keys directory (created if missing)")
     auth = keys_sub.add_parser("authorize", help="allow a client public key")
-    auth.add_argument("dir")
-    auth.add_argument("public_key_file")
+    auth.add_argument("dir", help="the agent's keys directory")
+    auth.add_argument("public_key_file", help="the client's NAME.key")
     return parser
 
 
@@ -661,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return keys_command(args)
-        return asyncio.run(serve(args))
+        return asyncio.run(run_until_signalled(serve(args)))
     except (SetupError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

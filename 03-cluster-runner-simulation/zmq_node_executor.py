@@ -11,9 +11,14 @@ Errors are the domain's: ``NodeUnreachable`` when the agent does not accept a
 request within ``connect_timeout`` (down, wrong address, or our key is not
 authorized; with ZMQ_IMMEDIATE nothing is queued for a dead connection), or
 when it goes silent while commands run; ``CommandTimeout`` when the agent
-killed a command's process group at its timeout. Cancelling ``run()`` sends a
-``cancel``, and the agent kills the process group. After an agent restart the
-socket reconnects by itself.
+killed a command's process group at its timeout, or the run was still queued
+for one of the agent's slots at its deadline (the timeout counts from when the
+agent accepted the run). Cancelling ``run()`` sends a ``cancel``, and the agent
+kills the process group. After an agent restart the socket reconnects by itself.
+
+Flow control: the reader task counts the reply bytes it has taken off the socket
+and grants them back as ``credit`` every CREDIT_BATCH_BYTES, so the agent never
+queues more than its window (8 MiB) for this connection.
 
 Try it (with an agent running as in zmq_node_agent.py's docstring):
     python -c "import asyncio; from cluster_runner_simulation.zmq_node_executor import \\
@@ -38,14 +43,17 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.transport import RateLimitedLog
 from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, KeyPair
 from cluster_runner_simulation.agent_keys import load_keypair, load_public
 from cluster_runner_simulation.agent_protocol import (
+    CREDIT_BATCH_BYTES,
     DEFAULT_PORT,
     MAX_REPLY_BYTES,
     REPLY_TYPES,
     Accepted,
     CancelRequest,
+    Credit,
     ErrorReply,
     Exit,
     FactsReply,
@@ -75,7 +83,6 @@ FACTS_TIMEOUT_S = 30.0
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 WATCHDOG_INTERVAL_S = 0.5
-BAD_LOG_INTERVAL_S = 1.0
 
 log = logging.getLogger("zmq_node_executor")
 
@@ -152,7 +159,9 @@ class ZmqNodeExecutor:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_heard = time.monotonic()
         self._bad_replies = 0
-        self._bad_logged_at = 0.0
+        self._bad_log = RateLimitedLog(log.warning)
+        self._uncredited = 0  # reply bytes read but not yet credited back to the agent
+        self._credit_due = asyncio.Event()
         self._closed = False
 
     @classmethod
@@ -312,13 +321,19 @@ class ZmqNodeExecutor:
             raise ExecutorError(self._node_id, f"agent refused {command!r}: {reply.message}")
         if not isinstance(reply, Exit):
             raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
+        if reply.timed_out and not reply.started:
+            raise CommandTimeout(
+                self._node_id,
+                f"{command!r} never started: it waited {timeout}s for a free slot on the agent "
+                "(all of its --concurrency slots were busy)",
+            )
         if reply.timed_out:
             raise CommandTimeout(
                 self._node_id, f"{command!r} ran longer than {timeout}s; process group killed"
             )
         if reply.dropped_bytes:
             log.warning(
-                "%s: %d output bytes beyond the agent's cap were dropped",
+                "%s: the agent dropped %d output bytes (beyond its cap)",
                 command,
                 reply.dropped_bytes,
             )
@@ -354,6 +369,7 @@ class ZmqNodeExecutor:
             self._last_heard = time.monotonic()
             self._tasks = [
                 asyncio.create_task(self._read_replies(sock)),
+                asyncio.create_task(self._grant_credit(sock)),
                 asyncio.create_task(self._watch_silence()),
             ]
         return self._sock
@@ -362,6 +378,9 @@ class ZmqNodeExecutor:
         while True:
             frames = await sock.recv_multipart()
             self._last_heard = time.monotonic()
+            self._uncredited += sum(len(frame) for frame in frames)
+            if self._uncredited >= CREDIT_BATCH_BYTES:
+                self._credit_due.set()
             try:
                 reply = decode(frames, REPLY_TYPES)
             except ProtocolError as exc:
@@ -371,6 +390,15 @@ class ZmqNodeExecutor:
             if pending is None:
                 continue  # a heartbeat, or a late reply to a request we gave up on
             self._route(pending, reply)
+
+    async def _grant_credit(self, sock: zmq.asyncio.Socket) -> None:
+        """Give the agent credit for what the reader took off the socket (never dropped:
+        a send that has to wait just waits, while the reader keeps reading)."""
+        while True:
+            await self._credit_due.wait()
+            self._credit_due.clear()
+            granted, self._uncredited = self._uncredited, 0
+            await sock.send_multipart(encode(Credit("", nbytes=granted)))
 
     @staticmethod
     def _route(pending: PendingRequest, reply: Message) -> None:
@@ -400,10 +428,7 @@ class ZmqNodeExecutor:
 
     def _count_bad(self, exc: ProtocolError) -> None:
         self._bad_replies += 1
-        now = time.monotonic()
-        if now - self._bad_logged_at >= BAD_LOG_INTERVAL_S:
-            log.warning("%s: bad reply #%d: %s", self._node_id, self._bad_replies, exc)
-            self._bad_logged_at = now
+        self._bad_log(f"{self._node_id}: bad reply #{self._bad_replies}: {exc}")
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

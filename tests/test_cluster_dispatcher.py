@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from cluster_patterns.dispatcher import Dispatcher, TaskState
 from cluster_patterns.protocol import (
     Accepted,
@@ -20,6 +23,7 @@ from cluster_patterns.protocol import (
     TaskResult,
     TaskSpec,
     Welcome,
+    encode,
 )
 
 CLIENT = b"client:c1"
@@ -32,7 +36,7 @@ class FakeNet:
     def __init__(self, **kwargs: object) -> None:
         options: dict[str, object] = {"heartbeat_interval_s": 0.5, "liveness": 3}
         options.update(kwargs)
-        self.d = Dispatcher("coord-test", **options)  # type: ignore[arg-type]
+        self.d = Dispatcher("coord-test", **options)
         self.now = 0.0
         self.sent: list[tuple[bytes, Message]] = []
 
@@ -243,3 +247,111 @@ def test_status_snapshot_has_contract_fields() -> None:
     assert status.totals.pending == 1
     [node] = status.nodes
     assert node.node_id == "w1" and node.state == "alive" and node.in_flight == 2
+
+
+# --- Who holds a worker id (issue 10) ---------------------------------------------------------
+# Replies are read as they go on the wire (their JSON), so these tests do not depend on the
+# Python class that carries a refusal.
+
+
+def wire(message: Message) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(encode(message))
+    return body
+
+
+def replies_to(net: FakeNet, identity: bytes) -> list[dict[str, Any]]:
+    return [wire(m) for i, m in net.sent if i == identity]
+
+
+IMPOSTOR = b"worker:w1:another-process"
+
+
+def test_a_second_peer_cannot_take_the_id_of_a_live_worker() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    net.submit(2)
+    held = net.take("w1")
+    net.deliver(IMPOSTOR, Register("w1", 8, KINDS))
+    [refusal] = replies_to(net, IMPOSTOR)
+    assert refusal["type"] == "REFUSED" and refusal["worker_id"] == "w1"
+    assert refusal["reason"] == "worker_id_in_use"
+    assert 0 < float(refusal["retry_after_s"]) <= 0.5 * 3
+    # The real worker is untouched: no RESET, its tasks and its capacity stay.
+    net.deliver(ident("w1"), Heartbeat("w1", 2, held, 0, 0, 0))
+    assert [m["type"] for m in replies_to(net, ident("w1"))] == ["WELCOME"]  # no RESET
+    [node] = net.d.status(net.now).nodes
+    assert (node.capacity, node.in_flight, node.state) == (2, 2, "alive")
+    net.finish("w1", held)
+    assert sorted(o.task_id for o in net.outcomes()) == sorted(held)
+    assert net.d.status(net.now).totals.refused_registrations == 1
+
+
+def test_the_id_is_taken_over_after_a_full_liveness_window_of_silence() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    net.submit(2)
+    held = net.take("w1")
+    net.advance(1.0)  # silent for 1 s: suspect, not yet dead (dead after 0.5 s * 3)
+    net.deliver(IMPOSTOR, Register("w1", 2, KINDS))
+    [refusal] = replies_to(net, IMPOSTOR)
+    assert refusal["type"] == "REFUSED"
+    assert float(refusal["retry_after_s"]) <= 0.5 + 0.05
+    net.advance(0.6)  # now silent for more than the window
+    net.sent.clear()
+    net.deliver(IMPOSTOR, Register("w1", 2, KINDS))
+    welcome, dispatch = replies_to(net, IMPOSTOR)
+    assert welcome["type"] == "WELCOME" and dispatch["type"] == "DISPATCH"
+    # The tasks the silent holder had were requeued and now go to the new holder.
+    assert sorted(t["task_id"] for t in dispatch["tasks"]) == sorted(held)
+    # The old holder comes back: RESET for its heartbeat, and its REGISTER is refused.
+    net.deliver(ident("w1"), Heartbeat("w1", 0, [], 0, 0, 0))
+    net.deliver(ident("w1"), Register("w1", 2, KINDS))
+    assert [m["type"] for m in replies_to(net, ident("w1"))] == ["RESET", "REFUSED"]
+
+
+def test_a_worker_that_left_can_be_replaced_at_once() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    net.deliver(ident("w1"), Deregister("w1"))
+    net.deliver(IMPOSTOR, Register("w1", 4, KINDS))
+    assert [m["type"] for m in replies_to(net, IMPOSTOR)] == ["WELCOME"]
+
+
+def test_refusals_are_rate_limited_per_peer() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    for _ in range(50):
+        net.deliver(IMPOSTOR, Register("w1", 2, KINDS))
+    assert len(replies_to(net, IMPOSTOR)) == 1
+    net.advance(0.6, beat=("w1",))
+    net.deliver(IMPOSTOR, Register("w1", 2, KINDS))
+    assert [m["type"] for m in replies_to(net, IMPOSTOR)] == ["REFUSED", "REFUSED"]
+
+
+def test_the_worker_table_is_bounded_and_status_stays_encodable() -> None:
+    """Thousands of REGISTERs with new, long ids: STATUS must still fit in one frame."""
+    net = FakeNet()
+    capabilities = [f"{i:03d}" + "k" * 125 for i in range(64)]
+    for i in range(3000):
+        net.d.handle(f"p{i}".encode(), Register(f"{i:04d}" + "x" * 124, 1, capabilities), net.now)
+    net.turn()
+    encode(net.d.status(net.now))  # raises ProtocolError when STATUS outgrows a frame
+    reasons = {m["reason"] for _, msg in net.sent if (m := wire(msg))["type"] == "REFUSED"}
+    assert reasons == {"cluster_full"}
+    net.advance(2.0)  # every phantom is dead now: a real worker finds room
+    net.sent.clear()
+    net.register("real", 2)
+    assert [m["type"] for m in replies_to(net, ident("real"))] == ["WELCOME"]
+    encode(net.d.status(net.now))
+
+
+def test_tasks_nobody_can_run_do_not_block_the_queue() -> None:
+    net = FakeNet()
+    net.register("w1", 4, ["echo"])
+    net.deliver(CLIENT, Submit("c1", [TaskSpec(f"n{i}", "nobody") for i in range(100)]))
+    for batch in range(6):
+        net.deliver(CLIENT, Submit("c1", [TaskSpec(f"m{batch}-{i}", "nobody") for i in range(100)]))
+    net.deliver(CLIENT, Submit("c1", [TaskSpec("e", "echo")]))
+    for _ in range(5):
+        net.turn()
+    assert "e" in net.take("w1")

@@ -229,6 +229,9 @@ def test_snapshot_is_json_with_contract_keys(view: ClusterView) -> None:
         "requeued",
         "duplicates",
         "bad_messages",
+        "aborted_handshakes",
+        "denied_handshakes",
+        "refused_registrations",
         "pending",
         "in_flight",
     }
@@ -288,6 +291,19 @@ def test_metrics_follow_the_view(view: ClusterView) -> None:
     assert got[("cluster_failure_detection_seconds_bucket", (("le", "1.75"),))] == 1.0
     assert got[("cluster_failure_detection_seconds_bucket", (("le", "1.5"),))] == 0.0
     assert got[("cluster_partition_recovery_seconds_sum", ())] == 12.0
+
+
+def test_peer_counters_are_kept_apart_from_bad_messages(view: ClusterView) -> None:
+    """Probes, security refusals and refused registrations each have their own counter."""
+    metrics = ClusterMetrics(view)
+    counters = {"aborted_handshakes": 35, "denied_handshakes": 2, "refused_registrations": 1}
+    view.on_status(status(node("w1"), bad_messages=0, **counters))
+    assert {k: view.snapshot()["totals"][k] for k in counters} == counters  # type: ignore[index]
+    got = samples(metrics)
+    assert got[("cluster_bad_messages_total", ())] == 0.0
+    assert got[("cluster_aborted_handshakes_total", ())] == 35.0
+    assert got[("cluster_denied_handshakes_total", ())] == 2.0
+    assert got[("cluster_refused_registrations_total", ())] == 1.0
 
 
 def test_metrics_pass_promtool(view: ClusterView) -> None:

@@ -50,6 +50,10 @@ EXAMPLES: list[Message] = [
     Dispatch([Assignment("t1", 1, "sleep", 20, ""), Assignment("t2", 1, "echo", 0, "hé")]),
     CoordinatorHeartbeat("coord-1"),
     Reset("unknown worker"),
+    decode(
+        b'{"v":1,"type":"REFUSED","worker_id":"w1","reason":"worker_id_in_use",'
+        b'"detail":"held by a live peer","retry_after_s":1.5}'
+    ),
     Submit("c1", [TaskSpec("t1", "echo", 0, "x"), TaskSpec("t2", "cpu", 5)]),
     Accepted(["t1", "t2"]),
     Completed([TaskOutcome("t1", True, "x", "", 1, "w1", 0.002)]),
@@ -224,3 +228,173 @@ def test_fast_record_checks_agree_with_the_generic_ones(value: dict[str, object]
             except ProtocolError:
                 outcomes.append("error")
         assert outcomes[0] == outcomes[1], (value, outcomes)
+
+
+# --- Hostile values at every place of every message (issue 10) -------------------------------
+# A frame is built from a valid example with one value replaced by raw JSON text, so the
+# nasty value sits exactly where a real decoder meets it. Invariants: only ProtocolError
+# escapes decode; whatever decode accepts re-encodes, and every string in it is valid Unicode
+# (so a daemon can print or log it without crashing).
+
+PLACEHOLDER = "\x00PLACEHOLDER\x00"
+NASTY_JSON: list[bytes] = [
+    b"9" * 5000,  # a 5,000-digit integer
+    b"-" + b"9" * 400,
+    b"1" + b"0" * 400 + b".5",
+    b"1e999",  # parses as inf
+    b"-1e999",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"[" * 100_000 + b"]" * 100_000,
+    b"{" + b'"a":{' * 50_000 + b"}" * 50_001,
+    b"[" * 1000 + b"]" * 1000,
+    b'"\xff\xfe"',  # not UTF-8
+    b'"\xc0\x80"',  # overlong NUL
+    b'"\xed\xa0\x80"',  # a UTF-8 encoded surrogate
+    b'"\\ud800"',  # a lone surrogate, escaped
+    b'"x\\udfff"',
+    b'"\\ud83d\\ude00"',  # a valid pair (an emoji): fine
+    b"true",
+    b"false",
+    b"null",
+    b"-1",
+    b"0",
+    b"1.5",
+    b'""',
+    b'"w"',
+    b"[]",
+    b"{}",
+    b'["\\ud800"]',
+    b'[{"task_id":"\\udc00","kind":"echo"}]',
+]
+
+
+def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every place in a JSON document where a value sits."""
+    found: list[tuple[object, ...]] = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found.extend(_paths(child, (*prefix, key)))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found.extend(_paths(child, (*prefix, index)))
+    return found
+
+
+def _replace(document: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(document, dict):
+        return {k: (_replace(v, rest, new) if k == head else v) for k, v in document.items()}
+    assert isinstance(document, list)
+    return [(_replace(v, rest, new) if i == head else v) for i, v in enumerate(document)]
+
+
+def _all_strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _all_strings(item)]
+    if hasattr(value, "__slots__"):
+        return [s for name in value.__slots__ for s in _all_strings(getattr(value, name))]
+    return []
+
+
+def assert_decodes_safely(frame: bytes) -> None:
+    """Only ProtocolError may escape, and anything accepted is printable and re-encodable."""
+    try:
+        message = decode(frame)
+    except ProtocolError:
+        return
+    for text in _all_strings(message):
+        text.encode("utf-8")  # UnicodeEncodeError: a lone surrogate got through
+    assert decode(encode(message)) == message
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> bytes:
+    example = draw(st.sampled_from(EXAMPLES))
+    document = json.loads(encode(example))
+    path = draw(st.sampled_from(_paths(document)))
+    text = json.dumps(_replace(document, path, PLACEHOLDER))
+    raw = draw(st.sampled_from(NASTY_JSON))
+    return text.encode().replace(json.dumps(PLACEHOLDER).encode(), raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(hostile_frames())
+def test_fuzz_hostile_values_in_every_field(frame: bytes) -> None:
+    assert_decodes_safely(frame)
+
+
+def test_every_hostile_value_in_every_place_of_every_message() -> None:
+    """The exhaustive version of the fuzz test above: each value at each place, once."""
+    hole = json.dumps(PLACEHOLDER).encode()
+    tried = 0
+    for example in EXAMPLES:
+        document = json.loads(encode(example))
+        for path in _paths(document):
+            text = json.dumps(_replace(document, path, PLACEHOLDER)).encode()
+            for raw in NASTY_JSON:
+                assert_decodes_safely(text.replace(hole, raw))
+                tried += 1
+    assert tried > 2000
+
+
+@pytest.mark.parametrize("raw", NASTY_JSON, ids=lambda r: repr(r[:12]))
+def test_hostile_values_as_worker_id_of_a_register(raw: bytes) -> None:
+    frame = b'{"v":1,"type":"REGISTER","capacity":1,"capabilities":["echo"],"worker_id":' + raw
+    assert_decodes_safely(frame + b"}")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"v":1,"type":"REGISTER","worker_id":"w\\ud800","capacity":1,"capabilities":["echo"]}',
+        b'{"v":1,"type":"DRAIN","worker_id":"\xed\xa0\x80"}',
+        b'{"v":1,"type":"SUBMIT","client_id":"c","tasks":[{"task_id":"t","kind":"echo",'
+        b'"payload":"\\udc00"}]}',
+        b'{"v":1,"type":"RESET","reason":"\xff"}',
+    ],
+)
+def test_strings_that_are_not_valid_unicode_are_refused(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(frame)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> bytes:
+    frame = bytearray(encode(draw(st.sampled_from(EXAMPLES))))
+    for _ in range(draw(st.integers(1, 4))):
+        if not frame:
+            break
+        at = draw(st.integers(0, len(frame) - 1))
+        action = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "repeat"]))
+        if action == "flip":
+            frame[at] ^= 1 << draw(st.integers(0, 7))
+        elif action == "insert":
+            frame[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif action == "delete":
+            del frame[at : at + draw(st.integers(1, 8))]
+        elif action == "truncate":
+            del frame[at:]
+        else:
+            frame[at:at] = frame[at : at + draw(st.integers(1, 64))] * draw(st.integers(2, 50))
+    return bytes(frame)
+
+
+@settings(max_examples=600, deadline=None)
+@given(mutated_frames())
+def test_fuzz_mutated_valid_frames(frame: bytes) -> None:
+    assert_decodes_safely(frame)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512), st.integers(0, 200))
+def test_describe_never_fails(frame: bytes, limit: int) -> None:
+    from cluster_patterns.protocol import describe
+
+    text = describe(frame, limit)
+    assert isinstance(text, str) and text.isprintable()

@@ -22,6 +22,7 @@ import zmq
 from cluster_runner_simulation.agent_keys import write_keypair
 from cluster_runner_simulation.agent_protocol import (
     MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
     REQUEST_TYPES,
     MsgType,
     RunRequest,
@@ -76,7 +77,7 @@ def reply_header(sock: zmq.Socket[bytes]) -> dict[str, object]:
 def ping_ok(ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents) -> bool:
     sock = raw_dealer(ctx, agents)
     try:
-        sock.send(json.dumps({"v": 1, "type": "ping", "id": "alive"}).encode())
+        sock.send(json.dumps({"v": PROTOCOL_VERSION, "type": "ping", "id": "alive"}).encode())
         return reply_header(sock)["type"] == "pong"
     finally:
         sock.close()
@@ -176,21 +177,26 @@ def test_plain_client_runs_nothing(
 
 # --- Bad input never kills the agent ----------------------------------------------------------
 
-GARBAGE: list[list[bytes]] = [
+_GARBAGE: list[list[bytes]] = [
     [b"\xff\xfe\x00garbage"],
     [b"not json at all"],
     [b"[1, 2, 3]"],
     [b'{"v": 99, "type": "ping", "id": "x"}'],
-    [b'{"v": 1, "type": "ping"}'],
-    [b'{"v": 1, "type": "run", "id": "x"}'],
-    [b'{"v": 1, "type": "run", "id": "x", "command": 42}'],
-    [b'{"v": 1, "type": "run", "id": "x", "command": "true", "timeout": -1}'],
-    [b'{"v": 1, "type": "run", "id": "x", "command": "true", "env": {"A B": "c"}}'],
-    [b'{"v": 1, "type": "run", "id": "x", "command": "true"}', b"unexpected body"],
-    [b'{"v": 1, "type": "ping", "id": "x"}', b"a", b"b"],
+    [b'{"v": V, "type": "ping"}'],
+    [b'{"v": V, "type": "run", "id": "x"}'],
+    [b'{"v": V, "type": "run", "id": "x", "command": 42}'],
+    [b'{"v": V, "type": "run", "id": "x", "command": "true", "timeout": -1}'],
+    [b'{"v": V, "type": "run", "id": "x", "command": "true", "env": {"A B": "c"}}'],
+    [b'{"v": V, "type": "run", "id": "x", "command": "true"}', b"unexpected body"],
+    [b'{"v": V, "type": "ping", "id": "x"}', b"a", b"b"],
     [b""],
     [b"[" * 100_000],  # deeper than json's recursion limit
-    [b'{"v": 1, "type": "ping", "id": "x", "pad": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"],
+    [b'{"v": V, "type": "ping", "id": "x", "pad": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"],
+]
+# "V" stands for the current protocol version, so each case fails on what it means to test.
+GARBAGE = [
+    [frame.replace(b'"v": V', f'"v": {PROTOCOL_VERSION}'.encode()) for frame in frames]
+    for frames in _GARBAGE
 ]
 
 
@@ -241,7 +247,13 @@ def test_truncated_and_random_tcp_bytes_leave_the_agent_serving(
 
 
 def test_handler_table_is_exactly_the_allow_list() -> None:
-    assert REQUEST_TYPES == {MsgType.RUN, MsgType.CANCEL, MsgType.FACTS, MsgType.PING}
+    assert REQUEST_TYPES == {
+        MsgType.RUN,
+        MsgType.CANCEL,
+        MsgType.FACTS,
+        MsgType.PING,
+        MsgType.CREDIT,
+    }
     # NodeAgent asserts at construction that its handlers equal REQUEST_TYPES.
     assert "handlers" in NodeAgent.__init__.__code__.co_names
 
@@ -256,7 +268,7 @@ def test_types_outside_the_allow_list_are_unreachable(
 ) -> None:
     marker = tmp_path / "outside"
     sock = raw_dealer(ctx, agents)
-    header = {"v": 1, "type": msg_type, "id": "evil", "command": f"touch {marker}"}
+    header = {"v": PROTOCOL_VERSION, "type": msg_type, "id": "evil", "command": f"touch {marker}"}
     frames = [json.dumps(header).encode()]
     if msg_type == "output":
         frames.append(b"body")

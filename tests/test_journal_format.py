@@ -79,13 +79,16 @@ def test_unterminated_last_line_is_cut_off(tmp_path: Path) -> None:
     assert recover_journal(path).torn_bytes == 0
 
 
-def test_bad_terminated_last_line_is_torn_too(tmp_path: Path) -> None:
+def test_bad_terminated_last_line_is_corruption_not_a_torn_append(tmp_path: Path) -> None:
     path = tmp_path / "j.jsonl"
-    write_journal(path, 2)
+    lines = write_journal(path, 2)
     with path.open("ab") as handle:
-        handle.write(b"\x00" * 40 + b"\n")  # what a power loss can leave behind
-    scan = recover_journal(path)
-    assert scan.record_ids == ["r0", "r1"] and "line 3" in scan.torn_reason
+        handle.write(b"\x00" * 40 + b"\n")  # complete, so not a torn append: a human decides
+    before = path.read_bytes()
+    with pytest.raises(JournalCorruption, match=r"line 3 \(byte offset \d+\)") as info:
+        recover_journal(path)
+    assert getattr(info.value, "offset", None) == len(b"".join(lines))
+    assert path.read_bytes() == before
 
 
 def test_corruption_before_the_last_line_names_the_line(tmp_path: Path) -> None:
@@ -94,7 +97,10 @@ def test_corruption_before_the_last_line_names_the_line(tmp_path: Path) -> None:
     lines[1] = lines[1].replace(b"float", b"FLOAT")
     path.write_bytes(b"".join(lines))
     before = path.read_bytes()
-    with pytest.raises(JournalCorruption, match=r"line 2: checksum mismatch") as info:
+    offset = len(lines[0])
+    with pytest.raises(
+        JournalCorruption, match=rf"line 2 \(byte offset {offset}\): checksum"
+    ) as info:
         recover_journal(path)
     assert info.value.line_no == 2
     assert path.read_bytes() == before  # nothing is modified
@@ -103,7 +109,7 @@ def test_corruption_before_the_last_line_names_the_line(tmp_path: Path) -> None:
 def test_duplicate_id_in_the_middle_is_corruption(tmp_path: Path) -> None:
     path = tmp_path / "j.jsonl"
     path.write_bytes(line_for("a") + line_for("a") + line_for("b"))
-    with pytest.raises(JournalCorruption, match="line 2: duplicate record id"):
+    with pytest.raises(JournalCorruption, match=r"line 2 \(byte offset \d+\): duplicate record id"):
         scan_journal(path)
 
 
@@ -172,7 +178,7 @@ def test_read_cli_warns_about_a_torn_tail_and_leaves_it(tmp_path: Path, run: Any
 
 def test_read_cli_errors(tmp_path: Path, run: Any) -> None:
     missing = run(JOURNAL, "read", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 1 and "no such journal" in missing.stderr
+    assert missing.returncode == 2 and "no such journal" in missing.stderr
     bad_format = run(JOURNAL, "read", str(tmp_path / "x"), "--format", "xml")
     assert bad_format.returncode == 2 and "usage:" in bad_format.stderr
 

@@ -142,7 +142,7 @@ class EmbeddedCollector:
     def _run(self) -> None:
         try:
             collector = JournalCollector(self.path, COLLECTOR_BIND)
-        except (JournalCorruption, OSError) as error:
+        except (JournalError, OSError) as error:  # corrupt or unusable journal, bad bind
             self.error = error
             self._ready.set()
             return

@@ -1,0 +1,193 @@
+"""The agent's credit window on its own (agent_flow.py), and NodeAgent over a fake socket.
+
+The real-socket tests (test_exec_agent_hardening.py) show the effect: a stalled client does
+not grow the agent. These show the rules: when output stops and resumes, that credit never
+drives the count below zero, that a saturated connection's requests are dropped except its
+credit, and that a vanished client is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import zmq
+
+from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_protocol import (
+    CREDIT_BATCH_BYTES,
+    PROTOCOL_VERSION,
+    Credit,
+    PingRequest,
+    encode,
+)
+from cluster_runner_simulation.zmq_node_agent import IDLE_PROBE_S, NodeAgent
+
+
+class Producer:
+    def __init__(self, window: ConnectionWindow, name: str, log: list[str]) -> None:
+        self.window, self.name, self.log = window, name, log
+
+    def resume(self) -> None:
+        self.log.append(self.name)
+
+
+def test_output_stops_at_the_window_and_resumes_oldest_first() -> None:
+    window = ConnectionWindow(window=100)
+    resumed: list[str] = []
+    first, second = Producer(window, "first", resumed), Producer(window, "second", resumed)
+    window.sent(99, now=0.0)
+    assert window.is_open
+    window.sent(1, now=0.0)
+    assert not window.is_open
+    window.wait(first)
+    window.wait(second)
+    window.credit(1)
+    assert resumed == ["first", "second"] and window.waiting == 0
+
+
+def test_a_resumed_producer_that_fills_the_window_stops_the_others() -> None:
+    window = ConnectionWindow(window=100)
+    resumed: list[str] = []
+
+    class Greedy(Producer):
+        def resume(self) -> None:
+            super().resume()
+            self.window.sent(50, now=0.0)  # may fill the window again
+            if not self.window.is_open:
+                self.window.wait(self)
+
+    greedy, patient = Greedy(window, "greedy", resumed), Producer(window, "patient", resumed)
+    window.sent(100, now=0.0)
+    window.wait(greedy)
+    window.wait(patient)
+    window.credit(10)
+    assert resumed == ["greedy"]
+    window.credit(100)  # patient was waiting longer: it goes first now
+    assert resumed == ["greedy", "patient", "greedy"]
+
+
+def test_credit_never_goes_below_zero_and_saturation_needs_twice_the_window() -> None:
+    window = ConnectionWindow(window=100)
+    window.sent(10, now=0.0)
+    window.credit(10**9)
+    assert window.in_flight == 0
+    window.sent(199, now=0.0)
+    assert not window.saturated
+    window.sent(1, now=0.0)
+    assert window.saturated
+
+
+def test_a_lost_peer_never_blocks_and_wakes_everyone() -> None:
+    window = ConnectionWindow(window=100)
+    resumed: list[str] = []
+    window.sent(500, now=0.0)
+    window.wait(Producer(window, "stuck", resumed))
+    window.lost()
+    assert resumed == ["stuck"]
+    assert window.is_open and not window.saturated
+    window.heard_from()
+    assert not window.is_open
+
+
+# --- NodeAgent over a fake socket -----------------------------------------------------------
+
+
+class FakeRouter:
+    """Records what the agent sends; peers in ``unreachable`` get EHOSTUNREACH."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.unreachable: set[bytes] = set()
+
+    def send_multipart(self, frames: list[bytes], copy: bool = True) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if frames[0] in self.unreachable:
+            future.set_exception(zmq.ZMQError(zmq.EHOSTUNREACH))
+        else:
+            self.sent.append(frames)
+            future.set_result(None)
+        return future
+
+    def types_sent(self) -> list[str]:
+        return [json.loads(frames[1])["type"] for frames in self.sent]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_agent(router: FakeRouter, clock: FakeClock | None = None) -> NodeAgent:
+    sock: Any = router
+    return NodeAgent("fake", sock, 2, clock=clock or FakeClock(), window_bytes=CREDIT_BATCH_BYTES)
+
+
+PEER = b"\x00peer"
+
+
+async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None:
+    router = FakeRouter()
+    agent = make_agent(router)
+    ping = encode(PingRequest("p"))
+    while not agent.window(PEER).saturated:
+        agent.dispatch(PEER, ping)
+    answered = len(router.sent)
+    agent.dispatch(PEER, ping)
+    agent.dispatch(PEER, [b"garbage"])
+    assert len(router.sent) == answered  # neither a pong nor an error reply
+    assert agent.dropped_requests == 2 and agent.bad_messages == 1
+    agent.dispatch(PEER, encode(Credit("", nbytes=agent.window(PEER).in_flight)))
+    agent.dispatch(PEER, ping)
+    assert router.types_sent()[-1] == "pong"
+    other = b"\x00other"
+    agent.dispatch(other, ping)  # another connection was never affected
+    assert router.sent[-1][0] == other
+
+
+async def test_a_vanished_client_is_forgotten_and_an_idle_one_probed() -> None:
+    router = FakeRouter()
+    clock = FakeClock()
+    agent = make_agent(router, clock)
+    agent.dispatch(PEER, encode(PingRequest("p")))
+    assert agent.windows[PEER].in_flight > 0
+    agent.beat()
+    assert router.types_sent() == ["pong"]  # not idle long enough for a probe
+    clock.now += IDLE_PROBE_S
+    agent.beat()
+    assert router.types_sent() == ["pong", "heartbeat"]
+    router.unreachable.add(PEER)
+    clock.now += IDLE_PROBE_S
+    agent.beat()  # the probe fails: EHOSTUNREACH
+    assert agent.windows[PEER].gone and agent.undeliverable == 1
+    agent.beat()
+    assert PEER not in agent.windows
+
+
+async def test_credit_from_an_unknown_connection_is_harmless() -> None:
+    router = FakeRouter()
+    agent = make_agent(router)
+    agent.dispatch(PEER, encode(Credit("", nbytes=12345)))
+    assert router.sent == [] and PEER not in agent.windows
+
+
+@pytest.mark.parametrize("nbytes", [0, -1, 2**53 + 1, True, 1.5, "10", None])
+async def test_malformed_credit_is_a_bad_request(nbytes: object) -> None:
+    router = FakeRouter()
+    agent = make_agent(router)
+    header = {"v": PROTOCOL_VERSION, "type": "credit", "id": "", "bytes": nbytes}
+    agent.dispatch(PEER, [json.dumps(header).encode()])
+    reply = json.loads(router.sent[-1][1])
+    assert (reply["type"], reply["code"]) == ("error", "bad_request")
+    assert "bytes" in reply["message"]
+
+
+def test_a_window_below_the_credit_batch_is_refused() -> None:
+    sock: Any = FakeRouter()
+    with pytest.raises(ValueError, match="never reopen"):
+        NodeAgent("fake", sock, 1, window_bytes=CREDIT_BATCH_BYTES - 1)

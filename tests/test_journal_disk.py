@@ -1,0 +1,229 @@
+"""Unusable journal paths, for real: a directory, a read-only file system, a full disk.
+
+Each gives one clear line and exit 2 from the CLIs, and ``JournalError`` from the writer APIs;
+nothing acknowledged is lost. The read-only file system and the full disk are tiny tmpfs mounts
+made for the test (root is needed, as in CI: chmod 0444 would not stop root, a read-only mount
+does). Off CI, a machine where mounting is impossible skips these tests and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_runner_simulation.journal_format import (
+    FileJournalWriter,
+    canonical_body,
+    encode_line,
+    scan_journal,
+)
+from cluster_runner_simulation.protocols import JournalError, PerfTestResult
+from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
+
+JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
+IN_CI = bool(os.environ.get("CI"))
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+def result(record_id: str) -> PerfTestResult:
+    return PerfTestResult(record_id, "all", "t", ("n0",), 0, "x" * 200, 1.0, 2.0)
+
+
+def line_for(record_id: str) -> bytes:
+    return encode_line(record_id, canonical_body(result(record_id).to_record()))
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` for the duration of the block."""
+    where.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        failure = done.stderr.strip() if done.returncode else ""
+    except FileNotFoundError:
+        failure = "no mount command"
+    if failure:
+        reason = f"cannot mount a tmpfs for the test ({failure}); run as root"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def remount_read_only(where: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a filler file until the file system is full; return it (delete it to free space)."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def one_clear_line(proc: Any, *needles: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def test_a_directory_as_journal_is_one_clear_line(tmp_path: Path, run: Any, port: int) -> None:
+    (tmp_path / "sub").mkdir()
+    for path in (tmp_path, tmp_path / "sub"):
+        one_clear_line(
+            run(JOURNAL, "collector", "--path", str(path), "--port", str(port)), "directory"
+        )
+        one_clear_line(run(JOURNAL, "read", str(path)), "directory")
+        with pytest.raises(JournalError, match="(?i)directory"):
+            FileJournalWriter(path)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    one_clear_line(
+        run(JOURNAL, "collector", "--path", str(not_a_dir / "j.jsonl"), "--port", str(port)),
+        "not a directory",
+    )
+
+
+def test_a_read_only_journal_is_one_clear_line_and_left_alone(
+    tmp_path: Path, run: Any, port: int
+) -> None:
+    with tmpfs(tmp_path / "ro", "1m") as disk:
+        path = disk / "j.jsonl"
+        data = line_for("r0") + line_for("r1") + line_for("r2")[:50]  # with a torn tail
+        path.write_bytes(data)
+        remount_read_only(disk)
+        refused = run(JOURNAL, "collector", "--path", str(path), "--port", str(port))
+        one_clear_line(refused, str(path), "read-only file system")
+        with pytest.raises(JournalError, match="Read-only file system"):
+            FileJournalWriter(path)
+        one_clear_line(run(JOURNAL, "repair", str(path)), "read-only file system")
+        read = run(JOURNAL, "read", str(path), "--format", "jsonl")
+        assert read.returncode == 0 and len(read.stdout.splitlines()) == 2
+        assert path.read_bytes() == data
+
+
+async def test_full_disk_nacks_the_batch_and_the_collector_exits_2(
+    tmp_path: Path, spawn: Any, free_port: Any
+) -> None:
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        path = disk / "j.jsonl"
+        port = free_port()
+        collector = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(port))
+        collector.wait_for("listening on")
+        writer = ZmqJournalWriter(f"tcp://127.0.0.1:{port}", timeout=20)
+        acked = []
+        for i in range(5):
+            await writer.write(result(f"before-{i}"))
+            acked.append(f"before-{i}")
+        filler = fill(disk)
+        started = time.monotonic()
+        with pytest.raises(JournalError, match=NO_SPACE):
+            for i in range(10_000):  # the journal's last page has some room left
+                await writer.write(result(f"full-{i}"))
+                acked.append(f"full-{i}")
+        assert time.monotonic() - started < 10  # told at once, not after the timeout
+        await writer.close()
+        assert collector.wait(timeout=15) == 2
+        errors = [line for line in collector.stderr().splitlines() if "error" in line]
+        assert len(errors) == 1 and NO_SPACE in errors[0] and str(path) in errors[0]
+        assert "Traceback" not in collector.output()
+        filler.unlink()
+        again = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(free_port()))
+        again.wait_for("listening on")  # the failed batch left no torn or corrupt line
+        again.stop()
+        assert scan_journal(path).record_ids == acked
+
+
+async def test_full_disk_file_writer_raises_and_recovers_once_space_is_freed(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        path = disk / "j.jsonl"
+        writer = FileJournalWriter(path)
+        acked = []
+        for i in range(3):
+            await writer.write(result(f"a{i}"))
+            acked.append(f"a{i}")
+        filler = fill(disk)
+        with pytest.raises(JournalError, match=NO_SPACE):
+            for i in range(10_000):
+                await writer.write(result(f"b{i}"))
+                acked.append(f"b{i}")
+        filler.unlink()
+        for i in range(3):
+            await writer.write(result(f"c{i}"))
+            acked.append(f"c{i}")
+        await writer.close()
+        assert scan_journal(path).record_ids == acked  # no torn bytes glued to a later record
+        FileJournalWriter(path)  # and a restart accepts the file
+
+
+def test_repair_on_a_full_disk_cuts_nothing(tmp_path: Path, run: Any) -> None:
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        path = disk / "j.jsonl"
+        data = b"".join(line_for(f"r{i}") for i in range(3)) + b"garbage\n"
+        data += b"".join(line_for(f"s{i}") for i in range(30))
+        path.write_bytes(data)
+        fill(disk)
+        refused = run(JOURNAL, "repair", str(path))
+        one_clear_line(refused, NO_SPACE)
+        assert path.read_bytes() == data  # the copy could not be written: nothing is cut
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "j.jsonl"]
+
+
+def test_fill_really_fills(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "full", "64k") as disk:
+        fill(disk)
+        with pytest.raises(OSError, match=NO_SPACE):
+            (disk / "more").write_bytes(b"x" * 8192)
+
+
+@pytest.mark.parametrize("transport", ["ssh", "zmq"])
+def test_run_schedules_with_a_directory_as_journal_exits_2(
+    tmp_path: Path, run: Any, transport: str
+) -> None:
+    """The CLIs that drive the writers: the in-process FileJournalWriter, and a local collector."""
+    args = ["--local", "1", "--transport", transport, "--journal", str(tmp_path)]
+    proc = run("03-cluster-runner-simulation/run_schedules.py", *args, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(errors) == 1 and "Is a directory" in errors[0] and str(tmp_path) in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_journal_in_use_is_refused(tmp_path: Path, spawn: Any, run: Any, free_port: Any) -> None:
+    """Two appenders would interleave and store duplicates: the second one is refused."""
+    path = tmp_path / "j.jsonl"
+    first = spawn(JOURNAL, "collector", "--path", str(path), "--port", str(free_port()))
+    first.wait_for("listening on")
+    second = run(JOURNAL, "collector", "--path", str(path), "--port", str(free_port()))
+    one_clear_line(second, str(path), "in use by another")
+    one_clear_line(run(JOURNAL, "repair", str(path)), "in use by another")
+    with pytest.raises(JournalError, match="in use by another"):
+        FileJournalWriter(path)
+    first.stop()
+    assert run(JOURNAL, "repair", str(path)).returncode == 0

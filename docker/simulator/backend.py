@@ -136,6 +136,10 @@ class Backend(abc.ABC):
     def monitor_port(self) -> int:
         """The host port (on 127.0.0.1) where the monitor's dashboard and API answer."""
 
+    def summary(self) -> str:
+        """How the running cluster is set up, for `status`: "docker backend, Compose v2, ..."."""
+        return f"{self.name} backend"
+
     def start_hint(self) -> str:
         return f"{self.config.prog} start"
 

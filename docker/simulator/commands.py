@@ -66,7 +66,7 @@ def status(ctx: Context) -> int:
     rows = backend.status_rows(backend.topology())
     api = backend.api()
     document = api.cluster()
-    say(f"cluster '{ctx.config.project}' ({backend.name} backend)")
+    say(f"cluster '{ctx.config.project}' ({backend.summary()})")
     say(f"{'NODE':<13} {'RUNTIME':<22} {'DETAIL':<22} CLUSTER VIEW (monitor)")
     for row in rows:
         say(f"{row.node:<13} {row.runtime:<22} {row.detail:<22} {role_view(row.node, document)}")

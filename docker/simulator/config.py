@@ -9,7 +9,6 @@ prints).
 from __future__ import annotations
 
 import enum
-import importlib.util
 import math
 import re
 import sys
@@ -58,7 +57,7 @@ ENVIRONMENT: Final = {
     "CLUSTER_BACKEND": "auto: local if a local cluster runs, else docker if an engine answers",
     "COMPOSE_PROJECT_NAME": f"{DEFAULT_PROJECT} (the same as -p)",
     "COMPOSE": "auto (v2 `docker compose` if it answers, else v1 `docker-compose`); v1|v2",
-    "CLUSTER_CURVE": "auto (on for docker when the roles take --keys, off for local); on|off",
+    "CLUSTER_CURVE": "auto (docker: CURVE on 5570/5571; local: off, it binds 127.0.0.1); on|off",
     "MONITOR_PORT": f"{defaults.MONITOR_PORT} (the dashboard's host port, on 127.0.0.1)",
     "COORDINATOR_PORT": f"{defaults.TASK_PORT} (local backend)",
     "STATUS_PORT": f"{defaults.STATUS_PORT} (local backend)",
@@ -109,11 +108,6 @@ class SimConfig:
     # How the user called us, for messages such as "run `PROG start` first".
     prog: str = "simulate-cluster.sh"
     python: str = sys.executable
-
-
-def roles_take_keys() -> bool:
-    """Whether this checkout's coordinator, workers, client and monitor accept --keys DIR."""
-    return importlib.util.find_spec("cluster_patterns.cluster_keys") is not None
 
 
 def _port(name: str, text: str) -> int:

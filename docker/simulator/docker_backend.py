@@ -37,10 +37,9 @@ from cluster_simulator.config import (
     REPO_ROOT,
     ComposeChoice,
     CurveChoice,
-    roles_take_keys,
 )
 from cluster_simulator.lifecycle import child_ignores_sigint
-from cluster_simulator.output import SimError, UsageError, say
+from cluster_simulator.output import SimError, say
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
 
@@ -153,12 +152,14 @@ class DockerBackend(Backend):
         return self.config.ports.monitor
 
     def curve(self) -> bool:
-        """CURVE on 5570/5571: on by default, when this checkout's roles take --keys."""
+        """CURVE on 5570/5571: on unless CLUSTER_CURVE=off (as the cluster was started)."""
         if self.recorded is not None:
             return self.recorded.curve
-        if self.config.curve is CurveChoice.ON and not roles_take_keys():
-            raise UsageError("CLUSTER_CURVE=on, but the roles here take no --keys option")
-        return self.config.curve is not CurveChoice.OFF and roles_take_keys()
+        return self.config.curve is not CurveChoice.OFF
+
+    def summary(self) -> str:
+        curve = "CURVE on 5570/5571" if self.curve() else "no CURVE"
+        return f"docker backend, Compose {self.compose.version}, {curve}"
 
     def roles(self) -> Roles:
         keys = KEYS_IN_CONTAINER if self.curve() else None

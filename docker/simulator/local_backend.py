@@ -34,7 +34,7 @@ from cluster_simulator.backend import (
     StatusRow,
     Topology,
 )
-from cluster_simulator.config import REPO_ROOT, CurveChoice, roles_take_keys
+from cluster_simulator.config import REPO_ROOT, CurveChoice
 from cluster_simulator.lifecycle import child_ignores_sigint
 from cluster_simulator.netns import Network, namespaces_possible
 from cluster_simulator.output import SimError, UsageError, say
@@ -78,6 +78,11 @@ class LocalBackend(Backend):
     @property
     def network(self) -> Network:
         return Network(self.config.project)
+
+    def summary(self) -> str:
+        state = self.state()
+        network = "workers in network namespaces" if state.netns else "workers on 127.0.0.1"
+        return f"local backend, {network}, {'CURVE on' if state.curve else 'no CURVE'}"
 
     def start_hint(self) -> str:
         return f"{self.config.prog} --local start"
@@ -182,8 +187,6 @@ class LocalBackend(Backend):
         say(f"local backend: nothing to build; {python} imports zmq and cluster_patterns")
 
     def _new_state(self, workers: int) -> LocalState:
-        if self.config.curve is CurveChoice.ON and not roles_take_keys():
-            raise UsageError("CLUSTER_CURVE=on, but the roles here take no --keys option")
         ports = self.config.ports
         curve_on = self.config.curve is CurveChoice.ON
         return LocalState(

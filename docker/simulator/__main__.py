@@ -13,9 +13,10 @@ def run() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from cluster_simulator.cli import main
-    except KeyboardInterrupt:
+
+        return main(sys.argv[1:])
+    except KeyboardInterrupt:  # before cli.main installed its own handler: nothing started
         return 130
-    return main(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -126,10 +126,10 @@ class DockerBackend(Backend):
         return cid
 
     def cluster_network(self) -> str | None:
-        labels = [f"label={PROJECT_LABEL}={self.config.project}"]
-        labels.append("label=com.docker.compose.network=cluster")
-        found = docker("network", "ls", "-q", *(f for label in labels for f in ("--filter", label)))
-        return found.split()[0] if found.split() else None
+        project = f"label={PROJECT_LABEL}={self.config.project}"
+        network = "label=com.docker.compose.network=cluster"
+        found = docker("network", "ls", "-q", "--filter", project, "--filter", network).split()
+        return found[0] if found else None
 
     def is_started(self) -> bool:
         return "coordinator" in self.containers()

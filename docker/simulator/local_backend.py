@@ -305,16 +305,16 @@ class LocalBackend(Backend):
     def require_namespaces(self, command: str) -> Network:
         if not self.state().netns:
             raise UsageError(
-                f"{command} needs network namespaces, which the local backend creates only "
+                f"{command} need network namespaces, which the local backend creates only "
                 "when started as root; start it as root, or use the Docker backend"
             )
         return self.network
 
     def disconnect(self, node: str) -> None:
-        self.require_namespaces("partition").set_link(node, up=False)
+        self.require_namespaces("partition and heal").set_link(node, up=False)
 
     def reconnect(self, node: str) -> None:
-        self.require_namespaces("heal").set_link(node, up=True)
+        self.require_namespaces("partition and heal").set_link(node, up=True)
 
     def freeze(self, node: str) -> None:
         _signal(self.pid(node), signal.SIGSTOP)
@@ -325,13 +325,13 @@ class LocalBackend(Backend):
     def traffic_control(
         self, node: str, action: str, *netem: str
     ) -> subprocess.CompletedProcess[str]:
-        network = self.require_namespaces("traffic shaping")
+        network = self.require_namespaces("slow, flaky and fast")
         argv = network.exec_prefix(network.namespace(node))
         argv += ["tc", "qdisc", action, "dev", network.node_link(node), "root", *netem]
         return subprocess.run(argv, capture_output=True, text=True)
 
     def in_node_netns(self, node: str) -> list[str]:
-        network = self.require_namespaces("traffic shaping")
+        network = self.require_namespaces("slow, flaky and fast")
         return network.exec_prefix(network.namespace(node))
 
     # --- work --------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from cluster_patterns import defaults
 from cluster_simulator.backend import Backend
 from cluster_simulator.commands import Context
 from cluster_simulator.config import ENVIRONMENT, BackendChoice, SimConfig, build_config
-from cluster_simulator.docker_backend import DockerBackend, engine_answers
+from cluster_simulator.containers import engine_answers
+from cluster_simulator.docker_backend import DockerBackend
 from cluster_simulator.lifecycle import Interrupted, Signals, Undo
 from cluster_simulator.local_backend import LocalBackend
 from cluster_simulator.output import ExitCode, SimError, UsageError, flush_all, say_err, warn

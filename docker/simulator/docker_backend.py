@@ -15,12 +15,10 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cluster_patterns import defaults
 from cluster_simulator.backend import (
     START_TIMEOUT_S,
     Backend,
@@ -31,21 +29,22 @@ from cluster_simulator.backend import (
     Topology,
 )
 from cluster_simulator.compose import Compose
-from cluster_simulator.config import (
-    DEFAULT_WORKERS,
-    DOCKER_DIR,
-    REPO_ROOT,
-    ComposeChoice,
-    CurveChoice,
+from cluster_simulator.config import DEFAULT_WORKERS, ComposeChoice, CurveChoice
+from cluster_simulator.containers import (
+    build_image,
+    client_in_container,
+    copy_out,
+    docker,
+    inspect,
+    project_image,
+    remove_project_images,
 )
-from cluster_simulator.lifecycle import child_ignores_sigint
 from cluster_simulator.output import SimError, say
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
 
 PROJECT_LABEL: Final = "com.docker.compose.project"
 SERVICE_LABEL: Final = "com.docker.compose.service"
-IMAGE_LABEL: Final = "com.zmqsim.project"
 KEYS_IN_CONTAINER: Final = "/keys/coordinator"
 MONITOR_CONTAINER_PORT: Final = "5572/tcp"
 COMPARE_DIR: Final = "/tmp/zsim-compare"
@@ -55,28 +54,6 @@ TC_SCRIPT: Final = (
     'dev=$(ip -o route show default | sed -n "s/.* dev \\([^ ]*\\).*/\\1/p" | head -n 1); '
     'action="$1"; shift; exec tc qdisc "$action" dev "${dev:-eth0}" root "$@"'
 )
-
-
-def docker(*args: str) -> str:
-    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message."""
-    done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
-    if done.returncode != 0:
-        message = (done.stderr or done.stdout).strip().splitlines()
-        raise SimError(f"`docker {args[0]}` failed: {' '.join(message[-2:])}")
-    return done.stdout
-
-
-def engine_answers() -> bool:
-    """Whether a Docker engine answers `docker info` (DOCKER_HOST is honoured)."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return False
-    return probe.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +70,7 @@ class DockerBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.image = f"{self.config.project}-node:latest"
+        self.image = project_image(self.config.project)
         self.recorded = self._read_state()
         compose_choice = self.config.compose
         if compose_choice is ComposeChoice.AUTO and self.recorded is not None:
@@ -167,20 +144,9 @@ class DockerBackend(Backend):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _build(self, quiet: bool) -> None:
-        argv = ["docker", "build", "--label", f"{IMAGE_LABEL}={self.config.project}"]
-        argv += ["-f", str(DOCKER_DIR / "Dockerfile"), "-t", self.image, str(REPO_ROOT)]
-        if quiet:
-            argv.insert(2, "-q")
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet else None
-        )
-        if done.returncode != 0:
-            raise SimError(f"docker build failed (exit {done.returncode}); see its output above")
-
     def build(self) -> None:
         say(f"building {self.image} from docker/Dockerfile")
-        self._build(quiet=False)
+        build_image(self.config.project, self.image, quiet=False)
 
     def start(self, workers: int) -> None:
         # A project that already has containers is the user's: start it again as it is.
@@ -188,7 +154,7 @@ class DockerBackend(Backend):
             require_free_ports([("MONITOR_PORT", self.config.ports.monitor)])
             self.arm_stop()  # from here on a failure or Ctrl-C removes it all
         say(f"building {self.image} (cached layers make this quick)")
-        self._build(quiet=True)
+        build_image(self.config.project, self.image, quiet=True)
         curve = self.curve()
         self.recorded = DockerState(workers, self.compose.version, curve)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -219,16 +185,10 @@ class DockerBackend(Backend):
             time.sleep(HEALTH_POLL_S)
         return False
 
-    def _inspect(self, *cids: str) -> list[dict[str, Any]]:
-        if not cids:
-            return []
-        documents: list[dict[str, Any]] = json.loads(docker("inspect", *cids))
-        return documents
-
     def _health(self, cid: str | None) -> str:
         if cid is None:
             return "absent"
-        state = self._inspect(cid)[0]["State"]
+        state = inspect(cid)[0]["State"]
         return str((state.get("Health") or {}).get("Status", ""))
 
     def _forget(self) -> None:
@@ -250,19 +210,13 @@ class DockerBackend(Backend):
         volumes = docker("volume", "ls", "-q", "--filter", label).split()
         if volumes:
             docker("volume", "rm", *volumes)
-        # The tagged image plus older builds of this project that a rebuild left untagged.
-        images = docker("images", "-q", self.image.split(":")[0]).split()
-        images += docker(
-            "images", "-q", "--filter", f"label={IMAGE_LABEL}={self.config.project}"
-        ).split()
-        if images:
-            docker("image", "rm", "-f", *sorted(set(images)))
+        remove_project_images(self.config.project, self.image)
         self._forget()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status_rows(self, topology: Topology) -> list[StatusRow]:
         found = self.containers()
-        states = {doc["Id"][:12]: doc["State"] for doc in self._inspect(*found.values())}
+        states = {doc["Id"][:12]: doc["State"] for doc in inspect(*found.values())}
         rows = []
         for node in topology.nodes():
             cid = found.get(node)
@@ -318,7 +272,7 @@ class DockerBackend(Backend):
         return subprocess.run([*argv, action, *netem], capture_output=True, text=True)
 
     def in_node_netns(self, node: str) -> list[str]:
-        pid = self._inspect(self.container(node))[0]["State"]["Pid"]
+        pid = inspect(self.container(node))[0]["State"]["Pid"]
         return ["nsenter", "-t", str(pid), "-n"]
 
     # --- work --------------------------------------------------------------------------------
@@ -326,35 +280,9 @@ class DockerBackend(Backend):
     def start_client(
         self, work: Workload, json_path: Path | None, stdout: Output = None, stderr: Output = None
     ) -> ClientRun:
-        cid = self.container("coordinator")
-        inside = f"/tmp/workload-{uuid.uuid4().hex[:12]}.json"
-        argv = ["docker", "exec", cid, *self.roles().client(defaults.TASK_PORT, work, inside)]
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            preexec_fn=child_ignores_sigint,
+        return client_in_container(
+            self.container("coordinator"), self.roles(), work, json_path, stdout, stderr
         )
-
-        def collect() -> None:
-            if json_path is not None:
-                self._copy_out(cid, inside, json_path)
-            subprocess.run(["docker", "exec", cid, "rm", "-f", inside], capture_output=True)
-
-        return ClientRun(popen, json_path, collect)
-
-    def _copy_out(self, cid: str, inside: str, target: Path) -> None:
-        """A file from the container to ``target``, whole or not at all."""
-        part = target.with_name(target.name + ".part")
-        with part.open("wb") as out:
-            done = subprocess.run(
-                ["docker", "exec", cid, "cat", inside], stdout=out, stderr=subprocess.DEVNULL
-            )
-        if done.returncode == 0:
-            part.replace(target)
-        else:
-            part.unlink(missing_ok=True)
 
     def compare(self, options: CompareOptions) -> int:
         self.require_started()
@@ -378,7 +306,7 @@ class DockerBackend(Backend):
         script = "03-cluster-runner-simulation/performance_comparison.py"
         status = subprocess.run(["docker", "exec", *tty, cid, "python", script, *args]).returncode
         if status == 0 and options.json_path is not None:
-            self._copy_out(cid, f"{COMPARE_DIR}/perf.json", options.json_path)
+            copy_out(cid, f"{COMPARE_DIR}/perf.json", options.json_path)
         subprocess.run(["docker", "exec", cid, "rm", "-rf", COMPARE_DIR], capture_output=True)
         sys.stdout.flush()
         return status

@@ -1,0 +1,126 @@
+"""What the Docker and the Swarm backends share: the docker CLI, the node image, and a client
+run inside a container.
+
+Both run the same image (docker/Dockerfile), tagged ``PROJECT-node:latest`` and labelled with
+the project, and both run client.py inside the coordinator's container, where it talks to
+127.0.0.1 as it would on the coordinator's host.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+from cluster_patterns import defaults
+from cluster_simulator.backend import ClientRun, Output
+from cluster_simulator.config import DOCKER_DIR, REPO_ROOT
+from cluster_simulator.lifecycle import child_ignores_sigint
+from cluster_simulator.output import SimError
+from cluster_simulator.roles import Roles, Workload
+
+IMAGE_LABEL: Final = "com.zmqsim.project"
+
+
+def docker(*args: str) -> str:
+    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message."""
+    done = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise SimError(f"`docker {args[0]}` failed: {' '.join(message[-2:])}")
+    return done.stdout
+
+
+def docker_json(*args: str) -> Any:
+    """`docker ARGS` whose output is one JSON document (inspect, --format '{{json .}}')."""
+    return json.loads(docker(*args))
+
+
+def engine_answers() -> bool:
+    """Whether a Docker engine answers `docker info` (DOCKER_HOST is honoured)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
+
+
+def project_image(project: str) -> str:
+    return f"{project}-node:latest"
+
+
+def build_image(project: str, image: str, quiet: bool) -> None:
+    """`docker build` of docker/Dockerfile into ``image``, labelled with the project."""
+    argv = ["docker", "build", "--label", f"{IMAGE_LABEL}={project}"]
+    argv += ["-f", str(DOCKER_DIR / "Dockerfile"), "-t", image, str(REPO_ROOT)]
+    if quiet:
+        argv.insert(2, "-q")
+    done = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet else None
+    )
+    if done.returncode != 0:
+        raise SimError(f"docker build failed (exit {done.returncode}); see its output above")
+
+
+def remove_project_images(project: str, image: str) -> None:
+    """The tagged image plus older builds of this project that a rebuild left untagged."""
+    images = docker("images", "-q", image.split(":")[0]).split()
+    images += docker("images", "-q", "--filter", f"label={IMAGE_LABEL}={project}").split()
+    if images:
+        docker("image", "rm", "-f", *sorted(set(images)))
+
+
+def inspect(*ids: str) -> list[dict[str, Any]]:
+    """`docker inspect` of containers (or tasks, or services): one document each."""
+    if not ids:
+        return []
+    documents: list[dict[str, Any]] = docker_json("inspect", *ids)
+    return documents
+
+
+def client_in_container(
+    cid: str,
+    roles: Roles,
+    work: Workload,
+    json_path: Path | None,
+    stdout: Output = None,
+    stderr: Output = None,
+) -> ClientRun:
+    """client.py inside container ``cid`` (the coordinator's); its summary is copied out to
+    ``json_path`` when it ends."""
+    inside = f"/tmp/workload-{uuid.uuid4().hex[:12]}.json"
+    argv = ["docker", "exec", cid, *roles.client(defaults.TASK_PORT, work, inside)]
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        preexec_fn=child_ignores_sigint,
+    )
+
+    def collect() -> None:
+        if json_path is not None:
+            copy_out(cid, inside, json_path)
+        subprocess.run(["docker", "exec", cid, "rm", "-f", inside], capture_output=True)
+
+    return ClientRun(popen, json_path, collect)
+
+
+def copy_out(cid: str, inside: str, target: Path) -> None:
+    """A file from the container to ``target``, whole or not at all."""
+    part = target.with_name(target.name + ".part")
+    with part.open("wb") as out:
+        done = subprocess.run(
+            ["docker", "exec", cid, "cat", inside], stdout=out, stderr=subprocess.DEVNULL
+        )
+    if done.returncode == 0:
+        part.replace(target)
+    else:
+        part.unlink(missing_ok=True)

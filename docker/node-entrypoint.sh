@@ -14,7 +14,15 @@
 #                                   of NODE... with this image's ports, user and /keys paths)
 #                                   and the DIR/known_hosts it names; simulate-cluster.sh
 #                                   `compare` points performance_comparison.py --descriptor at it
+#   node-entrypoint --id-from-env CMD...
+#                                   exec CMD --id "$NODE_ID": a Swarm service of many replicas
+#                                   gives each task its own NODE_ID (worker{{.Task.Slot}})
 #   node-entrypoint CMD...          exec CMD
+#
+# Before it runs a role whose command has `--keys DIR` (or --keys=DIR), it waits up to
+# KEYS_WAIT_S seconds until the keys are there: for DIR under /keys, until the keys service
+# has finished (/keys/.complete); elsewhere (Docker secrets) until DIR exists. `depends_on`
+# only orders the start of the keys service, and Swarm has no start order at all.
 #
 # So any container on the network reaches every worker over both transports:
 # ZmqNodeExecutor(worker1:5580, /keys/agent) and
@@ -26,6 +34,7 @@ KEYS_DIR=/keys
 AGENT_PORT=5580
 SSH_PORT=2222
 SSH_USER=cluster
+KEYS_WAIT_S=${KEYS_WAIT_S:-60}
 AGENT_SCRIPT=/app/03-cluster-runner-simulation/zmq_node_agent.py
 CURVE_SCRIPT=/app/02-cluster-patterns/curve.py
 
@@ -36,16 +45,65 @@ make_keys() {
     return 0
   fi
   rm -f "$KEYS_DIR/.complete"
-  mkdir -p "$KEYS_DIR/ssh"
-  python "$CURVE_SCRIPT" generate "$KEYS_DIR/coordinator" --server coordinator
-  python "$AGENT_SCRIPT" keys generate "$KEYS_DIR/agent"
+  # Made aside, then moved into place: a role that waits for them never reads half a set.
+  staging="$KEYS_DIR/.staging"
+  rm -rf "$staging"
+  mkdir -p "$staging/ssh"
+  python "$CURVE_SCRIPT" generate "$staging/coordinator" --server coordinator
+  python "$AGENT_SCRIPT" keys generate "$staging/agent"
   for name in host_ed25519 client_ed25519; do
-    rm -f "$KEYS_DIR/ssh/$name" "$KEYS_DIR/ssh/$name.pub"
-    ssh-keygen -q -t ed25519 -N "" -C "$name" -f "$KEYS_DIR/ssh/$name"
+    ssh-keygen -q -t ed25519 -N "" -C "$name" -f "$staging/ssh/$name"
   done
-  cp "$KEYS_DIR/ssh/client_ed25519.pub" "$KEYS_DIR/ssh/authorized_keys"
+  cp "$staging/ssh/client_ed25519.pub" "$staging/ssh/authorized_keys"
+  for part in coordinator agent ssh; do
+    rm -rf "${KEYS_DIR:?}/$part"
+    mv "$staging/$part" "$KEYS_DIR/$part"
+  done
+  rmdir "$staging"
   touch "$KEYS_DIR/.complete"
   echo "keys: generated in $KEYS_DIR"
+}
+
+# The directory that the command's --keys names ("" without --keys).
+keys_dir_of() {
+  previous=""
+  for word in "$@"; do
+    case "$word" in
+      --keys=*) printf '%s\n' "${word#--keys=}"; return 0 ;;
+    esac
+    if [ "$previous" = "--keys" ]; then
+      printf '%s\n' "$word"
+      return 0
+    fi
+    previous="$word"
+  done
+}
+
+# Wait (5 checks a second, up to KEYS_WAIT_S) until PATH exists; 1 if it never did.
+wait_for() {
+  checks=$((KEYS_WAIT_S * 5))
+  while [ ! -e "$1" ]; do
+    if [ "$checks" -le 0 ]; then
+      return 1
+    fi
+    checks=$((checks - 1))
+    sleep 0.2
+  done
+}
+
+wait_for_keys() {
+  dir="$(keys_dir_of "$@")"
+  if [ -z "$dir" ]; then
+    return 0
+  fi
+  case "$dir" in
+    "$KEYS_DIR"/*) ready="$KEYS_DIR/.complete" ;;
+    *) ready="$dir" ;;
+  esac
+  if ! wait_for "$ready"; then
+    echo "node-entrypoint: no keys at $ready after ${KEYS_WAIT_S}s (did the keys service run?)" >&2
+    exit 1
+  fi
 }
 
 start_sshd() {
@@ -119,7 +177,8 @@ case "${1:-}" in
     ;;
   --agent)
     shift
-    if [ -f "$KEYS_DIR/.complete" ] && [ -f "$AGENT_SCRIPT" ]; then
+    wait_for_keys "$@"
+    if wait_for "$KEYS_DIR/.complete" && [ -f "$AGENT_SCRIPT" ]; then
       start_agent
       if [ -x /usr/sbin/sshd ]; then start_sshd; fi
     else
@@ -127,7 +186,13 @@ case "${1:-}" in
     fi
     exec "$@"
     ;;
+  --id-from-env)
+    shift
+    wait_for_keys "$@"
+    exec "$@" --id "${NODE_ID:?node-entrypoint: --id-from-env needs NODE_ID}"
+    ;;
   *)
+    wait_for_keys "$@"
     exec "$@"
     ;;
 esac

@@ -25,9 +25,10 @@ err() { printf 'simulate-cluster: %s\n' "$*" >&2 2>/dev/null || true; }
 
 usage() {
   cat <<EOF
-Usage: $(basename "$0") [--local|--docker] [-p PROJECT] COMMAND [ARGS]
+Usage: $(basename "$0") [--local|--docker|--swarm] [-p PROJECT] COMMAND [ARGS]
 
-Runs the 02 cluster as containers (docker) or processes (local) and injects faults.
+Runs the 02 cluster as containers (docker), a Docker Swarm stack (swarm) or processes
+(local) and injects faults.
 The commands are listed by \`$(basename "$0") help\`, which needs a Python with this
 project installed: run \`make venv\` (or pip install -r requirements.txt) first.
 EOF

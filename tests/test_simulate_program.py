@@ -239,7 +239,7 @@ def test_configuration_defaults_come_from_cluster_patterns() -> None:
         ("LIVENESS", "0", "LIVENESS must be a whole number of intervals"),
         ("COMPOSE", "v3", "COMPOSE must be auto|v1|v2, not 'v3'"),
         ("CLUSTER_CURVE", "maybe", "CLUSTER_CURVE must be auto|on|off"),
-        ("CLUSTER_BACKEND", "vm", "CLUSTER_BACKEND must be local or docker"),
+        ("CLUSTER_BACKEND", "vm", "CLUSTER_BACKEND must be local, docker or swarm"),
     ],
 )
 def test_bad_environment_is_a_usage_error(variable: str, value: str, message: str) -> None:

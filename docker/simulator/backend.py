@@ -30,12 +30,17 @@ START_TIMEOUT_S: Final = 90.0
 
 @dataclass(frozen=True)
 class Topology:
-    """The nodes of a cluster with N workers: coordinator, worker1..N, monitor."""
+    """The nodes of a cluster with N workers: coordinator, worker1..N, monitor.
+
+    ``numbers`` names the workers when they are not 1..N: Swarm numbers a service's tasks by
+    slot, and a scale-down may leave, say, worker1, worker2 and worker4."""
 
     workers: int
+    numbers: tuple[int, ...] = ()
 
     def worker_names(self) -> list[str]:
-        return [f"worker{index}" for index in range(1, self.workers + 1)]
+        numbers = self.numbers or tuple(range(1, self.workers + 1))
+        return [f"worker{index}" for index in numbers]
 
     def nodes(self) -> list[str]:
         return ["coordinator", *self.worker_names(), "monitor"]
@@ -238,6 +243,13 @@ class Backend(abc.ABC):
         its output where ``stdout`` and ``stderr`` say (None: ours). It starts with Ctrl-C
         ignored, which it undoes once its own handler is in place: a Ctrl-C during its
         imports is no traceback."""
+
+    def scale(self, workers: int) -> None:
+        """Change the number of workers of the running cluster (Swarm: the replicas)."""
+        raise UsageError(
+            f"scale needs the Swarm backend (--swarm); with the {self.name} backend, "
+            f"`stop` and then `start --workers {workers}`"
+        )
 
     def compare(self, options: CompareOptions) -> int:
         raise UsageError(

@@ -24,11 +24,13 @@ from cluster_simulator.docker_backend import DockerBackend
 from cluster_simulator.lifecycle import Interrupted, Signals, Undo
 from cluster_simulator.local_backend import LocalBackend
 from cluster_simulator.output import ExitCode, SimError, UsageError, flush_all, say_err, warn
+from cluster_simulator.swarm_backend import SwarmBackend
 from cluster_simulator.verbs import BY_NAME, COMMANDS
 
 BACKENDS: Final[dict[BackendChoice, type[Backend]]] = {
     BackendChoice.LOCAL: LocalBackend,
     BackendChoice.DOCKER: DockerBackend,
+    BackendChoice.SWARM: SwarmBackend,
 }
 SIGNATURE_WIDTH: Final = 22
 EXIT_CODES: Final = (
@@ -104,7 +106,7 @@ def global_options() -> Parser:
     """Options every command takes, before or after its name (defaults: from the environment)."""
     common = Parser(add_help=False)
     backends = common.add_mutually_exclusive_group()
-    for backend in (BackendChoice.LOCAL, BackendChoice.DOCKER):
+    for backend in (BackendChoice.LOCAL, BackendChoice.DOCKER, BackendChoice.SWARM):
         backends.add_argument(
             f"--{backend.value}",
             dest="backend",
@@ -133,7 +135,7 @@ def build_parser(prog: str) -> Parser:
     common = global_options()
     parser = Parser(
         prog=prog,
-        usage=f"{prog} [--local|--docker] [-p PROJECT] COMMAND [ARGS]",
+        usage=f"{prog} [--local|--docker|--swarm] [-p PROJECT] COMMAND [ARGS]",
         description="Run the 02 cluster and break it on purpose.\n\n" + command_list(),
         epilog=epilog(),
         formatter_class=HelpFormatter,
@@ -168,15 +170,22 @@ def parse(parser: Parser, argv: Sequence[str]) -> argparse.Namespace:
 
 
 def choose_backend(config: SimConfig, signals: Signals, undo: Undo) -> Backend:
-    """--local/--docker as asked; auto: a running local cluster, else Docker if it answers."""
+    """--local/--docker/--swarm as asked; auto: a running local cluster, else a swarm cluster
+    started from here, else Docker if it answers (Swarm only when asked or already running)."""
     local = LocalBackend(config, signals, undo)
     if config.backend is BackendChoice.LOCAL:
         return local
     if config.backend is BackendChoice.AUTO and local.is_started():
         return local
     if engine_answers():
+        if config.backend is BackendChoice.SWARM:
+            return SwarmBackend(config, signals, undo)
+        if config.backend is BackendChoice.AUTO:
+            swarm = SwarmBackend(config, signals, undo)
+            if swarm.was_started():
+                return swarm
         return DockerBackend(config, signals, undo)
-    if config.backend is BackendChoice.DOCKER:
+    if config.backend in (BackendChoice.DOCKER, BackendChoice.SWARM):
         raise UsageError(
             "no Docker engine answers (is dockerd running? try `docker info`). "
             "Use the local backend instead: --local or CLUSTER_BACKEND=local"

@@ -1,7 +1,8 @@
 """One function per cluster command, written once against the Backend interface.
 
 The fault verbs (fail, partition, ...) live in faults.py and `test` in scenario.py; this
-module holds the rest: build, start, stop, status, cleanup, logs, workload, demo, compare.
+module holds the rest: build, start, stop, status, scale, cleanup, logs, workload, demo,
+compare.
 Each returns the process's exit code or raises a SimError (see output.py).
 """
 
@@ -76,6 +77,11 @@ def status(ctx: Context) -> int:
     totals = document.get("totals", {})
     counts = ", ".join(f"{key} {totals.get(key, 0)}" for key in ("submitted", "done", "failed"))
     say(f"tasks: {counts}; dashboard {api.url}/")
+    return ExitCode.OK
+
+
+def scale(ctx: Context, workers: int) -> int:
+    ctx.backend.scale(workers)
     return ExitCode.OK
 
 

@@ -34,6 +34,7 @@ class BackendChoice(str, enum.Enum):
     AUTO = "auto"
     LOCAL = "local"
     DOCKER = "docker"
+    SWARM = "swarm"
 
 
 class ComposeChoice(str, enum.Enum):
@@ -54,7 +55,8 @@ class CurveChoice(str, enum.Enum):
 
 # The environment variables the simulator reads, with what they default to (for --help).
 ENVIRONMENT: Final = {
-    "CLUSTER_BACKEND": "auto: local if a local cluster runs, else docker if an engine answers",
+    "CLUSTER_BACKEND": "auto: the backend of a running local or swarm cluster, else docker if an "
+    "engine answers, else local; or local|docker|swarm",
     "COMPOSE_PROJECT_NAME": f"{DEFAULT_PROJECT} (the same as -p)",
     "COMPOSE": "auto (v2 `docker compose` if it answers, else v1 `docker-compose`); v1|v2",
     "CLUSTER_CURVE": "auto (docker: CURVE on 5570/5571; local: off, it binds 127.0.0.1); on|off",
@@ -63,6 +65,8 @@ ENVIRONMENT: Final = {
     "STATUS_PORT": f"{defaults.STATUS_PORT} (local backend)",
     "HEARTBEAT_INTERVAL": f"{defaults.HEARTBEAT_INTERVAL_S} (seconds, every node)",
     "LIVENESS": f"{defaults.LIVENESS} (missed intervals before a node is dead, every node)",
+    "CLUSTER_IMAGE": "swarm: an image every swarm node can pull (default: build PROJECT-node "
+    "here, which serves a one-node swarm)",
     "CLUSTER_STATE_DIR": ".cluster-state (state, pid and log files)",
     "DEMO_SECONDS": "0 (demo runs until Ctrl-C)",
     "PYTHON": ".venv/bin/python, else python3 (read by the wrapper)",
@@ -105,6 +109,8 @@ class SimConfig:
     liveness: Liveness = Liveness()
     wait_for_verdict: bool = True
     demo_seconds: int = 0
+    # Swarm: the image to deploy instead of building PROJECT-node:latest here.
+    image: str | None = None
     # How the user called us, for messages such as "run `PROG start` first".
     prog: str = "simulate-cluster.sh"
     python: str = sys.executable
@@ -153,7 +159,7 @@ def build_config(
         raise UsageError(f"project name {name!r} must be lowercase letters, digits, '-' or '_'")
     chosen = backend or env.get("CLUSTER_BACKEND", "auto")
     if chosen not in {choice.value for choice in BackendChoice}:
-        raise UsageError(f"CLUSTER_BACKEND must be local or docker, not {chosen!r}")
+        raise UsageError(f"CLUSTER_BACKEND must be local, docker or swarm, not {chosen!r}")
     ports = Ports(
         coordinator=_port("COORDINATOR_PORT", env.get("COORDINATOR_PORT", str(Ports.coordinator))),
         status=_port("STATUS_PORT", env.get("STATUS_PORT", str(Ports.status))),
@@ -174,5 +180,6 @@ def build_config(
         liveness=liveness,
         wait_for_verdict=not no_wait,
         demo_seconds=_whole("DEMO_SECONDS", env.get("DEMO_SECONDS", "0"), 0, "seconds"),
+        image=env.get("CLUSTER_IMAGE") or None,
         prog=env.get("SIMULATE_CLUSTER_PROG") or SimConfig.prog,
     )

@@ -47,10 +47,10 @@ class Roles:
         flags = ["--bind", bind, "--port", str(port), "--status-port", str(status_port)]
         return self._run("coordinator.py", *flags)
 
-    def worker(self, node: str, coordinator: str, port: int) -> list[str]:
-        return self._run(
-            "worker.py", "--id", node, "--coordinator", coordinator, "--port", str(port)
-        )
+    def worker(self, node: str | None, coordinator: str, port: int) -> list[str]:
+        """``node`` None: without --id, which the node adds itself (a Swarm replica's slot)."""
+        named = ["--id", node] if node is not None else []
+        return self._run("worker.py", *named, "--coordinator", coordinator, "--port", str(port))
 
     def monitor(self, coordinator: str, status_port: int, http_port: int, bind: str) -> list[str]:
         flags = ["--coordinator", coordinator, "--status-port", str(status_port)]

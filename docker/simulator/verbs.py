@@ -22,6 +22,7 @@ from cluster_simulator.config import DEFAULT_WORKERS, MAX_WORKERS
 from cluster_simulator.faults import Faults
 from cluster_simulator.output import ExitCode
 from cluster_simulator.roles import Workload
+from cluster_simulator.swarm_backend import MAX_SWARM_WORKERS
 
 Run = Callable[[Context, argparse.Namespace], int]
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -53,6 +54,11 @@ def _whole(text: str, low: int, high: int | None, message: str) -> int:
 def workers_count(text: str) -> int:
     message = f"--workers needs a number from 1 to {MAX_WORKERS}, not '{{text}}'"
     return _whole(text, 1, MAX_WORKERS, message)
+
+
+def replicas(text: str) -> int:
+    message = f"N needs a number from 1 to {MAX_SWARM_WORKERS}, not '{{text}}'"
+    return _whole(text, 1, MAX_SWARM_WORKERS, message)
 
 
 def positive(flag: str) -> Callable[[str], int]:
@@ -102,6 +108,10 @@ def _start_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"how many workers (1-{MAX_WORKERS})",
     )
+
+
+def _scale_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workers", type=replicas, metavar="N", help="how many worker replicas")
 
 
 def _logs_args(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +220,10 @@ def run_status(ctx: Context, args: argparse.Namespace) -> int:
     return commands.status(ctx)
 
 
+def run_scale(ctx: Context, args: argparse.Namespace) -> int:
+    return commands.scale(ctx, int(args.workers))
+
+
 def run_cleanup(ctx: Context, args: argparse.Namespace) -> int:
     return commands.cleanup(ctx)
 
@@ -266,6 +280,15 @@ COMMANDS: Final = [
         "each node's container/process state next to the monitor's view",
         MANAGE,
         run_status,
+    ),
+    Command(
+        "scale",
+        "scale N",
+        f"swarm: change the worker replicas to N (1-{MAX_SWARM_WORKERS}); prints each worker\n"
+        "as the monitor sees it join or leave",
+        MANAGE,
+        run_scale,
+        _scale_args,
     ),
     Command(
         "cleanup",

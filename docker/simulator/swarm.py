@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cluster_simulator.containers import docker, docker_json, inspect
+from cluster_simulator.containers import docker, docker_json, inspect_present
 from cluster_simulator.output import SimError, UsageError
 
 STACK_LABEL: Final = "com.docker.stack.namespace"
@@ -115,7 +115,7 @@ class Stack:
         """Role -> `docker service inspect` document of every service of the stack."""
         ids = docker("service", "ls", "-q", "--filter", self.label).split()
         prefix = f"{self.project}_"
-        return {doc["Spec"]["Name"].removeprefix(prefix): doc for doc in inspect(*ids)}
+        return {doc["Spec"]["Name"].removeprefix(prefix): doc for doc in inspect_present(*ids)}
 
     def replicas(self, role: str) -> int | None:
         service = self.services().get(role)
@@ -129,7 +129,7 @@ class Stack:
         if not role_of:
             return []
         listed = docker("service", "ps", "-q", "--no-trunc", *role_of).split()
-        return [_task(doc, role_of) for doc in inspect(*listed)]
+        return [_task(doc, role_of) for doc in inspect_present(*listed)]
 
     def current(self, tasks: Iterable[Task] | None = None) -> dict[str, Task]:
         """Node name -> its current task: the one Swarm wants running, else the latest."""

@@ -41,6 +41,7 @@ from cluster_simulator.containers import (
     client_in_container,
     docker,
     inspect,
+    inspect_present,
     project_image,
     remove_project_images,
 )
@@ -266,12 +267,10 @@ class SwarmBackend(Backend):
         current = self.stack.current()
         hosts = self.stack.hostnames()
         here = [t.container for t in current.values() if t.container and self._is_here(t)]
-        health = {}
-        try:
-            for doc in inspect(*here):
-                health[doc["Id"]] = str((doc["State"].get("Health") or {}).get("Status", ""))
-        except SimError:  # a container went away meanwhile: no health column this time
-            pass
+        health = {
+            doc["Id"]: str((doc["State"].get("Health") or {}).get("Status", ""))
+            for doc in inspect_present(*here)
+        }
         rows = []
         for node in topology.nodes():
             task = current.get(node)

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from hypothesis import settings as hypothesis_settings
 REPO = Path(__file__).resolve().parent
 PYTHON = sys.executable
 IN_CI = bool(os.environ.get("CI"))
+STACK_LABEL = "com.docker.stack.namespace"
 
 # Fuzz tests are deterministic in CI (same examples every run, no flaky first failure) and
 # explore freely on a developer's machine. HYPOTHESIS_PROFILE=ci reproduces CI locally.
@@ -291,8 +293,9 @@ class ClusterSimulator:
             for proc in psutil.process_iter(["cmdline", "status"])
             if proc.info["status"] != psutil.STATUS_ZOMBIE and self._in_project(proc)
         ]
-        if self.backend == "docker":
-            label = f"label=com.docker.compose.project={self.project}"
+        if self.backend in ("docker", "swarm"):
+            key = "com.docker.compose.project" if self.backend == "docker" else STACK_LABEL
+            label = f"label={key}={self.project}"
             listing = subprocess.run(
                 ["docker", "ps", "-a", "--filter", label, "--format", "{{.Names}} {{.Status}}"],
                 capture_output=True,
@@ -322,6 +325,36 @@ class ClusterSimulator:
 def cluster_simulator() -> type[ClusterSimulator]:
     """The ``ClusterSimulator`` class, for tests that drive simulate-cluster.sh."""
     return ClusterSimulator
+
+
+def docker_problem() -> str | None:
+    """Why the Docker tests cannot run here (None: an engine answers)."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
+    return None
+
+
+@pytest.fixture(scope="session")
+def node_image_layers() -> Iterator[None]:
+    """docker/Dockerfile built once per session under a tag of its own, kept until the end.
+
+    Every Docker test builds the node image of its project and deletes it with `cleanup`; the
+    layers that take long (apt, pip) die with it unless another image holds them. This one
+    does, so each later build is a cache hit and each Compose version's run costs its
+    scenario, not a rebuild. Its label is not a project's: no test's leftovers check sees it.
+    """
+    if docker_problem() is not None:
+        yield  # the test that asked for it skips, saying why
+        return
+    tag = f"zsimlayers-{uuid.uuid4().hex[:8]}:latest"
+    argv = ["docker", "build", "-q", "--label", "com.zmqsim.layer-cache=1"]
+    argv += ["-f", str(REPO / "docker" / "Dockerfile"), "-t", tag, str(REPO)]
+    subprocess.run(argv, capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+    yield
+    subprocess.run(["docker", "image", "rm", tag], capture_output=True, timeout=120)
 
 
 # --- The 02 cluster's status channel, read as it goes on the wire ------------------------------

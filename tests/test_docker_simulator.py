@@ -7,7 +7,11 @@ nothing of the project is left in `docker ps -a`, `docker network ls`, `docker v
 `docker images`.
 It uses its own Compose project name, state directory and a free monitor port, so a user's
 cluster on 5572 is untouched.
-Skips (with the reason) only when no Docker engine answers.
+The story runs once with each Compose version (`docker-compose` 1.29 and `docker compose` v2),
+both through the same commands; the slow image layers are built once per session
+(``node_image_layers``), so the second run costs its scenario, not a rebuild.
+Skips (with the reason) only when no Docker engine answers, or when one Compose version is not
+installed (CI installs both, and forbids skips).
 """
 
 from __future__ import annotations
@@ -61,16 +65,33 @@ def leftovers(sim: Any) -> str:
     return (containers + networks + volumes + images).strip()
 
 
-@pytest.fixture
-def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
-    problem = engine_problem()
+def compose_problem(version: str) -> str | None:
+    """Why this Compose version cannot run here (None: it answers)."""
+    argv = ["docker", "compose", "version"] if version == "v2" else ["docker-compose", "version"]
+    try:
+        probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"`{' '.join(argv)}` cannot run: {exc}"
+    return None if probe.returncode == 0 else f"`{' '.join(argv)}` fails: {probe.stderr[:200]}"
+
+
+@pytest.fixture(params=["v1", "v2"])
+def sim(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    free_port: Any,
+    cluster_simulator: Any,
+    node_image_layers: None,
+) -> Iterator[Any]:
+    problem = engine_problem() or compose_problem(request.param)
     if problem:
-        pytest.skip(f"Docker scenario needs a Docker engine: {problem}")
+        pytest.skip(f"Docker scenario with Compose {request.param}: {problem}")
     simulator = cluster_simulator(
         "docker",
         f"zsimtest{uuid.uuid4().hex[:8]}",
         free_port(),
         {"CLUSTER_STATE_DIR": str(tmp_path / "state")},
+        compose=request.param,
     )
     yield simulator
     simulator("cleanup", timeout=180)
@@ -110,6 +131,7 @@ def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{sim.monitor_port}/" in out
 
     status = sim.ok("status")
+    assert f"Compose {sim.env['COMPOSE']}" in status, status
     for node in ("coordinator", "worker1", "worker2", "worker3", "monitor"):
         assert re.search(rf"^{node}\s+running\s+healthy", status, re.M), status
     assert re.search(r"^worker1\s.*\balive$", status, re.M), status

@@ -239,16 +239,32 @@ def accepts(address: tuple[str, int]) -> bool:
 # --- the Docker backend ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def docker_sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
+@pytest.fixture(params=["v1", "v2"])
+def docker_sim(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    free_port: Any,
+    cluster_simulator: Any,
+    node_image_layers: None,
+) -> Iterator[Any]:
+    """The Docker backend with each Compose version (`docker compose down` is what must
+    survive the closed stdout and the second Ctrl-C, and v1 and v2 are different programs)."""
     probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip("the Docker backend needs a Docker engine: `docker info` fails")
+    compose = ["docker", "compose"] if request.param == "v2" else ["docker-compose"]
+    try:
+        missing = subprocess.run([*compose, "version"], capture_output=True).returncode != 0
+    except OSError:
+        missing = True
+    if missing:
+        pytest.skip(f"Compose {request.param} (`{' '.join(compose)}`) is not installed")
     simulator = cluster_simulator(
         "docker",
         f"zsimclean{uuid.uuid4().hex[:8]}",
         free_port(),
         {"CLUSTER_STATE_DIR": str(tmp_path / "state"), "DEMO_SECONDS": "0"},
+        compose=request.param,
     )
     yield simulator
     simulator("cleanup", timeout=300)

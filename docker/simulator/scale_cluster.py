@@ -1,0 +1,332 @@
+"""One size of the scale benchmark: a coordinator and N workers, each a real local process.
+
+The coordinator binds two free loopback ports (NULL security, as on loopback by default);
+a SUB tap on its status port reads every STATUS and NODE_EVENT. For one size it measures:
+
+- the coordinator's CPU per second and RSS while nothing but heartbeats flow (idle);
+- no-op (echo) tasks/s through it, and dispatch latency with one task in flight;
+- kill -> "dead" on the status channel for SIGKILLed workers (a few at a time, each replaced
+  by a new worker so the cluster keeps its size), and the coordinator's own figure (last
+  message -> verdict);
+- dead and suspect verdicts about workers nobody killed: false verdicts.
+
+Used by scale_bench.py; it owns its sockets and processes and stops them however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import psutil
+import zmq
+
+from cluster_patterns import defaults
+from cluster_patterns.client import ClusterClient, percentile
+from cluster_patterns.protocol import NodeEvent, NodeState, ProtocolError, Status, decode
+from cluster_simulator.config import REPO_ROOT
+
+WORKER_CAPACITY: Final = 64
+SETTLE_S: Final = 3.0  # after the last worker registered, before anything is measured
+KILLS_PER_ROUND: Final = 5
+KILL_SPACING_S: Final = 0.1
+VERDICT_TIMEOUT_S: Final = 15.0
+STOP_TIMEOUT_S: Final = 30.0
+POLL_MS: Final = 50
+# Told which phase the measurement is in (scale_bench.py shows it as progress).
+PhaseReporter = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How much to measure at one size."""
+
+    workers: int
+    idle_s: float
+    tasks: int
+    latency_tasks: int
+    kills: int
+
+
+@dataclass
+class ClusterFigures:
+    workers: int
+    start_s: float = 0.0
+    idle_cpu_percent: float = 0.0  # of one core, heartbeats only
+    idle_rss_mib: float = 0.0
+    tasks_per_s: float = 0.0
+    dispatch_p50_ms: float = 0.0
+    dispatch_p99_ms: float = 0.0
+    detection_s: list[float] = field(default_factory=list)  # kill -> dead on the status channel
+    silence_s: list[float] = field(default_factory=list)  # coordinator: last message -> dead
+    missed_verdicts: int = 0  # killed workers never declared dead within VERDICT_TIMEOUT_S
+    false_dead_idle: int = 0
+    false_dead_load: int = 0
+    false_suspect: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((defaults.LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+class StatusTap:
+    """A SUB socket on the coordinator's status port; owned by the thread that made it."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], port: int) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)  # keep every event, however long we do not read
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(f"tcp://{defaults.LOOPBACK}:{port}")
+        self.states: dict[str, str] = {}
+
+    def read(self, timeout_s: float) -> list[tuple[float, NodeEvent]]:
+        """NODE_EVENTs (with the time each was read) for up to ``timeout_s``; STATUS frames
+        update ``states``."""
+        events: list[tuple[float, NodeEvent]] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 0 or not self.sock.poll(max(0, min(left_ms, POLL_MS))):
+                if time.monotonic() >= deadline:
+                    return events
+                continue
+            while True:
+                try:
+                    frame = self.sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    message = decode(frame)
+                except ProtocolError:
+                    continue
+                if isinstance(message, Status):
+                    self.states = {n.node_id: n.state for n in message.nodes}
+                elif isinstance(message, NodeEvent):
+                    events.append((time.monotonic(), message))
+
+    def alive(self) -> set[str]:
+        return {node for node, state in self.states.items() if state == NodeState.ALIVE.value}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LocalCluster:
+    """The coordinator and its workers as processes, their output in a temporary directory."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.port, self.status_port = free_port(), free_port()
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self._serial = 0
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches the benchmark, which stops them
+            )
+
+    def start_coordinator(self) -> psutil.Process:
+        script = "02-cluster-patterns/coordinator.py"
+        ports = ["--port", str(self.port), "--status-port", str(self.status_port)]
+        self.coordinator = self._spawn("coordinator", script, *ports)
+        log = self.logs / "coordinator.log"
+        deadline = time.monotonic() + 30
+        while b"coordinator ready" not in log.read_bytes():
+            if self.coordinator.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the coordinator did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return psutil.Process(self.coordinator.pid)
+
+    def add_workers(self, count: int) -> list[str]:
+        names = []
+        for _ in range(count):
+            self._serial += 1
+            name = f"w{self._serial:04d}"
+            args = ["--id", name, "--port", str(self.port), "--capacity", str(WORKER_CAPACITY)]
+            self.workers[name] = self._spawn(name, "02-cluster-patterns/worker.py", *args)
+            names.append(name)
+        return names
+
+    def kill(self, name: str) -> None:
+        self.workers.pop(name).kill()
+
+    def stop(self) -> None:
+        """SIGTERM every worker (they drain and deregister), then the coordinator."""
+        procs = list(self.workers.values())
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        _reap(procs)
+        if self.coordinator is not None:
+            _signal(self.coordinator, signal.SIGINT)
+            _reap([self.coordinator])
+        self.workers.clear()
+
+
+def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def running_cluster() -> Iterator[LocalCluster]:
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def wait_alive(tap: StatusTap, names: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not names <= tap.alive():
+        if time.monotonic() > deadline:
+            missing = sorted(names - tap.alive())
+            raise RuntimeError(f"{len(missing)} worker(s) never registered: {missing[:5]} ...")
+        tap.read(0.2)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def false_verdicts(events: list[tuple[float, NodeEvent]], victims: set[str]) -> tuple[int, int]:
+    """(dead, suspect) verdicts about workers that were not killed."""
+    dead = suspect = 0
+    for _, event in events:
+        if event.node_id in victims:
+            continue
+        dead += event.event == NodeState.DEAD.value
+        suspect += event.event == NodeState.SUSPECT.value
+    return dead, suspect
+
+
+async def throughput(port: int, count: int) -> float:
+    async with ClusterClient(defaults.LOOPBACK, port) as client:
+        await client.run_batch("echo", min(500, count))  # warm up every worker's pipe
+        summary = await client.run_batch("echo", count, window=8192)
+    if not summary.all_succeeded:
+        raise RuntimeError(f"the throughput batch did not complete: {summary.line()}")
+    return summary.tasks_per_s
+
+
+async def dispatch_latency(port: int, count: int) -> tuple[float, float]:
+    """p50 and p99 in ms of submit -> outcome with one task in flight."""
+    samples = []
+    async with ClusterClient(defaults.LOOPBACK, port) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            [future] = client.submit([client.new_task("echo")])
+            await future
+            samples.append(time.perf_counter() - started)
+    return percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
+
+
+def measure_cluster(plan: ClusterPlan, phase: PhaseReporter) -> ClusterFigures:
+    figures = ClusterFigures(plan.workers)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    tap: StatusTap | None = None
+    try:
+        with running_cluster() as cluster:
+            phase(f"{plan.workers} workers: starting them")
+            started = time.monotonic()
+            coordinator = cluster.start_coordinator()
+            tap = StatusTap(ctx, cluster.status_port)
+            names = set(cluster.add_workers(plan.workers))
+            wait_alive(tap, names, 60 + plan.workers * 0.5)
+            figures.start_s = time.monotonic() - started
+            tap.read(SETTLE_S)
+
+            phase(f"{plan.workers} workers: idle, heartbeats only ({plan.idle_s:.0f} s)")
+            before, wall = cpu_seconds(coordinator), time.monotonic()
+            events = tap.read(plan.idle_s)
+            used = cpu_seconds(coordinator) - before
+            figures.idle_cpu_percent = 100 * used / (time.monotonic() - wall)
+            figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
+            figures.false_dead_idle, suspects = false_verdicts(events, set())
+
+            phase(f"{plan.workers} workers: {plan.tasks} echo tasks, then one at a time")
+            figures.tasks_per_s = asyncio.run(throughput(cluster.port, plan.tasks))
+            p50, p99 = asyncio.run(dispatch_latency(cluster.port, plan.latency_tasks))
+            figures.dispatch_p50_ms, figures.dispatch_p99_ms = p50, p99
+            dead, more = false_verdicts(tap.read(0.5), set())
+            figures.false_dead_load, suspects = dead, suspects + more
+
+            phase(f"{plan.workers} workers: {plan.kills} SIGKILLs")
+            suspects += detect(cluster, tap, plan, figures)
+            figures.false_suspect = suspects
+    finally:
+        if tap is not None:
+            tap.close()
+        ctx.term()
+    return figures
+
+
+def detect(
+    cluster: LocalCluster, tap: StatusTap, plan: ClusterPlan, figures: ClusterFigures
+) -> int:
+    """Kill workers a few at a time, time their verdicts, replace them; returns the suspect
+    verdicts about others (dead ones about others are false verdicts under load)."""
+    suspects = 0
+    per_round = max(1, min(KILLS_PER_ROUND, plan.workers // 2))
+    while len(figures.detection_s) + figures.missed_verdicts < plan.kills:
+        batch = min(per_round, plan.kills - len(figures.detection_s) - figures.missed_verdicts)
+        victims = sorted(cluster.workers)[:batch]
+        killed_at: dict[str, float] = {}
+        for name in victims:
+            cluster.kill(name)
+            killed_at[name] = time.monotonic()
+            time.sleep(KILL_SPACING_S)
+        waiting = set(victims)
+        deadline = time.monotonic() + VERDICT_TIMEOUT_S
+        while waiting and time.monotonic() < deadline:
+            events = tap.read(0.1)
+            for seen_at, event in events:
+                if event.node_id in waiting and event.event == NodeState.DEAD.value:
+                    waiting.discard(event.node_id)
+                    figures.detection_s.append(seen_at - killed_at[event.node_id])
+                    if event.detection_latency_s is not None:
+                        figures.silence_s.append(event.detection_latency_s)
+            dead, suspect = false_verdicts(events, set(killed_at))
+            figures.false_dead_load += dead
+            suspects += suspect
+        figures.missed_verdicts += len(waiting)
+        replacements = set(cluster.add_workers(batch))
+        wait_alive(tap, replacements, 60 + batch)
+        tap.read(1.0)
+    return suspects

@@ -178,8 +178,9 @@ def cluster_row(r: ClusterFigures) -> dict[str, Any]:
     row["detection_p50_s"] = round(percentile(r.detection_s, 0.5), 3) if r.detection_s else None
     row["detection_p99_s"] = round(percentile(r.detection_s, 0.99), 3) if r.detection_s else None
     row["silence_p99_s"] = round(percentile(r.silence_s, 0.99), 3) if r.silence_s else None
-    for key in ("idle_cpu_percent", "idle_rss_mib", "dispatch_p50_ms", "dispatch_p99_ms"):
-        row[key] = round(row[key], 3)
+    for key, value in row.items():
+        if isinstance(value, float):
+            row[key] = round(value, 3)
     row["start_s"] = round(r.start_s, 1)
     row["detection_s"] = [round(v, 3) for v in r.detection_s]
     row["silence_s"] = [round(v, 3) for v in r.silence_s]
@@ -223,6 +224,22 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{r['idle_rss_mib']:.1f} | {_seconds(r['detection_p50_s'])} / "
                 f"{_seconds(r['detection_p99_s'])} ({len(r['detection_s'])}) | "
                 f"{r['false_dead_idle']} / {r['false_dead_load']} | {r['false_suspect']} |"
+            )
+        lines += [
+            "",
+            "CPU in % of one core (the machine has "
+            f"{meta['machine']['cpus']}), while idle and during the throughput batch:",
+            "",
+            "| workers | coordinator idle / load | all workers idle / load "
+            "| whole machine idle / load | load average at idle |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['workers']} | {r['idle_cpu_percent']:.1f} / {r['load_cpu_percent']:.1f} "
+                f"| {r['idle_workers_cpu_percent']:.1f} / {r['load_workers_cpu_percent']:.1f} "
+                f"| {r['idle_machine_cpu_percent']:.1f} / {r['load_machine_cpu_percent']:.1f} "
+                f"| {r['idle_load1']:.2f} |"
             )
         fit = document.get("per_worker")
         if fit:

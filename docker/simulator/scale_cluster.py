@@ -65,6 +65,12 @@ class ClusterFigures:
     start_s: float = 0.0
     idle_cpu_percent: float = 0.0  # of one core, heartbeats only
     idle_rss_mib: float = 0.0
+    idle_workers_cpu_percent: float = 0.0  # all workers together, of one core
+    idle_machine_cpu_percent: float = 0.0  # everything on the machine (other users too)
+    idle_load1: float = 0.0
+    load_cpu_percent: float = 0.0  # the coordinator during the throughput batch
+    load_workers_cpu_percent: float = 0.0
+    load_machine_cpu_percent: float = 0.0
     tasks_per_s: float = 0.0
     dispatch_p50_ms: float = 0.0
     dispatch_p99_ms: float = 0.0
@@ -220,9 +226,38 @@ def wait_alive(tap: StatusTap, names: set[str], timeout_s: float) -> None:
         tap.read(0.2)
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """CPU time used so far by these processes (one that has exited counts no more)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores, everyone's processes)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+class CpuMeter:
+    """% of one core used by the coordinator, the workers and the machine over a window."""
+
+    def __init__(self, coordinator: psutil.Process, workers: list[psutil.Process]) -> None:
+        self.groups = {"coordinator": [coordinator], "workers": workers}
+        self.started = time.monotonic()
+        self.before = {name: cpu_seconds(procs) for name, procs in self.groups.items()}
+        self.machine_before = machine_busy_seconds()
+
+    def percent(self) -> dict[str, float]:
+        wall = time.monotonic() - self.started
+        used = {name: cpu_seconds(procs) - self.before[name] for name, procs in self.groups.items()}
+        used["machine"] = machine_busy_seconds() - self.machine_before
+        return {name: 100 * seconds / wall for name, seconds in used.items()}
 
 
 def false_verdicts(events: list[tuple[float, NodeEvent]], victims: set[str]) -> tuple[int, int]:
@@ -273,15 +308,24 @@ def measure_cluster(plan: ClusterPlan, phase: PhaseReporter) -> ClusterFigures:
             tap.read(SETTLE_S)
 
             phase(f"{plan.workers} workers: idle, heartbeats only ({plan.idle_s:.0f} s)")
-            before, wall = cpu_seconds(coordinator), time.monotonic()
+            workers = [psutil.Process(proc.pid) for proc in cluster.workers.values()]
+            figures.idle_load1 = os.getloadavg()[0]
+            meter = CpuMeter(coordinator, workers)
             events = tap.read(plan.idle_s)
-            used = cpu_seconds(coordinator) - before
-            figures.idle_cpu_percent = 100 * used / (time.monotonic() - wall)
+            idle = meter.percent()
+            figures.idle_cpu_percent = idle["coordinator"]
+            figures.idle_workers_cpu_percent = idle["workers"]
+            figures.idle_machine_cpu_percent = idle["machine"]
             figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
             figures.false_dead_idle, suspects = false_verdicts(events, set())
 
             phase(f"{plan.workers} workers: {plan.tasks} echo tasks, then one at a time")
+            meter = CpuMeter(coordinator, workers)
             figures.tasks_per_s = asyncio.run(throughput(cluster.port, plan.tasks))
+            busy = meter.percent()
+            figures.load_cpu_percent = busy["coordinator"]
+            figures.load_workers_cpu_percent = busy["workers"]
+            figures.load_machine_cpu_percent = busy["machine"]
             p50, p99 = asyncio.run(dispatch_latency(cluster.port, plan.latency_tasks))
             figures.dispatch_p50_ms, figures.dispatch_p99_ms = p50, p99
             dead, more = false_verdicts(tap.read(0.5), set())

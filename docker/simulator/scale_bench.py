@@ -31,6 +31,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -43,15 +44,25 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from cluster_patterns import defaults
 from cluster_patterns.client import percentile
 from cluster_simulator.scale_agents import FanoutFigures, measure_fanout
-from cluster_simulator.scale_cluster import ClusterFigures, ClusterPlan, measure_cluster
+from cluster_simulator.scale_cluster import (
+    ClusterFigures,
+    ClusterPlan,
+    EmulatedFigures,
+    measure_cluster,
+    measure_emulated,
+)
 
 matplotlib.use("Agg")
 from matplotlib import pyplot, ticker  # noqa: E402 - after choosing the file backend
 
 FULL_SIZES: Final = (4, 16, 64, 256)
 QUICK_SIZES: Final = (4, 16)
-PARTS: Final = ("cluster", "agents")
+# Heartbeats alone from emulated workers (one process), past what real processes allow here.
+FULL_EMULATED: Final = (256, 1024, 2048, 4096)
+QUICK_EMULATED: Final = (256, 1024)
+PARTS: Final = ("cluster", "agents", "emulated")
 NAME: Final = "scale-bench"
+MAX_SIZE: Final = 10_000
 # The detection bound: the verdict comes `liveness` silent intervals after the last
 # heartbeat, which was at most one interval before the kill.
 BOUND_S: Final = defaults.HEARTBEAT_INTERVAL_S * (defaults.LIVENESS + 1)
@@ -75,9 +86,9 @@ def sizes_list(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes takes numbers such as 4,16,64, not {text!r}")
-    if not sizes or any(not 1 <= size <= 1024 for size in sizes):
-        raise argparse.ArgumentTypeError("--sizes: every size must be from 1 to 1024")
+        raise argparse.ArgumentTypeError(f"sizes are numbers such as 4,16,64, not {text!r}")
+    if not sizes or any(not 1 <= size <= MAX_SIZE for size in sizes):
+        raise argparse.ArgumentTypeError(f"every size must be from 1 to {MAX_SIZE}, not {text!r}")
     return sizes
 
 
@@ -101,10 +112,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list of sizes (default: 4,16,64,256; with --quick 4,16)",
     )
     parser.add_argument(
+        "--emulated-sizes",
+        type=sizes_list,
+        help="comma list of emulated sizes (default: 256,1024,2048,4096; with --quick 256,1024)",
+    )
+    parser.add_argument(
         "--parts",
         type=parts_list,
         default=PARTS,
-        help="what to measure: cluster, agents or both (default: cluster,agents)",
+        help="what to measure, a comma list of cluster (real worker processes), agents "
+        "(fan-out) and emulated (heartbeats of emulated workers) (default: all three)",
     )
     parser.add_argument(
         "--kills", type=int, help=f"SIGKILLs per size (default: {FULL.kills}; quick {QUICK.kills})"
@@ -150,11 +167,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def per_worker_fit(rows: list[ClusterFigures]) -> dict[str, float] | None:
+def per_worker_fit(
+    rows: Sequence[ClusterFigures | EmulatedFigures], count: str = "workers"
+) -> dict[str, float] | None:
     """Least squares: idle CPU % = base + per_worker * N."""
     if len(rows) < 2:
         return None
-    xs = [float(r.workers) for r in rows]
+    xs = [float(getattr(r, count)) for r in rows]
     ys = [r.idle_cpu_percent for r in rows]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum(
@@ -214,7 +233,7 @@ def markdown(document: dict[str, Any]) -> str:
     if rows:
         lines += [
             "| workers | tasks/s | dispatch p50 / p99 ms | coordinator CPU idle | RSS MiB "
-            "| kill -> dead p50 / p99 s (kills) | false dead idle / load | suspects |",
+            "| kill -> dead p50 / p99 s (kills) | false dead start / idle / load | suspects |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
@@ -223,7 +242,8 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{r['dispatch_p99_ms']:.2f} | {r['idle_cpu_percent']:.2f}% | "
                 f"{r['idle_rss_mib']:.1f} | {_seconds(r['detection_p50_s'])} / "
                 f"{_seconds(r['detection_p99_s'])} ({len(r['detection_s'])}) | "
-                f"{r['false_dead_idle']} / {r['false_dead_load']} | {r['false_suspect']} |"
+                f"{r['false_dead_start']} / {r['false_dead_idle']} / {r['false_dead_load']} | "
+                f"{r['false_suspect']} |"
             )
         lines += [
             "",
@@ -250,6 +270,35 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{fit['per_worker_us_per_s']:.0f} µs of CPU per worker per second, "
                 f"{fit['per_heartbeat_exchange_us']:.0f} µs per heartbeat exchange.",
             ]
+    emulated = document.get("emulated", [])
+    if emulated:
+        lines += [
+            "",
+            "Heartbeats alone, from emulated workers (one process speaks the workers' side of "
+            "the protocol for every id: real processes saturate these 2 cores first):",
+            "",
+            "| emulated workers | registered | refused | coordinator CPU idle | RSS MiB "
+            "| STATUS frame KiB | false dead registering / idle | suspects "
+            "| emulator late beats / worst lag ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in emulated:
+            lines.append(
+                f"| {e['workers']} | {e['registered']} | {e['refused']} | "
+                f"{e['idle_cpu_percent']:.2f}% | {e['idle_rss_mib']:.1f} | {e['status_kib']:.0f} "
+                f"| {e['false_dead_start']} / {e['false_dead']} | {e['false_suspect']} | "
+                f"{e['late_heartbeats']} / "
+                f"{e['max_lag_ms']} |"
+            )
+        fit = document.get("per_emulated_worker")
+        if fit:
+            lines += [
+                "",
+                f"Emulated, every worker registered: {fit['base_cpu_percent']:.2f}% + "
+                f"{fit['per_worker_cpu_percent']:.4f}% per worker: "
+                f"{fit['per_worker_us_per_s']:.0f} µs of CPU per worker per second, "
+                f"{fit['per_heartbeat_exchange_us']:.0f} µs per heartbeat exchange.",
+            ]
     fans = document.get("agents", [])
     if fans:
         lines += [
@@ -273,43 +322,62 @@ def _seconds(value: float | None) -> str:
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
-    figure, axes = pyplot.subplots(2, 2, figsize=(11, 8))
+    figure, axes = pyplot.subplots(2, 3, figsize=(15, 8))
     rows, fans = document.get("cluster", []), document.get("agents", [])
+    emulated = document.get("emulated", [])
+    cpu, tps, det = axes[0]
+    fan, emu, rss = axes[1]
     if rows:
         ns = [r["workers"] for r in rows]
-        cpu, tps = axes[0][0], axes[0][1]
         cpu.plot(ns, [r["idle_cpu_percent"] for r in rows], "o-", label="measured")
         fit = document.get("per_worker")
         if fit:
             line = [fit["base_cpu_percent"] + fit["per_worker_cpu_percent"] * n for n in ns]
             cpu.plot(ns, line, "--", label="least squares")
-        cpu.set(title="Idle coordinator CPU (heartbeats only)", ylabel="% of one core")
         cpu.legend()
         tps.plot(ns, [r["tasks_per_s"] for r in rows], "o-")
-        tps.set(title="No-op tasks/s through the coordinator", ylabel="tasks/s")
-        det = axes[1][0]
         det.plot(ns, [r["detection_p50_s"] for r in rows], "o-", label="p50")
         det.plot(ns, [r["detection_p99_s"] for r in rows], "s-", label="p99")
-        det.axhline(BOUND_S, color="grey", linestyle=":", label=f"bound {BOUND_S:.1f} s")
-        det.set(title="SIGKILL -> dead on the status channel", ylabel="s", ylim=(0, None))
+        bound = det.axhline(BOUND_S, color="grey", linestyle=":", label=f"bound {BOUND_S:.1f} s")
+        bound.set_gid("bound")  # not a series: its x data are axes fractions
+        det.set(ylim=(0, None))
         det.legend()
+        rss.plot(ns, [r["idle_rss_mib"] for r in rows], "o-", label="worker processes")
     if fans:
-        fan = axes[1][1]
         nodes = [f["nodes"] for f in fans]
         fan.plot(nodes, [f["zmq_ms"] for f in fans], "o-", label="ZeroMQ executor")
         fan.plot(nodes, [f["asyncssh_ms"] for f in fans], "s-", label="asyncssh")
-        fan.set(title="Warm fan-out of `true`", ylabel="ms", yscale="log")
+        fan.set(yscale="log")
         fan.legend()
-    sizes = sorted({r["workers"] for r in rows} | {f["nodes"] for f in fans})
-    for index, axis in enumerate(axes.flat):
-        # CPU against workers on linear axes, where a constant cost per worker is a line.
-        axis.set(xscale="linear" if index == 0 else "log", xlabel="nodes")
-        axis.set_xticks(sizes, [str(size) for size in sizes])
-        axis.xaxis.set_minor_locator(ticker.NullLocator())
+    if emulated:
+        full = [e for e in emulated if e["registered"] == e["workers"]]
+        emu.plot([e["workers"] for e in full], [e["idle_cpu_percent"] for e in full], "o-")
+        rss.plot(
+            [e["workers"] for e in emulated],
+            [e["idle_rss_mib"] for e in emulated],
+            "s-",
+            label="emulated workers",
+        )
+        rss.legend()
+    titles = [
+        (cpu, "Idle coordinator CPU, worker processes", "% of one core", "linear"),
+        (tps, "No-op tasks/s through the coordinator", "tasks/s", "log"),
+        (det, "SIGKILL -> dead on the status channel", "s", "log"),
+        (fan, "Warm fan-out of `true`", "ms", "log"),
+        (emu, "Idle coordinator CPU, emulated workers", "% of one core", "linear"),
+        (rss, "Coordinator RSS", "MiB", "log"),
+    ]
+    for axis, title, unit, xscale in titles:
+        series = [line for line in axis.get_lines() if line.get_gid() != "bound"]
+        sizes = sorted({int(x) for line in series for x in line.get_xdata()})
+        axis.set(title=title, ylabel=unit, xscale=xscale, xlabel="workers / nodes")
+        if sizes:
+            axis.set_xticks(sizes, [str(size) for size in sizes])
+            axis.xaxis.set_minor_locator(ticker.NullLocator())
         axis.grid(True, alpha=0.3)
     figure.suptitle(f"{document['meta']['date'][:10]}, {document['meta']['machine']['cpus']} CPUs")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=80)
     pyplot.close(figure)
 
 
@@ -317,8 +385,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     amounts = QUICK if args.quick else FULL
     kills = args.kills if args.kills is not None else amounts.kills
+    emulated = args.emulated_sizes or (QUICK_EMULATED if args.quick else FULL_EMULATED)
     steps = len(sizes) * (4 * ("cluster" in args.parts) + ("agents" in args.parts))
-    document: dict[str, Any] = {"cluster": [], "agents": []}
+    steps += len(emulated) * ("emulated" in args.parts)
+    document: dict[str, Any] = {"cluster": [], "agents": [], "emulated": []}
     columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=args.no_progress) as progress:
         bar = progress.add_task("starting", total=steps)
@@ -345,7 +415,26 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     f"asyncssh {fanout['asyncssh_ms']:.1f} ms"
                 )
         document["per_worker"] = per_worker_fit(cluster_rows)
+        emulated_rows = []
+        for size in emulated if "emulated" in args.parts else ():
+            row = measure_emulated(size, amounts.idle_s, phase)
+            emulated_rows.append(row)
+            document["emulated"].append(_rounded(asdict(row)))
+            console.log(
+                f"{size} emulated workers: {row.registered} registered, coordinator "
+                f"{row.idle_cpu_percent:.1f}% ({row.idle_rss_mib:.0f} MiB), STATUS "
+                f"{row.status_kib:.0f} KiB, false dead {row.false_dead}"
+            )
+        document["per_emulated_worker"] = per_worker_fit(
+            [r for r in emulated_rows if r.registered == r.workers], "workers"
+        )
     return document
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: round(value, 3) if isinstance(value, float) else value for key, value in row.items()
+    }
 
 
 def _cluster_line(r: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ Used by scale_bench.py; it owns its sockets and processes and stops them however
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -44,8 +45,11 @@ KILL_SPACING_S: Final = 0.1
 VERDICT_TIMEOUT_S: Final = 15.0
 STOP_TIMEOUT_S: Final = 30.0
 POLL_MS: Final = 50
+STALL_S: Final = 5.0
 # Told which phase the measurement is in (scale_bench.py shows it as progress).
 PhaseReporter = Callable[[str], None]
+# A NODE_EVENT with the time the tap read it.
+Event = tuple[float, NodeEvent]
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class ClusterFigures:
     detection_s: list[float] = field(default_factory=list)  # kill -> dead on the status channel
     silence_s: list[float] = field(default_factory=list)  # coordinator: last message -> dead
     missed_verdicts: int = 0  # killed workers never declared dead within VERDICT_TIMEOUT_S
+    false_dead_start: int = 0  # while the workers registered
     false_dead_idle: int = 0
     false_dead_load: int = 0
     false_suspect: int = 0
@@ -98,11 +103,12 @@ class StatusTap:
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(f"tcp://{defaults.LOOPBACK}:{port}")
         self.states: dict[str, str] = {}
+        self.status_bytes = 0  # the size of the last STATUS frame
 
-    def read(self, timeout_s: float) -> list[tuple[float, NodeEvent]]:
+    def read(self, timeout_s: float) -> list[Event]:
         """NODE_EVENTs (with the time each was read) for up to ``timeout_s``; STATUS frames
         update ``states``."""
-        events: list[tuple[float, NodeEvent]] = []
+        events: list[Event] = []
         deadline = time.monotonic() + timeout_s
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
@@ -121,6 +127,7 @@ class StatusTap:
                     continue
                 if isinstance(message, Status):
                     self.states = {n.node_id: n.state for n in message.nodes}
+                    self.status_bytes = len(frame)
                 elif isinstance(message, NodeEvent):
                     events.append((time.monotonic(), message))
 
@@ -139,6 +146,7 @@ class LocalCluster:
         self.port, self.status_port = free_port(), free_port()
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.emulator: subprocess.Popen[bytes] | None = None
         self._serial = 0
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -177,9 +185,24 @@ class LocalCluster:
     def kill(self, name: str) -> None:
         self.workers.pop(name).kill()
 
+    def start_emulator(self, workers: int, seconds: float) -> subprocess.Popen[bytes]:
+        """scale_emulate.py: ``workers`` workers' REGISTER and heartbeats from one process."""
+        args = ["--port", str(self.port), "--workers", str(workers), "--seconds", str(seconds)]
+        self.emulator = subprocess.Popen(
+            [sys.executable, "-m", "cluster_simulator.scale_emulate", *args],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=(self.logs / "emulator.log").open("ab"),
+            start_new_session=True,
+        )
+        return self.emulator
+
     def stop(self) -> None:
         """SIGTERM every worker (they drain and deregister), then the coordinator."""
         procs = list(self.workers.values())
+        if self.emulator is not None:
+            procs.append(self.emulator)
         for proc in procs:
             _signal(proc, signal.SIGTERM)
         _reap(procs)
@@ -217,13 +240,16 @@ def running_cluster() -> Iterator[LocalCluster]:
             cluster.stop()
 
 
-def wait_alive(tap: StatusTap, names: set[str], timeout_s: float) -> None:
+def wait_alive(tap: StatusTap, names: set[str], timeout_s: float) -> list[Event]:
+    """Until every one of ``names`` is alive; the NODE_EVENTs seen meanwhile."""
     deadline = time.monotonic() + timeout_s
+    events: list[Event] = []
     while not names <= tap.alive():
         if time.monotonic() > deadline:
             missing = sorted(names - tap.alive())
             raise RuntimeError(f"{len(missing)} worker(s) never registered: {missing[:5]} ...")
-        tap.read(0.2)
+        events += tap.read(0.2)
+    return events
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -260,7 +286,7 @@ class CpuMeter:
         return {name: 100 * seconds / wall for name, seconds in used.items()}
 
 
-def false_verdicts(events: list[tuple[float, NodeEvent]], victims: set[str]) -> tuple[int, int]:
+def false_verdicts(events: list[Event], victims: set[str]) -> tuple[int, int]:
     """(dead, suspect) verdicts about workers that were not killed."""
     dead = suspect = 0
     for _, event in events:
@@ -303,9 +329,10 @@ def measure_cluster(plan: ClusterPlan, phase: PhaseReporter) -> ClusterFigures:
             coordinator = cluster.start_coordinator()
             tap = StatusTap(ctx, cluster.status_port)
             names = set(cluster.add_workers(plan.workers))
-            wait_alive(tap, names, 60 + plan.workers * 0.5)
+            events = wait_alive(tap, names, 60 + plan.workers * 0.5)
             figures.start_s = time.monotonic() - started
-            tap.read(SETTLE_S)
+            events += tap.read(SETTLE_S)
+            figures.false_dead_start, suspects = false_verdicts(events, set())
 
             phase(f"{plan.workers} workers: idle, heartbeats only ({plan.idle_s:.0f} s)")
             workers = [psutil.Process(proc.pid) for proc in cluster.workers.values()]
@@ -317,7 +344,8 @@ def measure_cluster(plan: ClusterPlan, phase: PhaseReporter) -> ClusterFigures:
             figures.idle_workers_cpu_percent = idle["workers"]
             figures.idle_machine_cpu_percent = idle["machine"]
             figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
-            figures.false_dead_idle, suspects = false_verdicts(events, set())
+            figures.false_dead_idle, more = false_verdicts(events, set())
+            suspects += more
 
             phase(f"{plan.workers} workers: {plan.tasks} echo tasks, then one at a time")
             meter = CpuMeter(coordinator, workers)
@@ -374,3 +402,68 @@ def detect(
         wait_alive(tap, replacements, 60 + batch)
         tap.read(1.0)
     return suspects
+
+
+@dataclass
+class EmulatedFigures:
+    """The coordinator under ``workers`` emulated workers' heartbeats (scale_emulate.py)."""
+
+    workers: int
+    registered: int = 0  # the workers the coordinator lists alive
+    refused: int = 0  # REFUSED replies (cluster_full beyond the worker table's bound)
+    idle_cpu_percent: float = 0.0
+    idle_rss_mib: float = 0.0
+    status_kib: float = 0.0  # one STATUS frame, every heartbeat interval
+    false_dead_start: int = 0  # while they registered (all at once)
+    false_dead: int = 0
+    false_suspect: int = 0
+    late_heartbeats: int = 0  # the emulator's own lag: sent over a tenth of an interval late
+    max_lag_ms: int = 0  # the emulator's worst lag behind its schedule
+
+
+def wait_registered(tap: StatusTap, workers: int, timeout_s: float) -> list[Event]:
+    """Until ``workers`` are alive, or their number has not grown for STALL_S (the table is
+    full: the rest are refused), or ``timeout_s``; the NODE_EVENTs seen meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    last_growth, seen = time.monotonic(), 0
+    events: list[Event] = []
+    while time.monotonic() < deadline and len(tap.alive()) < workers:
+        events += tap.read(0.5)
+        if len(tap.alive()) > seen:
+            last_growth, seen = time.monotonic(), len(tap.alive())
+        elif seen and time.monotonic() - last_growth > STALL_S:
+            break
+    return events
+
+
+def measure_emulated(workers: int, idle_s: float, phase: PhaseReporter) -> EmulatedFigures:
+    figures = EmulatedFigures(workers)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    tap: StatusTap | None = None
+    try:
+        with running_cluster() as cluster:
+            phase(f"{workers} emulated workers: heartbeats only ({idle_s:.0f} s)")
+            coordinator = cluster.start_coordinator()
+            tap = StatusTap(ctx, cluster.status_port)
+            ready_s = 30 + workers / 50
+            emulator = cluster.start_emulator(workers, ready_s + SETTLE_S + idle_s + 5)
+            events = wait_registered(tap, workers, ready_s)
+            events += tap.read(SETTLE_S)
+            figures.false_dead_start, _ = false_verdicts(events, set())
+            figures.registered = len(tap.alive())
+            meter = CpuMeter(coordinator, [])
+            events = tap.read(idle_s)
+            figures.idle_cpu_percent = meter.percent()["coordinator"]
+            figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
+            figures.status_kib = tap.status_bytes / 1024
+            figures.false_dead, figures.false_suspect = false_verdicts(events, set())
+            out, _ = emulator.communicate(timeout=ready_s + idle_s + 60)
+            counts = json.loads(out.decode().strip().splitlines()[-1])
+            figures.refused = int(counts["refused"])
+            figures.late_heartbeats = int(counts["late"])
+            figures.max_lag_ms = int(counts["max_lag_ms"])
+    finally:
+        if tap is not None:
+            tap.close()
+        ctx.term()
+    return figures

@@ -10,9 +10,10 @@ tasks: what it loads the coordinator with is heartbeats alone.
 
     python -m cluster_simulator.scale_emulate --port 5570 --workers 1000 --seconds 20
 
-It prints one JSON line when it ends: {"workers": N, "sent": ..., "refused": ..., "late": ...,
-"max_lag_ms": ...} ("late": heartbeats sent more than a tenth of an interval behind their
-schedule; a lag beyond interval * liveness would make the coordinator right to call them dead).
+It runs for --seconds or until SIGTERM, and then prints one JSON line: {"workers": N,
+"sent": ..., "refused": ..., "late": ..., "max_lag_ms": ...} ("late": heartbeats sent more
+than a tenth of an interval behind their schedule; a lag beyond interval * liveness would
+make the coordinator right to call them dead).
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def emulate(
     started = time.monotonic()
     step = interval / workers
     slot = 0  # the next heartbeat due: worker slot % workers, at started + slot * step
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     try:
-        while time.monotonic() - started < seconds:
+        while time.monotonic() - started < seconds and not stopping:
             due = started + slot * step
             now = time.monotonic()
             if now >= due:
@@ -112,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prefix", default="e", help="ids are PREFIX00000, PREFIX00001, ...")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         counts = emulate(
             args.port, args.workers, args.seconds, args.heartbeat_interval, args.prefix

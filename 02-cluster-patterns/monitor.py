@@ -56,7 +56,6 @@ from cluster_patterns.cluster_view import (
 )
 from cluster_patterns.monitor_http import Handler, HttpServer, Request, Response
 from cluster_patterns.protocol import (
-    SOCKET_MAX_MESSAGE_BYTES,
     NodeEvent,
     ProtocolError,
     Status,
@@ -64,7 +63,12 @@ from cluster_patterns.protocol import (
     decode,
     describe,
 )
-from cluster_patterns.transport import HandshakeWatch, PeerFault, robust_console
+from cluster_patterns.transport import (
+    SOCKET_MAX_MESSAGE_BYTES,
+    HandshakeWatch,
+    PeerFault,
+    robust_console,
+)
 
 # Tunables ---------------------------------------------------------------------------------
 DEFAULT_COORDINATOR = "127.0.0.1"

@@ -23,6 +23,7 @@ from cluster_patterns.protocol import (
     MsgType,
     ProtocolError,
     decode,
+    message_type,
 )
 
 SEED = 20261110
@@ -162,7 +163,7 @@ def counted_as_bad(parts: list[bytes]) -> bool:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return True  # a lone surrogate: not valid Unicode, the codec must refuse it
-    return message.TYPE.value not in TO_COORDINATOR
+    return message_type(message) not in TO_COORDINATOR
 
 
 def test_coordinator_survives_thousands_of_hostile_frames(

@@ -36,18 +36,21 @@ from typing import Any, Final
 
 import zmq
 
-from cluster_patterns.client import ClusterClient, percentile
-from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
+from cluster_patterns.client import ClientConfig, ClusterClient
+from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS
 from cluster_patterns.protocol import (
     MAX_BATCH,
     Assignment,
     Dispatch,
     NodeEvent,
+    NodeEventKind,
+    NodeState,
     ProtocolError,
     Status,
     decode,
     encode,
 )
+from cluster_patterns.stats import percentile
 
 HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent
@@ -170,7 +173,7 @@ def cluster(workers: int, capacity: int = WORKER_CAPACITY) -> Iterator[tuple[int
 
 
 async def throughput(port: int, count: int) -> dict[str, float]:
-    async with ClusterClient("127.0.0.1", port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         await client.run_batch("echo", min(2000, count))  # warm up
         summary = await client.run_batch("echo", count, window=16_384)
     if not summary.all_succeeded:
@@ -180,7 +183,7 @@ async def throughput(port: int, count: int) -> dict[str, float]:
 
 async def dispatch_latency(port: int, count: int) -> dict[str, float]:
     """One task in flight at a time: the cost of a full round trip through the cluster."""
-    async with ClusterClient("127.0.0.1", port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         samples = []
         for _ in range(count):
             started = time.perf_counter()
@@ -214,7 +217,7 @@ def detection_latency(kills: int) -> dict[str, float]:
             }
             for proc in victims.values():
                 wait_line(proc, b"registered with")
-            time.sleep(DEFAULT_INTERVAL_S * 2)  # let them heartbeat normally first
+            time.sleep(HEARTBEAT_INTERVAL_S * 2)  # let them heartbeat normally first
             killed_at: dict[str, float] = {}
             for name, proc in victims.items():
                 proc.kill()
@@ -232,11 +235,11 @@ def detection_latency(kills: int) -> dict[str, float]:
                     continue
                 if isinstance(msg, Status):
                     for node in msg.nodes:
-                        if node.node_id in killed_at and node.state == "dead":
+                        if node.node_id in killed_at and node.state is NodeState.DEAD:
                             if node.node_id not in seen:
                                 seen.add(node.node_id)
                                 from_kill.append(now - killed_at[node.node_id])
-                elif isinstance(msg, NodeEvent) and msg.event == "dead":
+                elif isinstance(msg, NodeEvent) and msg.event is NodeEventKind.DEAD:
                     if msg.node_id in killed_at and msg.detection_latency_s is not None:
                         from_silence.append(msg.detection_latency_s)
             for proc in victims.values():
@@ -250,7 +253,7 @@ def detection_latency(kills: int) -> dict[str, float]:
         "max_s": round(max(from_kill), 3),
         "silence_p50_s": round(percentile(from_silence, 0.5), 3),
         "silence_p99_s": round(percentile(from_silence, 0.99), 3),
-        "budget_s": DEFAULT_INTERVAL_S * (DEFAULT_LIVENESS + 1),
+        "budget_s": HEARTBEAT_INTERVAL_S * (LIVENESS + 1),
     }
 
 

@@ -79,7 +79,7 @@ def add_keys_option(parser: argparse.ArgumentParser, server: bool) -> None:
         type=Path,
         metavar="DIR",
         help=f"use CURVE on ports 5570/5571 with the keys in DIR (reads {reads}; make it "
-        f"with: curve.py generate DIR --server {SERVER_NAME}); default: none, plain NULL",
+        f"with: curve.py generate DIR --server {SERVER_NAME}); without it: NULL, no encryption",
     )
 
 

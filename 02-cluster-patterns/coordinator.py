@@ -345,7 +345,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CoordinatorConfig, Path |
         "--port", type=port_number, default=defaults.TASK_PORT, help="ROUTER port for peers"
     )
     parser.add_argument(
-        "--status-port", type=port_number, default=defaults.STATUS_PORT, help="XPUB port"
+        "--status-port", type=port_number, default=defaults.STATUS_PORT, help="status channel port"
     )
     parser.add_argument(
         "--heartbeat-interval",

@@ -17,15 +17,16 @@ Rules it enforces:
   * one holder per worker id: a REGISTER for an id that another live peer holds is REFUSED;
     the id changes hands only after its holder was silent for a full liveness window (or left);
   * a bounded worker table (workers.py): STATUS always fits in one frame.
+
+What is known of each task (queue, outcomes, replies owed to clients) is the TaskBook's
+(task_book.py); the Dispatcher decides who runs what.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -34,10 +35,7 @@ from cluster_patterns.heartbeat import Liveness, Transition
 from cluster_patterns.journal import Journal, NullJournal
 from cluster_patterns.protocol import (
     MAX_BATCH,
-    MAX_LATENCIES,
-    Accepted,
     Assignment,
-    Completed,
     CoordinatorHeartbeat,
     Deregister,
     Dispatch,
@@ -61,37 +59,16 @@ from cluster_patterns.protocol import (
     Totals,
     Welcome,
 )
+from cluster_patterns.task_book import Task, TaskBook, TaskState
 from cluster_patterns.workers import GONE, WorkerRecord, WorkerTable
 
 DEFAULT_TASK_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_TRIES: Final = 3
-# Forget a client that has sent nothing and has nothing pending for this long (it gets no
-# more COORDINATOR_HEARTBEAT after that).
+# Forget a client that has sent nothing for this long (it gets no more COORDINATOR_HEARTBEAT).
 CLIENT_IDLE_S: Final = 60.0
-# Finished tasks are remembered this long, so a late re-submission gets the recorded
-# outcome instead of a second run; after that their memory is reclaimed.
-DONE_RETENTION_S: Final = 900.0
 # A run of tasks at the head of the queue that a free worker cannot run, after which they
 # are moved behind the rest (so that tasks of a kind nobody runs cannot starve the others).
 MAX_SKIPPED: Final = 4 * MAX_BATCH
-
-
-class TaskState(enum.Enum):
-    PENDING = "pending"
-    ASSIGNED = "assigned"
-    DONE = "done"
-
-
-@dataclass(slots=True)
-class Task:
-    spec: TaskSpec
-    client: bytes
-    submitted_at: float
-    state: TaskState = TaskState.PENDING
-    tries: int = 0
-    worker_id: str = ""
-    outcome: TaskOutcome | None = None
-    dispatch_no: int = 0
 
 
 class Output(NamedTuple):
@@ -120,29 +97,24 @@ class Dispatcher:
         self.liveness = liveness
         self.task_timeout_s = task_timeout_s
         self.max_tries = max_tries
-        self.journal: Journal = journal or NullJournal()
         self.wall_clock = wall_clock
-        self.tasks: dict[str, Task] = {}
-        self.pending: deque[str] = deque()
+        self.totals = Totals()
+        self.book = TaskBook(journal or NullJournal(), self.totals)
+        # The book's own dict and queue, named here for the dispatch loops.
+        self.tasks: dict[str, Task] = self.book.tasks
+        self.pending: deque[str] = self.book.pending
         self.workers = WorkerTable()
         self.clients: dict[bytes, float] = {}
         # One entry per dispatched batch: (deadline, dispatch number of its first task, task
         # ids in dispatch order). Appended in time order, hence sorted by deadline; one
         # entry per batch keeps this small at tens of thousands of tasks per second.
         self.deadlines: deque[tuple[float, int, list[str]]] = deque()
-        self.totals = Totals()
-        self.latencies: list[float] = []
-        self.stats_done = 0
-        self.stats_failed = 0
         self.seq = 0
         self.dispatches = 0
         self._outbox: list[tuple[bytes, Message]] = []
         self._events: list[NodeEvent] = []
-        self._completed: dict[bytes, list[TaskOutcome]] = {}
-        self._accepted: dict[bytes, list[str]] = {}
         self._resets: dict[bytes, float] = {}
         self._refusals: dict[bytes, float] = {}
-        self._finished: deque[tuple[float, str]] = deque()
         self._handlers: dict[type[Message], Callable[[bytes, Any, float], None]] = {
             Register: self.do_Register,
             Heartbeat: self.do_Heartbeat,
@@ -161,17 +133,10 @@ class Dispatcher:
     # --- Restoring from a journal -----------------------------------------------------------
 
     def restore_submitted(self, spec: TaskSpec, client: bytes, now: float) -> None:
-        if spec.task_id not in self.tasks:
-            self.tasks[spec.task_id] = Task(spec, client, now)
-            self.pending.append(spec.task_id)
-            self.totals.submitted += 1
+        self.book.restore_submitted(spec, client, now)
 
     def restore_recorded(self, outcome: TaskOutcome) -> None:
-        task = self.tasks.get(outcome.task_id)
-        if task is None or task.state is TaskState.DONE:
-            return
-        task.state, task.outcome, task.tries = TaskState.DONE, outcome, outcome.tries
-        self._count_outcome(outcome)
+        self.book.restore_recorded(outcome)
 
     # --- Inbound ----------------------------------------------------------------------------
 
@@ -336,7 +301,13 @@ class Dispatcher:
         if task.state is TaskState.DONE:
             self.totals.duplicates += 1
             return
-        self._finish(
+        if task.state is TaskState.ASSIGNED:
+            holder = self.workers.get(task.worker_id)
+            if holder is not None and task.spec.task_id in holder.assigned:
+                # Another worker answered first; this one still runs it: keep its credit used.
+                holder.assigned.discard(task.spec.task_id)
+                holder.orphans.add(task.spec.task_id)
+        self.book.finish(
             task,
             TaskOutcome(
                 task_id=result.task_id,
@@ -349,44 +320,9 @@ class Dispatcher:
             ),
         )
 
-    def _finish(self, task: Task, outcome: TaskOutcome) -> None:
-        if task.state is TaskState.ASSIGNED:
-            holder = self.workers.get(task.worker_id)
-            if holder is not None and task.spec.task_id in holder.assigned:
-                # Another worker answered first; this one still runs it: keep its credit used.
-                holder.assigned.discard(task.spec.task_id)
-                holder.orphans.add(task.spec.task_id)
-        task.state = TaskState.DONE
-        task.outcome = outcome
-        self._finished.append((task.submitted_at + outcome.latency_s, task.spec.task_id))
-        self.journal.recorded(outcome)
-        self._count_outcome(outcome)
-        self.latencies.append(outcome.latency_s)
-        self._completed.setdefault(task.client, []).append(outcome)
-
-    def _count_outcome(self, outcome: TaskOutcome) -> None:
-        if outcome.ok:
-            self.totals.done += 1
-            self.stats_done += 1
-        else:
-            self.totals.failed += 1
-            self.stats_failed += 1
-
     def do_Submit(self, identity: bytes, msg: Submit, now: float) -> None:
         self.clients[identity] = now
-        accepted = self._accepted.setdefault(identity, [])
-        for spec in msg.tasks:
-            task = self.tasks.get(spec.task_id)
-            if task is None:
-                self.tasks[spec.task_id] = Task(spec, identity, now)
-                self.pending.append(spec.task_id)
-                self.totals.submitted += 1
-                self.journal.submitted(spec, identity)
-            else:
-                task.client = identity
-                if task.outcome is not None:
-                    self._completed.setdefault(identity, []).append(task.outcome)
-            accepted.append(spec.task_id)
+        self.book.submit(identity, msg, now)
 
     # --- Dispatch ---------------------------------------------------------------------------
 
@@ -424,7 +360,7 @@ class Dispatcher:
                     break
                 continue
             if task.tries >= self.max_tries:
-                self._fail(task, f"gave up after {task.tries} tries", now)
+                self.book.fail(task, f"gave up after {task.tries} tries", now)
                 continue
             if task.tries:
                 self.totals.retried += 1
@@ -447,37 +383,19 @@ class Dispatcher:
             return
         worker = self.workers.of_identity(identity)
         for assignment in reversed(message.tasks):
-            task = self.tasks.get(assignment.task_id)
             if worker is not None:
                 worker.assigned.discard(assignment.task_id)
-            if task is not None and task.state is TaskState.ASSIGNED:
-                task.state = TaskState.PENDING
-                task.tries -= 1
-                self.pending.appendleft(assignment.task_id)
+            task = self.book.requeue(assignment.task_id)
+            if task is not None:
+                task.tries -= 1  # it never left: this dispatch does not count
 
     def _requeue_all(self, worker: WorkerRecord, keep: set[str] | None = None) -> None:
         """Take back every task assigned to ``worker`` except those in ``keep``."""
         keep = keep or set()
         for task_id in sorted(worker.assigned - keep, reverse=True):
-            task = self.tasks.get(task_id)
-            if task is not None and task.state is TaskState.ASSIGNED:
-                task.state = TaskState.PENDING
+            if self.book.requeue(task_id) is not None:
                 self.totals.requeued += 1
-                self.pending.appendleft(task_id)
         worker.assigned &= keep
-
-    def _fail(self, task: Task, error: str, now: float) -> None:
-        self._finish(
-            task,
-            TaskOutcome(
-                task_id=task.spec.task_id,
-                ok=False,
-                error=error,
-                tries=task.tries,
-                worker_id=task.worker_id,
-                latency_s=round(now - task.submitted_at, 6),
-            ),
-        )
 
     # --- Timers -----------------------------------------------------------------------------
 
@@ -489,8 +407,7 @@ class Dispatcher:
             _, first_dispatch, task_ids = self.deadlines.popleft()
             for offset, task_id in enumerate(task_ids):
                 self._expire(task_id, first_dispatch + offset, now)
-        while self._finished and now - self._finished[0][0] > DONE_RETENTION_S:
-            self.tasks.pop(self._finished.popleft()[1], None)
+        self.book.forget_old(now)
         for told in (self._resets, self._refusals):
             for identity, sent in list(told.items()):
                 if now - sent > self.interval_s:
@@ -519,10 +436,9 @@ class Dispatcher:
             holder.assigned.discard(task_id)
             holder.orphans.add(task_id)  # it may still be running there
         if task.tries >= self.max_tries:
-            self._fail(task, f"timed out {task.tries} times", now)
+            self.book.fail(task, f"timed out {task.tries} times", now)
         else:
-            task.state = TaskState.PENDING
-            self.pending.appendleft(task_id)
+            self.book.requeue(task_id)
 
     def _publish(self, node_id: str, kind: NodeEventKind) -> None:
         self._events.append(NodeEvent(node_id, kind, self.wall_clock()))
@@ -548,21 +464,14 @@ class Dispatcher:
 
     def flush_replies(self) -> None:
         """Turn the per-client accumulations of this round into ACCEPTED/COMPLETED batches."""
-        for client, task_ids in self._accepted.items():
-            for start in range(0, len(task_ids), MAX_BATCH):
-                self._outbox.append((client, Accepted(task_ids[start : start + MAX_BATCH])))
-        self._accepted.clear()
-        for client, outcomes in self._completed.items():
-            for start in range(0, len(outcomes), MAX_BATCH):
-                self._outbox.append((client, Completed(outcomes[start : start + MAX_BATCH])))
-        self._completed.clear()
+        self._outbox.extend(self.book.replies())
 
     # --- Status channel ---------------------------------------------------------------------
 
     def status(self, now: float) -> Status:
         self.seq += 1
         totals = self.totals
-        totals.pending = sum(1 for t in self.pending if self.tasks[t].state is TaskState.PENDING)
+        totals.pending = self.book.pending_count()
         totals.in_flight = sum(len(w.assigned) for w in self.workers)
         return Status(
             coordinator_id=self.coordinator_id,
@@ -574,10 +483,7 @@ class Dispatcher:
         )
 
     def task_stats(self) -> TaskStats:
-        stats = TaskStats(self.latencies[-MAX_LATENCIES:], self.stats_done, self.stats_failed)
-        self.latencies = []
-        self.stats_done = self.stats_failed = 0
-        return stats
+        return self.book.task_stats()
 
     def count_bad(self) -> None:
         """A message or a ZMTP exchange that breaks the protocol."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster_patterns.dispatcher import Dispatcher, TaskState
+from cluster_patterns.dispatcher import Dispatcher
+from cluster_patterns.task_book import TaskState
 from cluster_patterns.protocol import (
     Accepted,
     Completed,

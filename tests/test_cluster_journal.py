@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from cluster_patterns.dispatcher import Dispatcher, TaskState
+from cluster_patterns.dispatcher import Dispatcher
+from cluster_patterns.task_book import TaskState
 from cluster_patterns.journal import (
     JOURNAL_NAME,
     FileJournal,

@@ -22,25 +22,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    Accepted,
-    Completed,
-    CoordinatorHeartbeat,
-    Message,
-    Submit,
-    TaskOutcome,
-    TaskSpec,
-)
+from cluster_patterns.session import Session
+from cluster_patterns.protocol import MAX_BATCH, Accepted, Completed, CoordinatorHeartbeat
+from cluster_patterns.protocol import Submit, TaskOutcome, TaskSpec
 
 # No outcome at all for this long while tasks are unresolved: ask again (at least two
 # liveness windows, so a slow but live coordinator is not flooded).
 STALL_AFTER_S: Final = 10.0
 
 
-class ClientSession:
+class ClientSession(Session):
     """Which tasks are unresolved, what to (re-)send, and each task's single outcome."""
 
     def __init__(
@@ -51,6 +44,7 @@ class ClientSession:
         liveness: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.client_id = client_id
         self.clock = clock
         self.unresolved: dict[str, TaskSpec] = {}
@@ -63,13 +57,7 @@ class ClientSession:
         self.coordinator_id: str | None = None
         self.last_heard = self.last_progress = clock()
         self._adopt(heartbeat_interval_s, liveness)
-        self._outbox: list[Message] = []
         self._outcomes: list[TaskOutcome] = []
-        self._handlers: dict[type[Message], Callable[[Any], None]] = {
-            Accepted: self.do_Accepted,
-            Completed: self.do_Completed,
-            CoordinatorHeartbeat: self.do_CoordinatorHeartbeat,
-        }
 
     def _adopt(self, interval_s: float, liveness: int) -> None:
         self.interval_s = interval_s
@@ -77,10 +65,6 @@ class ClientSession:
         self.stall_after_s = max(STALL_AFTER_S, self.lost_after_s * 2)
 
     # --- Outputs --------------------------------------------------------------------------------
-
-    def take_outbox(self) -> list[Message]:
-        outbox, self._outbox = self._outbox, []
-        return outbox
 
     def take_outcomes(self) -> list[TaskOutcome]:
         """Outcomes resolved since the last call, each task exactly once."""
@@ -111,14 +95,6 @@ class ClientSession:
     def heard(self) -> None:
         """Any frame from the coordinator, even one the codec refuses."""
         self.last_heard = self.clock()
-
-    def receive(self, message: Message) -> bool:
-        """Apply one decoded message; False if it is not one a coordinator sends a client."""
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            return False
-        handler(message)
-        return True
 
     def tick(self) -> None:
         """Call about once per interval: re-submit when the coordinator is silent or stuck."""

@@ -27,38 +27,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 
 from cluster_patterns.heartbeat import Liveness, Transition
 from cluster_patterns.journal import Journal, NullJournal
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    Assignment,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    NodeEvent,
-    NodeEventKind,
-    NodeState,
-    RefusalReason,
-    Refused,
-    Register,
-    Reset,
-    Results,
-    Status,
-    Submit,
-    TaskOutcome,
-    TaskResult,
-    TaskSpec,
-    TaskStats,
-    Totals,
-    Welcome,
-)
+from cluster_patterns.protocol import MAX_BATCH, Assignment, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import NodeState, RefusalReason, Refused, Register, Reset, Results
+from cluster_patterns.protocol import Status, Submit, TaskOutcome, TaskResult, TaskSpec, TaskStats
+from cluster_patterns.protocol import Totals, Welcome, handler_table
 from cluster_patterns.task_book import Task, TaskBook, TaskState
 from cluster_patterns.workers import GONE, WorkerRecord, WorkerTable
 
@@ -115,14 +94,7 @@ class Dispatcher:
         self._events: list[NodeEvent] = []
         self._resets: dict[bytes, float] = {}
         self._refusals: dict[bytes, float] = {}
-        self._handlers: dict[type[Message], Callable[[bytes, Any, float], None]] = {
-            Register: self.do_Register,
-            Heartbeat: self.do_Heartbeat,
-            Results: self.do_Results,
-            Drain: self.do_Drain,
-            Deregister: self.do_Deregister,
-            Submit: self.do_Submit,
-        }
+        self._handlers = handler_table(self)  # do_Register, do_Heartbeat...: what a K receives
 
     def take_output(self) -> Output:
         """Everything produced since the last call; the caller sends it (or gives it back)."""

@@ -30,22 +30,14 @@ needs no extra dependency; batching several tasks per frame keeps the per-task c
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final, Literal, Union, get_args
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal, Union, get_args
 
 import msgspec
 from msgspec import Meta
 
-from cluster_patterns.wire import (
-    MAX_ID_CHARS,
-    MAX_SAFE_INTEGER,
-    Count,
-    Id,
-    JsonCodec,
-    NonNegative,
-    Number,
-    Record,
-    WireError,
-)
+from cluster_patterns.wire import MAX_ID_CHARS, MAX_SAFE_INTEGER, Count, Id, JsonCodec, NonNegative
+from cluster_patterns.wire import Number, Record, WireError
 from cluster_patterns.wire import describe as describe  # noqa: F401 (for decode's callers)
 
 PROTOCOL_VERSION: Final = 1
@@ -384,6 +376,13 @@ assert set(MESSAGE_CLASSES) == set(MsgType), "every MsgType needs exactly one me
 _TYPE_OF: Final[dict[type[Message], MsgType]] = {c: t for t, c in MESSAGE_CLASSES.items()}
 
 _CODEC: Final[JsonCodec[Message]] = JsonCodec(Message, ProtocolError, MAX_MESSAGE_BYTES)
+
+
+def handler_table(role: object) -> dict[type[Message], Callable[..., Any]]:
+    """A role's routing, built once: its ``do_<MessageClass>`` methods by message class.
+    A message without a handler is one the role never receives (a bad message)."""
+    names = {cls: f"do_{cls.__name__}" for cls in get_args(Message)}
+    return {cls: getattr(role, name) for cls, name in names.items() if hasattr(role, name)}
 
 
 def message_type(message: Message) -> MsgType:

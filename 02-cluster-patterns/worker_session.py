@@ -30,29 +30,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from cluster_patterns import defaults
 from cluster_patterns.heartbeat import BACKOFF_MAX_S, Backoff, Liveness
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    MAX_RUNNING,
-    Assignment,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    NodeState,
-    RefusalReason,
-    Refused,
-    Register,
-    Reset,
-    Results,
-    TaskResult,
-    Welcome,
-)
+from cluster_patterns.protocol import MAX_BATCH, MAX_RUNNING, Assignment, CoordinatorHeartbeat
+from cluster_patterns.protocol import Deregister, Dispatch, Drain, Heartbeat, NodeState
+from cluster_patterns.protocol import RefusalReason, Refused, Register, Reset, Results, TaskResult
+from cluster_patterns.protocol import Welcome
+from cluster_patterns.session import Session
 from cluster_patterns.tasks import CAPABILITIES, run_quick
 
 DEFAULT_DRAIN_TIMEOUT_S: Final = 60.0
@@ -102,7 +88,7 @@ def _quiet(line: str) -> None:
     pass
 
 
-class WorkerSession:
+class WorkerSession(Session):
     """The worker's protocol state: one instance for the life of the process."""
 
     def __init__(
@@ -115,6 +101,7 @@ class WorkerSession:
         say: Callable[[str], None] = _quiet,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         self.name = f"worker {config.worker_id}"
         self.clock = clock
@@ -137,21 +124,9 @@ class WorkerSession:
         self.refused_since: float | None = None
         self.register_at: float | None = None
         self.next_beat = 0.0
-        self._outbox: list[Message] = []
         self._started: list[Assignment] = []
-        self._handlers: dict[type[Message], Callable[[Any], None]] = {
-            Welcome: self.do_Welcome,
-            Dispatch: self.do_Dispatch,
-            CoordinatorHeartbeat: self.do_CoordinatorHeartbeat,
-            Reset: self.do_Reset,
-            Refused: self.do_Refused,
-        }
 
     # --- Outputs --------------------------------------------------------------------------------
-
-    def take_outbox(self) -> list[Message]:
-        outbox, self._outbox = self._outbox, []
-        return outbox
 
     def take_started(self) -> list[Assignment]:
         """Tasks the process must run now (``finished`` when each is done)."""
@@ -181,14 +156,6 @@ class WorkerSession:
     def heard(self) -> None:
         """Any frame from the coordinator, even one the codec refuses, proves it alive."""
         self.coordinator.heard(self.clock())
-
-    def receive(self, message: Message) -> bool:
-        """Apply one decoded message; False if it is not one a coordinator sends a worker."""
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            return False
-        handler(message)
-        return True
 
     def fail(self, reason: str) -> None:
         """Give up for good (exit 3): nothing a retry could fix."""

@@ -9,42 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    MAX_CAPABILITIES,
-    MAX_CAPACITY,
-    MAX_MESSAGE_BYTES,
-    MAX_RUNNING,
-    MAX_TASK_MS,
-    PROTOCOL_VERSION,
-    Accepted,
-    Assignment,
-    Completed,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    MsgType,
-    NodeEvent,
-    NodeStatus,
-    ProtocolError,
-    Register,
-    Reset,
-    Results,
-    Status,
-    Submit,
-    TaskOutcome,
-    TaskResult,
-    TaskSpec,
-    TaskStats,
-    Totals,
-    Welcome,
-    decode,
-    encode,
-    message_type,
-)
+from cluster_patterns.protocol import MAX_BATCH, MAX_CAPABILITIES, MAX_CAPACITY, MAX_MESSAGE_BYTES
+from cluster_patterns.protocol import MAX_RUNNING, MAX_TASK_MS, PROTOCOL_VERSION, Accepted
+from cluster_patterns.protocol import Assignment, Completed, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, MsgType, NodeEvent
+from cluster_patterns.protocol import NodeStatus, ProtocolError, Register, Reset, Results, Status
+from cluster_patterns.protocol import Submit, TaskOutcome, TaskResult, TaskSpec, TaskStats, Totals
+from cluster_patterns.protocol import Welcome, decode, encode, message_type
 
 EXAMPLES: list[Message] = [
     Register("w1", 4, ["echo", "sleep"], ["t1"], 1234),
@@ -433,3 +404,25 @@ def test_describe_never_fails(frame: bytes, limit: int) -> None:
 
     text = describe(frame, limit)
     assert isinstance(text, str) and text.isprintable()
+
+
+def test_each_role_handles_exactly_the_messages_sent_to_it() -> None:
+    """The do_<Message> tables: a misspelt handler would silently make a message 'bad'."""
+    from cluster_patterns import protocol as p
+    from cluster_patterns.client_session import ClientSession
+    from cluster_patterns.dispatcher import Dispatcher
+    from cluster_patterns.worker_session import WorkerConfig, WorkerSession
+
+    coordinator = Dispatcher("c", heartbeat_interval_s=0.5, liveness=3)
+    worker = WorkerSession(WorkerConfig("w1"))
+    client = ClientSession("c1", heartbeat_interval_s=0.5, liveness=3)
+    assert set(p.handler_table(coordinator)) == {
+        p.Register, p.Heartbeat, p.Results, p.Drain, p.Deregister, p.Submit,
+    }  # fmt: skip
+    assert set(p.handler_table(worker)) == {
+        p.Welcome, p.Dispatch, p.CoordinatorHeartbeat, p.Reset, p.Refused,
+    }  # fmt: skip
+    assert set(p.handler_table(client)) == {p.Accepted, p.Completed, p.CoordinatorHeartbeat}
+    for role in (coordinator, worker, client):
+        stray = [n for n in dir(role) if n.startswith("do_")]
+        assert len(stray) == len(p.handler_table(role)), stray

@@ -9,8 +9,16 @@ parser whose ``--help`` shows every default (``ArgumentDefaultsHelpFormatter``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cluster_patterns import defaults
+from cluster_patterns.protocol import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
+
+N = TypeVar("N", int, float)
+C = TypeVar("C")
 
 
 def _number(text: str, kind: type[int] | type[float]) -> int | float:
@@ -60,11 +68,13 @@ def bind_port(text: str) -> int:
     return port_number(text)
 
 
-def bounded_float(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type for a number in [low, high] (the protocol's own bounds, say)."""
+def bounded(low: N, high: N) -> Callable[[str], N]:
+    """An argparse type for a value in [low, high], an integer when the bounds are integers
+    (the protocol's own limits, say: ``bounded(1, MAX_CAPACITY)``)."""
+    kind = type(low)
 
-    def parse(text: str) -> float:
-        value = float(_number(text, float))
+    def parse(text: str) -> N:
+        value = kind(_number(text, kind))
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
         return value
@@ -72,16 +82,25 @@ def bounded_float(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type for an integer in [low, high]."""
-
-    def parse(text: str) -> int:
-        value = int(_number(text, int))
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
-        return value
-
-    return parse
+def add_heartbeat_options(
+    parser: argparse.ArgumentParser, interval_help: str, liveness_help: str
+) -> None:
+    """--heartbeat-interval and --liveness, with the cluster's defaults and the wire's bounds."""
+    parser.add_argument(
+        "--heartbeat-interval",
+        dest="heartbeat_interval_s",
+        metavar="S",
+        type=bounded(MIN_INTERVAL_S, MAX_INTERVAL_S),
+        default=defaults.HEARTBEAT_INTERVAL_S,
+        help=interval_help,
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="N",
+        type=bounded(1, MAX_LIVENESS),
+        default=defaults.LIVENESS,
+        help=liveness_help,
+    )
 
 
 def identifier(max_chars: int) -> Callable[[str], str]:
@@ -103,3 +122,11 @@ def make_parser(prog: str | None = None, description: str | None = None) -> argp
     return argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+
+
+def config_from(config_class: Callable[..., C], args: argparse.Namespace) -> C:
+    """A role's frozen config from parsed arguments: each field from the argument of the same
+    name (so a parser names its ``dest``s after the fields), the class default otherwise."""
+    values: dict[str, Any] = vars(args)
+    names = [field.name for field in dataclasses.fields(config_class)]  # type: ignore[arg-type]
+    return config_class(**{name: values[name] for name in names if name in values})

@@ -23,6 +23,7 @@ From Python:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -39,23 +40,17 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import bounded_int, make_parser, port_number, positive_float
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import add_heartbeat_options, bounded, config_from, make_parser
+from cluster_patterns.cli_args import port_number
+from cluster_patterns.cli_args import positive_float, positive_int
 from cluster_patterns.client_session import ClientSession
 from cluster_patterns.cluster_keys import ClientKeys, add_keys_option, keys_or_exit
 from cluster_patterns.cluster_keys import load_client_keys, refusal_hint, secure_client
 from cluster_patterns.protocol import MAX_PAYLOAD_CHARS, MAX_TASK_MS, TaskKind, TaskOutcome
 from cluster_patterns.protocol import TaskSpec, decode, encode
 from cluster_patterns.stats import percentile
-from cluster_patterns.transport import (
-    BadInput,
-    HandshakeWatch,
-    PeerFault,
-    configure,
-    decode_single,
-    endpoint,
-    robust_console,
-)
+from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, configure, decode_single
+from cluster_patterns.transport import endpoint, robust_console
 
 DEFAULT_TIMEOUT_S: Final = 120.0
 # Tasks submitted but not finished at any time: bounds coordinator memory and keeps the
@@ -287,10 +282,11 @@ class ClusterClient:
 def parse_args(argv: list[str] | None = None) -> tuple[Any, ClientConfig]:
     """The parsed arguments and the client's config, from the command line."""
     parser = make_parser(description="Submit N tasks to the cluster and wait for them.")
-    parser.add_argument("--count", type=positive_int, required=True, help="tasks to submit")
-    parser.add_argument("--kind", required=True, choices=list(TaskKind), help="task kind")
+    required: dict[str, Any] = {"required": True, "default": argparse.SUPPRESS}
+    parser.add_argument("--count", type=positive_int, help="tasks to submit (required)", **required)
+    parser.add_argument("--kind", choices=list(TaskKind), help="task kind (required)", **required)
     parser.add_argument(
-        "--ms", type=bounded_int(0, MAX_TASK_MS), default=0, help="duration of sleep and cpu"
+        "--ms", type=bounded(0, MAX_TASK_MS), default=0, help="duration of sleep and cpu"
     )
     parser.add_argument("--payload", default="", help="text an echo task returns")
     parser.add_argument("--coordinator", default=defaults.LOOPBACK, help="coordinator host")
@@ -303,30 +299,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ClientConfig]:
     parser.add_argument(
         "--window", type=positive_int, default=DEFAULT_WINDOW, help="unfinished tasks at most"
     )
-    parser.add_argument(
-        "--heartbeat-interval",
-        type=positive_float,
-        default=defaults.HEARTBEAT_INTERVAL_S,
-        help="seconds; until the coordinator's heartbeat announces its own",
-    )
-    parser.add_argument(
-        "--liveness",
-        type=positive_int,
-        default=defaults.LIVENESS,
-        help="silent intervals before the client re-submits (until the coordinator says)",
+    add_heartbeat_options(
+        parser,
+        interval_help="seconds; until the coordinator's heartbeat announces its own",
+        liveness_help="silent intervals before the client re-submits (until the coordinator says)",
     )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     add_keys_option(parser, server=False)
     args = parser.parse_args(argv)
     if len(args.payload) > MAX_PAYLOAD_CHARS:
         parser.error(f"--payload is longer than {MAX_PAYLOAD_CHARS} characters")
-    config = ClientConfig(
-        coordinator=args.coordinator,
-        port=args.port,
-        heartbeat_interval_s=args.heartbeat_interval,
-        liveness=args.liveness,
-    )
-    return args, config
+    return args, config_from(ClientConfig, args)
 
 
 async def amain(args: Any, config: ClientConfig, keys: ClientKeys | None = None) -> int:

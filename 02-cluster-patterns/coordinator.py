@@ -43,36 +43,21 @@ import msgspec
 import zmq
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import bounded_float, bounded_int, make_parser, port_number
+from cluster_patterns.cli_args import add_heartbeat_options, config_from, make_parser, port_number
 from cluster_patterns.cli_args import positive_float, positive_int
 from cluster_patterns.cluster_keys import ServerKeys, add_keys_option, keys_or_exit
 from cluster_patterns.cluster_keys import load_server_keys
 from cluster_patterns.curve import ZapPolicy, answer_zap, bind_zap, curve_server
 from cluster_patterns.dispatcher import DEFAULT_MAX_TRIES, DEFAULT_TASK_TIMEOUT_S, Dispatcher
-from cluster_patterns.journal import (
-    CORRUPT_EXIT,
-    UNUSABLE_EXIT,
-    FileJournal,
-    JournalCorruption,
-    ResultEntry,
-    StateLogError,
-)
-from cluster_patterns.protocol import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S, Dispatch
+from cluster_patterns.journal import CORRUPT_EXIT, UNUSABLE_EXIT, FileJournal, JournalCorruption
+from cluster_patterns.journal import ResultEntry, StateLogError
+from cluster_patterns.protocol import Dispatch
 from cluster_patterns.protocol import Message, NodeEvent, ProtocolError, Refused, TaskOutcome
 from cluster_patterns.protocol import TaskSpec
 from cluster_patterns.protocol import decode, describe, encode
-from cluster_patterns.transport import (
-    BadInput,
-    HandshakeWatch,
-    PeerFault,
-    RateLimitedLog,
-    configure,
-    endpoint,
-    is_loopback,
-    print_to,
-    printable,
-    robust_console,
-)
+from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, RateLimitedLog
+from cluster_patterns.transport import configure, endpoint, is_loopback, print_to, printable
+from cluster_patterns.transport import robust_console
 
 # Checks of liveness and timeouts per heartbeat interval (detection granularity).
 TICKS_PER_INTERVAL: Final = 10
@@ -347,20 +332,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[CoordinatorConfig, Path |
     parser.add_argument(
         "--status-port", type=port_number, default=defaults.STATUS_PORT, help="status channel port"
     )
-    parser.add_argument(
-        "--heartbeat-interval",
-        type=bounded_float(MIN_INTERVAL_S, MAX_INTERVAL_S),
-        default=defaults.HEARTBEAT_INTERVAL_S,
-        help="seconds between heartbeats; workers adopt it from WELCOME",
-    )
-    parser.add_argument(
-        "--liveness",
-        type=bounded_int(1, MAX_LIVENESS),
-        default=defaults.LIVENESS,
-        help="silent intervals after which a worker is dead",
+    add_heartbeat_options(
+        parser,
+        interval_help="seconds between heartbeats; workers adopt it from WELCOME",
+        liveness_help="silent intervals after which a worker is dead",
     )
     parser.add_argument(
         "--task-timeout",
+        dest="task_timeout_s",
+        metavar="S",
         type=positive_float,
         default=DEFAULT_TASK_TIMEOUT_S,
         help="seconds a dispatched task may take before it is retried",
@@ -377,17 +357,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CoordinatorConfig, Path |
     args = parser.parse_args(argv)
     if args.port == args.status_port:
         parser.error("--port and --status-port must differ")
-    config = CoordinatorConfig(
-        bind=args.bind,
-        port=args.port,
-        status_port=args.status_port,
-        heartbeat_interval_s=args.heartbeat_interval,
-        liveness=args.liveness,
-        task_timeout_s=args.task_timeout,
-        max_tries=args.max_tries,
-        state_dir=args.state_dir,
-    )
-    return config, args.keys
+    return config_from(CoordinatorConfig, args), args.keys
 
 
 def main(argv: list[str] | None = None) -> int:

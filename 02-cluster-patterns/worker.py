@@ -33,6 +33,7 @@ incomplete (tasks handed back).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -49,26 +50,18 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import bounded_float, bounded_int, identifier, make_parser
+from cluster_patterns.cli_args import add_heartbeat_options, bounded, config_from, identifier
+from cluster_patterns.cli_args import make_parser
 from cluster_patterns.cli_args import port_number, positive_float
 from cluster_patterns.cluster_keys import ClientKeys, add_keys_option, keys_or_exit
 from cluster_patterns.cluster_keys import load_client_keys, refusal_hint, secure_client
 from cluster_patterns.heartbeat import BACKOFF_MAX_S
-from cluster_patterns.protocol import MAX_CAPACITY, MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
+from cluster_patterns.protocol import MAX_CAPACITY
 from cluster_patterns.protocol import Assignment, TaskResult, decode, encode
 from cluster_patterns.tasks import run
-from cluster_patterns.transport import (
-    LINGER_MS,
-    BadInput,
-    HandshakeWatch,
-    PeerFault,
-    RateLimitedLog,
-    configure,
-    decode_single,
-    endpoint,
-    print_to,
-    robust_console,
-)
+from cluster_patterns.transport import LINGER_MS, BadInput, HandshakeWatch, PeerFault
+from cluster_patterns.transport import RateLimitedLog, configure, decode_single, endpoint, print_to
+from cluster_patterns.transport import robust_console
 from cluster_patterns.wire import MAX_ID_CHARS
 from cluster_patterns.worker_session import DEFAULT_DRAIN_TIMEOUT_S, Load, Phase
 from cluster_patterns.worker_session import WorkerConfig, WorkerSession
@@ -278,7 +271,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerConfig, Path | None
     """The config and the --keys directory, from the command line."""
     parser = make_parser(description="Cluster worker (DEALER to the coordinator's 5570).")
     parser.add_argument(
-        "--id", required=True, type=identifier(MAX_ID_CHARS), help="unique worker name"
+        "--id",
+        dest="worker_id",
+        metavar="ID",
+        required=True,
+        default=argparse.SUPPRESS,
+        type=identifier(MAX_ID_CHARS),
+        help="unique worker name (required)",
     )
     parser.add_argument("--coordinator", default=defaults.LOOPBACK, help="coordinator host")
     parser.add_argument(
@@ -286,44 +285,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerConfig, Path | None
     )
     parser.add_argument(
         "--capacity",
-        type=bounded_int(1, MAX_CAPACITY),
+        type=bounded(1, MAX_CAPACITY),
         default=defaults.WORKER_CAPACITY,
         help="tasks run at once",
     )
-    parser.add_argument(
-        "--heartbeat-interval",
-        type=bounded_float(MIN_INTERVAL_S, MAX_INTERVAL_S),
-        default=defaults.HEARTBEAT_INTERVAL_S,
-        help="seconds; only until WELCOME, which carries the coordinator's own",
+    add_heartbeat_options(
+        parser,
+        interval_help="seconds; only until WELCOME, which carries the coordinator's own",
+        liveness_help="silent intervals before the coordinator counts as lost (until WELCOME)",
     )
     parser.add_argument(
-        "--liveness",
-        type=bounded_int(1, MAX_LIVENESS),
-        default=defaults.LIVENESS,
-        help="silent intervals before the coordinator counts as lost (until WELCOME)",
-    )
-    parser.add_argument(
-        "--reconnect-max", type=positive_float, default=BACKOFF_MAX_S, help="backoff cap (s)"
+        "--reconnect-max",
+        dest="reconnect_max_s",
+        metavar="S",
+        type=positive_float,
+        default=BACKOFF_MAX_S,
+        help="longest wait before a reconnect (s)",
     )
     parser.add_argument(
         "--drain-timeout",
+        dest="drain_timeout_s",
+        metavar="S",
         type=positive_float,
         default=DEFAULT_DRAIN_TIMEOUT_S,
         help="seconds a drain may take before the worker hands its tasks back (exit 4)",
     )
     add_keys_option(parser, server=False)
     args = parser.parse_args(argv)
-    config = WorkerConfig(
-        worker_id=args.id,
-        coordinator=args.coordinator,
-        port=args.port,
-        capacity=args.capacity,
-        heartbeat_interval_s=args.heartbeat_interval,
-        liveness=args.liveness,
-        reconnect_max_s=args.reconnect_max,
-        drain_timeout_s=args.drain_timeout,
-    )
-    return config, args.keys
+    return config_from(WorkerConfig, args), args.keys
 
 
 async def amain(config: WorkerConfig, keys: ClientKeys | None = None) -> int:

@@ -48,7 +48,8 @@ def test_every_flag_has_help_and_shows_its_default(command: tuple[str, ...], run
     entries = option_entries(done.stdout)
     entries.pop("--help")
     for flag, text in entries.items():
-        assert "(default:" in text, f"{' '.join(command)} {flag} shows no default: {text!r}"
+        shown = "(default:" in text or "(required)" in text
+        assert shown, f"{' '.join(command)} {flag} shows no default: {text!r}"
         described = re.sub(r"\(default: [^)]*\)|--[\w-]+|[A-Z_]{2,}|[{}\[\],]", "", text)
         assert len(described.split()) >= 2, f"{flag} has no help text: {text!r}"
 

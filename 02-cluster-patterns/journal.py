@@ -37,14 +37,8 @@ import msgspec
 from msgspec import Meta
 
 from cluster_patterns.cli_args import make_parser
-from cluster_patterns.line_journal import (
-    BadLine,
-    LineScan,
-    lock_journal,
-    recover_lines,
-    repair_lines,
-    scan_lines,
-)
+from cluster_patterns.line_journal import BadLine, LineScan, lock_journal, recover_lines
+from cluster_patterns.line_journal import repair_lines, scan_lines
 from cluster_patterns.protocol import TaskOutcome, TaskSpec
 
 JOURNAL_NAME: Final = "journal.jsonl"
@@ -206,19 +200,8 @@ def run_check(path: Path) -> int:
 
 
 def run_repair(path: Path) -> int:
-    report = repair_lines(path, check_line, MAX_LINE_BYTES)
-    if report.copy_path is None:
-        print(f"repair: nothing to repair: {report.kept_records} entries in {path}, all valid")
-        return 0
-    if report.bad is not None:
-        print(f"repair: {path}: first bad line: {report.bad}")
-    else:
-        print(f"repair: {path}: torn last line: {report.torn_bytes} bytes without a newline")
-    print(f"repair: kept {report.kept_records} entries ({report.kept_bytes} bytes) in {path}")
-    print(
-        f"repair: moved {report.moved_bytes} bytes ({report.moved_lines} lines, "
-        f"{report.moved_valid} of them valid entries) to {report.copy_path}"
-    )
+    for line in repair_lines(path, check_line, MAX_LINE_BYTES).report(path, "entries"):
+        print(f"repair: {line}")
     return 0
 
 

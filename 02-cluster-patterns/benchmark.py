@@ -39,18 +39,8 @@ import zmq
 from cluster_patterns.cli_args import make_parser
 from cluster_patterns.client import ClientConfig, ClusterClient
 from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    Assignment,
-    Dispatch,
-    NodeEvent,
-    NodeEventKind,
-    NodeState,
-    ProtocolError,
-    Status,
-    decode,
-    encode,
-)
+from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import NodeState, ProtocolError, Status, decode, encode
 from cluster_patterns.stats import percentile
 
 HERE: Final = Path(__file__).resolve().parent

@@ -31,17 +31,8 @@ from typing import Final, TypeVar
 
 import zmq
 
-from cluster_patterns.curve import (
-    AUTHORIZED_DIR,
-    CLIENT_NAME,
-    KeyFileError,
-    KeyPair,
-    curve_client,
-    fingerprint,
-    load_allowed_keys,
-    load_keypair,
-    load_public,
-)
+from cluster_patterns.curve import AUTHORIZED_DIR, CLIENT_NAME, KeyFileError, KeyPair, curve_client
+from cluster_patterns.curve import fingerprint, load_allowed_keys, load_keypair, load_public
 
 SERVER_NAME: Final = "coordinator"
 K = TypeVar("K", "ServerKeys", "ClientKeys")

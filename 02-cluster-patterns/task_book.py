@@ -20,18 +20,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from cluster_patterns.journal import Journal
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    MAX_LATENCIES,
-    Accepted,
-    Completed,
-    Message,
-    Submit,
-    TaskOutcome,
-    TaskSpec,
-    TaskStats,
-    Totals,
-)
+from cluster_patterns.protocol import MAX_BATCH, MAX_LATENCIES, Accepted, Completed, Message, Submit
+from cluster_patterns.protocol import TaskOutcome, TaskSpec, TaskStats, Totals
 
 # Finished tasks are remembered this long, so a late re-submission gets the recorded
 # outcome instead of a second run; after that their memory is reclaimed.

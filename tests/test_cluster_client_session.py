@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from cluster_patterns.client_session import STALL_AFTER_S, ClientSession
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    Accepted,
-    Completed,
-    CoordinatorHeartbeat,
-    Submit,
-    TaskOutcome,
-    TaskSpec,
-    Welcome,
-)
+from cluster_patterns.protocol import MAX_BATCH, Accepted, Completed, CoordinatorHeartbeat, Submit
+from cluster_patterns.protocol import TaskOutcome, TaskSpec, Welcome
 
 
 class Clock:

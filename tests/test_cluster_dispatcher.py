@@ -7,27 +7,10 @@ from typing import Any
 
 from cluster_patterns.dispatcher import Dispatcher
 from cluster_patterns.task_book import TaskState
-from cluster_patterns.protocol import (
-    Accepted,
-    Completed,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    NodeEvent,
-    NodeEventKind,
-    Register,
-    Reset,
-    Results,
-    Submit,
-    TaskOutcome,
-    TaskResult,
-    TaskSpec,
-    Welcome,
-    encode,
-)
+from cluster_patterns.protocol import Accepted, Completed, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import Register, Reset, Results, Submit, TaskOutcome, TaskResult
+from cluster_patterns.protocol import TaskSpec, Welcome, encode
 
 CLIENT = b"client:c1"
 KINDS = ["echo", "sleep", "cpu", "fail"]

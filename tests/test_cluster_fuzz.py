@@ -19,12 +19,7 @@ from typing import Any
 import psutil
 import zmq
 
-from cluster_patterns.protocol import (
-    MsgType,
-    ProtocolError,
-    decode,
-    message_type,
-)
+from cluster_patterns.protocol import MsgType, ProtocolError, decode, message_type
 
 SEED = 20261110
 INTERVAL = 0.5

@@ -22,15 +22,8 @@ from typing import Any
 import pytest
 import zmq
 
-from cluster_patterns.protocol import (
-    PROTOCOL_VERSION,
-    NodeEvent,
-    ProtocolError,
-    Status,
-    Welcome,
-    decode,
-    encode,
-)
+from cluster_patterns.protocol import PROTOCOL_VERSION, NodeEvent, ProtocolError, Status, Welcome
+from cluster_patterns.protocol import decode, encode
 
 INTERVAL = 0.5
 LIVENESS = 3

@@ -13,15 +13,8 @@ import pytest
 
 from cluster_patterns.dispatcher import Dispatcher
 from cluster_patterns.task_book import TaskState
-from cluster_patterns.journal import (
-    JOURNAL_NAME,
-    FileJournal,
-    JournalCorruption,
-    ResultEntry,
-    StateLogError,
-    SubmitEntry,
-    replay,
-)
+from cluster_patterns.journal import JOURNAL_NAME, FileJournal, JournalCorruption, ResultEntry
+from cluster_patterns.journal import StateLogError, SubmitEntry, replay
 from cluster_patterns.protocol import TaskOutcome, TaskSpec
 
 COORDINATOR = "02-cluster-patterns/coordinator.py"

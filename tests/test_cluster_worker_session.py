@@ -9,23 +9,9 @@ from __future__ import annotations
 
 import random
 
-from cluster_patterns.protocol import (
-    Accepted,
-    Assignment,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    RefusalReason,
-    Refused,
-    Register,
-    Reset,
-    Results,
-    TaskResult,
-    Welcome,
-)
+from cluster_patterns.protocol import Accepted, Assignment, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, RefusalReason, Refused
+from cluster_patterns.protocol import Register, Reset, Results, TaskResult, Welcome
 from cluster_patterns.worker_session import Load, Phase, WorkerConfig, WorkerSession
 
 

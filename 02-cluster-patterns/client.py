@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import secrets
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,7 +112,9 @@ class ClusterClient:
         keys: ClientKeys | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client_id = config.client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.client_id = config.client_id or f"client-{secrets.token_hex(6)}"
+        self.id_prefix = secrets.token_hex(8)  # 64 random bits: no other client has it
+        self.task_numbers = itertools.count()
         self.keys = keys
         self.clock = clock
         self.endpoint = endpoint(config.coordinator, config.port)
@@ -165,7 +168,9 @@ class ClusterClient:
     # --- Submitting -----------------------------------------------------------------------------
 
     def new_task(self, kind: str, ms: int = 0, payload: str = "") -> TaskSpec:
-        return TaskSpec(task_id=uuid.uuid4().hex, kind=kind, ms=ms, payload=payload)
+        """A task with a fresh id: this client's random prefix and a counter (unique)."""
+        task_id = f"{self.id_prefix}-{next(self.task_numbers):x}"
+        return TaskSpec(task_id=task_id, kind=kind, ms=ms, payload=payload)
 
     def submit(self, specs: Sequence[TaskSpec]) -> list[asyncio.Future[TaskOutcome]]:
         """Send tasks (in batches); each future resolves with the task's single outcome."""
@@ -201,24 +206,30 @@ class ClusterClient:
         """Submit ``count`` tasks (at most ``window`` unfinished at a time) and summarize."""
         started = self.clock()
         deadline = started + timeout
-        specs = [self.new_task(kind, ms, payload) for _ in range(count)]
         futures: list[asyncio.Future[TaskOutcome]] = []
-        next_index = 0
-        while next_index < count and self.clock() < deadline:
+        ids: list[str] = []
+        resolved = 0  # ids[:resolved] have their outcome (checked in order, so O(count) in all)
+        unresolved = self.session.unresolved
+        while self.clock() < deadline:
             if self.refused is not None:
                 raise self.refused
-            room = window - len(self.session.unresolved)
+            room = min(window - len(unresolved), window // 4 or 1, count - len(ids))
             if room > 0:
-                chunk = specs[next_index : next_index + min(room, window // 4 or 1)]
+                chunk = [self.new_task(kind, ms, payload) for _ in range(room)]
+                ids.extend(spec.task_id for spec in chunk)
                 futures.extend(self.submit(chunk))
-                next_index += len(chunk)
                 continue
+            while resolved < len(ids) and ids[resolved] not in unresolved:
+                resolved += 1
+            if resolved == count:
+                break
+            # No asyncio.wait on the futures: a callback on each would cost a loop turn each.
             self.progress.clear()
             try:
                 await asyncio.wait_for(self.progress.wait(), deadline - self.clock())
             except asyncio.TimeoutError:
                 break
-        outcomes = await self.wait(futures, timeout=max(0.0, deadline - self.clock()))
+        outcomes = [f.result() for f in futures if f.done() and not f.cancelled()]
         return self.summarize(count, outcomes, self.clock() - started)
 
     def summarize(

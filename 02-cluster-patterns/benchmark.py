@@ -38,10 +38,11 @@ import zmq
 
 from cluster_patterns.cli_args import make_parser
 from cluster_patterns.client import ClientConfig, ClusterClient
-from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS
+from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS, LOOPBACK
 from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent, NodeEventKind
 from cluster_patterns.protocol import NodeState, ProtocolError, Status, decode, encode
 from cluster_patterns.stats import percentile
+from cluster_patterns.transport import endpoint
 
 HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent
@@ -54,7 +55,7 @@ KILLS_IN_PARALLEL: Final = 5
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
@@ -103,7 +104,7 @@ def echo_server(port: int) -> None:
     # Block instead of silently dropping replies when the reply pipe is full.
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.SNDHWM, 0)
-    router.bind(f"tcp://127.0.0.1:{port}")
+    router.bind(endpoint(LOOPBACK, port))
     print("echo ready", flush=True)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     while True:
@@ -118,7 +119,7 @@ def raw_echo_throughput(count: int) -> float:
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.connect(endpoint(LOOPBACK, port))
         payload = b"x" * 64
         started = time.perf_counter()
         sent = received = 0
@@ -196,7 +197,7 @@ def detection_latency(kills: int) -> dict[str, float]:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(f"tcp://127.0.0.1:{status_port}")
+        sub.connect(endpoint(LOOPBACK, status_port))
         round_no = 0
         while len(from_kill) < kills:
             round_no += 1

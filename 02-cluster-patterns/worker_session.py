@@ -193,8 +193,10 @@ class WorkerSession(Session):
         self.tick()
 
     def _stop_draining(self) -> None:
-        if self.phase is Phase.SERVING:
-            self._outbox.append(Deregister(self.config.worker_id))  # requeues what we hold
+        if self.phase is not Phase.LOST:
+            # Requeues what we hold; harmless if the coordinator never welcomed us (ignored),
+            # and right if it welcomes the REGISTER just before this arrives (same pipe).
+            self._outbox.append(Deregister(self.config.worker_id))
         self.phase = Phase.DONE
         self.exit_code = DRAINED_EXIT if not self.holding() else DRAIN_INCOMPLETE_EXIT
 

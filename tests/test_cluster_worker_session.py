@@ -263,3 +263,12 @@ def test_messages_a_worker_never_receives_are_refused() -> None:
     for message in (Accepted(["t"]), Drain("w1"), Heartbeat("w1", 0, [], 0, 0, 0)):
         assert net.s.receive(message) is False
     assert net.s.receive(CoordinatorHeartbeat("coord-1")) is True
+
+
+def test_a_drain_before_welcome_ends_with_deregister_on_the_same_connection() -> None:
+    net = Net()
+    net.s.connected()
+    net.pump()
+    net.s.drain()  # nothing held, no WELCOME yet: stop now, but undo the pending REGISTER
+    assert net.pump() == [Deregister("w1")]
+    assert net.s.phase is Phase.DONE and net.s.exit_code == 0

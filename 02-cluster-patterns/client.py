@@ -48,9 +48,9 @@ from cluster_patterns.client_session import ClientSession
 from cluster_patterns.cluster_keys import ClientKeys, add_keys_option, keys_or_exit
 from cluster_patterns.cluster_keys import load_client_keys, refusal_hint, secure_client
 from cluster_patterns.protocol import MAX_PAYLOAD_CHARS, MAX_TASK_MS, TaskKind, TaskOutcome
-from cluster_patterns.protocol import TaskSpec, decode, encode
+from cluster_patterns.protocol import TaskSpec, encode
 from cluster_patterns.stats import percentile
-from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, configure, decode_single
+from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, configure
 from cluster_patterns.transport import endpoint, robust_console
 
 DEFAULT_TIMEOUT_S: Final = 120.0
@@ -257,13 +257,7 @@ class ClusterClient:
     async def _receive(self) -> None:
         session = self.session
         while True:
-            frames = await self.sock.recv_multipart()
-            session.heard()
-            message = decode_single(frames, decode, self.bad, "the coordinator")
-            if message is None:
-                continue
-            if not session.receive(message):
-                self.bad.record(f"{type(message).__name__} is not sent to a client")
+            session.deliver(await self.sock.recv_multipart(), self.bad)
             outcomes = session.take_outcomes()
             for outcome in outcomes:
                 self.futures[outcome.task_id].set_result(outcome)

@@ -36,6 +36,8 @@ STALL_AFTER_S: Final = 10.0
 class ClientSession(Session):
     """Which tasks are unresolved, what to (re-)send, and each task's single outcome."""
 
+    role = "client"
+
     def __init__(
         self,
         client_id: str,

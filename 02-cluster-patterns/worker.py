@@ -57,10 +57,10 @@ from cluster_patterns.cluster_keys import ClientKeys, add_keys_option, keys_or_e
 from cluster_patterns.cluster_keys import load_client_keys, refusal_hint, secure_client
 from cluster_patterns.heartbeat import BACKOFF_MAX_S
 from cluster_patterns.protocol import MAX_CAPACITY
-from cluster_patterns.protocol import Assignment, TaskResult, decode, encode
+from cluster_patterns.protocol import Assignment, TaskResult, encode
 from cluster_patterns.tasks import run
 from cluster_patterns.transport import LINGER_MS, BadInput, HandshakeWatch, PeerFault
-from cluster_patterns.transport import RateLimitedLog, configure, decode_single, endpoint, print_to
+from cluster_patterns.transport import RateLimitedLog, configure, endpoint, print_to
 from cluster_patterns.transport import robust_console
 from cluster_patterns.wire import MAX_ID_CHARS
 from cluster_patterns.worker_session import DEFAULT_DRAIN_TIMEOUT_S, Load, Phase
@@ -203,13 +203,7 @@ class Worker:
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
         session = self.session
         while True:
-            frames = await sock.recv_multipart()
-            session.heard()
-            message = decode_single(frames, decode, self.bad, "the coordinator")
-            if message is None:
-                continue
-            if not session.receive(message):
-                self.bad.record(f"{type(message).__name__} is not sent to a worker")
+            session.deliver(await sock.recv_multipart(), self.bad)
             for task in session.take_started():
                 self.tasks[task.task_id] = asyncio.create_task(self._run_one(task))
             self._send_outbox()

@@ -91,6 +91,8 @@ def _quiet(line: str) -> None:
 class WorkerSession(Session):
     """The worker's protocol state: one instance for the life of the process."""
 
+    role = "worker"
+
     def __init__(
         self,
         config: WorkerConfig,

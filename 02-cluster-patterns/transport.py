@@ -10,6 +10,7 @@ This module binds and connects nothing by itself; see coordinator.py and worker.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import sys
 import time
@@ -39,13 +40,27 @@ HANDSHAKE_FAILURES: Final = (
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
 
 
-def configure(sock: S, *, network: bool = True, routing_id: bytes | None = None) -> S:
-    """Apply the options every socket of this project needs; returns the socket."""
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+def configure(
+    sock: S,
+    *,
+    network: bool = True,
+    routing_id: bytes | None = None,
+    max_message_bytes: int = SOCKET_MAX_MESSAGE_BYTES,
+    linger_ms: int = LINGER_MS,
+    sndhwm: int = HWM,
+    rcvhwm: int = HWM,
+) -> S:
+    """Apply the options every socket of this project needs; returns the socket.
+
+    The keyword defaults are the cluster's; another protocol passes its own frame limit
+    (``max_message_bytes``) and, where it bounds memory otherwise, its own high-water marks
+    (0 is unbounded: the node agent's credit window bounds its queue instead).
+    """
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if network:
-        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
     return sock
@@ -56,6 +71,16 @@ def endpoint(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"tcp://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ::1 (brackets allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RateLimitedLog:

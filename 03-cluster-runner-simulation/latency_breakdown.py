@@ -33,9 +33,8 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from cluster_patterns.cli_args import positive_int
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.protocols import ExecutorError
-from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
 
 DEFAULT_SAMPLES = 400
 WARMUP = 5
@@ -69,7 +68,7 @@ async def breakdown(samples: int, source_rc: bool) -> list[tuple[str, float, flo
     rows: list[tuple[str, float, float]] = []
     with LocalAgents(1) as agents, LocalSshd(source_rc=source_rc) as sshd:
         zmq = agents.executor(0)
-        ssh = AsyncSSHExecutor.for_local_sshd("node0", sshd)
+        ssh = sshd.executor("node0")
         conn = await asyncssh.connect(
             sshd.host,
             sshd.port,

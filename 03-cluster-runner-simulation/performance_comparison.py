@@ -59,7 +59,7 @@ from typing import Any
 from cluster_patterns.cli_args import positive_int
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec, load_descriptor
-from cluster_runner_simulation.local_sshd import (
+from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
     openssh_argv,

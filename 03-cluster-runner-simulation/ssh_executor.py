@@ -1,6 +1,6 @@
 """AsyncSSHExecutor: the SSH baseline, shaped like cluster_runner's NodeExecutorSSH.
 
-Connects with asyncssh to one node's sshd (port 22, or LocalSshd's private
+Connects with asyncssh to one node's sshd (port 22, or the test harness's private
 port): ONE persistent connection per node, a new session channel per command.
 This is what the ZeroMQ executor has to beat.
 
@@ -36,7 +36,6 @@ from cluster_runner_simulation.agent_protocol import (
     ProtocolError,
     system_config_from_facts,
 )
-from cluster_runner_simulation.local_sshd import LocalSshd
 from cluster_runner_simulation.protocols import (
     CommandResult,
     CommandTimeout,
@@ -127,18 +126,6 @@ class AsyncSSHExecutor:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-
-    @classmethod
-    def for_local_sshd(cls, node_id: str, sshd: LocalSshd, **options: float) -> AsyncSSHExecutor:
-        return cls(
-            node_id,
-            sshd.host,
-            sshd.port,
-            username=sshd.username,
-            client_keys=[str(sshd.client_key_path)],
-            known_hosts=str(sshd.known_hosts),
-            **options,
-        )
 
     @property
     def node_id(self) -> str:

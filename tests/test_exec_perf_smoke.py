@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 
 SCRIPT = "03-cluster-runner-simulation/performance_comparison.py"
 NAMES = {"zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local"}

@@ -23,7 +23,7 @@ from cluster_runner_simulation.agent_protocol import (
     PingRequest,
     encode,
 )
-from cluster_runner_simulation.zmq_node_agent import IDLE_PROBE_S, NodeAgent
+from cluster_runner_simulation.agent_service import IDLE_PROBE_S, AgentConfig, NodeAgent
 
 
 class Producer:
@@ -125,7 +125,10 @@ class FakeClock:
 
 def make_agent(router: FakeRouter, clock: FakeClock | None = None) -> NodeAgent:
     sock: Any = router
-    return NodeAgent("fake", sock, 2, clock=clock or FakeClock(), window_bytes=CREDIT_BATCH_BYTES)
+    config = AgentConfig(
+        "fake", insecure=True, concurrency=2, credit_window_bytes=CREDIT_BATCH_BYTES
+    )
+    return NodeAgent(config, sock, clock=clock or FakeClock())
 
 
 PEER = b"\x00peer"
@@ -134,7 +137,7 @@ PEER = b"\x00peer"
 async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None:
     router = FakeRouter()
     agent = make_agent(router)
-    ping = encode(PingRequest("p"))
+    ping = encode(PingRequest(id="p"))
     while not agent.window(PEER).saturated:
         agent.dispatch(PEER, ping)
     answered = len(router.sent)
@@ -142,7 +145,7 @@ async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None
     agent.dispatch(PEER, [b"garbage"])
     assert len(router.sent) == answered  # neither a pong nor an error reply
     assert agent.dropped_requests == 2 and agent.bad_messages == 1
-    agent.dispatch(PEER, encode(Credit("", nbytes=agent.window(PEER).in_flight)))
+    agent.dispatch(PEER, encode(Credit(nbytes=agent.window(PEER).in_flight)))
     agent.dispatch(PEER, ping)
     assert router.types_sent()[-1] == "pong"
     other = b"\x00other"
@@ -154,7 +157,7 @@ async def test_a_vanished_client_is_forgotten_and_an_idle_one_probed() -> None:
     router = FakeRouter()
     clock = FakeClock()
     agent = make_agent(router, clock)
-    agent.dispatch(PEER, encode(PingRequest("p")))
+    agent.dispatch(PEER, encode(PingRequest(id="p")))
     assert agent.windows[PEER].in_flight > 0
     agent.beat()
     assert router.types_sent() == ["pong"]  # not idle long enough for a probe
@@ -172,7 +175,7 @@ async def test_a_vanished_client_is_forgotten_and_an_idle_one_probed() -> None:
 async def test_credit_from_an_unknown_connection_is_harmless() -> None:
     router = FakeRouter()
     agent = make_agent(router)
-    agent.dispatch(PEER, encode(Credit("", nbytes=12345)))
+    agent.dispatch(PEER, encode(Credit(nbytes=12345)))
     assert router.sent == [] and PEER not in agent.windows
 
 
@@ -188,6 +191,5 @@ async def test_malformed_credit_is_a_bad_request(nbytes: object) -> None:
 
 
 def test_a_window_below_the_credit_batch_is_refused() -> None:
-    sock: Any = FakeRouter()
     with pytest.raises(ValueError, match="never reopen"):
-        NodeAgent("fake", sock, 1, window_bytes=CREDIT_BATCH_BYTES - 1)
+        AgentConfig("fake", insecure=True, credit_window_bytes=CREDIT_BATCH_BYTES - 1)

@@ -83,25 +83,6 @@ Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
 ErrorText = Annotated[str, Meta(max_length=MAX_ERROR_MESSAGE_CHARS)]
 
 
-class MsgType(str, enum.Enum):
-    """Every message type; its value is the ``type`` of the header."""
-
-    # requests: client -> agent
-    RUN = "run"
-    CANCEL = "cancel"
-    FACTS = "facts"
-    PING = "ping"
-    CREDIT = "credit"
-    # replies: agent -> client
-    ACCEPTED = "accepted"
-    OUTPUT = "output"
-    EXIT = "exit"
-    FACTS_REPLY = "facts_reply"
-    PONG = "pong"
-    HEARTBEAT = "heartbeat"
-    ERROR = "error"
-
-
 class ErrorCode(str, enum.Enum):
     BAD_REQUEST = "bad_request"
     NOT_ALLOWED = "not_allowed"
@@ -135,14 +116,17 @@ class TypeNotAllowed(ProtocolError):
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True):
-    """Base of every message: ``id`` ties replies to the request they answer."""
+    """Base of every message: ``id`` ties replies to the request they answer.
+
+    Each subclass names its ``type`` once, as its tag; the unions below are the closed sets.
+    """
 
     HAS_BODY: ClassVar[bool] = False  # only ``output`` carries a body frame
     v: Literal[2] = 2
     id: Id
 
 
-class RunRequest(Message, tag=MsgType.RUN.value, kw_only=True):
+class RunRequest(Message, tag="run", kw_only=True):
     """Run ``command`` with /bin/sh; ``timeout`` counts from when the agent accepts it."""
 
     command: Command
@@ -151,37 +135,37 @@ class RunRequest(Message, tag=MsgType.RUN.value, kw_only=True):
     cwd: Cwd | None = None
 
 
-class CancelRequest(Message, tag=MsgType.CANCEL.value):
+class CancelRequest(Message, tag="cancel"):
     """Kill the process group of the run with this id (from the same connection)."""
 
 
-class FactsRequest(Message, tag=MsgType.FACTS.value):
+class FactsRequest(Message, tag="facts"):
     pass
 
 
-class PingRequest(Message, tag=MsgType.PING.value):
+class PingRequest(Message, tag="ping"):
     pass
 
 
-class Credit(Message, tag=MsgType.CREDIT.value, kw_only=True):
+class Credit(Message, tag="credit", kw_only=True):
     """The client has read ``nbytes`` more reply bytes (headers and bodies) on this connection."""
 
     id: AnyId = ""
     nbytes: CreditBytes = msgspec.field(name="bytes")
 
 
-class Accepted(Message, tag=MsgType.ACCEPTED.value):
+class Accepted(Message, tag="accepted"):
     """The run is queued or running and has been silent for a moment."""
 
 
-class Output(Message, tag=MsgType.OUTPUT.value, kw_only=True):
+class Output(Message, tag="output", kw_only=True):
     """A chunk of a command's output; the bytes travel in the body frame."""
 
     HAS_BODY: ClassVar[bool] = True
     stream: Stream
 
 
-class Exit(Message, tag=MsgType.EXIT.value, kw_only=True):
+class Exit(Message, tag="exit", kw_only=True):
     """The last message of a run."""
 
     exit_status: Integer | None = None
@@ -212,22 +196,22 @@ class NodeFacts(Record, kw_only=True):
     gpus: Annotated[list[GpuFacts], Meta(max_length=MAX_GPUS)] = []
 
 
-class FactsReply(Message, tag=MsgType.FACTS_REPLY.value, kw_only=True):
+class FactsReply(Message, tag="facts_reply", kw_only=True):
     facts: NodeFacts
 
 
-class Pong(Message, tag=MsgType.PONG.value, kw_only=True):
+class Pong(Message, tag="pong", kw_only=True):
     node_id: Name
 
 
-class Heartbeat(Message, tag=MsgType.HEARTBEAT.value, kw_only=True):
+class Heartbeat(Message, tag="heartbeat", kw_only=True):
     """Sent while a connection has runs in flight (and as a probe of idle ones that owe)."""
 
     id: AnyId = ""
     running: Running = 0
 
 
-class ErrorReply(Message, tag=MsgType.ERROR.value, kw_only=True):
+class ErrorReply(Message, tag="error", kw_only=True):
     id: AnyId = ""  # "" when the request's id could not be read
     code: ErrorCode
     message: ErrorText = ""
@@ -237,8 +221,9 @@ Request = Union[RunRequest, CancelRequest, FactsRequest, PingRequest, Credit]
 Reply = Union[Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply]
 
 
-def _types(union: Any) -> frozenset[MsgType]:
-    return frozenset(MsgType(cls.__struct_config__.tag) for cls in get_args(union))
+def _types(union: Any) -> frozenset[str]:
+    """The ``type`` tags of a union's messages: each message type is named once, on its class."""
+    return frozenset(str(cls.__struct_config__.tag) for cls in get_args(union))
 
 
 # The allow-list: the only message types the agent will ever dispatch.

@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +37,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.ssh_context import ssh_executor_for
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 from cluster_runner_simulation.protocols import (
+    Env,
     AsyncJournalWriterProtocol,
     CommandResult,
     NodeExecutorProtocol,
@@ -97,12 +97,7 @@ class FallbackExecutor:
         return True
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         if await self._primary_reachable():
             try:
@@ -178,12 +173,7 @@ class ShadowExecutor:
         return self.stats.discrepancies
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         shadow = asyncio.create_task(
             self.secondary.run(command, timeout=timeout, env=env, cwd=cwd), name="shadow"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from cluster_runner_simulation.descriptor import NodeSpec
 from cluster_runner_simulation.protocols import NodeExecutorProtocol
 from cluster_runner_simulation.ssh_context import ssh_executor_for
-from cluster_runner_simulation.testing import LocalAgents, LocalSshd, openssh_argv
+from cluster_runner_simulation.testing import openssh_argv
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 
 EXECUTORS: Final = ("zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local")
@@ -94,25 +94,6 @@ class Bench:
     async def close(self) -> None:
         for group in self.runners.values():
             await asyncio.gather(*(r.close() for r in group), return_exceptions=True)
-
-
-def local_nodes(count: int, sshd: LocalSshd | None, agents: LocalAgents | None) -> list[NodeSpec]:
-    """The loopback cluster described like a real one: one sshd, ``count`` agents."""
-    nodes = []
-    for i in range(count):
-        ssh: dict[str, Any] = {}
-        if sshd is not None:
-            ssh = {
-                "ssh_port": sshd.port,
-                "ssh_user": sshd.username,
-                "ssh_key": sshd.client_key_path,
-                "ssh_known_hosts": sshd.known_hosts,
-            }
-        zmq: dict[str, Any] = {}
-        if agents is not None:
-            zmq = {"zmq_port": agents.agents[i].port, "curve_keys_dir": agents.keys_dir}
-        nodes.append(NodeSpec(id=f"node{i}", host="127.0.0.1", **ssh, **zmq))
-    return nodes
 
 
 def make_runner(name: str, node: NodeSpec, control_path: Path) -> Runner:

@@ -68,11 +68,15 @@ from cluster_runner_simulation.perf_runners import (
     Runner,
     SetupError,
     build_bench,
-    local_nodes,
     stop_ssh_masters,
 )
 from cluster_runner_simulation.protocols import ExecutorError
-from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import (
+    LocalAgents,
+    LocalSshd,
+    local_nodes,
+    sshd_unavailable_reason,
+)
 
 TRANSFER_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_NODES: Final = 16
@@ -250,7 +254,7 @@ async def benchmark(config: BenchConfig) -> dict[str, Figures]:
             if sshd is not None:
                 stack.enter_context(sshd)
             agents = stack.enter_context(LocalAgents(config.nodes)) if "zmq" in names else None
-            nodes = local_nodes(config.nodes, sshd, agents)
+            nodes = list(local_nodes(config.nodes, sshd, agents))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cm-", dir="/tmp")))
         bench = build_bench(names, nodes, tmp)
         try:

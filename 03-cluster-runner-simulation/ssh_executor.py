@@ -41,6 +41,7 @@ from cluster_runner_simulation.agent_protocol import (
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     CommandTimeout,
     ExecutorError,
@@ -159,12 +160,7 @@ class AsyncSSHExecutor:
             raise
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         proc = await self._open_uncancellable(wrap_command(command, env, cwd))
         pgid: int | None = None

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from cluster_runner_simulation.agent_protocol import (
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     CommandTimeout,
     ExecutorError,
@@ -190,12 +191,7 @@ class ZmqNodeExecutor:
     # --- NodeExecutorProtocol ------------------------------------------------------------------
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         request = RunRequest(
             id=self._next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.migration import FallbackExecutor, ShadowExecutor
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     NodeUnreachable,
     SystemConfiguration,
@@ -56,12 +56,7 @@ class FakeExecutor:
         return 0.0
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         if self.down:
             raise NodeUnreachable(self._node_id, "fake: down")
@@ -265,12 +260,7 @@ async def test_fallback_rejects_executors_of_different_nodes() -> None:
 
 class SlowDifferent(FakeExecutor):
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         await asyncio.sleep(0.3)
         return CommandResult(command, 9, b"other\n")

@@ -29,7 +29,8 @@ from cluster_runner_simulation.agent_protocol import (
     ErrorReply,
     FactsRequest,
     Message,
-    MsgType,
+    REPLY_TYPES,
+    REQUEST_TYPES,
     PingRequest,
     ProtocolError,
     RunRequest,
@@ -55,7 +56,7 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 HEADER_KEYS = ["v", "type", "id", "command", "timeout", "env", "cwd", "bytes", "stream", "code"]
-TYPE_NAMES = [t.value for t in MsgType] + ["credit", "shutdown", "__init__", "", "RUN"]
+TYPE_NAMES = sorted(REQUEST_TYPES | REPLY_TYPES) + ["credit", "shutdown", "__init__", "", "RUN"]
 
 
 def valid_requests() -> list[Message]:

@@ -5,7 +5,7 @@ contexts) never import this package, so it can start processes and pick ports fr
 
     sshd.py        LocalSshd: Debian's sshd on 127.0.0.1:<free port>, generated keys
     agents.py      LocalAgents: N ``zmq_node_agent.py serve`` processes with CURVE keys
-    cluster.py     write_local_descriptor (both as a descriptor TOML), main (start by hand)
+    cluster.py     local_nodes, write_local_descriptor (as a descriptor), main (by hand)
     processes.py   free_port, stop_process, the sync-and-async context base
 
     with LocalSshd() as sshd, LocalAgents(4) as agents:
@@ -19,7 +19,7 @@ Try it:
 from __future__ import annotations
 
 from cluster_runner_simulation.testing.agents import AgentProcess, LocalAgents
-from cluster_runner_simulation.testing.cluster import main, write_local_descriptor
+from cluster_runner_simulation.testing.cluster import local_nodes, main, write_local_descriptor
 from cluster_runner_simulation.testing.processes import free_port, stop_process
 from cluster_runner_simulation.testing.sshd import LocalSshd, openssh_argv, sshd_unavailable_reason
 
@@ -28,6 +28,7 @@ __all__ = [
     "LocalAgents",
     "LocalSshd",
     "free_port",
+    "local_nodes",
     "main",
     "openssh_argv",
     "sshd_unavailable_reason",

@@ -12,8 +12,9 @@ import contextlib
 import signal
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from cluster_patterns.defaults import LOOPBACK
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
 from cluster_runner_simulation.testing.agents import LocalAgents
 from cluster_runner_simulation.testing.sshd import LocalSshd
@@ -22,28 +23,33 @@ LOCAL_LEAVES: Final = ("leaf-a", "leaf-b")
 DEMO_AGENTS: Final = 2
 
 
+def local_nodes(
+    count: int, sshd: LocalSshd | None, agents: LocalAgents | None
+) -> tuple[NodeSpec, ...]:
+    """The loopback cluster described like a real one: ``count`` nodes on one sshd and/or
+    on ``agents``; nodes alternate between two leaves (and racks), so pair schedules have pairs.
+    """
+    ids = [a.node_id for a in agents.agents] if agents else [f"node{i}" for i in range(count)]
+    nodes = []
+    for index, node_id in enumerate(ids[:count]):
+        fields: dict[str, Any] = {}
+        if sshd is not None:
+            fields.update(ssh_port=sshd.port, ssh_user=sshd.username, ssh_key=sshd.client_key_path)
+            fields.update(ssh_known_hosts=sshd.known_hosts)
+        if agents is not None:
+            fields.update(zmq_port=agents.agents[index].port, curve_keys_dir=agents.keys_dir)
+        leaf = index % len(LOCAL_LEAVES)
+        nodes.append(
+            NodeSpec(node_id, LOOPBACK, leaf=LOCAL_LEAVES[leaf], rack=f"rack-{leaf + 1}", **fields)
+        )
+    return tuple(nodes)
+
+
 def write_local_descriptor(
     sshd: LocalSshd, agents: LocalAgents, path: Path, name: str = "local"
 ) -> Path:
-    """Describe the loopback cluster (one sshd, N agents) like a real one, in a TOML file.
-
-    Nodes alternate between two leaves (and racks), so pair schedules have pairs.
-    """
-    nodes = tuple(
-        NodeSpec(
-            id=agent.node_id,
-            host=agent.host,
-            zmq_port=agent.port,
-            ssh_port=sshd.port,
-            ssh_user=sshd.username,
-            ssh_key=sshd.client_key_path,
-            ssh_known_hosts=sshd.known_hosts,
-            curve_keys_dir=agents.keys_dir,
-            leaf=LOCAL_LEAVES[index % len(LOCAL_LEAVES)],
-            rack=f"rack-{index % len(LOCAL_LEAVES) + 1}",
-        )
-        for index, agent in enumerate(agents.agents)
-    )
+    """Describe the loopback cluster (one sshd, N agents) like a real one, in a TOML file."""
+    nodes = local_nodes(len(agents.agents), sshd, agents)
     path.write_text(render_descriptor(ClusterDescriptor(name, nodes)))
     return path
 

@@ -283,22 +283,26 @@ class AgentCodec(JsonCodec[M], Generic[M]):
     def _invalid(self, detail: str, header: bytes) -> ProtocolError:
         """msgspec's ``Expected ... - at `$.timeout``` as the protocol's field-named error."""
         request_id = self.request_id(header)
-        what, _, path = detail.rpartition(" - at `$")
-        if not what:
-            what, path = detail, ""
-        field = path.rstrip("`").lstrip(".")
-        if missing := re.search(r"missing required field `([^`]*)`", what):
+        where = _AT.search(detail)
+        what = detail[: where.start()] if where else detail
+        field = where.group(2) if where else ""
+        if missing := _MISSING.search(what):
             return ProtocolError(f"field {missing.group(1)!r} is required", request_id)
         if field == "type" and what.startswith("Invalid"):
-            return TypeNotAllowed(
-                f"message type {_shown_type(header)} is not allowed here", request_id
-            )
+            shown = _shown_type(header)
+            return TypeNotAllowed(f"message type {shown} is not allowed here", request_id)
         if field == "v":
             reason = f"unsupported protocol version ({what}); this side speaks {PROTOCOL_VERSION}"
             return ProtocolError(f"field 'v': {reason}", request_id)
         if not field:
             return ProtocolError(f"header: {what}", request_id)
-        return ProtocolError(f"field {field!r}: {what}", request_id)
+        key = " (a key)" if where and where.group(1) else ""
+        return ProtocolError(f"field {field!r}{key}: {what}", request_id)
+
+
+# msgspec's "... - at `$.env.A`", or "... - at `key` in `$.env`" when an object key is wrong.
+_AT: Final = re.compile(r" - at (`key` in )?`\$\.?([^`]*)`$")
+_MISSING: Final = re.compile(r"missing required field `([^`]*)`")
 
 
 def _unreadable(header: bytes) -> ProtocolError:
@@ -320,13 +324,14 @@ def _unreadable(header: bytes) -> ProtocolError:
     if not isinstance(parsed, dict):
         return ProtocolError("header is not a JSON object")
     raw_id = parsed.get("id")
-    request_id = raw_id if isinstance(raw_id, str) and _clean(raw_id) else ""
+    request_id = ""
+    if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS and not _flaw(raw_id):
+        request_id = raw_id
     for key, value in parsed.items():
-        if not _clean(key) or not _clean(value):
-            name = key if _clean(key) else ascii(key)
-            reason = "holds a lone surrogate, a non-finite number or an oversized integer"
-            return ProtocolError(f"field {name!r} {reason}", request_id[:MAX_ID_CHARS])
-    return ProtocolError("header is not standard JSON", request_id[:MAX_ID_CHARS])
+        if flaw := _flaw(key) or _flaw(value):
+            name = ascii(key)[1:-1] if _flaw(key) else key
+            return ProtocolError(f"field {name!r}: {flaw}", request_id)
+    return ProtocolError("header is not standard JSON", request_id)
 
 
 class _OutOfRange:
@@ -341,21 +346,25 @@ def _parse_int(text: str) -> int | _OutOfRange:
 _LENIENT_JSON: Final = json.JSONDecoder(parse_int=_parse_int, parse_constant=float)
 
 
-def _clean(value: object, depth: int = 0) -> bool:
-    """Valid Unicode, finite numbers and convertible integers, all the way down."""
+def _flaw(value: object, depth: int = 0) -> str | None:
+    """What strict JSON refuses in ``value``, all the way down, or None."""
     if isinstance(value, str):
-        return value.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+        if not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            return "not valid Unicode (lone surrogate)"
+        return None
     if isinstance(value, float):
-        return value - value == 0.0  # false for NaN and the infinities
+        return None if value - value == 0.0 else "not a finite number"  # NaN, infinities
     if isinstance(value, _OutOfRange):
-        return False
+        return "integer out of range"
     if depth > 100:
-        return True  # msgspec would have said "nested too deeply"; not this field's fault
+        return None  # msgspec would have said "nested too deeply"; not this field's fault
     if isinstance(value, dict):
-        return all(_clean(k, depth + 1) and _clean(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_clean(item, depth + 1) for item in value)
-    return True
+        items: list[object] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((flaw for item in items if (flaw := _flaw(item, depth + 1))), None)
 
 
 def _shown_type(header: bytes) -> str:

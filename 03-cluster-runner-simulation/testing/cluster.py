@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster_patterns.defaults import LOOPBACK
+from cluster_patterns.transport import endpoint
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
 from cluster_runner_simulation.testing.agents import LocalAgents
 from cluster_runner_simulation.testing.sshd import LocalSshd
@@ -61,9 +62,8 @@ def main() -> int:
         with LocalSshd() as sshd, LocalAgents(DEMO_AGENTS) as agents:
             print(f"sshd: {' '.join(sshd.ssh_argv())} true")
             for agent in agents.agents:
-                print(
-                    f"agent {agent.node_id}: tcp://{agent.host}:{agent.port} keys {agents.keys_dir}"
-                )
+                address = endpoint(agent.host, agent.port)
+                print(f"agent {agent.node_id}: {address} keys {agents.keys_dir}")
             print("Ctrl-C stops them", flush=True)
             while True:
                 time.sleep(3600)

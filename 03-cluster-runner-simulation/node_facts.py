@@ -18,6 +18,7 @@ Try it:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -94,16 +95,19 @@ def gather(node_id: str) -> dict[str, Any]:
 def remote_command(node_id: str) -> str:
     """A shell command that runs this file with the node's python3 and prints its facts."""
     source = Path(__file__).read_text()
-    return f"python3 -c {shlex.quote(source)} {shlex.quote(node_id)}"
+    return f"python3 -c {shlex.quote(source)} -- {shlex.quote(node_id)}"
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: node_facts.py NODE_ID", file=sys.stderr)
-        return 2
-    print(json.dumps(gather(argv[0])))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="print this machine's facts as one JSON object",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("node_id", help="the node's name in the cluster, reported as node_id")
+    args = parser.parse_args(argv)
+    print(json.dumps(gather(args.node_id)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The agent's credit window on its own (agent_flow.py), and NodeAgent over a fake socket.
+"""The agent's credit window (agent_flow.py), NodeAgent over a fake socket, and its config.
 
 The real-socket tests (test_exec_agent_hardening.py) show the effect: a stalled client does
 not grow the agent. These show the rules: when output stops and resumes, that credit never
@@ -9,6 +9,7 @@ credit, and that a vanished client is forgotten.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -24,6 +25,7 @@ from cluster_runner_simulation.agent_protocol import (
     encode,
 )
 from cluster_runner_simulation.agent_service import IDLE_PROBE_S, AgentConfig, NodeAgent
+from cluster_runner_simulation.zmq_node_agent import SetupError, build_parser, config_from
 
 
 class Producer:
@@ -193,3 +195,33 @@ async def test_malformed_credit_is_a_bad_request(nbytes: object) -> None:
 def test_a_window_below_the_credit_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="never reopen"):
         AgentConfig("fake", insecure=True, credit_window_bytes=CREDIT_BATCH_BYTES - 1)
+
+
+# --- The agent's configuration: argparse only builds it -----------------------------------------
+
+
+def test_serve_flags_build_a_frozen_config() -> None:
+    args = build_parser().parse_args(["serve", "--insecure", "--node-id", "n1", "--port", "0"])
+    config = config_from(args)
+    assert config == AgentConfig("n1", port=0, insecure=True, verbose=False)
+    assert config.host == "127.0.0.1" and config.keys is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["serve"], "--keys DIR is required"),
+        (["serve", "--insecure", "--bind", "0.0.0.0"], "loopback only"),
+        (["serve", "--insecure", "--bind", "10.1.2.3"], "loopback only"),
+    ],
+)
+def test_a_bad_combination_of_flags_is_a_setup_error(argv: list[str], problem: str) -> None:
+    with pytest.raises(SetupError, match=problem):
+        config_from(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "127.0.0.2", "localhost"])
+def test_insecure_accepts_every_loopback_address(host: str) -> None:
+    assert AgentConfig("n1", bind=host, insecure=True).host == host

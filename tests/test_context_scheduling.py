@@ -237,6 +237,20 @@ async def test_fallback_only_when_unreachable_before_the_command() -> None:
     assert primary.commands == ["echo back"] and executor.fallbacks == 1
 
 
+async def test_a_down_primary_is_asked_again_once_the_recheck_time_has_passed() -> None:
+    now = [100.0]
+    primary, ssh = FakeExecutor("n0", down=True), FakeExecutor("n0")
+    executor = FallbackExecutor(primary, ssh, down_recheck_s=5.0, clock=lambda: now[0])
+    await executor.run("first")
+    primary.down = False
+    now[0] += 4.9
+    await executor.run("still skipped")
+    assert ssh.commands == ["first", "still skipped"] and primary.commands == []
+    now[0] += 0.2
+    await executor.run("back")
+    assert primary.commands == ["back"]
+
+
 async def test_fallback_never_reruns_a_command_lost_mid_run() -> None:
     primary, ssh = FakeExecutor("n0", lost_mid_run=True), FakeExecutor("n0")
     executor = FallbackExecutor(primary, ssh)

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,9 @@ import psutil
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+# A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
+from cluster_runner_simulation.testing import free_port as free_tcp_port
+
 REPO = Path(__file__).resolve().parent
 PYTHON = sys.executable
 IN_CI = bool(os.environ.get("CI"))
@@ -40,13 +42,6 @@ IN_CI = bool(os.environ.get("CI"))
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("dev", deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -65,13 +65,27 @@ PROTOCOL_ERROR_NAMES: Final = {
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
 
 
-def configure(sock: S, *, network: bool = True, routing_id: bytes | None = None) -> S:
-    """Apply the options every socket of this project needs; returns the socket."""
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+def configure(
+    sock: S,
+    *,
+    network: bool = True,
+    routing_id: bytes | None = None,
+    max_message_bytes: int = SOCKET_MAX_MESSAGE_BYTES,
+    linger_ms: int = LINGER_MS,
+    sndhwm: int = HWM,
+    rcvhwm: int = HWM,
+) -> S:
+    """Apply the options every socket of this project needs; returns the socket.
+
+    The keyword defaults are the cluster's; another protocol passes its own frame limit
+    (``max_message_bytes``) and, where it bounds memory otherwise, its own high-water marks
+    (0 is unbounded: the node agent's credit window bounds its queue instead).
+    """
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if network:
-        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
     return sock

@@ -84,27 +84,10 @@ def wait_for_json(url: str, check: Any, timeout: float = 20.0) -> dict[str, Any]
 
 
 @pytest.fixture
-def live_cluster(spawn: Any, free_port: Any) -> tuple[str, int]:
+def live_cluster(monitored_cluster: Any) -> tuple[str, int]:
     """A coordinator, one worker and a monitor on free ports: (monitor base URL, task port)."""
-    tasks, status, http = free_port(), free_port(), free_port()
-    coordinator = spawn(
-        "02-cluster-patterns/coordinator.py", "--port", str(tasks), "--status-port", str(status)
-    )
-    coordinator.wait_for("ready")
-    worker = spawn(
-        "02-cluster-patterns/worker.py", "--id", "watch-w1", "--port", str(tasks), "--capacity", "4"
-    )
-    worker.wait_for("ready")
-    monitor = spawn(
-        "02-cluster-patterns/monitor.py", "--status-port", str(status), "--port", str(http)
-    )
-    monitor.wait_for("ready")
-    url = f"http://127.0.0.1:{http}"
-    wait_for_json(
-        f"{url}/api/cluster",
-        lambda body: any(n["id"] == "watch-w1" and n["state"] == "alive" for n in body["nodes"]),
-    )
-    return url, tasks
+    cluster = monitored_cluster(["watch-w1"], worker_args=["--capacity", "4"])
+    return cluster.base, cluster.task_port
 
 
 def test_every_metric_used_exists_in_the_monitor_output(

@@ -48,7 +48,9 @@ typecheck: $(STAMP)
 	@mkdir -p $(TYPECHECK_LINKS)
 	@ln -sfn ../../02-cluster-patterns $(TYPECHECK_LINKS)/cluster_patterns
 	@ln -sfn ../../03-cluster-runner-simulation $(TYPECHECK_LINKS)/cluster_runner_simulation
-	MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy -p cluster_patterns -p cluster_runner_simulation
+	@ln -sfn ../../docker/simulator $(TYPECHECK_LINKS)/cluster_simulator
+	MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy -p cluster_patterns -p cluster_runner_simulation \
+		-p cluster_simulator
 	@for d in $(LESSON_DIRS); do echo "mypy $$d"; $(BIN)/mypy $$d/*.py || exit 1; done
 	@for d in $(EXAMPLE_DIRS); do echo "mypy --strict $$d"; \
 		MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy --strict $$d*.py || exit 1; done

@@ -203,9 +203,21 @@ def free_port() -> object:
 
 
 class ClusterSimulator:
-    """Runs ``./docker/simulate-cluster.sh --BACKEND ...`` with an isolated project and ports."""
+    """Runs ``./docker/simulate-cluster.sh --BACKEND ...`` with an isolated project and ports.
 
-    def __init__(self, backend: str, project: str, monitor_port: int, env: dict[str, str]) -> None:
+    ``compose`` ("v1" or "v2") forces the Docker backend's Compose version; None leaves the
+    choice to the simulator (``COMPOSE`` from the environment, else v2 when it answers), so
+    ``COMPOSE=v1 pytest -m docker`` runs every Docker test with docker-compose 1.29.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        project: str,
+        monitor_port: int,
+        env: dict[str, str],
+        compose: str | None = None,
+    ) -> None:
         self.backend = backend
         self.project = project
         self.monitor_port = monitor_port
@@ -215,6 +227,8 @@ class ClusterSimulator:
             "MONITOR_PORT": str(monitor_port),
             **env,
         }
+        if compose is not None:
+            self.env["COMPOSE"] = compose
         self._stderr: dict[int, IO[bytes]] = {}
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

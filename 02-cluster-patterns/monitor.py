@@ -82,34 +82,12 @@ def parse_args(argv: list[str] | None = None) -> MonitorConfig:
         "JSON and Prometheus metrics over HTTP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--coordinator",
-        metavar="HOST",
-        default=defaults.LOOPBACK,
-        help="host of the coordinator to follow",
+    channel = parser.add_argument_group("the coordinator's status channel (ZeroMQ SUB)")
+    channel.add_argument("--coordinator", metavar="HOST", default=defaults.LOOPBACK, help="host")
+    channel.add_argument(
+        "--status-port", metavar="N", type=port_number, default=defaults.STATUS_PORT, help="port"
     )
-    parser.add_argument(
-        "--status-port",
-        metavar="N",
-        type=port_number,
-        default=defaults.STATUS_PORT,
-        help="the coordinator's status (PUB) port",
-    )
-    parser.add_argument(
-        "--port",
-        dest="http_port",
-        metavar="N",
-        type=port_number,
-        default=defaults.MONITOR_PORT,
-        help="HTTP port to serve",
-    )
-    parser.add_argument(
-        "--bind",
-        metavar="HOST",
-        default=defaults.LOOPBACK,
-        help="HTTP listen address; 0.0.0.0 serves other machines too",
-    )
-    parser.add_argument(
+    channel.add_argument(
         "--heartbeat-interval",
         dest="heartbeat_interval_s",
         metavar="S",
@@ -117,12 +95,27 @@ def parse_args(argv: list[str] | None = None) -> MonitorConfig:
         default=defaults.HEARTBEAT_INTERVAL_S,
         help="seconds; used until the first STATUS announces the coordinator's own",
     )
-    parser.add_argument(
+    channel.add_argument(
         "--liveness",
         metavar="N",
         type=positive_int,
         default=defaults.LIVENESS,
         help="missed intervals before the coordinator counts as gone (until a STATUS says)",
+    )
+    http = parser.add_argument_group("HTTP: the dashboard, /health, /api/cluster, /metrics")
+    http.add_argument(
+        "--bind",
+        metavar="HOST",
+        default=defaults.LOOPBACK,
+        help="listen address; 0.0.0.0 serves other machines too",
+    )
+    http.add_argument(
+        "--port",
+        dest="http_port",
+        metavar="N",
+        type=port_number,
+        default=defaults.MONITOR_PORT,
+        help="port",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every node event")
     add_keys_option(parser, server=False)

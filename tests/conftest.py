@@ -27,6 +27,14 @@ class MonitoredCluster:
     base: str  # the monitor's http://127.0.0.1:PORT
     task_port: int  # the coordinator's ROUTER, for workers and clients
     procs: dict[str, Any]  # "coordinator", "monitor", and every worker by its id
+    run: Callable[..., Any]  # the root conftest's run_script
+
+    def submit(self, *client_args: str) -> None:
+        """Run client.py against the coordinator with ``client_args``; it must succeed."""
+        client = self.run(
+            "02-cluster-patterns/client.py", *client_args, "--port", str(self.task_port), timeout=60
+        )
+        assert client.returncode == 0, client.stdout + client.stderr
 
     def api(self) -> Any:
         """The monitor's /api/cluster document."""
@@ -38,7 +46,9 @@ class MonitoredCluster:
 
 
 @pytest.fixture
-def monitored_cluster(spawn: Any, free_port: Callable[[], int]) -> Callable[..., MonitoredCluster]:
+def monitored_cluster(
+    spawn: Any, free_port: Callable[[], int], run: Any
+) -> Callable[..., MonitoredCluster]:
     def start(
         workers: Sequence[str] = ("w1", "w2", "w3"), worker_args: Sequence[str] = ()
     ) -> MonitoredCluster:
@@ -64,7 +74,7 @@ def monitored_cluster(spawn: Any, free_port: Callable[[], int]) -> Callable[...,
         procs["monitor"].wait_for("monitor ready")
         for name in workers:
             procs[name].wait_for("ready")
-        cluster = MonitoredCluster(f"http://127.0.0.1:{http_port}", task_port, procs)
+        cluster = MonitoredCluster(f"http://127.0.0.1:{http_port}", task_port, procs, run)
         deadline = time.monotonic() + 20
         while cluster.states() != {name: "alive" for name in workers}:
             assert time.monotonic() < deadline, f"workers not all alive: {cluster.states()}"

@@ -35,7 +35,7 @@ WORKERS = ("w1", "w2", "w3")
 
 
 def test_dashboard_shows_workers_and_a_kill_without_reload(
-    monitored_cluster: Any, run: Any, tmp_path: Path
+    monitored_cluster: Any, tmp_path: Path
 ) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium')")
@@ -63,19 +63,7 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
             assert page.get_attribute("#coordinator", "data-seen") == "seen"
 
             # A little work so the charts and rates have something to draw.
-            client = run(
-                "02-cluster-patterns/client.py",
-                "--count",
-                "300",
-                "--kind",
-                "sleep",
-                "--ms",
-                "2",
-                "--port",
-                str(cluster.task_port),
-                timeout=60,
-            )
-            assert client.returncode == 0, client.stdout + client.stderr
+            cluster.submit("--count", "300", "--kind", "sleep", "--ms", "2")
 
             procs["w2"].signal(signal.SIGKILL)
             killed_at = time.monotonic()

@@ -35,24 +35,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_monitor_sees_kill_and_partition(monitored_cluster: Any, run: Any) -> None:
+def test_monitor_sees_kill_and_partition(monitored_cluster: Any) -> None:
     cluster = monitored_cluster(WORKERS)
     base, procs, api, states = cluster.base, cluster.procs, cluster.api, cluster.states
     with urllib.request.urlopen(base + "/health", timeout=5) as response:
         assert response.status == 200
 
     # Some work, so totals and the latency histogram carry real numbers.
-    client = run(
-        "02-cluster-patterns/client.py",
-        "--count",
-        "200",
-        "--kind",
-        "echo",
-        "--port",
-        str(cluster.task_port),
-        timeout=60,
-    )
-    assert client.returncode == 0, client.stdout + client.stderr
+    cluster.submit("--count", "200", "--kind", "echo")
     wait_until(lambda: api()["totals"]["done"] >= 200, 10, "done >= 200 in /api/cluster")
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
         metrics = response.read().decode()

@@ -84,20 +84,14 @@ def wait_for_json(url: str, check: Any, timeout: float = 20.0) -> dict[str, Any]
 
 
 @pytest.fixture
-def live_cluster(monitored_cluster: Any) -> tuple[str, int]:
-    """A coordinator, one worker and a monitor on free ports: (monitor base URL, task port)."""
-    cluster = monitored_cluster(["watch-w1"], worker_args=["--capacity", "4"])
-    return cluster.base, cluster.task_port
+def live_cluster(monitored_cluster: Any) -> Any:
+    """A coordinator, one worker and a monitor on free ports (tests/conftest.py)."""
+    return monitored_cluster(["watch-w1"], worker_args=["--capacity", "4"])
 
 
-def test_every_metric_used_exists_in_the_monitor_output(
-    live_cluster: tuple[str, int], run: Any
-) -> None:
-    url, tasks = live_cluster
-    client = run(
-        "02-cluster-patterns/client.py", "--count", "20", "--kind", "echo", "--port", str(tasks)
-    )
-    assert client.returncode == 0, client.stdout + client.stderr
+def test_every_metric_used_exists_in_the_monitor_output(live_cluster: Any) -> None:
+    live_cluster.submit("--count", "20", "--kind", "echo")
+    url = live_cluster.base
     wait_for_json(f"{url}/api/cluster", lambda body: body["totals"]["done"] >= 20)
     exposed = http_get(f"{url}/metrics")
     names = set(re.findall(r"^(cluster_[a-z0-9_]+)", exposed, re.MULTILINE))
@@ -108,9 +102,8 @@ def test_every_metric_used_exists_in_the_monitor_output(
         assert not missing, f"{source} uses metrics the monitor does not expose: {missing}"
 
 
-def test_watch_once_prints_the_workers(live_cluster: tuple[str, int], run: Any) -> None:
-    url, _tasks = live_cluster
-    result = run("examples/monitoring/watch.py", "--once", "--url", url, timeout=30)
+def test_watch_once_prints_the_workers(live_cluster: Any, run: Any) -> None:
+    result = run("examples/monitoring/watch.py", "--once", "--url", live_cluster.base, timeout=30)
     assert result.returncode == 0, result.stderr
     assert re.search(r"watch-w1\s+alive", result.stdout), result.stdout
     assert "coordinator" in result.stdout and "tasks: submitted" in result.stdout

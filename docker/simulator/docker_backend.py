@@ -58,9 +58,18 @@ TC_SCRIPT: Final = (
 
 
 def docker(*args: str) -> str:
-    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message."""
+    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message.
+
+    The query runs in a session of its own: a Ctrl-C at the terminal reaches this program,
+    which decides what to do, and not a `docker ps` that would die of it half-way and turn an
+    ordinary interrupt into a failed command.
+    """
     done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip().splitlines()

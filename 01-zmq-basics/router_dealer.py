@@ -82,12 +82,12 @@ def worker(ctx: Context, port: int, name: str, work_ms: int) -> None:
         sock.connect(f"tcp://localhost:{port + 1}")
         # --8<-- [start:worker]
         sock.send_multipart([b"", b"READY"])  # the b"" is what a REQ socket would add
+        print(f"[{name}] DEALER connected to port {port + 1}, sent READY", flush=True)
         while True:
             frames = sock.recv_multipart()  # ["", client, "", request]
-            if len(frames) != 4:
-                continue  # not from our broker
-            time.sleep(work_ms / 1000)
-            sock.send_multipart([b"", frames[1], b"", name.encode(), b"done: " + frames[3]])
+            if len(frames) == 4:  # anything else is not from our broker
+                time.sleep(work_ms / 1000)
+                sock.send_multipart([b"", frames[1], b"", name.encode(), b"done: " + frames[3]])
         # --8<-- [end:worker]
 
 

@@ -86,7 +86,7 @@ class LazyPirate:  # a REQ client that survives a dead or restarted server
             # throw it away (LINGER 0 drops the request) and resend, same id, on a new one.
             self.sock.close()
             self.sock = self.open()
-        sys.exit(f"error: no reply from {self.endpoint} after {self.retries} attempts")
+        sys.exit(f"error: no reply from {self.endpoint} after {self.retries} tries; is it running?")
         # --8<-- [end:lazy-pirate]
 
 

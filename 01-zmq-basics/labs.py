@@ -785,12 +785,13 @@ def check_mmi(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     cases = [("echo", "200"), ("upper", "404"), ("nothing", "404")]
     for service, code in cases:
         ask = lab.run("client", script, "client", "mmi.service", service, port=port)
-        verdicts.judge(
+        if not verdicts.judge(
             f"mmi.service: {code}" in ask.output(),
             f"`client mmi.service {service}` gets {code}",
             f"`client mmi.service {service}` should print `mmi.service: {code}`:"
             f"\n{indent(ask.output())}",
-        )
+        ):
+            break  # the other lookups would fail the same way, 7.5 s each
     echo = lab.run("client", script, "client", "echo", "still works", port=port)
     verdicts.judge(
         "echo: still works" in echo.output(),

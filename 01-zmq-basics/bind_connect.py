@@ -49,7 +49,7 @@ def main() -> int:
             for name, server in zip("AB", servers):
                 server.send_string(f"{name}{number}")  # blocks until the PULL has connected
         got = [client.recv_string() for _ in range(4)]
-        step(2, f"both PUSH bound later; the PULL got {got}, fair-queued from both")
+        step(2, f"both PUSH bound later; the PULL got {sorted(got)}, fair-queued from both")
         # --8<-- [end:connect-first]
         # --8<-- [start:one-binder]
         try:

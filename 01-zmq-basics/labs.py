@@ -229,6 +229,41 @@ def lab_session(default_ports: bool) -> Iterator[Lab]:
 # --- experiments ---------------------------------------------------------------------------
 
 
+def basics(lab: Lab) -> None:
+    section("basics 1: request and reply (README: Basic Examples)")
+    port = lab.ports(5555)
+    server = lab.start("Terminal 1", "req_rep.py", "server", port=port)
+    server.wait_for(r"REP bound")
+    client = lab.run(
+        "Terminal 2", "req_rep.py", "client", "localhost", Shown(str(port), "5555"), "Hello ZeroMQ"
+    )
+    server.wait_for(r"Hello ZeroMQ")
+    lab.show(server, client)
+    lab.look("one request, one reply; the first round trip includes connecting")
+    lab.expect("echo: Hello ZeroMQ" in client.output(), "no echo")
+
+    section("basics 2: a pipeline, a ventilator with 50 tasks for two workers")
+    port = lab.ports(5557, 2)
+    sink = lab.start("Terminal 1", "push_pull.py", "sink", port=port)
+    sink.wait_for(r"bound")
+    workers = [lab.start("Terminal 2 &", "push_pull.py", "worker", n, port=port) for n in "12"]
+    for worker in workers:
+        worker.wait_for(r"PULL from")
+    vent = lab.run("Terminal 3", "push_pull.py", "ventilator", "50", port=port)
+    sink.wait_for(r"50 results")
+    lab.show(sink, *workers, vent)
+    lab.look("each task slept 1-100 ms: about 2.5 s of work, done in half that by two workers")
+
+    for name, lesson in (("publish-subscribe", "pub_sub.py"), ("the broker", "router_dealer.py")):
+        section(f"basics {3 if lesson == 'pub_sub.py' else 4}: {name}, all roles in one process")
+        port = lab.ports(5561 if lesson == "pub_sub.py" else 5559, 2)
+        demo = lab.run("Terminal 1", lesson, "demo", port=port)
+        lab.show(demo)
+        lab.expect(demo.popen.returncode == 0, f"{lesson} demo failed")
+    lab.look("the pub_sub demo's subscriber connected first and still missed the start;")
+    lab.look("the broker's two clients were each served by all three workers")
+
+
 def slow_joiner(lab: Lab) -> None:
     section("slow-joiner 1: a subscriber that starts first still misses the first messages")
     port = lab.ports(5561)
@@ -266,7 +301,7 @@ def slow_joiner(lab: Lab) -> None:
         batch = number(r"batch (\d+)", vent.output())
         result = sink.wait_for(rf"batch {batch}: 50 results in [\d.]+ s; (.*)")
         shares.append(max(int(n) for n in re.findall(r"worker \d+: (\d+)", result.group(1))))
-        lab.show(*workers, vent, sink)
+        lab.show(sink, *workers, vent)
     lab.look(f"the busiest worker got {shares[0]} of 50 tasks after a 500 ms pause to settle,")
     lab.look(f"and {shares[1]} of 50 without it: the other worker had not reconnected yet")
     lab.expect(shares[0] < 50, "with --settle-ms 500 one worker still got every task")
@@ -585,6 +620,7 @@ def binary_star(lab: Lab) -> None:
 
 
 EXPERIMENTS: dict[str, tuple[Callable[[Lab], object], str]] = {
+    "basics": (basics, "the README's basic examples: REQ/REP, a pipeline, the two demos"),
     "slow-joiner": (slow_joiner, "PUB/SUB and PUSH/PULL lose or skew the start; sync fixes it"),
     "hwm": (hwm, "a slow subscriber behind a high-water mark: PUB drops, silently"),
     "retry": (retry, "the Lazy Pirate: a dead server, a restart, a duplicate"),
@@ -962,3 +998,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("interrupted; every process the lab started has been stopped", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `labs.py all | head`: the processes are stopped already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

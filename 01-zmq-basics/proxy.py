@@ -39,6 +39,11 @@ MESSAGES = [(b"status", b"all good"), (b"alerts", b"disk full"), (b"status", b"s
 Context = zmq.Context[zmq.Socket[bytes]]
 
 
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")  # one write per line: the demo's threads do not mix lines
+    sys.stdout.flush()
+
+
 def run_proxy(ctx: Context, port: int) -> None:
     xsub, xpub, capture = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
     try:
@@ -49,7 +54,7 @@ def run_proxy(ctx: Context, port: int) -> None:
         raise SystemExit(1)
     capture.bind("inproc://capture")
     threading.Thread(target=show_subscriptions, args=(ctx,), daemon=True).start()
-    print(f"[proxy] publishers -> XSUB port {port}, XPUB port {port + 1} -> subscribers")
+    say(f"[proxy] publishers -> XSUB port {port}, XPUB port {port + 1} -> subscribers")
     # --8<-- [start:proxy]
     try:
         zmq.proxy(xsub, xpub, capture)  # runs until the context ends
@@ -68,17 +73,17 @@ def show_subscriptions(ctx: Context) -> None:
             frames = copies.recv_multipart()  # everything the proxy forwarded, both ways
             if len(frames) == 1 and frames[0][:1] in (b"\x00", b"\x01"):
                 what = "subscribe" if frames[0][0] else "unsubscribe"
-                print(f"[proxy] upstream: {frames[0]!r}, {what} {frames[0][1:]!r}", flush=True)
+                say(f"[proxy] upstream: {frames[0]!r}, {what} {frames[0][1:]!r}")
 
 
 def subscriber(ctx: Context, port: int, topic: str, wanted: int = 0) -> None:
     with ctx.socket(zmq.SUB) as sub:
         sub.connect(f"tcp://localhost:{port + 1}")
         sub.setsockopt_string(zmq.SUBSCRIBE, topic)  # travels to the proxy as "\x01" + topic
-        print(f"[subscriber {topic or '*'}] SUB connected to port {port + 1}", flush=True)
+        say(f"[subscriber {topic or '*'}] SUB connected to port {port + 1}")
         received = 0
         while received < wanted or not wanted:  # wanted 0: until Ctrl-C
-            print(f"[subscriber {topic or '*'}] got {sub.recv_multipart()}", flush=True)
+            say(f"[subscriber {topic or '*'}] got {sub.recv_multipart()}")
             received += 1
 
 
@@ -88,7 +93,7 @@ def publisher(ctx: Context, port: int) -> None:
         time.sleep(0.5)  # the slow joiner: the proxy passes the subscriptions on to us
         for message in MESSAGES:
             pub.send_multipart(message)
-        print(f"[publisher] published {len(MESSAGES)} messages", flush=True)
+        say(f"[publisher] published {len(MESSAGES)} messages")
         time.sleep(0.2)  # LINGER is 0: give them time to leave before close()
 
 

@@ -10,7 +10,8 @@ Frames    worker -> broker  [worker-ID, "", READY]        (ROUTER adds the first
 ROUTER prefixes each message with its sender's identity and sends each one to the peer
 that frame 1 names: this envelope is how a reply finds its client (envelope.py). Workers
 say READY at start and with every reply; the broker gives each request to the worker
-idle longest, so a slow worker gets few requests: load balancing, unlike PUSH.
+idle longest, so a slow worker gets few requests: load balancing, unlike PUSH. (Threads
+print with one sys.stdout.write per line: print() makes two writes, which threads mix.)
 
     # Terminal 1 (blocks until Ctrl-C; prints its totals whenever the traffic stops)
     python 01-zmq-basics/router_dealer.py broker
@@ -47,7 +48,7 @@ def broker(ctx: Context, port: int) -> None:
             backend.bind(f"tcp://127.0.0.1:{port + 1}")
         except zmq.ZMQError as exc:
             print(f"error: cannot bind port {port} or {port + 1}: {exc.strerror}", file=sys.stderr)
-            raise SystemExit(1)  # sys.exit("message") would lose it in the demo's thread
+            raise SystemExit(1)  # sys.exit(message) would not print it from the demo's thread
         print(f"[broker] clients: ROUTER on port {port}, workers: ROUTER on port {port + 1}")
         idle: collections.deque[bytes] = collections.deque()  # longest idle on the left
         served, reported = collections.Counter[str](), 0  # replies per worker; last printed
@@ -82,7 +83,7 @@ def worker(ctx: Context, port: int, name: str, work_ms: int) -> None:
         sock.connect(f"tcp://localhost:{port + 1}")
         # --8<-- [start:worker]
         sock.send_multipart([b"", b"READY"])  # the b"" is what a REQ socket would add
-        print(f"[{name}] DEALER connected to port {port + 1}, sent READY", flush=True)
+        sys.stdout.write(f"[{name}] DEALER connected to port {port + 1}, sent READY\n")
         while True:
             frames = sock.recv_multipart()  # ["", client, "", request]
             if len(frames) == 4:  # anything else is not from our broker
@@ -100,16 +101,15 @@ def client(ctx: Context, port: int, name: str, count: int) -> None:
             sock.send(b"request %d" % number)
             if not sock.poll(TIMEOUT_MS):
                 sys.exit(f"error: {name}: no reply in {TIMEOUT_MS} ms; broker and worker up?")
-            worker_name, reply = sock.recv_multipart()
-            served_by[worker_name.decode(errors="replace")] += 1
-    print(f"[{name}] {served_by.total()} replies, served by {dict(sorted(served_by.items()))}")
+            served_by[sock.recv_multipart()[0].decode(errors="replace")] += 1  # [worker, reply]
+    spread = dict(sorted(served_by.items()))
+    sys.stdout.write(f"[{name}] {served_by.total()} replies, served by {spread}\n")
 
 
 def demo(ctx: Context, port: int) -> None:
     threading.Thread(target=broker, args=(ctx, port)).start()  # main's ctx.term() ends it
-    for number in (1, 2, 3):
+    for number in (1, 2, 3):  # every thread makes, uses and closes its own sockets
         threading.Thread(target=worker, args=(ctx, port, f"worker-{number}", 0)).start()
-    time.sleep(0.3)  # let the workers say READY, so that every client finds them idle
     other = threading.Thread(target=client, args=(ctx, port, "client-2", 500))
     other.start()
     client(ctx, port, "client-1", 500)

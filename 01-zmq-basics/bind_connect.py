@@ -16,6 +16,7 @@ The steps run one after the other in one thread and print what happens:
 Exits 0 when every step behaved as described above, 1 if one did not or a port is taken.
 """
 
+import argparse
 import sys
 import time
 
@@ -31,6 +32,7 @@ def step(number: int, text: str) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description="bind and connect, step by step (no options)").parse_args()
     ctx = zmq.Context()
     for option, value in ((zmq.LINGER, 0), (zmq.RCVTIMEO, TIMEOUT_MS), (zmq.SNDTIMEO, TIMEOUT_MS)):
         ctx.setsockopt(option, value)  # defaults for every socket made below

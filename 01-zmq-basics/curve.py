@@ -18,6 +18,7 @@ use this pattern, with pyzmq's zmq.auth as their ZAP handler.
 Exits 0 when the servers let in exactly whom this text says, 1 otherwise.
 """
 
+import argparse
 import queue
 import sys
 import threading
@@ -101,6 +102,7 @@ def ask(ctx: Context, name: str, endpoint: str, keys: KeyPair | None, server_key
 
 
 def main() -> int:
+    argparse.ArgumentParser(description="CURVE and a ZAP allow-list (no options)").parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     server_keys, alice, mallory = zmq.curve_keypair(), zmq.curve_keypair(), zmq.curve_keypair()

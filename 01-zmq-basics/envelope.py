@@ -15,6 +15,7 @@ ROUTER_MANDATORY is set: then send() fails with EHOSTUNREACH.
     python 01-zmq-basics/envelope.py
 """
 
+import argparse
 import sys
 import time
 
@@ -32,6 +33,9 @@ def shown(frames: list[bytes]) -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="the ROUTER envelope, frame by frame (no options)"
+    ).parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     ctx.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)

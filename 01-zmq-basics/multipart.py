@@ -14,6 +14,7 @@ and PUB drops, it drops whole messages: what arrives is always complete.
 Exits 0 when every message arrived whole, 1 otherwise.
 """
 
+import argparse
 import sys
 import time
 
@@ -30,6 +31,9 @@ def bound(sock: zmq.Socket[bytes]) -> tuple[zmq.Socket[bytes], str]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="multipart messages, whole or not at all (no options)"
+    ).parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     ctx.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)  # a missing frame is an error, not a hang

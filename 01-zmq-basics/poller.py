@@ -16,6 +16,7 @@ process: threads.py.)
     python 01-zmq-basics/poller.py
 """
 
+import argparse
 import sys
 import threading
 import time
@@ -44,6 +45,9 @@ def boss(ctx: Context) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="polling two sockets with zmq.Poller (no options)"
+    ).parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     threading.Thread(target=boss, args=(ctx,)).start()

@@ -14,6 +14,7 @@ Which side binds does not matter to the check, so the table comes out symmetric.
 Exits 0 when the table matches the Guide's list, 1 otherwise.
 """
 
+import argparse
 import sys
 
 import zmq
@@ -47,6 +48,9 @@ def handshake_ok(ctx: zmq.Context[zmq.Socket[bytes]], binder: str, connecter: st
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="which socket types can talk to which (no options)"
+    ).parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     print("bind \\ connect " + " ".join(name.ljust(6) for name in TYPES))

@@ -16,6 +16,7 @@ blocked call in every thread raises ContextTerminated, and each thread closes it
     python 01-zmq-basics/threads.py
 """
 
+import argparse
 import sys
 import threading
 
@@ -67,6 +68,7 @@ def serve(ctx: Context, frontend: zmq.Socket[bytes], backend: zmq.Socket[bytes])
 
 
 def main() -> int:
+    argparse.ArgumentParser(description="inproc, PAIR, a threaded server (no options)").parse_args()
     ctx = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     with ctx.socket(zmq.PAIR) as done:

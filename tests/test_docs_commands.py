@@ -64,7 +64,8 @@ STOP_TIMEOUT_S = 10.0
 # Long-running commands: a regex on the command line -> a regex its output prints once ready.
 LONG_RUNNING: list[tuple[str, str]] = [
     (
-        r"01-zmq-basics/\w+\.py (server|sink|worker|broker|publisher|subscriber|proxy)\b",
+        r"01-zmq-basics/(?!labs\.py)\w+\.py"
+        r" (server|sink|worker|broker|publisher|subscriber|proxy)\b",
         r"\S",  # lessons print their endpoints once bound/connected: any output means up
     ),
     (r"02-cluster-patterns/reliability/\w+\.py (queue|worker|broker|primary|backup)\b", r"\S"),
@@ -476,7 +477,7 @@ def test_doc_files_are_found() -> None:
 # Commands that keep running until Ctrl-C when run in the foreground (not the lessons'
 # publishers and subscribers, which end by themselves).
 BLOCKING_RE = re.compile(
-    r"(01-zmq-basics/\w+\.py (server|sink|worker|broker|proxy)\b"
+    r"(01-zmq-basics/(?!labs\.py)\w+\.py (server|sink|worker|broker|proxy)\b"
     r"|02-cluster-patterns/reliability/\w+\.py (queue|worker|broker|primary|backup)\b"
     r"|02-cluster-patterns/(coordinator|worker|monitor)\.py"
     r"|zmq_node_agent\.py serve|zmq_journal\.py collector|docs/solutions/\w+/\w+\.py server)"

@@ -9,8 +9,9 @@ Output: the line right before a fenced ``text`` block names the command that pri
     ```
 
 The test runs the command (from the repository root, each command once per session) and
-requires exit 0, and every line of the block, with numbers replaced by N and white space
-squeezed, among the lines the command printed (as often as the block shows it). A line
+requires exit 0 (or N, when the marker ends in ``; exits N``), and every line of the block,
+with numbers replaced by N and white space squeezed, among the lines the command printed
+(as often as the block shows it). A line
 that is just ``...`` marks a cut and is not compared. So a page may leave lines out but
 can never show a line that the code does not print.
 
@@ -40,7 +41,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOC_GLOBS = ["README.md", "docs/*.md", "integration-plan/*.md", "examples/**/README.md"]
-OUTPUT_RE = re.compile(r"^\s*<!--\s*output-of:\s*(?P<command>.+?)\s*-->\s*$")
+OUTPUT_RE = re.compile(
+    r"^\s*<!--\s*output-of:\s*(?P<command>.+?)(?:;\s*exits\s+(?P<code>\d+))?\s*-->\s*$"
+)
 FIGURES_RE = re.compile(r"^\s*<!--\s*figures:\s*(?P<path>\S+)\s*-->\s*$")
 NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 RUN_TIMEOUT_S = 300
@@ -52,6 +55,7 @@ class Sample:
     line: int
     command: str
     lines: list[str]
+    exit_code: int = 0
 
     @property
     def ident(self) -> str:
@@ -89,7 +93,8 @@ def samples_of(page: Path) -> list[Sample]:
         end = index + 2
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
-        found.append(Sample(page, index + 1, marker["command"], lines[index + 2 : end]))
+        code = int(marker["code"] or 0)
+        found.append(Sample(page, index + 1, marker["command"], lines[index + 2 : end], code))
     return found
 
 
@@ -139,15 +144,17 @@ QUOTES = [quote for page in doc_files() for quote in quotes_of(page)]
 
 
 def test_normalising_keeps_words_and_drops_numbers() -> None:
-    assert normal("  [sink] batch 4711: 50 results in 1.06 s ") == "[sink] batch N: N results in N s"
+    assert (
+        normal("  [sink] batch 4711: 50 results in 1.06 s ") == "[sink] batch N: N results in N s"
+    )
     assert normal("46,201 tasks/s") == "N tasks/s"
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.ident for s in SAMPLES])
 def test_sample_output_comes_from_its_command(sample: Sample) -> None:
     done = run(sample.command)
-    assert done.returncode == 0, (
-        f"{sample.ident}: `{sample.command}` exited {done.returncode}:\n"
+    assert done.returncode == sample.exit_code, (
+        f"{sample.ident}: `{sample.command}` exited {done.returncode}, not {sample.exit_code}:\n"
         f"{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
     )
     printed = Counter(normal(line) for line in (done.stdout + done.stderr).splitlines())
@@ -156,7 +163,9 @@ def test_sample_output_comes_from_its_command(sample: Sample) -> None:
     missing = shown - printed
     assert not missing, (
         f"{sample.ident}: the page shows lines that `{sample.command}` did not print"
-        f" (numbers as N):\n" + "\n".join(f"  {line}" for line in missing) + "\n\nit printed:\n"
+        f" (numbers as N):\n"
+        + "\n".join(f"  {line}" for line in missing)
+        + "\n\nit printed:\n"
         + done.stdout[-4000:]
     )
 

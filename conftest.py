@@ -193,6 +193,33 @@ def free_port() -> object:
     return free_tcp_port
 
 
+def free_tcp_ports(span: int) -> int:
+    """The first of ``span`` consecutive free TCP ports on 127.0.0.1 (lessons use PORT+1...)."""
+    for _ in range(200):
+        first = free_tcp_port()
+        if first + span > 65536:
+            continue
+        try:
+            probes = []
+            for port in range(first, first + span):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {span} consecutive free ports on 127.0.0.1")
+
+
+@pytest.fixture
+def free_ports() -> object:
+    """A factory: ``free_ports(2)`` is a port P such that P and P+1 are free."""
+    return free_tcp_ports
+
+
 # --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------
 
 

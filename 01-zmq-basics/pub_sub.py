@@ -93,7 +93,8 @@ def subscribe(ctx: Context, args: argparse.Namespace) -> None:
         # --8<-- [end:subscribe]
         for topic in sorted(last):
             total = ended.get(topic, "?")
-            print(f"[subscriber]   {topic.decode()}: {first[topic]}..{last[topic]} of {total}")
+            name = topic.decode(errors="replace")
+            print(f"[subscriber]   {name}: {first[topic]}..{last[topic]} of {total}")
         at_start = sum(n - 1 for n in first.values())
         print(f"[subscriber] received {received}, missed {at_start} at the start", end=" ")
         print(f"(slow joiner) and {gaps} in gaps", flush=True)

@@ -52,9 +52,9 @@ def run_sink(ctx: Context, port: int) -> None:
     # --8<-- [start:sink-loop]
     while True:
         frames = results.recv_multipart()
-        if len(frames) == 2 and frames[1].isdigit():  # [batch, n]: a batch starts
+        if len(frames) == 2 and (frames[0] + frames[1]).isdigit():  # [batch, n]: it starts
             batches[frames[0]] = int(frames[1]), time.perf_counter()
-        elif len(frames) == 3:  # [batch, worker, task]: a result, maybe before its batch
+        elif len(frames) == 3 and frames[0].isdigit():  # a result, maybe before its batch
             done[frames[0]][frames[1].decode(errors="replace")] += 1
         else:
             print(f"[sink] ignored a malformed message of {len(frames)} frames", flush=True)

@@ -99,7 +99,7 @@ def run_client(ctx: Context, args: argparse.Namespace) -> None:
         reply = client.request(request_id, args.message.encode())
         round_trips_us.append((time.perf_counter() - sent) * 1e6)
         if number <= SHOW_FIRST or number % 1000 == 0 or number == args.count:
-            print(f"[client] reply {number}/{args.count}: {reply.decode()!r}")
+            print(f"[client] reply {number}/{args.count}: {reply.decode(errors='replace')!r}")
     median, rate = statistics.median(round_trips_us), len(round_trips_us) / sum(round_trips_us)
     print(
         f"[client] {args.count} round trip(s): median {median:.0f} µs, {rate * 1e6:,.0f} requests/s"

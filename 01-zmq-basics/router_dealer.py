@@ -10,8 +10,8 @@ Frames    worker -> broker  [worker-ID, "", READY]        (ROUTER adds the first
 ROUTER prefixes each message with its sender's identity and sends each one to the peer
 that frame 1 names: this envelope is how a reply finds its client (envelope.py). Workers
 say READY at start and with every reply; the broker gives each request to the worker
-idle longest, so a slow worker gets few requests: load balancing, unlike PUSH. (Threads
-print with one sys.stdout.write per line: print() makes two writes, which threads mix.)
+idle longest: a slow worker gets few requests (unlike with PUSH). Threads print with one
+sys.stdout.write per line: print() makes two writes, which threads can mix up.
 
     # Terminal 1 (blocks until Ctrl-C; prints its totals whenever the traffic stops)
     python 01-zmq-basics/router_dealer.py broker
@@ -50,8 +50,7 @@ def broker(ctx: Context, port: int) -> None:
             print(f"error: cannot bind port {port} or {port + 1}: {exc.strerror}", file=sys.stderr)
             raise SystemExit(1)  # sys.exit(message) would not print it from the demo's thread
         print(f"[broker] clients: ROUTER on port {port}, workers: ROUTER on port {port + 1}")
-        idle: collections.deque[bytes] = collections.deque()  # longest idle on the left
-        served, reported = collections.Counter[str](), 0  # replies per worker; last printed
+        idle, served, reported = collections.deque[bytes](), collections.Counter[str](), 0
         # --8<-- [start:broker-loop]
         poller = zmq.Poller()
         poller.register(backend, zmq.POLLIN)
@@ -60,16 +59,17 @@ def broker(ctx: Context, port: int) -> None:
             ready = dict(poller.poll(QUIET_MS))
             if backend in ready:
                 frames = backend.recv_multipart()
-                if len(frames) == 6:  # a reply: strip the worker's address, pass it on
+                reply = len(frames) == 6 and frames[1] == frames[3] == b""
+                if reply:  # strip the worker's address and pass the rest on
                     frontend.send_multipart(frames[2:])
                     served[frames[4].decode(errors="replace")] += 1
                     if served.total() == 1:  # show the first reply's envelopes
                         print(f"[broker] backend in: {frames}\n[broker] frontend out: {frames[2:]}")
-                if len(frames) in (3, 6):  # READY or a reply: either way it is idle now
+                if reply or frames[1:] == [b"", b"READY"]:  # either way it is idle now
                     idle.append(frames[0])
             if frontend in ready:
                 frames = frontend.recv_multipart()  # [client, "", request] from a REQ
-                if len(frames) == 3:
+                if len(frames) == 3 and frames[1] == b"":
                     backend.send_multipart([idle.popleft(), b"", frames[0], b"", frames[2]])
             if not ready and served.total() != reported:  # a quiet moment: say what was done
                 reported = served.total()

@@ -88,7 +88,7 @@ def run_server(ctx: Context, role: str, port: int) -> None:
             request = frontend.recv_multipart()  # [client, "", sequence, text]
             if (served := may_serve(state, peer_gone=now >= peer_expiry)) and len(request) == 4:
                 state = served
-                frontend.send_multipart(request[:3] + [f"{request[3].decode()} by {role}".encode()])
+                frontend.send_multipart(request[:3] + [request[3] + f" by {role}".encode()])
         if state != before:
             print(f"[{role}] {before} -> {state}", flush=True)
         if now >= next_heartbeat:
@@ -105,7 +105,7 @@ def run_client(ctx: Context, port: int, count: int) -> None:
         for _ in range(TRIES):
             sock.send_multipart([b"%d" % number, b"request %d" % number])
             if sock.poll(TIMEOUT_MS):
-                print(f"[client] {sock.recv_multipart()[1].decode()}", flush=True)
+                print(f"[client] {sock.recv_multipart()[-1].decode(errors='replace')}")
                 break
             current = 1 - current  # no reply: the other server, on a fresh socket
             print(f"[client] no reply; trying the {servers[current]}", flush=True)

@@ -76,7 +76,7 @@ def run_broker(ctx: Context, port: int) -> None:
         if now >= next_heartbeat:
             for address, (service, expiry) in list(workers.items()):
                 if expiry < now:  # silent too long: forget it
-                    print(f"[broker] the {service.decode()!r} worker expired", flush=True)
+                    print(f"[broker] the {service!r} worker expired", flush=True)
                     del workers[address]
                     waiting[service] = [w for w in waiting[service] if w != address]
                 elif address in waiting[service]:

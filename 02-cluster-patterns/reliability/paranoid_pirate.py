@@ -61,14 +61,14 @@ def run_queue(ctx: Context, port: int) -> None:
             frames = backend.recv_multipart()  # [worker, READY | HEARTBEAT | reply...]
             if frames[1:] == [READY]:
                 print(f"[queue] {frames[0].decode(errors='replace')} is ready", flush=True)
-            if frames[1:] in ([READY], [HEARTBEAT]) or len(frames) == 5:
+            if frames[1:] in ([READY], [HEARTBEAT]) or len(frames) == 5 and frames[2] == b"":
                 idle.pop(frames[0], None)  # a sign of life, and idle now: newest at the end
                 idle[frames[0]] = now + HEARTBEAT_S * LIVENESS
-            if len(frames) == 5:
+            if len(frames) == 5 and frames[2] == b"":
                 frontend.send_multipart(frames[1:])  # the reply, to its client
         if frontend in ready:
             request = frontend.recv_multipart()  # [client, "", id, body]
-            if len(request) == 4:
+            if len(request) == 4 and request[1] == b"":
                 worker, _ = idle.popitem(last=False)  # the one idle longest
                 backend.send_multipart([worker, *request])
         if now >= next_heartbeat:

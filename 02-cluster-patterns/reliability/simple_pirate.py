@@ -55,13 +55,14 @@ def run_queue(ctx: Context, port: int) -> None:
         ready = dict(poller.poll())
         if backend in ready:
             frames = backend.recv_multipart()  # [worker, "", READY] or [worker, "", reply...]
-            if len(frames) >= 3 and frames[0] not in idle:
+            reply = len(frames) == 6 and frames[1] == frames[3] == b""
+            if (reply or frames[1:] == [b"", b"READY"]) and frames[0] not in idle:
                 idle.append(frames[0])  # READY or a reply: this worker is free again
-            if len(frames) == 6:
+            if reply:
                 frontend.send_multipart(frames[2:])  # [client, "", id, body] to its client
         if frontend in ready:
             request = frontend.recv_multipart()  # [client, "", request id, body]
-            if len(request) == 4:  # anything else is not one of our clients
+            if len(request) == 4 and request[1] == b"":  # anything else is not our client
                 backend.send_multipart([idle.popleft(), b"", *request])
     # --8<-- [end:queue]
 
@@ -90,7 +91,7 @@ def run_client(ctx: Context, port: int, count: int) -> None:
         for attempt in range(1, RETRIES + 1):
             sock.send_multipart([request_id, b"request %d" % number])
             if sock.poll(TIMEOUT_MS):
-                print(f"[client] {sock.recv_multipart()[1].decode()}", flush=True)
+                print(f"[client] {sock.recv_multipart()[-1].decode(errors='replace')}", flush=True)
                 break
             print(f"[client] no reply to {request_id.decode()} (try {attempt}), resending")
             sock.close()  # a REQ without its reply is stuck: replace it

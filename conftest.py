@@ -220,6 +220,22 @@ def free_ports() -> object:
     return free_tcp_ports
 
 
+def tcp_port_is_free(port: int) -> bool:
+    """Can a listener bind 127.0.0.1:port right now (a documented default port, say)?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def port_is_free() -> object:
+    """``port_is_free(5555)``: whether a test may use a lesson's default port as documented."""
+    return tcp_port_is_free
+
+
 # --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------
 
 

@@ -27,6 +27,7 @@ import argparse
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -42,22 +43,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LESSONS = Path("01-zmq-basics")
 RELIABILITY = Path("02-cluster-patterns") / "reliability"
+WORKERS = ["worker 1", "worker 2"]  # the two workers most experiments start
 READY_TIMEOUT_S = 20.0  # a lesson process must print its first line within this
 STEP_TIMEOUT_S = 60.0  # no single step of an experiment may take longer
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-@dataclass
-class Shown:
-    """An argument that runs as `actual` but is printed as `shown` (a port, usually)."""
-
-    actual: str
-    shown: str
-
-
-Arg = str | Shown
 
 
 @dataclass
@@ -135,12 +126,21 @@ class Lab:
                 return first
         raise LabError(f"found no {span} consecutive free ports")
 
-    def start(self, terminal: str, script: Path | str, *args: Arg, port: int = 0) -> Proc:
-        """Start `python SCRIPT ARGS` (plus a hidden `--port PORT`) as a user would."""
+    def start(
+        self,
+        terminal: str,
+        script: Path | str,
+        command: str = "",
+        port: int = 0,
+        shown_port: int = 0,
+    ) -> Proc:
+        """Start `python SCRIPT COMMAND` as a user would. A `{port}` in COMMAND runs as `port`
+        and is printed as `shown_port`; without one, `--port PORT` is added, unprinted."""
         path = Path(script) if "/" in str(script) else LESSONS / script
-        actual = [a.actual if isinstance(a, Shown) else a for a in args]
-        shown = [a.shown if isinstance(a, Shown) else a for a in args]
-        hidden = ["--port", str(port)] if port else []
+        words = shlex.split(command)
+        actual = [word.replace("{port}", str(port)) for word in words]
+        shown = [word.replace("{port}", str(shown_port)) for word in words]
+        hidden = ["--port", str(port)] if port and "{port}" not in command else []
         log = self.workdir / f"proc{len(self.procs)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
@@ -157,11 +157,24 @@ class Lab:
         self.procs.append(proc)
         return proc
 
-    def run(self, terminal: str, script: Path | str, *args: Arg, port: int = 0) -> Proc:
-        """Start a command and wait until it exits (a client, a publisher...)."""
-        proc = self.start(terminal, script, *args, port=port)
+    def run(self, terminal: str, script: Path | str, command: str = "", **ports: int) -> Proc:
+        """Start a command, like start(), and wait until it exits (a client, a publisher...)."""
+        proc = self.start(terminal, script, command, **ports)
         proc.wait()
         return proc
+
+    def group(
+        self, terminal: str, script: str, first: str, later: list[str], ready: str, port: int
+    ) -> tuple[Proc, list[Proc]]:
+        """A process that binds (`first`, in `terminal`), then the ones that connect to it,
+        each once it has printed `ready`: the sink and its workers, a broker and its workers."""
+        hub = self.start(terminal, script, first, port=port)
+        hub.wait_for(r"bound|ROUTER on port")
+        where = "Terminal 2 &" if terminal.startswith("Terminal") else "worker"
+        others = [self.start(where, script, command, port=port) for command in later]
+        for other in others:
+            other.wait_for(ready)
+        return hub, others
 
     def show(self, *procs: Proc) -> None:
         """Print each process's command (once) and what it printed since the last show."""
@@ -229,14 +242,37 @@ def lab_session(default_ports: bool) -> Iterator[Lab]:
 # --- experiments ---------------------------------------------------------------------------
 
 
+def publish_to(
+    lab: Lab, script: str, subscriber: str, publisher: str, ready: str, port: int
+) -> tuple[Proc, Proc]:
+    """A subscriber in Terminal 1, once `ready`, a publisher in Terminal 2; both run out."""
+    sub = lab.start("Terminal 1", script, subscriber, port=port)
+    sub.wait_for(ready)
+    pub = lab.run("Terminal 2", script, publisher, port=port)
+    sub.wait()
+    lab.show(sub, pub)
+    return sub, pub
+
+
+def req_server(lab: Lab, terminal: str, command: str, port: int) -> Proc:
+    server = lab.start(terminal, "req_rep.py", command, port=port)
+    server.wait_for(r"REP bound")
+    return server
+
+
+def req_client(lab: Lab, terminal: str, args: str, port: int, wait: bool = True) -> Proc:
+    """`req_rep.py client localhost PORT ARGS`, printed with the lesson's port, 5555."""
+    begin = lab.run if wait else lab.start
+    return begin(
+        terminal, "req_rep.py", f"client localhost {{port}} {args}", port=port, shown_port=5555
+    )
+
+
 def basics(lab: Lab) -> None:
     section("basics 1: request and reply (README: Basic Examples)")
     port = lab.ports(5555)
-    server = lab.start("Terminal 1", "req_rep.py", "server", port=port)
-    server.wait_for(r"REP bound")
-    client = lab.run(
-        "Terminal 2", "req_rep.py", "client", "localhost", Shown(str(port), "5555"), "Hello ZeroMQ"
-    )
+    server = req_server(lab, "Terminal 1", "server", port)
+    client = req_client(lab, "Terminal 2", '"Hello ZeroMQ"', port)
     server.wait_for(r"Hello ZeroMQ")
     lab.show(server, client)
     lab.look("one request, one reply; the first round trip includes connecting")
@@ -244,12 +280,8 @@ def basics(lab: Lab) -> None:
 
     section("basics 2: a pipeline, a ventilator with 50 tasks for two workers")
     port = lab.ports(5557, 2)
-    sink = lab.start("Terminal 1", "push_pull.py", "sink", port=port)
-    sink.wait_for(r"bound")
-    workers = [lab.start("Terminal 2 &", "push_pull.py", "worker", n, port=port) for n in "12"]
-    for worker in workers:
-        worker.wait_for(r"PULL from")
-    vent = lab.run("Terminal 3", "push_pull.py", "ventilator", "50", port=port)
+    sink, workers = lab.group("Terminal 1", "push_pull.py", "sink", WORKERS, "PULL from", port)
+    vent = lab.run("Terminal 3", "push_pull.py", "ventilator 50", port=port)
     sink.wait_for(r"50 results")
     lab.show(sink, *workers, vent)
     lab.look("each task slept 1-100 ms: about 2.5 s of work, done in half that by two workers")
@@ -267,37 +299,27 @@ def basics(lab: Lab) -> None:
 def slow_joiner(lab: Lab) -> None:
     section("slow-joiner 1: a subscriber that starts first still misses the first messages")
     port = lab.ports(5561)
-    sub = lab.start("Terminal 1", "pub_sub.py", "subscriber", port=port)
-    sub.wait_for(r"SUB connected")
-    pub = lab.run("Terminal 2", "pub_sub.py", "publisher", port=port)
-    sub.wait()
-    lab.show(sub, pub)
+    sub, pub = publish_to(lab, "pub_sub.py", "subscriber", "publisher", r"SUB connected", port)
     missed = number(r"missed (\d+) at the start", sub.output())
     lab.look(f"{missed} messages were published before the subscription reached the publisher")
     lab.expect(missed > 0, "the subscriber missed nothing at the start this time")
 
     section("slow-joiner 2: the same with a start-up handshake (sync_pub_sub.py)")
     port = lab.ports(5562, 2)
-    sub = lab.start("Terminal 1", "sync_pub_sub.py", "subscriber", port=port)
-    sub.wait_for(r"waiting for a probe")
-    pub = lab.run("Terminal 2", "sync_pub_sub.py", "publisher", "--subscribers", "1", port=port)
-    sub.wait()
-    lab.show(sub, pub)
+    sub, pub = publish_to(
+        lab, "sync_pub_sub.py", "subscriber", "publisher --subscribers 1", "a probe", port
+    )
     lost = re.search(r"missed (\d+) at the start, (\d+) in gaps and (\d+) at the end", sub.output())
     lab.look("the publisher waited for READY, sent only after a probe had arrived: nothing lost")
     lab.expect(bool(lost) and lost is not None and lost.groups() == ("0", "0", "0"), "sync lost")
 
     section("slow-joiner 3: PUSH hands a whole batch to the first worker that connects")
     port = lab.ports(5557, 2)
-    sink = lab.start("Terminal 1", "push_pull.py", "sink", port=port)
-    sink.wait_for(r"bound")
-    workers = [lab.start("Terminal 2 &", "push_pull.py", "worker", n, port=port) for n in "12"]
-    for worker in workers:
-        worker.wait_for(r"PULL from")
+    sink, workers = lab.group("Terminal 1", "push_pull.py", "sink", WORKERS, "PULL from", port)
     shares = []
     for settle in ("500", "0"):
         extra = () if settle == "500" else ("--settle-ms", "0")
-        vent = lab.run("Terminal 3", "push_pull.py", "ventilator", "50", *extra, port=port)
+        vent = lab.run("Terminal 3", "push_pull.py", f"ventilator 50 {' '.join(extra)}", port=port)
         batch = number(r"batch (\d+)", vent.output())
         result = sink.wait_for(rf"batch {batch}: 50 results in [\d.]+ s; (.*)")
         shares.append(max(int(n) for n in re.findall(r"worker \d+: (\d+)", result.group(1))))
@@ -308,19 +330,14 @@ def slow_joiner(lab: Lab) -> None:
 
 
 def hwm(lab: Lab) -> None:
-    flood = ("--rate", "0", "--count", "20000")
+    flood = "--rate 0 --count 20000"
     for small in (True, False):
-        limits = ("--hwm", "100", "--kernel-buffer", "16384") if small else ()
+        limits = "--hwm 100 --kernel-buffer 16384" if small else ""
         what = "HWM 100, 16 KiB kernel buffers" if small else "the defaults (HWM 1000, OS buffers)"
         section(f"hwm {1 if small else 2}: a flat-out publisher, a slow subscriber, {what}")
         port = lab.ports(5562, 2)
-        sub = lab.start(
-            "Terminal 1", "sync_pub_sub.py", "subscriber", *limits, "--work-us", "100", port=port
-        )
-        sub.wait_for(r"waiting for a probe")
-        pub = lab.run("Terminal 2", "sync_pub_sub.py", "publisher", *limits, *flood, port=port)
-        sub.wait()
-        lab.show(sub, pub)
+        subscriber, publisher = f"subscriber {limits} --work-us 100", f"publisher {limits} {flood}"
+        sub, _ = publish_to(lab, "sync_pub_sub.py", subscriber, publisher, "a probe", port)
         received = number(r"received (\d+) of", sub.output())
         lab.look(f"{20000 - received} of 20000 messages were dropped by PUB; the publisher never")
         lab.look("slowed down and was never told. Nothing was lost at the start: sync did that.")
@@ -331,36 +348,15 @@ def hwm(lab: Lab) -> None:
 def retry(lab: Lab) -> None:
     section("retry 1: the Lazy Pirate against a port where nobody listens")
     port = lab.ports(5555)
-    client = lab.run(
-        "Terminal 1",
-        "req_rep.py",
-        "client",
-        "localhost",
-        Shown(str(port), "5555"),
-        "anyone?",
-        "--timeout",
-        "500",
-    )
+    client = req_client(lab, "Terminal 1", '"anyone?" --timeout 500', port)
     lab.show(client)
     lab.look(f"three tries of 500 ms, then exit code {client.popen.returncode} instead of a hang")
     lab.expect(client.popen.returncode == 1, "the client did not give up with exit code 1")
 
     section("retry 2: the server is killed (kill -9) in mid-run and started again")
-    server = lab.start("Terminal 1", "req_rep.py", "server", "--work-ms", "200", port=port)
-    server.wait_for(r"REP bound")
-    client = lab.start(
-        "Terminal 2",
-        "req_rep.py",
-        "client",
-        "localhost",
-        Shown(str(port), "5555"),
-        "tick",
-        "--count",
-        "10",
-        "--timeout",
-        "1000",
-        "--retries",
-        "5",
+    server = req_server(lab, "Terminal 1", "server --work-ms 200", port)
+    client = req_client(
+        lab, "Terminal 2", "tick --count 10 --timeout 1000 --retries 5", port, wait=False
     )
     client.wait_for(r"reply 2/10")  # request 3 is now in the server's hands
     server.send(signal.SIGKILL)
@@ -377,20 +373,8 @@ def retry(lab: Lab) -> None:
     again.stop()
 
     section("retry 3: a server slower than the client's timeout does the same request again")
-    slow = lab.start("Terminal 1", "req_rep.py", "server", "--work-ms", "600", port=port)
-    slow.wait_for(r"REP bound")
-    client = lab.run(
-        "Terminal 2",
-        "req_rep.py",
-        "client",
-        "localhost",
-        Shown(str(port), "5555"),
-        "pay 10",
-        "--timeout",
-        "400",
-        "--retries",
-        "4",
-    )
+    slow = req_server(lab, "Terminal 1", "server --work-ms 600", port)
+    client = req_client(lab, "Terminal 2", '"pay 10" --timeout 400 --retries 4', port)
     time.sleep(0.7)
     lab.show(slow, client)
     runs = len(ids(slow.output()))
@@ -406,25 +390,16 @@ def ids(server_output: str) -> list[str]:
 def broker(lab: Lab) -> None:
     section("broker: the load-balancing broker with a slow worker (the week-1 page's commands)")
     port = lab.ports(5559, 2)
-    hub = lab.start("Terminal 1", "router_dealer.py", "broker", port=port)
-    hub.wait_for(r"ROUTER on port")
-    workers = [lab.start("Terminal 2 &", "router_dealer.py", "worker", n, port=port) for n in "12"]
-    for worker in workers:
-        worker.wait_for(r"sent READY")
-    first = lab.run("Terminal 3", "router_dealer.py", "client", "1", "--count", "10", port=port)
+    hub, workers = lab.group("Terminal 1", "router_dealer.py", "broker", WORKERS, "READY", port)
+    first = lab.run("Terminal 3", "router_dealer.py", "client 1 --count 10", port=port)
     hub.wait_for(r"routed 10 requests so far")
-    slow = lab.start(
-        "Terminal 2 &", "router_dealer.py", "worker", "3", "--work-ms", "50", port=port
-    )
+    slow = lab.start("Terminal 2 &", "router_dealer.py", "worker 3 --work-ms 50", port=port)
     slow.wait_for(r"sent READY")
     clients = [
         lab.start(
             "Terminal 3 &" if n == "2" else "Terminal 3",
             "router_dealer.py",
-            "client",
-            n,
-            "--count",
-            "100",
+            f"client {n} --count 100",
             port=port,
         )
         for n in "23"
@@ -443,18 +418,8 @@ def throughput(lab: Lab) -> dict[str, str]:
     figures: dict[str, str] = {}
     section("throughput 1: REQ/REP round trips between two processes")
     port = lab.ports(5555)
-    server = lab.start("Terminal 1", "req_rep.py", "server", port=port)
-    server.wait_for(r"REP bound")
-    client = lab.run(
-        "Terminal 2",
-        "req_rep.py",
-        "client",
-        "localhost",
-        Shown(str(port), "5555"),
-        "ping",
-        "--count",
-        "5000",
-    )
+    server = req_server(lab, "Terminal 1", "server", port)
+    client = req_client(lab, "Terminal 2", "ping --count 5000", port)
     lab.show(client)
     summary = re.search(r"median (\d+) µs, ([\d,]+) requests/s", client.output())
     if summary:
@@ -464,27 +429,17 @@ def throughput(lab: Lab) -> dict[str, str]:
 
     section("throughput 2: PUSH/PULL, 100,000 tasks that do no work, two workers")
     port = lab.ports(5557, 2)
-    sink = lab.start("Terminal 1", "push_pull.py", "sink", port=port)
-    sink.wait_for(r"bound")
-    workers = [lab.start("Terminal 2 &", "push_pull.py", "worker", n, port=port) for n in "12"]
-    for worker in workers:
-        worker.wait_for(r"PULL from")
-    vent = lab.run(
-        "Terminal 3", "push_pull.py", "ventilator", "100000", "--max-work-ms", "0", port=port
-    )
+    sink, workers = lab.group("Terminal 1", "push_pull.py", "sink", WORKERS, "PULL from", port)
+    vent = lab.run("Terminal 3", "push_pull.py", "ventilator 100000 --max-work-ms 0", port=port)
     done = sink.wait_for(r"100000 results in ([\d.]+) s")
     lab.show(sink, vent)
     figures["PUSH/PULL tasks/s through two workers"] = f"{100000 / float(done[1]):,.0f}"
 
     section("throughput 3: PUB flat out to one subscriber that keeps up as best it can")
     port = lab.ports(5562, 2)
-    sub = lab.start("Terminal 1", "sync_pub_sub.py", "subscriber", port=port)
-    sub.wait_for(r"waiting for a probe")
-    pub = lab.run(
-        "Terminal 2", "sync_pub_sub.py", "publisher", "--rate", "0", "--count", "200000", port=port
+    sub, pub = publish_to(
+        lab, "sync_pub_sub.py", "subscriber", "publisher --rate 0 --count 200000", "a probe", port
     )
-    sub.wait()
-    lab.show(sub, pub)
     published = re.search(r"published 200000 in ([\d.]+) s", pub.output())
     received = number(r"received (\d+) of", sub.output())
     if published:
@@ -493,14 +448,10 @@ def throughput(lab: Lab) -> dict[str, str]:
 
     section("throughput 4: 2,000 requests through the load-balancing broker, 2 workers")
     port = lab.ports(5559, 2)
-    hub = lab.start("Terminal 1", "router_dealer.py", "broker", port=port)
-    hub.wait_for(r"ROUTER on port")
-    for n in "12":
-        lab.start(
-            "Terminal 2 &", "router_dealer.py", "worker", n, "--work-ms", "0", port=port
-        ).wait_for(r"sent READY")
+    fast = [f"{worker} --work-ms 0" for worker in WORKERS]
+    lab.group("Terminal 1", "router_dealer.py", "broker", fast, "READY", port)
     started = time.perf_counter()
-    client = lab.run("Terminal 3", "router_dealer.py", "client", "1", "--count", "2000", port=port)
+    client = lab.run("Terminal 3", "router_dealer.py", "client 1 --count 2000", port=port)
     elapsed = time.perf_counter() - started
     lab.show(client)
     figures["broker requests/s (one client, start-up included)"] = f"{2000 / elapsed:,.0f}"
@@ -523,7 +474,7 @@ def simple_pirate(lab: Lab) -> None:
     victim, survivor = (lab.start("Terminal 2 &", script, "worker", port=port) for _ in "12")
     for worker in (victim, survivor):
         worker.wait_for(r"READY")
-    client = lab.start("Terminal 3", script, "client", "--count", "20", port=port)
+    client = lab.start("Terminal 3", script, "client --count 20", port=port)
     client.wait_for(r"request 5 done")
     victim.send(signal.SIGKILL)
     client.wait()
@@ -546,7 +497,7 @@ def paranoid_pirate(lab: Lab) -> None:
         worker.wait_for(r"READY")
     victim.send(signal.SIGKILL)
     queue.wait_for(r"expired", timeout=10)
-    client = lab.run("Terminal 3", client_script, "client", "--count", "5", port=port)
+    client = lab.run("Terminal 3", client_script, "client --count 5", port=port)
     lab.show(queue, victim, survivor, client)
     lab.look("about 3 s (3 missed heartbeats) after the kill, the queue dropped the worker, and")
     lab.look("the client's 5 requests went to the survivor without a single resend")
@@ -557,7 +508,7 @@ def paranoid_pirate(lab: Lab) -> None:
     survivor.wait_for(r"reconnecting in 2 s", timeout=15)
     again = lab.start("Terminal 1 (again)", script, "queue", port=port)
     again.wait_for(r"is ready", timeout=40)
-    client = lab.run("Terminal 3", client_script, "client", "--count", "3", port=port)
+    client = lab.run("Terminal 3", client_script, "client --count 3", port=port)
     lab.show(survivor, again, client)
     lab.look("the worker waited 1 s, then 2 s... between attempts, and came back by itself")
     lab.expect("3 replies" in client.output(), "the worker did not come back")
@@ -570,11 +521,13 @@ def majordomo(lab: Lab) -> None:
     hub = lab.start("Terminal 1", script, "broker", port=port)
     hub.wait_for(r"ROUTER on port")
     workers = [
-        lab.start("Terminal 2 &", script, "worker", name, port=port) for name in ("echo", "upper")
+        lab.start("Terminal 2 &", script, f"worker {name}", port=port) for name in ("echo", "upper")
     ]
     hub.wait_for(r"'echo'[\s\S]*'upper'|'upper'[\s\S]*'echo'")
     asks = [
-        lab.run("Terminal 3", script, "client", service, text, port=port)
+        lab.run(
+            "Terminal 3", script, f"client {shlex.quote(service)} {shlex.quote(text)}", port=port
+        )
         for service, text in (("upper", "hello majordomo"), ("echo", "hello"))
     ]
     lab.show(hub, *workers, *asks)
@@ -584,7 +537,7 @@ def majordomo(lab: Lab) -> None:
     hub.wait()
     again = lab.start("Terminal 1 (again)", script, "broker", port=port)
     again.wait_for(r"'echo'[\s\S]*'upper'|'upper'[\s\S]*'echo'", timeout=20)
-    ask = lab.run("Terminal 3", script, "client", "upper", "after the restart", port=port)
+    ask = lab.run("Terminal 3", script, 'client upper "after the restart"', port=port)
     lab.show(again, ask)
     lab.look("the workers stopped hearing heartbeats and said READY again: the new broker")
     lab.look("learned their services without anyone restarting them")
@@ -601,7 +554,7 @@ def binary_star(lab: Lab) -> None:
     backup = lab.start("Terminal 2", script, "backup", port=port)
     primary.wait_for(r"PRIMARY -> ACTIVE")
     backup.wait_for(r"BACKUP -> PASSIVE")
-    client = lab.start("Terminal 3", script, "client", "--count", "20", port=port)
+    client = lab.start("Terminal 3", script, "client --count 20", port=port)
     client.wait_for(r"request 8 by primary")
     primary.send(signal.SIGKILL)
     client.wait()
@@ -611,7 +564,7 @@ def binary_star(lab: Lab) -> None:
     lab.expect("request 20 by backup" in client.output(), "the backup did not take over")
     again = lab.start("Terminal 1 (again)", script, "primary", port=port)
     again.wait_for(r"PRIMARY -> PASSIVE")
-    client = lab.run("Terminal 3", script, "client", "--count", "3", port=port)
+    client = lab.run("Terminal 3", script, "client --count 3", port=port)
     lab.show(again, backup, client)
     lab.look(
         "the returning primary saw an ACTIVE backup and stood by; clients stay with the backup"
@@ -663,13 +616,9 @@ def indent(text: str) -> str:
 def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     """Week 1, exercise 1: the ventilator waits for N handshakes instead of sleeping."""
     port = lab.ports(5557, 2)
-    sink = lab.start("sink", "push_pull.py", "sink", port=port)
-    sink.wait_for(r"bound")
-    early = [lab.start("worker", "push_pull.py", "worker", n, port=port) for n in "12"]
-    for worker in early:
-        worker.wait_for(r"PULL from")
+    sink, _ = lab.group("sink", "push_pull.py", "sink", WORKERS, "PULL from", port)
     command = "ventilator 30 --workers 3 --max-work-ms 5"
-    vent = lab.start("attempt", attempt, *command.split(), port=port)
+    vent = lab.start("attempt", attempt, command, port=port)
     time.sleep(1.5)
     if not usage_ok(verdicts, vent, command):
         return
@@ -680,7 +629,7 @@ def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         "it did not wait for the third worker: it exited or sent the batch within 1.5 s,"
         f" with only 2 of 3 workers connected:\n{indent(vent.output())}",
     )
-    lab.start("worker", "push_pull.py", "worker", "3", port=port)
+    lab.start("worker", "push_pull.py", "worker 3", port=port)
     try:
         vent.wait(timeout=10)
         finished = vent.popen.returncode == 0
@@ -689,7 +638,7 @@ def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     verdicts.judge(
         finished,
         "once the third worker connected it sent the batch and exited 0",
-        f"it did not finish (exit 0) within 10 s of the third worker connecting:"
+        "it did not finish (exit 0) within 10 s of the third worker connecting:"
         f"\n{indent(vent.output())}",
     )
     try:
@@ -703,7 +652,7 @@ def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         f"not all three workers got tasks; the sink reported: {report or 'no batch of 30'}",
     )
     started = time.monotonic()
-    again = lab.start("attempt", attempt, *command.split(), port=port)
+    again = lab.start("attempt", attempt, command, port=port)
     try:
         again.wait(timeout=5)
     except LabError:
@@ -720,14 +669,10 @@ def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
 def check_lost_worker(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     """Week 1, exercise 2: a router_dealer client that survives a worker killed mid-request."""
     port = lab.ports(5559, 2)
-    hub = lab.start("broker", "router_dealer.py", "broker", port=port)
-    hub.wait_for(r"ROUTER on port")
-    fast = lab.start("worker", "router_dealer.py", "worker", "1", port=port)
-    doomed = lab.start("worker", "router_dealer.py", "worker", "2", "--work-ms", "3000", port=port)
-    for worker in (fast, doomed):
-        worker.wait_for(r"sent READY")
+    later = ["worker 1", "worker 2 --work-ms 3000"]
+    _, (_, doomed) = lab.group("broker", "router_dealer.py", "broker", later, "READY", port)
     command = "client 1 --count 20"
-    client = lab.start("attempt", attempt, *command.split(), port=port)
+    client = lab.start("attempt", attempt, command, port=port)
     time.sleep(1.0)
     if not usage_ok(verdicts, client, command):
         return
@@ -754,7 +699,7 @@ def check_idempotent(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     """Week 1, exercise 3: a REP server that answers resent requests from a cache."""
     port = lab.ports(5555)
     command = "server --work-ms 600"
-    server = lab.start("attempt", attempt, *command.split(), port=port)
+    server = lab.start("attempt", attempt, command, port=port)
     try:
         server.wait_for(r"\S", timeout=READY_TIMEOUT_S)
     except LabError:
@@ -767,16 +712,8 @@ def check_idempotent(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         lab.run(
             "client",
             "req_rep.py",
-            "client",
-            "localhost",
-            str(port),
-            "pay 10",
-            "--count",
-            "3",
-            "--timeout",
-            "400",
-            "--retries",
-            "4",
+            'client localhost {port} "pay 10" --count 3 --timeout 400 --retries 4',
+            port=port,
         )
         for _ in "12"
     ]
@@ -785,20 +722,11 @@ def check_idempotent(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
             client.popen.returncode == 0 and "reply 3/3: 'echo: pay 10'" in client.output(),
             f"client {number} got all 3 replies, each to its own request id",
             f"client {number} (timeout 400 ms, work 600 ms) did not get 3 correct replies; a"
-            f" server that works again on every resend never catches up:\n"
+            " server that works again on every resend never catches up:\n"
             f"{indent(client.output())}",
         )
     fast = lab.run(
-        "client",
-        "req_rep.py",
-        "client",
-        "localhost",
-        str(port),
-        "hello",
-        "--count",
-        "2",
-        "--timeout",
-        "2000",
+        "client", "req_rep.py", "client localhost {port} hello --count 2 --timeout 2000", port=port
     )
     verdicts.judge(
         fast.popen.returncode == 0 and "echo: hello" in fast.output(),
@@ -816,11 +744,11 @@ def check_mmi(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     if not usage_ok(verdicts, hub, "broker") or not hub.running():
         verdicts.judge(False, "", f"the broker is not running:\n{indent(hub.output())}")
         return
-    lab.start("worker", script, "worker", "echo", port=port).wait_for(r"DEALER connected")
+    lab.start("worker", script, "worker echo", port=port).wait_for(r"DEALER connected")
     time.sleep(0.5)
     cases = [("echo", "200"), ("upper", "404"), ("nothing", "404")]
     for service, code in cases:
-        ask = lab.run("client", script, "client", "mmi.service", service, port=port)
+        ask = lab.run("client", script, f"client mmi.service {shlex.quote(service)}", port=port)
         if not verdicts.judge(
             f"mmi.service: {code}" in ask.output(),
             f"`client mmi.service {service}` gets {code}",
@@ -828,7 +756,7 @@ def check_mmi(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
             f"\n{indent(ask.output())}",
         ):
             break  # the other lookups would fail the same way, 7.5 s each
-    echo = lab.run("client", script, "client", "echo", "still works", port=port)
+    echo = lab.run("client", script, 'client echo "still works"', port=port)
     verdicts.judge(
         "echo: still works" in echo.output(),
         "ordinary requests still reach the echo worker",
@@ -901,7 +829,7 @@ def write_results(path: Path, experiment: str, output: str, figures: dict[str, s
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}\n"
         f"- machine: {machine()}\n"
         f"- load average when the run started: {load:.2f} (a shared machine)\n"
-        f"- command (from the repository root, .venv active):\n\n"
+        "- command (from the repository root, .venv active):\n\n"
         f"```\npython 01-zmq-basics/labs.py {experiment} --results {path}\n```\n\n"
         f"| figure | value |\n| --- | ---: |\n{table}\n\n"
         f"Output, verbatim:\n\n```text\n{output.strip()}\n```\n"

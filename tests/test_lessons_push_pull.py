@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 
 import pytest
 import zmq
@@ -13,20 +12,11 @@ LESSON = "01-zmq-basics/push_pull.py"
 README_PORT = 5557  # tasks; the sink's results port is README_PORT + 1
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def shares(report: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"worker (\S+): (\d+)", report)}
 
 
-def test_readme_pipeline(spawn, run, free_ports):
+def test_readme_pipeline(spawn, run, free_ports, port_is_free):
     """sink, worker 1 &, worker 2 &, ventilator 50: exactly as the README shows them."""
     readme = port_is_free(README_PORT) and port_is_free(README_PORT + 1)
     port_args = [] if readme else ["--port", str(free_ports(2))]

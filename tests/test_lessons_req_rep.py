@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 import pytest
@@ -13,16 +12,7 @@ LESSON = "01-zmq-basics/req_rep.py"
 README_PORT = 5555
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def test_readme_request_reply(spawn, run, free_port):
+def test_readme_request_reply(spawn, run, free_port, port_is_free):
     """The README's two commands; their exact form when 5555 is free, else with --port."""
     port = README_PORT if port_is_free(README_PORT) else free_port()
     server_args = ["server"] if port == README_PORT else ["server", "--port", str(port)]

@@ -200,3 +200,33 @@ if __name__ == "__main__":
         sys.exit(0)
     print(f"usage: {sys.argv[0]} --update PAGE.md...", file=sys.stderr)
     sys.exit(2)
+
+
+def line_count_claims(page: Path) -> list[tuple[str, int]]:
+    """(file, lines) from every table row of `page` whose table has a "Lines" column."""
+    claims: list[tuple[str, int]] = []
+    column = -1
+    for line in page.read_text().splitlines():
+        if not line.startswith("|"):
+            column = -1
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if "Lines" in cells:
+            column = cells.index("Lines")
+            continue
+        link = re.search(r"\]\(([^)]+\.py)\)", line)
+        if column >= 0 and link and cells[column].isdigit():
+            claims.append(((page.parent / link.group(1)).resolve().as_posix(), int(cells[column])))
+    return claims
+
+
+@pytest.mark.parametrize("page", sorted(TEACHING_PAGES))
+def test_quoted_line_counts_are_true(page: str) -> None:
+    claims = line_count_claims(REPO / page)
+    assert claims, f"{page} quotes no line counts"
+    wrong = [
+        f"{Path(path).name}: the page says {lines}, the file has {actual}"
+        for path, lines in claims
+        if (actual := len(Path(path).read_text().splitlines())) != lines
+    ]
+    assert not wrong, "\n".join(wrong)

@@ -9,9 +9,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TYPECHECK_LINKS := build/typecheck
 
-# Directories of standalone scripts that mypy checks file by file.
+# Directories of standalone scripts that mypy checks file by file: the lessons loosely,
+# the examples and the exercises' reference solutions strictly.
 LESSON_DIRS  := 01-zmq-basics
-EXAMPLE_DIRS := $(sort $(dir $(wildcard examples/*/*.py)))
+EXAMPLE_DIRS := $(sort $(dir $(wildcard examples/*/*.py docs/solutions/*/*.py)))
 
 .PHONY: help venv demo test check lint typecheck shellcheck pytest format clean
 

@@ -49,7 +49,7 @@ from cluster_runner_simulation.descriptor import (
     load_descriptor,
 )
 from cluster_runner_simulation.journal_format import JournalCorruption, scan_journal
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
 from cluster_runner_simulation.scheduling import (
     SCHEDULE_NAMES,

@@ -25,7 +25,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent
 from cluster_patterns.protocol import NodeState, ProtocolError, Status, decode, encode
 from cluster_patterns.stats import percentile
 from cluster_patterns.transport import endpoint
+from cluster_runner_simulation.testing import free_port  # the loopback harness: scripts only
 
 HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent
@@ -51,12 +51,6 @@ QUICK: Final = {"tasks": 20_000, "echo_msgs": 50_000, "latency_tasks": 200, "kil
 WORKER_CAPACITY: Final = 256
 ECHO_WINDOW: Final = 200
 KILLS_IN_PARALLEL: Final = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:

@@ -98,6 +98,7 @@ class ClientSession(Session):
         """Any frame from the coordinator, even one the codec refuses."""
         self.last_heard = self.clock()
 
+    # --8<-- [start:tick]
     def tick(self) -> None:
         """Call about once per interval: re-submit when the coordinator is silent or stuck."""
         now = self.clock()
@@ -110,11 +111,14 @@ class ClientSession(Session):
             self.last_heard = self.last_progress = now  # at most once per period
             self.resubmit_unresolved()
 
+    # --8<-- [end:tick]
+
     # --- Handlers ---------------------------------------------------------------------------------
 
     def do_Accepted(self, msg: Accepted) -> None:
         self.accepted.update(msg.task_ids)
 
+    # --8<-- [start:completed]
     def do_Completed(self, msg: Completed) -> None:
         now = self.clock()
         for outcome in msg.outcomes:
@@ -128,6 +132,8 @@ class ClientSession(Session):
             self.latencies[task_id] = now - self.sent_at.pop(task_id, now)
             self._outcomes.append(outcome)
             self.last_progress = now
+
+    # --8<-- [end:completed]
 
     def do_CoordinatorHeartbeat(self, msg: CoordinatorHeartbeat) -> None:
         if msg.heartbeat_interval_s is not None and msg.liveness is not None:

@@ -120,6 +120,7 @@ class Coordinator:
         # The ZAP handler must exist before a CURVE socket binds, or libzmq asks nobody.
         self.zap = bind_zap(self.ctx) if keys else None
         self.zap_policy = ZapPolicy(keys.allowed, "coordinator") if keys else None
+        # --8<-- [start:sockets]
         self.router = configure(self.ctx.socket(zmq.ROUTER))
         # Route replies to an unreachable peer as an error we can act on, not a silent drop,
         # and let a reconnecting worker take over its routing id from a stale connection.
@@ -129,6 +130,7 @@ class Coordinator:
         if keys is not None:
             for sock in (self.router, self.status):
                 curve_server(sock, keys.pair)
+        # --8<-- [end:sockets]
         self.watches: list[HandshakeWatch] = []
         self.deferred: list[tuple[bytes, Message]] = []
 
@@ -188,6 +190,7 @@ class Coordinator:
         interval_s = self.config.heartbeat_interval_s
         tick_s = interval_s / TICKS_PER_INTERVAL
         next_tick = next_status = self.clock()
+        # --8<-- [start:loop]
         while not self.stopping:
             timeout_ms = max(0.0, min(next_tick, next_status) - self.clock()) * 1000
             ready = dict(poller.poll(int(timeout_ms) + 1))
@@ -211,6 +214,7 @@ class Coordinator:
                 self._publish_events(events)
                 # A state change reaches monitors now, not up to one interval later.
                 self._publish(self.dispatcher.status(now))
+        # --8<-- [end:loop]
 
     def _read_ready(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         if self.router in ready:
@@ -246,6 +250,7 @@ class Coordinator:
             if not handled:
                 self._bad(f"{type(message).__name__} is not sent to a coordinator")
 
+    # --8<-- [start:xpub]
     def _read_status_socket(self) -> None:
         """XPUB delivers subscriptions (first byte 0/1) and any other frame a peer sends."""
         for _ in range(MAX_READS_PER_TURN):
@@ -255,6 +260,8 @@ class Coordinator:
                 return
             if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
                 self._bad(f"non-subscription frame on the status port: {describe(frames[0])}")
+
+    # --8<-- [end:xpub]
 
     def _read_handshakes(self, watch: HandshakeWatch) -> None:
         for failure in watch.failures():
@@ -281,6 +288,7 @@ class Coordinator:
                     f"coordinator: refused REGISTER of {printable(message.worker_id)} "
                     f"from {identity!r} ({message.reason}): {message.detail}"
                 )
+            # --8<-- [start:send]
             try:
                 self.router.send_multipart([identity, encode(message)], zmq.NOBLOCK)
             except zmq.Again:
@@ -293,6 +301,7 @@ class Coordinator:
             except (zmq.ZMQError, ProtocolError):
                 # The peer is gone (ROUTER_MANDATORY): a DISPATCH goes back to pending.
                 self.dispatcher.undeliverable(identity, message, now)
+            # --8<-- [end:send]
 
     def _publish(self, message: Message) -> None:
         try:

@@ -120,6 +120,7 @@ class Dispatcher:
         handler(identity, message, now)
         return True
 
+    # --8<-- [start:known-worker]
     def _known_worker(self, identity: bytes, worker_id: str, now: float) -> WorkerRecord | None:
         """The live record for this sender, or None after telling it to register again."""
         record = self.workers.held_by(identity, worker_id)
@@ -136,6 +137,8 @@ class Dispatcher:
             return
         self._resets[identity] = now
         self._outbox.append((identity, Reset(reason="unknown or expired worker; register")))
+
+    # --8<-- [end:known-worker]
 
     def _heard(self, record: WorkerRecord, now: float) -> None:
         transition = record.liveness.heard(now)
@@ -158,6 +161,7 @@ class Dispatcher:
             retry = self.interval_s * self.liveness
             self._refuse(identity, msg, RefusalReason.CLUSTER_FULL, detail, retry, now)
             return
+        # --8<-- [start:register]
         if record is None:
             record = WorkerRecord(
                 msg.worker_id,
@@ -181,6 +185,7 @@ class Dispatcher:
         self._resets.pop(identity, None)
         welcome = Welcome(self.coordinator_id, self.interval_s, self.liveness)
         self._outbox.append((identity, welcome))
+        # --8<-- [end:register]
 
     def _free(self, record: WorkerRecord, now: float) -> bool:
         """Whether another peer may take this worker id now: its holder is dead or left."""
@@ -253,6 +258,7 @@ class Dispatcher:
         if transition is not None:
             self._publish_transition(record.worker_id, transition)
 
+    # --8<-- [start:results]
     def do_Results(self, identity: bytes, msg: Results, now: float) -> None:
         record = self.workers.held_by(identity, msg.worker_id)
         if record is not None:
@@ -266,6 +272,9 @@ class Dispatcher:
             record.done += len(msg.results)
         self._known_worker(identity, msg.worker_id, now)
 
+    # --8<-- [end:results]
+
+    # --8<-- [start:record-once]
     def _record(self, result: TaskResult, worker_id: str, now: float) -> None:
         task = self.tasks.get(result.task_id)
         if task is None:
@@ -292,12 +301,15 @@ class Dispatcher:
             ),
         )
 
+    # --8<-- [end:record-once]
+
     def do_Submit(self, identity: bytes, msg: Submit, now: float) -> None:
         self.clients[identity] = now
         self.book.submit(identity, msg, now)
 
     # --- Dispatch ---------------------------------------------------------------------------
 
+    # --8<-- [start:pump]
     def pump(self, now: float) -> None:
         """Hand pending tasks to workers with free credit, least loaded first."""
         while self.pending:
@@ -314,6 +326,9 @@ class Dispatcher:
             if handed == 0:
                 return  # nothing pending fits any free worker's capabilities
 
+    # --8<-- [end:pump]
+
+    # --8<-- [start:dispatch-batch]
     def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
         batch: list[Assignment] = []
         skipped: list[str] = []
@@ -349,6 +364,8 @@ class Dispatcher:
             self._outbox.append((worker.identity, Dispatch(tasks=batch)))
         return len(batch)
 
+    # --8<-- [end:dispatch-batch]
+
     def undeliverable(self, identity: bytes, message: Message, now: float) -> None:
         """The transport could not send ``message``: take back the tasks it carried."""
         if type(message) is not Dispatch:
@@ -361,6 +378,7 @@ class Dispatcher:
             if task is not None:
                 task.tries -= 1  # it never left: this dispatch does not count
 
+    # --8<-- [start:requeue-all]
     def _requeue_all(self, worker: WorkerRecord, keep: set[str] | None = None) -> None:
         """Take back every task assigned to ``worker`` except those in ``keep``."""
         keep = keep or set()
@@ -368,6 +386,8 @@ class Dispatcher:
             if self.book.requeue(task_id) is not None:
                 self.totals.requeued += 1
         worker.assigned &= keep
+
+    # --8<-- [end:requeue-all]
 
     # --- Timers -----------------------------------------------------------------------------
 
@@ -388,6 +408,7 @@ class Dispatcher:
             if now - last > CLIENT_IDLE_S:
                 del self.clients[client]
 
+    # --8<-- [start:check-liveness]
     def _check_liveness(self, worker: WorkerRecord, now: float) -> None:
         """Advance one worker's verdict; a dead worker's tasks go back to pending."""
         transition = worker.liveness.check(now)
@@ -397,6 +418,8 @@ class Dispatcher:
             self._requeue_all(worker)
             worker.orphans.clear()
         self._publish_transition(worker.worker_id, transition)
+
+    # --8<-- [end:check-liveness]
 
     def _expire(self, task_id: str, dispatch_no: int, now: float) -> None:
         """A dispatch reached its deadline: retry the task, or give up after max_tries."""

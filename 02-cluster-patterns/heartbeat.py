@@ -66,6 +66,7 @@ class Liveness:
     def age(self, now: float) -> float:
         return max(0.0, now - self.last_heard)
 
+    # --8<-- [start:liveness]
     def heard(self, now: float) -> Transition | None:
         """The peer sent something. Returns the transition if it was suspect or dead."""
         self.last_heard = max(self.last_heard, now)
@@ -91,6 +92,8 @@ class Liveness:
             self.state = NodeState.SUSPECT
             return Transition(NodeState.ALIVE, NodeState.SUSPECT, now)
         return None
+
+    # --8<-- [end:liveness]
 
     def leave(self, now: float) -> Transition | None:
         """The peer said goodbye: no more verdicts until it is heard again."""
@@ -119,6 +122,7 @@ class Backoff:
         self.attempt = 0
         self._rng = rng or random.Random()
 
+    # --8<-- [start:backoff]
     def ceiling(self) -> float:
         return float(min(self.maximum_s, self.initial_s * self.factor**self.attempt))
 
@@ -127,6 +131,8 @@ class Backoff:
         top = self.ceiling()
         self.attempt += 1
         return top / 2 + self._rng.uniform(0, top / 2)
+
+    # --8<-- [end:backoff]
 
     def reset(self) -> None:
         self.attempt = 0

@@ -78,6 +78,7 @@ class TaskBook:
 
     # --- From clients -----------------------------------------------------------------------
 
+    # --8<-- [start:submit]
     def submit(self, identity: bytes, msg: Submit, now: float) -> None:
         """Record new tasks; a known id is idempotent (answered from the record if done)."""
         accepted = self._accepted.setdefault(identity, [])
@@ -93,6 +94,8 @@ class TaskBook:
                 if task.outcome is not None:
                     self._completed.setdefault(identity, []).append(task.outcome)
             accepted.append(spec.task_id)
+
+    # --8<-- [end:submit]
 
     def replies(self) -> list[tuple[bytes, Message]]:
         """This turn's ACCEPTED and COMPLETED batches, per client."""

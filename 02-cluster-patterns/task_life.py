@@ -94,12 +94,14 @@ def main() -> int:
     args = parser.parse_args()
     print("one task, two workers of capacity 1, a fake clock (seconds)")
     print(f"{'time':>5}  {'who':<22}  {'what':<46}  code")
+    # --8<-- [start:scenario]
     cluster = FakeCluster({"w1": 1, "w2": 1}, trace=lambda line: show(line, args.all))
     cluster.run_until(SUBMIT_AT_S)
     cluster.submit([TASK])
     cluster.run_until(KILL_AT_S)
     cluster.kill("w1")
     cluster.run_until(END_S)
+    # --8<-- [end:scenario]
     outcome = cluster.outcomes[0] if cluster.outcomes else None
     if outcome is None:
         print("error: the task has no outcome", file=sys.stderr)

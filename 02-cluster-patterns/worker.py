@@ -124,6 +124,7 @@ class Worker:
     async def run(self) -> int:
         psutil.cpu_percent(None)  # the first call only primes the counter
         session = self.session
+        # --8<-- [start:reconnect]
         while True:
             self._connect()
             await self._serve()
@@ -137,6 +138,7 @@ class Worker:
             await self._pause(delay)
             if session.over or (session.draining and not session.holding()):
                 break  # a signal came while we waited, and there is nothing to deliver
+        # --8<-- [end:reconnect]
         if session.failure:
             print(f"{self.name}: error: {session.failure}", file=sys.stderr, flush=True)
         for task in self.tasks.values():
@@ -154,6 +156,7 @@ class Worker:
         except asyncio.TimeoutError:
             pass
 
+    # --8<-- [start:connect]
     def _connect(self) -> None:
         sock = configure(self.ctx.socket(zmq.DEALER), routing_id=self.routing_id)
         secure_client(sock, self.keys)
@@ -164,6 +167,8 @@ class Worker:
             say(f"worker {self.config.worker_id} ready: connected to {self.endpoint}")
         self.session.connected()
         self._send_outbox()
+
+    # --8<-- [end:connect]
 
     def _disconnect(self, linger_ms: int) -> None:
         if self.watch is not None:

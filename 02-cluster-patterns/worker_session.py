@@ -204,6 +204,7 @@ class WorkerSession(Session):
 
     # --- Timers -----------------------------------------------------------------------------------
 
+    # --8<-- [start:tick]
     def tick(self) -> None:
         """Call a few times per interval: liveness, heartbeats, retries, the end of a drain."""
         if self.over or self.phase is Phase.LOST:
@@ -224,6 +225,8 @@ class WorkerSession(Session):
             self.next_beat = now + self.interval_s
             self._outbox.append(self._heartbeat())
 
+    # --8<-- [end:tick]
+
     def reconnect_delay(self) -> float | None:
         """After LOST: seconds to wait before connecting again, or None to stop."""
         if self.draining and (not self.holding() or self.clock() >= self.drain_deadline):
@@ -234,6 +237,7 @@ class WorkerSession(Session):
 
     # --- Handlers ---------------------------------------------------------------------------------
 
+    # --8<-- [start:welcome]
     def do_Welcome(self, msg: Welcome) -> None:
         # The coordinator's settings are the cluster's: judge it, and beat, by them.
         self.interval_s, self.liveness = msg.heartbeat_interval_s, msg.liveness
@@ -249,6 +253,9 @@ class WorkerSession(Session):
             self._outbox.append(Drain(self.config.worker_id))  # a REGISTER cleared the last
         self.flush_results()
 
+    # --8<-- [end:welcome]
+
+    # --8<-- [start:dispatch]
     def do_Dispatch(self, msg: Dispatch) -> None:
         for task in msg.tasks:
             if task.task_id in self.running:
@@ -261,9 +268,12 @@ class WorkerSession(Session):
                 self._started.append(task)
         self.flush_results()
 
+    # --8<-- [end:dispatch]
+
     def do_CoordinatorHeartbeat(self, msg: CoordinatorHeartbeat) -> None:
         pass  # proof of life only (``heard``); its settings match those of WELCOME
 
+    # --8<-- [start:reset]
     def do_Reset(self, msg: Reset) -> None:
         if self.phase is Phase.REFUSED:
             return  # we register again on the schedule the refusal set
@@ -271,6 +281,8 @@ class WorkerSession(Session):
             self.say(f"{self.name}: {msg.reason}; registering again")
             self._register()
         # else: it answers something sent before our REGISTER arrived; WELCOME will follow
+
+    # --8<-- [end:reset]
 
     def do_Refused(self, msg: Refused) -> None:
         now = self.clock()
@@ -294,6 +306,7 @@ class WorkerSession(Session):
 
     # --- Messages ---------------------------------------------------------------------------------
 
+    # --8<-- [start:register]
     def _register(self) -> None:
         self.phase = Phase.REGISTERING
         self.registered_at = self.clock()
@@ -307,6 +320,8 @@ class WorkerSession(Session):
                 self.pid,
             )
         )
+
+    # --8<-- [end:register]
 
     def _heartbeat(self) -> Heartbeat:
         load = self.load()

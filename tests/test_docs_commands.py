@@ -488,6 +488,8 @@ TERMINAL_RULE_PAGES = [
     "docs/week1-zmq-basics.md",
     "docs/reliability-patterns.md",
     "docs/learning-notes.md",
+    "docs/week2-cluster-patterns.md",
+    "examples/monitoring/README.md",
 ]
 
 

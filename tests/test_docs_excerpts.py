@@ -45,7 +45,11 @@ SOURCE_GLOBS = [
 MARK_RE = re.compile(r"^\s*# --8<-- \[(?P<kind>start|end):(?P<name>[\w.-]+)\]\s*$")
 EXCERPT_RE = re.compile(r"^\s*<!--\s*excerpt:\s*(?P<path>[^\s:]+):(?P<name>[\w.-]+)\s*-->\s*$")
 # Pages that teach code, and how many excerpts each shows at least.
-TEACHING_PAGES = {"docs/week1-zmq-basics.md": 12, "docs/reliability-patterns.md": 6}
+TEACHING_PAGES = {
+    "docs/week1-zmq-basics.md": 12,
+    "docs/reliability-patterns.md": 6,
+    "docs/week2-cluster-patterns.md": 20,
+}
 
 
 @dataclass

@@ -16,7 +16,7 @@ Where the messages flow (docs/wire-protocol.md is the full spec, with the state 
     coordinator -> worker  (5570): WELCOME, DISPATCH, COORDINATOR_HEARTBEAT, RESET, REFUSED
     client  -> coordinator (5570): SUBMIT
     coordinator -> client  (5570): ACCEPTED, COMPLETED, COORDINATOR_HEARTBEAT
-    coordinator -> monitors (PUB 5571): STATUS, NODE_EVENT, TASK_STATS
+    coordinator -> monitors (XPUB 5571): STATUS, NODE_EVENT, TASK_STATS
 
 Try it:
     python -c "from cluster_patterns.protocol import *; \\
@@ -322,7 +322,7 @@ class Completed(_Msg, tag=MsgType.COMPLETED.value):
 
 
 class Status(_Msg, tag=MsgType.STATUS.value):
-    """Coordinator PUB, every heartbeat interval: the whole cluster (also its heartbeat)."""
+    """Coordinator XPUB, every heartbeat interval: the whole cluster (also its heartbeat)."""
 
     coordinator_id: Id
     seq: Count
@@ -333,7 +333,7 @@ class Status(_Msg, tag=MsgType.STATUS.value):
 
 
 class NodeEvent(_Msg, tag=MsgType.NODE_EVENT.value):
-    """Coordinator PUB: a node changed state. ``at`` is wall-clock (Unix) time."""
+    """Coordinator XPUB: a node changed state. ``at`` is wall-clock (Unix) time."""
 
     node_id: Id
     event: NodeEventKind
@@ -343,7 +343,7 @@ class NodeEvent(_Msg, tag=MsgType.NODE_EVENT.value):
 
 
 class TaskStats(_Msg, tag=MsgType.TASK_STATS.value):
-    """Coordinator PUB, every interval: latencies of the tasks finished since the last one."""
+    """Coordinator XPUB, every interval: latencies of the tasks finished since the last one."""
 
     latencies_s: Annotated[list[NonNegative], Meta(max_length=MAX_LATENCIES)]
     done: Count

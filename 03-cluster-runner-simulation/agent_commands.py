@@ -167,6 +167,7 @@ class OutputCollector(asyncio.SubprocessProtocol):
         for fd in self.STREAMS:
             self.flush(fd)
 
+    # --8<-- [start:flush]
     def flush(self, fd: int) -> None:
         buffer = self.buffers[fd]
         window = self.run.window
@@ -191,6 +192,8 @@ class OutputCollector(asyncio.SubprocessProtocol):
             if (pipe := self._pipe(fd)) is not None:
                 pipe.pause_reading()
         self.run.window.wait(self)
+
+    # --8<-- [end:flush]
 
     def resume(self) -> None:
         """The window reopened (or the command was abandoned): read and send again."""
@@ -293,6 +296,7 @@ class CommandRun:
         env = {**os.environ, **req.env} if req.env else None
         budget = OutputBudget(MAX_OUTPUT_BYTES)
         loop = asyncio.get_running_loop()
+        # --8<-- [start:spawn]
         spawning = asyncio.ensure_future(
             loop.subprocess_shell(
                 lambda: OutputCollector(self, budget),
@@ -305,6 +309,7 @@ class CommandRun:
                 start_new_session=True,  # its own process group, so a kill takes every child
             )
         )
+        # --8<-- [end:spawn]
         try:
             try:
                 transport, collector = await asyncio.shield(spawning)
@@ -334,6 +339,7 @@ class CommandRun:
             )
         )
 
+    # --8<-- [start:supervise]
     async def _supervise(
         self, transport: asyncio.SubprocessTransport, collector: OutputCollector
     ) -> None:
@@ -356,3 +362,5 @@ class CommandRun:
         collector.flush_all()  # whatever is left: sent if the window allows, else counted
         self.window.forget(collector)
         transport.close()
+
+    # --8<-- [end:supervise]

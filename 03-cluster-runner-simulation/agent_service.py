@@ -121,6 +121,7 @@ class NodeAgent:
         self._saturated_log = RateLimitedLog(log.warning)
         self._warn = RateLimitedLog(log.warning)
         self._tasks: set[asyncio.Task[None]] = set()
+        # --8<-- [start:handlers]
         handlers: dict[type[Message], Handler] = {
             RunRequest: self.do_run,
             CancelRequest: self.do_cancel,
@@ -131,6 +132,7 @@ class NodeAgent:
         # The handler table and the protocol's allow-list must be the same set.
         assert {cls.__struct_config__.tag for cls in handlers} == REQUESTS.types
         self.handlers = handlers
+        # --8<-- [end:handlers]
 
     # --- Sending, within each connection's credit window -----------------------------------------
 
@@ -186,6 +188,7 @@ class NodeAgent:
             heartbeats.cancel()
             await self.shutdown()
 
+    # --8<-- [start:dispatch]
     def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
         window = self.windows.get(peer)
         if window is not None:
@@ -209,6 +212,8 @@ class NodeAgent:
             self.send_now(
                 peer, ErrorReply(id=message.id, code=ErrorCode.INTERNAL_ERROR, message=reason)
             )
+
+    # --8<-- [end:dispatch]
 
     def _drop_if_saturated(self, peer: bytes, window: ConnectionWindow | None) -> bool:
         if window is None or not window.saturated:

@@ -82,6 +82,7 @@ def use_pidfd_child_watcher() -> None:
     watcher.attach_loop(asyncio.get_running_loop())
 
 
+# --8<-- [start:router]
 def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
     # A bounded ROUTER queue would silently drop output chunks (SNDHWM 0 is unbounded);
     # each connection's credit window (agent_flow.py) bounds what is queued instead.
@@ -98,6 +99,10 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
     return sock
 
 
+# --8<-- [end:router]
+
+
+# --8<-- [start:secure-router]
 def secure_router(
     ctx: zmq.asyncio.Context, sock: zmq.asyncio.Socket, keys: Path
 ) -> tuple[zmq.asyncio.Socket, ZapPolicy]:
@@ -112,6 +117,9 @@ def secure_router(
     assert isinstance(zap, zmq.asyncio.Socket)
     curve_server(sock, pair)
     return zap, policy
+
+
+# --8<-- [end:secure-router]
 
 
 def bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
@@ -144,6 +152,7 @@ async def serve(config: AgentConfig) -> int:
     zap: zmq.asyncio.Socket | None = None
     zap_task: asyncio.Task[None] | None = None
     try:
+        # --8<-- [start:serve-setup]
         if config.insecure or config.keys is None:
             warn_insecure(config.host)
         else:
@@ -155,6 +164,7 @@ async def serve(config: AgentConfig) -> int:
         mode = "INSECURE" if config.insecure else "curve"
         ready = endpoint(config.host, port)
         print(f"agent {config.node_id} ready on {ready} ({mode})", flush=True)
+        # --8<-- [end:serve-setup]
         try:
             await agent.serve()
         finally:

@@ -279,6 +279,7 @@ class ZmqNodeExecutor:
 
     async def _submit(self, request: Message, expect_accepted: bool = True) -> PendingRequest:
         """Send ``request``; return once the agent has accepted it (run) or right away."""
+        # --8<-- [start:submit]
         try:
             frames = encode(request)
         except ProtocolError as exc:  # e.g. a command line beyond what one header may hold
@@ -297,6 +298,7 @@ class ZmqNodeExecutor:
             self._pending.pop(request.id, None)
             self._send_cancel(request.id)  # in case it arrives after all
             raise self._unreachable() from None
+        # --8<-- [end:submit]
         except BaseException:
             # Cancelled (or failed) after sending: the run may have started already.
             self._pending.pop(request.id, None)
@@ -353,6 +355,7 @@ class ZmqNodeExecutor:
             raise NodeUnreachable(self._node_id, "executor is closed")
         if self._sock is None:
             # RCVHWM 0: output chunks must never be dropped (the credit window bounds them).
+            # --8<-- [start:socket]
             sock = configure(
                 SharedContext.acquire().socket(zmq.DEALER),
                 max_message_bytes=MAX_REPLY_BYTES,
@@ -367,6 +370,7 @@ class ZmqNodeExecutor:
             if self._server_key is not None and self._client_keys is not None:
                 curve_client(sock, self._server_key, self._client_keys)
             sock.connect(self.endpoint)
+            # --8<-- [end:socket]
             self._sock = sock
             self._last_heard = self._clock()
             self._tasks = [
@@ -376,6 +380,7 @@ class ZmqNodeExecutor:
             ]
         return self._sock
 
+    # --8<-- [start:read-replies]
     async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
         while True:
             frames = await sock.recv_multipart()
@@ -401,6 +406,8 @@ class ZmqNodeExecutor:
             self._credit_due.clear()
             granted, self._uncredited = self._uncredited, 0
             await sock.send_multipart(encode(Credit(nbytes=granted)))
+
+    # --8<-- [end:read-replies]
 
     @staticmethod
     def _route(pending: PendingRequest, reply: Message, body: bytes | None) -> None:

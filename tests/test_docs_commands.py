@@ -482,13 +482,14 @@ BLOCKING_RE = re.compile(
     r"|02-cluster-patterns/(coordinator|worker|monitor)\.py"
     r"|zmq_node_agent\.py serve|zmq_journal\.py collector|docs/solutions/\w+/\w+\.py server)"
 )
-# Pages whose blocks already follow the terminal rule; the week 2-4 pages join them when
-# they are rewritten as lessons (issue 12, second round).
+# Pages whose blocks follow the terminal rule (issue 12): every page that starts a server.
 TERMINAL_RULE_PAGES = [
+    "README.md",
     "docs/week1-zmq-basics.md",
     "docs/reliability-patterns.md",
     "docs/learning-notes.md",
     "docs/week2-cluster-patterns.md",
+    "docs/week3-cluster-runner-integration.md",
     "examples/monitoring/README.md",
 ]
 

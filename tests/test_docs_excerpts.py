@@ -49,6 +49,7 @@ TEACHING_PAGES = {
     "docs/week1-zmq-basics.md": 12,
     "docs/reliability-patterns.md": 6,
     "docs/week2-cluster-patterns.md": 20,
+    "docs/week3-cluster-runner-integration.md": 12,
 }
 
 

@@ -490,6 +490,7 @@ TERMINAL_RULE_PAGES = [
     "docs/learning-notes.md",
     "docs/week2-cluster-patterns.md",
     "docs/week3-cluster-runner-integration.md",
+    "docs/week4-integration-planning.md",
     "examples/monitoring/README.md",
 ]
 

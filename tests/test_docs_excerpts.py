@@ -39,6 +39,7 @@ SOURCE_GLOBS = [
     "01-zmq-basics/*.py",
     "02-cluster-patterns/**/*.py",
     "03-cluster-runner-simulation/*.py",
+    "docker/simulator/*.py",
     "docs/solutions/**/*.py",
     "examples/**/*.py",
 ]
@@ -50,6 +51,7 @@ TEACHING_PAGES = {
     "docs/reliability-patterns.md": 6,
     "docs/week2-cluster-patterns.md": 20,
     "docs/week3-cluster-runner-integration.md": 12,
+    "docs/week4-integration-planning.md": 6,
 }
 
 

@@ -1,10 +1,15 @@
 """The lab runner: experiments that start the lessons as processes, and checks for exercises.
 
-    python 01-zmq-basics/labs.py list                     what there is
+    python 01-zmq-basics/labs.py list                     what there is, all four weeks
     python 01-zmq-basics/labs.py slow-joiner              one experiment (see `list`)
     python 01-zmq-basics/labs.py all                      every experiment, one after another
     python 01-zmq-basics/labs.py throughput --results docs/results/week1-labs.md
     python 01-zmq-basics/labs.py check handshake my_push_pull.py
+    python 01-zmq-basics/labs.py check freeze my_node_events.py       (week 2; weeks 3 and 4 alike)
+
+Week 1's and the reliability lessons' experiments and checks are in this file; those of weeks
+2-4 (the cluster, the node agent, operations) are in cluster_runner_simulation/labs/, with the
+machinery every week shares (labs/kit.py: processes in "terminals", verdicts).
 
 An experiment starts the lessons exactly as the pages tell you to, each in its own
 "terminal" (a process of its own), prints the command and what that terminal printed,

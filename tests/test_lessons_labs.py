@@ -72,6 +72,7 @@ def test_reference_solution_passes_its_check(run, exercise):
     [
         ("idempotent", "01-zmq-basics/req_rep.py", "never catches up"),
         ("lost-worker", "01-zmq-basics/router_dealer.py", "never answered"),
+        ("slow", "02-cluster-patterns/task_life.py", "does not accept `--delay-ms 300`"),
     ],
 )
 def test_the_unchanged_lesson_fails_its_check_in_plain_words(run, exercise, lesson, reason):
@@ -97,6 +98,31 @@ def test_a_ventilator_that_still_sleeps_fails_the_handshake_check(run, tmp_path)
     assert result.returncode == 1, result.stdout
     assert "PASS  it accepts `ventilator 30 --workers 3 --max-work-ms 5`" in result.stdout
     assert "FAIL  it did not wait for the third worker" in result.stdout
+
+
+def test_a_gate_that_always_passes_fails_the_gate_check(run, tmp_path):
+    """The near miss: an "at most" gate that always passes, right for the committed run."""
+    solution = (REPO / "docs" / "solutions" / "week4" / "gate.py").read_text()
+    near_miss = solution.replace("ok = value <= limit if", "ok = True or value <= limit if")
+    assert near_miss != solution
+    attempt = tmp_path / "my_gate.py"
+    attempt.write_text(near_miss)
+    result = run(LABS, "check", "gate", str(attempt), timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert "PASS  the committed full run: every line right, exit 0" in result.stdout
+    assert "FAIL  a run failing floor: want exit 1" in result.stdout
+
+
+def test_a_count_that_ignores_the_log_fails_the_restart_check(run, tmp_path):
+    """The near miss: it prints the line of a healthy log without reading twice-recorded ones."""
+    solution = (REPO / "docs" / "solutions" / "week2" / "outcomes.py").read_text()
+    near_miss = solution.replace("outcomes[task_id] += 1", "outcomes[task_id] = 1")
+    assert near_miss != solution
+    attempt = tmp_path / "my_outcomes.py"
+    attempt.write_text(near_miss)
+    result = run(LABS, "check", "restart", str(attempt), timeout=240)
+    assert result.returncode == 1, result.stdout
+    assert "FAIL  on a log with one outcome twice" in result.stdout
 
 
 def test_a_broken_attempt_gets_reasons_not_a_traceback(run, tmp_path):

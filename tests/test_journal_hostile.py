@@ -289,3 +289,12 @@ async def test_collector_answers_duplicates_of_rejected_records_with_nack_again(
     reply = await send_raw(collector.endpoint, encode_write([("h", good)]))
     assert reply == Ack(ids=["h"])
     assert scan_journal(collector.path).record_ids == ["h"]
+
+
+async def test_thousands_of_rejected_records_do_not_stall_the_collector(collector: Any) -> None:
+    # More NACKed records than one group commit takes: they must not fill the next batch.
+    frames = encode_write([(f"bad-{i}", b"{}") for i in range(3000)])
+    for _ in range(2):
+        reply = await send_raw(collector.endpoint, frames)
+        assert isinstance(reply, Nack)
+    await assert_still_serving(collector)

@@ -5,8 +5,9 @@
 
 ``write()`` returns only once the collector has fsynced the record, so an acknowledged record
 is on disk. One DEALER serves any number of concurrent ``write()`` calls: a sender task packs
-waiting records into WRITE messages and re-sends unacknowledged ones, a receiver task resolves
-them as ACKs arrive.
+waiting records into WRITE messages and re-sends unacknowledged ones; replies are read by a
+reader callback on the socket's FD (``loop.add_reader``, as pyzmq's asyncio layer does, without
+its Future per message), which resolves them as ACKs arrive.
 
   * The writer checks first: a record no journal line could hold (too big, not finite, a bad
     record id) raises ``RecordRejected`` before anything is sent.
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import zmq
-import zmq.asyncio
 
 from cluster_patterns.curve import curve_client
 from cluster_patterns.transport import configure
@@ -90,8 +90,9 @@ class ZmqJournalWriter:
         self.retry_interval = retry_interval
         self._clock = clock
         # One shared context per process: its I/O thread serves every writer's socket.
-        sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-        self._sock = configure(sock, network=False)
+        self._sock: zmq.Socket[bytes] = configure(
+            zmq.Context.instance().socket(zmq.DEALER), network=False
+        )
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
         self._sock.setsockopt(zmq.SNDHWM, HWM)
         self._sock.setsockopt(zmq.IPV6, "[" in endpoint)  # tcp://[::1]:5590
@@ -111,6 +112,8 @@ class ZmqJournalWriter:
         self._outbox: list[str] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = int(self._sock.getsockopt(zmq.FD))  # readable: look at the socket again
         self._closed = False
         self._sweep_due = False
         self.retries = 0
@@ -158,9 +161,12 @@ class ZmqJournalWriter:
     def _start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="journal-send"),
-            asyncio.create_task(self._recv_loop(), name="journal-recv"),
             asyncio.create_task(self._tick_loop(), name="journal-tick"),
         ]
+        # Replies are read in a reader callback on the socket's FD, not through a Future per
+        # message: the FD only says "look again", so every look reads until EAGAIN.
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._receive)
 
     async def _tick_loop(self) -> None:
         """Wake the send loop for a sweep twice per retry interval (one timer, not one per send)."""
@@ -168,6 +174,7 @@ class ZmqJournalWriter:
             await asyncio.sleep(min(self.retry_interval, self.timeout) / 2)
             self._sweep_due = True
             self._wake.set()
+            self._receive()  # a safety net: a missed FD edge costs at most one tick
 
     async def _send_loop(self) -> None:
         while True:
@@ -208,9 +215,10 @@ class ZmqJournalWriter:
                 pending.sent_at = now
             frames = encode_write([(rid, pending.body) for rid, pending in chunk])
             try:
-                await self._sock.send_multipart(frames, zmq.NOBLOCK)
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
                 pass  # no room towards the collector: the sweep re-sends it later
+        self._receive()  # a send may have taken the FD's signal of a waiting reply
 
     def _chunks(self, batch: list[str]) -> Iterator[list[tuple[str, _Pending]]]:
         """Waiting records in WRITEs of at most MAX_RECORDS_PER_MESSAGE records and about
@@ -229,9 +237,13 @@ class ZmqJournalWriter:
         if chunk:
             yield chunk
 
-    async def _recv_loop(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart()
+    def _receive(self) -> None:
+        """Handle every reply that has arrived (the FD reader callback)."""
+        while not self._sock.closed:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             try:
                 reply = decode_reply(frames)
             except JournalProtocolError as exc:
@@ -264,6 +276,8 @@ class ZmqJournalWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
         for record_id, pending in self._pending.items():
             for waiter in pending.waiters:
                 if not waiter.done():

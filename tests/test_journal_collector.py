@@ -30,6 +30,7 @@ from cluster_runner_simulation.journal_protocol import (
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
+BENCH = "03-cluster-runner-simulation/journal_bench.py"
 
 
 def result(record_id: str) -> PerfTestResult:
@@ -206,3 +207,36 @@ async def test_close_fails_writes_still_waiting(free_port: Any) -> None:
         await waiting
     with pytest.raises(JournalError, match="closed"):
         await writer.write(result("after"))
+
+
+async def test_collector_on_ipv6_loopback_and_a_kernel_chosen_port(
+    tmp_path: Path, spawn: Any
+) -> None:
+    path = tmp_path / "j.jsonl"
+    collector = spawn(JOURNAL, "collector", "--path", str(path), "--bind", "::1", "--port", "0")
+    collector.wait_for("listening on", timeout=30)
+    found = re.search(r"listening on (tcp://\[::1\]:\d+) ", collector.stdout())
+    assert found, collector.stdout()
+    writer = ZmqJournalWriter(found[1])
+    await writer.write(result("over-ipv6"))
+    await writer.close()
+    assert scan_journal(path).record_ids == ["over-ipv6"]
+
+
+def option_entries(help_text: str) -> list[str]:
+    """Each option's entry in an argparse --help, continuation lines joined."""
+    entries: list[str] = []
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            entries.append(line.strip())
+        elif entries and line.startswith("    "):
+            entries[-1] += " " + line.strip()
+    return entries
+
+
+def test_every_flag_shows_its_default(run: Any) -> None:
+    for argv in ([JOURNAL, "collector"], [JOURNAL, "bench"], [JOURNAL, "read"], [BENCH]):
+        shown = run(*argv, "--help")
+        assert shown.returncode == 0, shown.stderr
+        entries = [e for e in option_entries(shown.stdout) if not e.startswith("-h")]
+        assert entries and all("(default: " in e for e in entries), entries

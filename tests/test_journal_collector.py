@@ -14,6 +14,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.curve import fingerprint, load_public
 from cluster_runner_simulation.agent_keys import generate_keys
 from cluster_runner_simulation.journal_format import scan_journal
 from cluster_runner_simulation.journal_record import canonical_body
@@ -185,6 +186,8 @@ async def test_curve_collector_admits_only_authorized_writers(
     await writer.write(result("trusted"))
     await writer.close()
     assert scan_journal(path).record_ids == ["trusted"]
+    stranger_key = fingerprint(load_public(stranger / "client.key"))
+    collector.wait_for(rf"collector: denied handshake #\d+ from 127\.0\.0\.1 key {stranger_key}")
 
 
 def test_collector_refuses_non_loopback_without_keys_and_bad_keys(tmp_path: Path, run: Any) -> None:

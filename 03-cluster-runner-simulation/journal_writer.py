@@ -189,7 +189,7 @@ class ZmqJournalWriter:
                 self.retries += len(overdue)
                 batch += overdue
             try:
-                await self._send(batch, now)
+                self._send(batch, now)
             except zmq.ZMQError as exc:  # the sweep above must go on, or writes would hang
                 log.warning("cannot send to the collector at %s: %s", self.endpoint, exc)
 
@@ -209,7 +209,7 @@ class ZmqJournalWriter:
                 overdue.append(record_id)
         return overdue
 
-    async def _send(self, batch: list[str], now: float) -> None:
+    def _send(self, batch: list[str], now: float) -> None:
         for chunk in self._chunks(batch):
             for _, pending in chunk:
                 pending.sent_at = now

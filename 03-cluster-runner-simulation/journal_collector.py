@@ -40,7 +40,14 @@ import zmq
 
 from cluster_patterns import defaults
 from cluster_patterns.curve import ZapThread, curve_server, load_keypair, server_policy
-from cluster_patterns.transport import BadInput, RateLimitedLog, configure, endpoint, print_to
+from cluster_patterns.transport import (
+    BadInput,
+    RateLimitedLog,
+    configure,
+    endpoint,
+    is_loopback,
+    print_to,
+)
 from cluster_runner_simulation.agent_keys import AGENT_NAME
 from cluster_runner_simulation.journal_format import AppendOnlyFile
 from cluster_runner_simulation.journal_protocol import (
@@ -74,6 +81,10 @@ class CollectorConfig:
     port: int = defaults.JOURNAL_PORT  # 0: any free port (``JournalCollector.endpoint`` says)
     group_commit: bool = True  # False: one fsync per record, the benchmark's baseline
     keys_dir: Path | None = None  # CURVE keys from ``keys generate``; None: plain TCP
+
+    def __post_init__(self) -> None:
+        if self.keys_dir is None and not is_loopback(self.bind):
+            raise ValueError(f"{self.bind} is not loopback: writers must be authenticated (keys)")
 
     @property
     def endpoint(self) -> str:

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from cluster_patterns.curve import fingerprint, load_public
 from cluster_runner_simulation.agent_keys import generate_keys
+from cluster_runner_simulation.journal_collector import CollectorConfig
 from cluster_runner_simulation.journal_format import scan_journal
 from cluster_runner_simulation.journal_record import canonical_body
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
@@ -199,6 +200,8 @@ def test_collector_refuses_non_loopback_without_keys_and_bad_keys(tmp_path: Path
     loose = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--keys", str(keys))
     assert loose.returncode == 2 and "refusing to use it" in loose.stderr
     assert not (tmp_path / "j").exists()
+    with pytest.raises(ValueError, match="not loopback"):
+        CollectorConfig(tmp_path / "j", bind="0.0.0.0")  # the class refuses it too
 
 
 async def test_close_fails_writes_still_waiting(free_port: Any) -> None:

@@ -26,7 +26,7 @@ from cluster_runner_simulation.descriptor import (
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
-from cluster_runner_simulation.local_sshd import (
+from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
     sshd_unavailable_reason,

@@ -1,9 +1,11 @@
 #!/bin/sh
 # node-entrypoint.sh - what a node container runs before its role's command.
 #
-#   node-entrypoint keys            one-shot (the `keys` service): create, once, the CURVE keys
-#                                   of the 03 ZeroMQ node agent and the SSH host/client keys in
-#                                   /keys (a named volume every node mounts read-only)
+#   node-entrypoint keys            one-shot (the `keys` service): create, once per cluster, the
+#                                   CURVE keys of the coordinator's ports 5570/5571 (every role
+#                                   reads /keys/coordinator) and of the 03 ZeroMQ node agent, and
+#                                   the SSH host/client keys, in /keys (a named volume every node
+#                                   mounts read-only; secret files 0600, never in the image)
 #   node-entrypoint --agent CMD...  a worker: start the 03 ZeroMQ node agent (tcp :5580, CURVE)
 #                                   and an unprivileged sshd (:2222, key login as `cluster`) in
 #                                   the background, then exec CMD (the worker itself)
@@ -25,13 +27,17 @@ AGENT_PORT=5580
 SSH_PORT=2222
 SSH_USER=cluster
 AGENT_SCRIPT=/app/03-cluster-runner-simulation/zmq_node_agent.py
+CURVE_SCRIPT=/app/02-cluster-patterns/curve.py
 
 make_keys() {
-  if [ -f "$KEYS_DIR/.complete" ]; then
+  # A volume made before the coordinator had keys lacks them: make everything again then.
+  if [ -f "$KEYS_DIR/.complete" ] && [ -f "$KEYS_DIR/coordinator/coordinator.key_secret" ]; then
     echo "keys: already present in $KEYS_DIR"
     return 0
   fi
+  rm -f "$KEYS_DIR/.complete"
   mkdir -p "$KEYS_DIR/ssh"
+  python "$CURVE_SCRIPT" generate "$KEYS_DIR/coordinator" --server coordinator
   python "$AGENT_SCRIPT" keys generate "$KEYS_DIR/agent"
   for name in host_ed25519 client_ed25519; do
     rm -f "$KEYS_DIR/ssh/$name" "$KEYS_DIR/ssh/$name.pub"

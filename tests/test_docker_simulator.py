@@ -82,6 +82,26 @@ def seconds_in(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
+def output_of(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def assert_curve_on(sim: Any, status: str) -> None:
+    """CURVE on 5570/5571 by default: keys made once into the project's volume, secrets 0600,
+    and none of them in the image."""
+    assert "CURVE on 5570/5571" in status, status
+    assert "(CURVE, 1 authorized key(s))" in sim.ok("logs", "coordinator")
+    project = f"label=com.docker.compose.project={sim.project}"
+    service = "label=com.docker.compose.service=coordinator"
+    coordinator = output_of("docker", "ps", "-q", "--filter", project, "--filter", service)
+    secrets = [f"/keys/coordinator/{name}.key_secret" for name in ("client", "coordinator")]
+    modes = output_of("docker", "exec", coordinator.strip(), "stat", "-c", "%a", *secrets)
+    assert modes.split() == ["600", "600"], modes
+    image = f"{sim.project}-node:latest"
+    baked = output_of("docker", "run", "--rm", "--entrypoint", "ls", image, "-A", "/keys")
+    assert baked.strip() == "", f"keys baked into the image: {baked}"
+
+
 def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     sim.ok("build", timeout=600)
 
@@ -93,6 +113,7 @@ def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     for node in ("coordinator", "worker1", "worker2", "worker3", "monitor"):
         assert re.search(rf"^{node}\s+running\s+healthy", status, re.M), status
     assert re.search(r"^worker1\s.*\balive$", status, re.M), status
+    assert_curve_on(sim, status)
 
     # Each worker container also runs the 03 ZeroMQ node agent and an sshd, so the real
     # performance_comparison.py --descriptor measures both across containers (--smoke: ~10 s).

@@ -51,7 +51,7 @@ from cluster_runner_simulation.descriptor import (
 from cluster_runner_simulation.journal_collector import CollectorConfig, JournalCollector
 from cluster_runner_simulation.journal_format import JournalCorruption, scan_journal
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
 from cluster_runner_simulation.scheduling import (
     SCHEDULE_NAMES,

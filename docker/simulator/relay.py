@@ -1,6 +1,6 @@
 """A byte relay between a TCP port and a Unix socket, for the local backend's partitions.
 
-simulate-cluster.sh's local backend (as root) runs each worker in its own network namespace,
+The local backend (as root) runs each worker in its own network namespace,
 wired by a veth pair to a "hub" namespace; addresses exist only inside those namespaces. A
 Unix socket is a file, so it crosses namespaces; two of these relays carry the workers' TCP
 stream from the hub to the coordinator, which stays on the host's 127.0.0.1:
@@ -10,9 +10,10 @@ stream from the hub to the coordinator, which stays on the host's 127.0.0.1:
 Cutting a veth (`ip link set ... down`) then partitions exactly one worker, for real: its
 packets are dropped, nothing is reset, and the coordinator must notice the silence.
 
-Run (the wrapper does this for you):
-    python docker/ns_relay.py unix-to-tcp --listen /tmp/c.sock --to 127.0.0.1:5570
-    ip netns exec HUB python docker/ns_relay.py tcp-to-unix --listen 0.0.0.0:5570 --to /tmp/c.sock
+Run (the local backend does this for you; see netns.py):
+    python -m cluster_simulator.relay unix-to-tcp --listen /tmp/c.sock --to 127.0.0.1:5570
+    ip netns exec HUB python -m cluster_simulator.relay tcp-to-unix \
+        --listen 0.0.0.0:5570 --to /tmp/c.sock
 Stdlib only. SIGTERM/Ctrl-C exit 0.
 """
 
@@ -84,8 +85,13 @@ async def serve(mode: str, listen: str, target: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Relay bytes between TCP and a Unix socket.")
-    parser.add_argument("mode", choices=["unix-to-tcp", "tcp-to-unix"])
+    parser = argparse.ArgumentParser(
+        description="Relay bytes between TCP and a Unix socket.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "mode", choices=["unix-to-tcp", "tcp-to-unix"], help="which side listens on what"
+    )
     parser.add_argument("--listen", required=True, help="socket path or HOST:PORT to listen on")
     parser.add_argument("--to", required=True, help="HOST:PORT or socket path to forward to")
     args = parser.parse_args()

@@ -1,0 +1,393 @@
+"""The Docker backend: one container per node, from one image, run by Compose.
+
+State lives in the engine (containers found by the Compose labels) plus a small file under
+``.cluster-state/docker-PROJECT/`` (worker count, Compose version, CURVE on or off) and the
+generated Compose override. CURVE keys for the coordinator's ports are made once per cluster
+by the `keys` service into the project's `keys` volume (secret files 0600, never in the
+image); every role reads them from /keys/coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cluster_patterns import defaults
+from cluster_simulator.backend import (
+    START_TIMEOUT_S,
+    Backend,
+    ClientRun,
+    CompareOptions,
+    Output,
+    StatusRow,
+    Topology,
+)
+from cluster_simulator.compose import Compose
+from cluster_simulator.config import (
+    DEFAULT_WORKERS,
+    DOCKER_DIR,
+    REPO_ROOT,
+    ComposeChoice,
+    CurveChoice,
+)
+from cluster_simulator.lifecycle import child_ignores_sigint
+from cluster_simulator.output import SimError, say
+from cluster_simulator.ports import require_free_ports
+from cluster_simulator.roles import Roles, Workload
+
+PROJECT_LABEL: Final = "com.docker.compose.project"
+SERVICE_LABEL: Final = "com.docker.compose.service"
+IMAGE_LABEL: Final = "com.zmqsim.project"
+KEYS_IN_CONTAINER: Final = "/keys/coordinator"
+MONITOR_CONTAINER_PORT: Final = "5572/tcp"
+COMPARE_DIR: Final = "/tmp/zsim-compare"
+HEALTH_POLL_S: Final = 0.5
+# `tc qdisc ACTION dev DEV root [ARGS]` on the container's interface with the default route.
+TC_SCRIPT: Final = (
+    'dev=$(ip -o route show default | sed -n "s/.* dev \\([^ ]*\\).*/\\1/p" | head -n 1); '
+    'action="$1"; shift; exec tc qdisc "$action" dev "${dev:-eth0}" root "$@"'
+)
+
+
+def docker(*args: str) -> str:
+    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message.
+
+    The query runs in a session of its own: a Ctrl-C at the terminal reaches this program,
+    which decides what to do, and not a `docker ps` that would die of it half-way and turn an
+    ordinary interrupt into a failed command.
+    """
+    done = subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise SimError(f"`docker {args[0]}` failed: {' '.join(message[-2:])}")
+    return done.stdout
+
+
+def engine_answers() -> bool:
+    """Whether a Docker engine answers `docker info` (DOCKER_HOST is honoured)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
+
+
+@dataclass(frozen=True)
+class DockerState:
+    """What start records for later commands."""
+
+    workers: int = DEFAULT_WORKERS
+    compose: str = ComposeChoice.AUTO.value
+    curve: bool = False
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.image = f"{self.config.project}-node:latest"
+        self.recorded = self._read_state()
+        compose_choice = self.config.compose
+        if compose_choice is ComposeChoice.AUTO and self.recorded is not None:
+            compose_choice = ComposeChoice(self.recorded.compose)  # stay with the starter's
+        self.compose = Compose(self.config, compose_choice, self.image, self.state_dir)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _state_file(self) -> Path:
+        return self.state_dir / "cluster.json"
+
+    def _read_state(self) -> DockerState | None:
+        try:
+            return DockerState(**json.loads(self._state_file().read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def containers(self) -> dict[str, str]:
+        """Service name -> container id of every container of the project, running or not."""
+        project = f"label={PROJECT_LABEL}={self.config.project}"
+        row = f'{{{{.ID}}}} {{{{.Label "{SERVICE_LABEL}"}}}}'
+        listing = docker("ps", "-a", "--filter", project, "--format", row)
+        pairs = (line.split(maxsplit=1) for line in listing.splitlines() if " " in line)
+        return {service: cid for cid, service in pairs}
+
+    def container(self, node: str) -> str:
+        cid = self.containers().get(node)
+        if cid is None:
+            raise SimError(f"{node} has no container in project '{self.config.project}'")
+        return cid
+
+    def cluster_network(self) -> str | None:
+        project = f"label={PROJECT_LABEL}={self.config.project}"
+        network = "label=com.docker.compose.network=cluster"
+        found = docker("network", "ls", "-q", "--filter", project, "--filter", network).split()
+        return found[0] if found else None
+
+    def is_started(self) -> bool:
+        return "coordinator" in self.containers()
+
+    def worker_count(self) -> int:
+        if self.recorded is not None:
+            return self.recorded.workers
+        workers = [s for s in self.containers() if s.startswith("worker")]
+        return len(workers) or DEFAULT_WORKERS
+
+    def monitor_port(self) -> int:
+        cid = self.containers().get("monitor")
+        if cid is not None:
+            try:
+                mapping = docker("port", cid, MONITOR_CONTAINER_PORT).split()
+            except SimError:
+                mapping = []
+            if mapping:
+                return int(mapping[0].rsplit(":", 1)[1])
+        return self.config.ports.monitor
+
+    def curve(self) -> bool:
+        """CURVE on 5570/5571: on unless CLUSTER_CURVE=off (as the cluster was started)."""
+        if self.recorded is not None:
+            return self.recorded.curve
+        return self.config.curve is not CurveChoice.OFF
+
+    def summary(self) -> str:
+        curve = "CURVE on 5570/5571" if self.curve() else "no CURVE"
+        return f"docker backend, Compose {self.compose.version}, {curve}"
+
+    def roles(self) -> Roles:
+        keys = KEYS_IN_CONTAINER if self.curve() else None
+        return Roles(["python"], self.config.liveness, keys)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _build(self, quiet: bool) -> None:
+        argv = ["docker", "build", "--label", f"{IMAGE_LABEL}={self.config.project}"]
+        argv += ["-f", str(DOCKER_DIR / "Dockerfile"), "-t", self.image, str(REPO_ROOT)]
+        if quiet:
+            argv.insert(2, "-q")
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if quiet else None
+        )
+        if done.returncode != 0:
+            raise SimError(f"docker build failed (exit {done.returncode}); see its output above")
+
+    def build(self) -> None:
+        say(f"building {self.image} from docker/Dockerfile")
+        self._build(quiet=False)
+
+    def start(self, workers: int) -> None:
+        # A project that already has containers is the user's: start it again as it is.
+        if not self.containers():
+            require_free_ports([("MONITOR_PORT", self.config.ports.monitor)])
+            self.arm_stop()  # from here on a failure or Ctrl-C removes it all
+        say(f"building {self.image} (cached layers make this quick)")
+        self._build(quiet=True)
+        curve = self.curve()
+        self.recorded = DockerState(workers, self.compose.version, curve)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file().write_text(json.dumps(asdict(self.recorded)) + "\n")
+        self.compose.write_override(workers, self.roles())
+        services = Topology(workers).nodes()
+        self.compose.up(services)
+        if not self._ready(workers, services):
+            log = self.state_dir / "failed-start.log"
+            with log.open("wb") as out:  # the undo removes the containers and their logs
+                self.compose.run("logs", "--no-color", "--tail", "100", stdout=out, stderr=out)
+            raise SimError(
+                f"the cluster did not become ready in {START_TIMEOUT_S:.0f} s; logs: {log}"
+            )
+
+    def _ready(self, workers: int, services: list[str]) -> bool:
+        """The monitor sees every worker alive, and every healthcheck says healthy."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            self.api().wait_ready(workers, START_TIMEOUT_S)
+        except TimeoutError:
+            return False
+        while time.monotonic() < deadline:
+            found = self.containers()
+            health = [self._health(found.get(s)) for s in services]
+            if all(state == "healthy" for state in health):
+                return True
+            time.sleep(HEALTH_POLL_S)
+        return False
+
+    def _inspect(self, *cids: str) -> list[dict[str, Any]]:
+        if not cids:
+            return []
+        documents: list[dict[str, Any]] = json.loads(docker("inspect", *cids))
+        return documents
+
+    def _health(self, cid: str | None) -> str:
+        if cid is None:
+            return "absent"
+        state = self._inspect(cid)[0]["State"]
+        return str((state.get("Health") or {}).get("Status", ""))
+
+    def _forget(self) -> None:
+        self.compose.remove_override()
+        self._state_file().unlink(missing_ok=True)
+        for marker in self.state_dir.glob("partitioned-*"):
+            marker.unlink()
+        self.recorded = None
+
+    def stop(self) -> None:
+        if self.containers() or self.cluster_network():
+            self.compose.down()
+        self._forget()
+
+    def cleanup(self) -> None:
+        if self.containers() or self.cluster_network():
+            self.compose.down("--volumes")
+        label = f"label={PROJECT_LABEL}={self.config.project}"
+        volumes = docker("volume", "ls", "-q", "--filter", label).split()
+        if volumes:
+            docker("volume", "rm", *volumes)
+        # The tagged image plus older builds of this project that a rebuild left untagged.
+        images = docker("images", "-q", self.image.split(":")[0]).split()
+        images += docker(
+            "images", "-q", "--filter", f"label={IMAGE_LABEL}={self.config.project}"
+        ).split()
+        if images:
+            docker("image", "rm", "-f", *sorted(set(images)))
+        self._forget()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def status_rows(self, topology: Topology) -> list[StatusRow]:
+        found = self.containers()
+        states = {doc["Id"][:12]: doc["State"] for doc in self._inspect(*found.values())}
+        rows = []
+        for node in topology.nodes():
+            cid = found.get(node)
+            if cid is None:
+                rows.append(StatusRow(node, "absent", ""))
+                continue
+            state = states.get(cid[:12], {})
+            runtime = str(state.get("Status", "unknown"))
+            if self.partition_marker(node).exists():
+                runtime += ",partitioned"
+            rows.append(
+                StatusRow(node, runtime, str((state.get("Health") or {}).get("Status", "")))
+            )
+        return rows
+
+    def show_logs(self, node: str | None, follow: bool) -> int:
+        args = ["logs", "--no-color", "--tail", "200", *(["--follow"] if follow else [])]
+        return self.compose.run(
+            *args, *([node] if node else []), stdin=subprocess.DEVNULL
+        ).returncode
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def kill(self, node: str) -> None:
+        docker("kill", "--signal", "KILL", self.container(node))
+
+    def restart(self, node: str) -> None:
+        docker("start", self.container(node))
+
+    def _network(self) -> str:
+        network = self.cluster_network()
+        if network is None:
+            raise SimError(f"project '{self.config.project}' has no cluster network")
+        return network
+
+    def disconnect(self, node: str) -> None:
+        docker("network", "disconnect", self._network(), self.container(node))
+
+    def reconnect(self, node: str) -> None:
+        docker("network", "connect", "--alias", node, self._network(), self.container(node))
+
+    def freeze(self, node: str) -> None:
+        docker("pause", self.container(node))
+
+    def thaw(self, node: str) -> None:
+        docker("unpause", self.container(node))
+
+    def traffic_control(
+        self, node: str, action: str, *netem: str
+    ) -> subprocess.CompletedProcess[str]:
+        # tc needs NET_ADMIN, which Compose grants; run as root inside the container.
+        argv = ["docker", "exec", "-u", "root", self.container(node), "sh", "-c", TC_SCRIPT, "tc"]
+        return subprocess.run([*argv, action, *netem], capture_output=True, text=True)
+
+    def in_node_netns(self, node: str) -> list[str]:
+        pid = self._inspect(self.container(node))[0]["State"]["Pid"]
+        return ["nsenter", "-t", str(pid), "-n"]
+
+    # --- work --------------------------------------------------------------------------------
+
+    def start_client(
+        self, work: Workload, json_path: Path | None, stdout: Output = None, stderr: Output = None
+    ) -> ClientRun:
+        cid = self.container("coordinator")
+        inside = f"/tmp/workload-{uuid.uuid4().hex[:12]}.json"
+        argv = ["docker", "exec", cid, *self.roles().client(defaults.TASK_PORT, work, inside)]
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            preexec_fn=child_ignores_sigint,
+        )
+
+        def collect() -> None:
+            if json_path is not None:
+                self._copy_out(cid, inside, json_path)
+            subprocess.run(["docker", "exec", cid, "rm", "-f", inside], capture_output=True)
+
+        return ClientRun(popen, json_path, collect)
+
+    def _copy_out(self, cid: str, inside: str, target: Path) -> None:
+        """A file from the container to ``target``, whole or not at all."""
+        part = target.with_name(target.name + ".part")
+        with part.open("wb") as out:
+            done = subprocess.run(
+                ["docker", "exec", cid, "cat", inside], stdout=out, stderr=subprocess.DEVNULL
+            )
+        if done.returncode == 0:
+            part.replace(target)
+        else:
+            part.unlink(missing_ok=True)
+
+    def compare(self, options: CompareOptions) -> int:
+        self.require_started()
+        nodes = Topology(self.worker_count()).worker_names()
+        cid = self.container("coordinator")
+        docker("exec", cid, "node-entrypoint", "descriptor", COMPARE_DIR, *nodes)
+        args = ["--descriptor", f"{COMPARE_DIR}/cluster.toml", "--json", f"{COMPARE_DIR}/perf.json"]
+        if options.mode != "--full":  # full sampling is the script's default
+            args.append(options.mode)
+        if options.executors:
+            args += ["--executors", options.executors]
+        tty: list[str] = []
+        if all(os.isatty(fd) for fd in (0, 1, 2)):
+            tty = ["-it"]  # a terminal: the progress bar shows and Ctrl-C reaches the benchmark
+        else:
+            args.append("--no-progress")
+        say(
+            f"compare: performance_comparison.py {options.mode} from the coordinator container "
+            f"against {' '.join(nodes)}"
+        )
+        script = "03-cluster-runner-simulation/performance_comparison.py"
+        status = subprocess.run(["docker", "exec", *tty, cid, "python", script, *args]).returncode
+        if status == 0 and options.json_path is not None:
+            self._copy_out(cid, f"{COMPARE_DIR}/perf.json", options.json_path)
+        subprocess.run(["docker", "exec", cid, "rm", "-rf", COMPARE_DIR], capture_output=True)
+        sys.stdout.flush()
+        return status

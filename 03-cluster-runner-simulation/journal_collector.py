@@ -130,11 +130,10 @@ class JournalCollector:
         self.file = AppendOnlyFile(config.path)
         self.ctx = zmq.Context()
         self.zap: ZapThread | None = None
-        self.sock = configure(self.ctx.socket(zmq.ROUTER), network=False)
         # The journal's own bounds: a WRITE may be megabytes, so far fewer of them queue.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
-        self.sock.setsockopt(zmq.SNDHWM, HWM)
-        self.sock.setsockopt(zmq.RCVHWM, HWM)
+        self.sock = configure(
+            self.ctx.socket(zmq.ROUTER), max_message_bytes=MAX_MSG_BYTES, sndhwm=HWM, rcvhwm=HWM
+        )
         self.sock.setsockopt(zmq.IPV6, ":" in config.bind)  # else 127.0.0.1 shows as ::ffff:
         try:
             if server is not None and policy is not None:
@@ -216,9 +215,9 @@ class JournalCollector:
             return
         batch = self._next
         unique = set(write.ids)
-        if len(unique) == len(write.ids) and self._all_new(unique):
+        if len(unique) == len(write.ids) > 1 and self._all_new(unique):
             lines = checked_lines(write.ids, write.bodies)
-            if lines is not None:  # the common case: every record new and valid
+            if lines is not None:  # the common case: several records, all new and valid
                 batch.add(peer, write.ids, lines)
                 return
         for record_id, body in zip(write.ids, write.bodies):

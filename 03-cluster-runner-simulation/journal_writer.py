@@ -55,7 +55,7 @@ RETRY_INTERVAL_S: Final = 1.0  # re-send an unacknowledged record after this lon
 MAX_INFLIGHT: Final = 1024  # writes one writer lets wait for acknowledgement
 MAX_RECORDS_PER_MESSAGE: Final = 512  # records a writer packs into one WRITE
 MAX_BODIES_PER_MESSAGE: Final = 4 << 20  # bytes of bodies a writer packs into one WRITE
-HWM: Final = 100  # WRITEs queued towards the collector before sending waits for the sweep
+HWM: Final = 100  # messages queued each way; past it a WRITE waits for the next sweep
 RECONNECT_IVL_MS: Final = 100
 RECONNECT_IVL_MAX_MS: Final = 1000
 
@@ -91,10 +91,11 @@ class ZmqJournalWriter:
         self._clock = clock
         # One shared context per process: its I/O thread serves every writer's socket.
         self._sock: zmq.Socket[bytes] = configure(
-            zmq.Context.instance().socket(zmq.DEALER), network=False
+            zmq.Context.instance().socket(zmq.DEALER),
+            max_message_bytes=MAX_MSG_BYTES,
+            sndhwm=HWM,
+            rcvhwm=HWM,
         )
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MSG_BYTES)
-        self._sock.setsockopt(zmq.SNDHWM, HWM)
         self._sock.setsockopt(zmq.IPV6, "[" in endpoint)  # tcp://[::1]:5590
         self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)

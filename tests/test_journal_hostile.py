@@ -149,6 +149,11 @@ def test_bad_input_is_logged_rate_limited_without_tracebacks(collector: Any) -> 
         for i in range(300):
             sock.send_multipart([b"junk", str(i).encode()])
             sock.send_multipart(encode_write([("h", deep)]))
+        # One peer's messages are handled in order: the 300th NACK means all 600 were seen.
+        nacks = 0
+        while nacks < 300 and sock.poll(REPLY_TIMEOUT_S * 1000):
+            nacks += isinstance(decode_reply(sock.recv_multipart()), Nack)
+        assert nacks == 300
         asyncio.run(assert_still_serving(collector))
     finally:
         sock.close()

@@ -174,6 +174,7 @@ class JournalCollector:
         for poller in (everything, commits_only):
             poller.register(done_rx, zmq.POLLIN)
         try:
+            # --8<-- [start:serve-loop]
             while not self.stopping or self._in_flight is not None:
                 # A full next batch waits for the commit; the rest waits in ZeroMQ's queues.
                 full = self.stopping or self._next.full
@@ -185,6 +186,7 @@ class JournalCollector:
                     self._finish_commit()
                 if self._in_flight is None and self._next.acks and self.failed is None:
                     self._start_commit()
+            # --8<-- [end:serve-loop]
         finally:
             self._commits.put(None)
             committer.join(timeout=30)
@@ -231,6 +233,7 @@ class JournalCollector:
             and (in_flight is None or ids.isdisjoint(in_flight.ids))
         )
 
+    # --8<-- [start:take]
     def _take(self, peer: bytes, record_id: str, body: bytes) -> None:
         """One record of a WRITE that is not all new and valid: stored, duplicate or NACKed."""
         batch = self._next
@@ -248,6 +251,9 @@ class JournalCollector:
             return
         batch.add(peer, [record_id], [line])
 
+    # --8<-- [end:take]
+
+    # --8<-- [start:commits]
     def _start_commit(self) -> None:
         self._in_flight, self._next = self._next, _Batch()
         self._commits.put(self._in_flight)
@@ -263,6 +269,8 @@ class JournalCollector:
         self.stored += len(batch.ids)
         for peer, ids in batch.acks.items():
             self._acknowledge(peer, ids)
+
+    # --8<-- [end:commits]
 
     def _fail(self, batch: _Batch, error: JournalError) -> None:
         """The journal cannot be written: say so to every waiting writer, then stop.
@@ -284,6 +292,7 @@ class JournalCollector:
         self.failed = error
         self.stopping = True
 
+    # --8<-- [start:commit-thread]
     def _commit_thread(self) -> None:
         done_tx = configure(self.ctx.socket(zmq.PAIR), network=False)
         done_tx.connect(COMMIT_DONE_ENDPOINT)
@@ -306,6 +315,8 @@ class JournalCollector:
                 done_tx.send(b"")
         finally:
             done_tx.close(linger=0)
+
+    # --8<-- [end:commit-thread]
 
     def _acknowledge(self, peer: bytes, ids: list[str]) -> None:
         """ACK ``ids`` to ``peer``: one message per ``MAX_RECORDS`` ids, however they came."""

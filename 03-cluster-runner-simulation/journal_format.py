@@ -211,6 +211,7 @@ class AppendOnlyFile:
         reason = _torn_reason(len(ids.items) + 1, ids.torn_bytes) if ids.torn_bytes else ""
         self.recovery = Recovery(len(ids.items), ids.torn_bytes, reason)
 
+    # --8<-- [start:append]
     def append(self, data: bytes, *, sync: bool = True) -> None:
         if self._broken:
             raise JournalError(self._broken)
@@ -224,6 +225,8 @@ class AppendOnlyFile:
             self._undo_partial_append(exc)
             raise JournalFileError.from_os_error(self.path, "cannot append", exc) from None
         self.size += len(data)
+
+    # --8<-- [end:append]
 
     def _undo_partial_append(self, error: OSError) -> None:
         try:

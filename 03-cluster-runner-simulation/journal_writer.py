@@ -194,6 +194,7 @@ class ZmqJournalWriter:
             except zmq.ZMQError as exc:  # the sweep above must go on, or writes would hang
                 log.warning("cannot send to the collector at %s: %s", self.endpoint, exc)
 
+    # --8<-- [start:sweep]
     def _sweep(self, now: float) -> list[str]:
         """Fail waiters past their deadline; return the records due for a re-send."""
         overdue = []
@@ -209,6 +210,8 @@ class ZmqJournalWriter:
             if pending.sent_at >= 0 and now - pending.sent_at >= self.retry_interval:
                 overdue.append(record_id)
         return overdue
+
+    # --8<-- [end:sweep]
 
     def _send(self, batch: list[str], now: float) -> None:
         for chunk in self._chunks(batch):
@@ -252,6 +255,7 @@ class ZmqJournalWriter:
                 continue
             self._handlers[type(reply)](reply)
 
+    # --8<-- [start:resolve]
     def _do_ack(self, ack: Ack) -> None:
         for record_id in ack.ids:
             self._resolve(record_id, None)
@@ -270,6 +274,8 @@ class ZmqJournalWriter:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
+
+    # --8<-- [end:resolve]
 
     async def close(self) -> None:
         self._closed = True

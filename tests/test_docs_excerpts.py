@@ -51,7 +51,7 @@ TEACHING_PAGES = {
     "docs/reliability-patterns.md": 6,
     "docs/week2-cluster-patterns.md": 20,
     "docs/week3-cluster-runner-integration.md": 12,
-    "docs/week4-integration-planning.md": 6,
+    "docs/week4-integration-planning.md": 12,
 }
 
 

@@ -1,7 +1,7 @@
 """Week 4's experiment (the fault injector, as the page runs it) and exercise checks.
 
     labs.py simulate     simulate-cluster.sh --local: start, fail, recover, a workload, stop
-    labs.py check slow|gate|alert ATTEMPT    the week-4 exercises
+    labs.py check slow|gate|alert|collector-crash ATTEMPT    the week-4 exercises
 
 The simulator runs as the page shows it (`-p week4`), with a private project name, state
 directory and free ports underneath, so it collides with no other cluster on the machine.
@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from cluster_runner_simulation.labs.kit import REPO, Lab, Proc, Verdicts, indent, section
+from cluster_runner_simulation.labs.kit import REPO, Lab, LabError, Proc, Verdicts, indent
+from cluster_runner_simulation.labs.kit import section
 from cluster_runner_simulation.labs.kit import usage_ok
 
 SIMULATOR: Final = "./docker/simulate-cluster.sh"
@@ -256,6 +259,71 @@ def check_alert(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         )
 
 
+JOURNAL: Final = "03-cluster-runner-simulation/zmq_journal.py"
+CRASH_RECORDS: Final = 2000
+
+
+def collector(lab: Lab, terminal: str, journal: Path, port: int) -> Proc:
+    proc = lab.start(terminal, JOURNAL, f"collector --path {journal} --port {{port}}", port=port)
+    proc.wait_for(r"(?i)ready|listening on")
+    return proc
+
+
+def stored_ids(lab: Lab, journal: Path) -> list[str]:
+    """Every record id in the journal, in order, as `zmq_journal.py read` reports them."""
+    reading = lab.start("reader", JOURNAL, f"read {journal} --format jsonl")
+    reading.wait()
+    lab.procs.remove(reading)
+    return [json.loads(line)["record_id"] for line in reading.output().splitlines()]
+
+
+def check_collector_crash(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
+    """Week 4, exercise 4: a writer whose records survive a SIGKILL of the collector."""
+    journal = lab.alias("j.jsonl", "/tmp/j.jsonl")
+    port = lab.ports(5590)
+    first = collector(lab, "collector", journal, port)
+    command = f"tcp://127.0.0.1:{port} --records {CRASH_RECORDS}"
+    writing = lab.start("attempt", attempt, command)
+    try:
+        writing.wait_for(r"^written 500$|Error|error", timeout=30)
+    except LabError:
+        pass
+    if not usage_ok(verdicts, writing, command) or not writing.running():
+        verdicts.judge(False, "", f"it did not print `written 500`:\n{indent(writing.output())}")
+        return
+    first.send(signal.SIGKILL)
+    first.wait()
+    time.sleep(1.0)
+    collector(lab, "collector (again)", journal, port)
+    try:
+        writing.wait(90)
+    except LabError:
+        pass
+    printed = writing.output()
+    summary = re.search(r"wrote (\d+) records; the writer re-sent (\d+)", printed)
+    verdicts.judge(
+        writing.popen.returncode == 0 and summary is not None and int(summary[1]) == CRASH_RECORDS,
+        f"every write() returned across the crash: `wrote {CRASH_RECORDS} records`, exit 0",
+        f"it should end with `wrote {CRASH_RECORDS} records; the writer re-sent R` and exit 0"
+        f" (exit {writing.popen.returncode}):\n{indent(printed)}",
+    )
+    verdicts.judge(
+        summary is not None and int(summary[2]) > 0,
+        f"the writer re-sent {summary[2] if summary else '?'} records the dead collector had"
+        " not acknowledged",
+        "it should report the writer's re-sends (`journal.retries`), and after a crash there"
+        f" are some:\n{indent(printed)}",
+    )
+    ids = stored_ids(lab, journal)
+    wanted = {f"crash-{n}" for n in range(CRASH_RECORDS)}
+    verdicts.judge(
+        len(ids) == len(set(ids)) == CRASH_RECORDS and set(ids) == wanted,
+        f"the journal holds each of the {CRASH_RECORDS} records once",
+        f"the journal should hold crash-0 .. crash-{CRASH_RECORDS - 1} once each: it holds"
+        f" {len(ids)} lines, {len(set(ids))} ids, {len(wanted - set(ids))} missing",
+    )
+
+
 EXERCISES: Final[dict[str, tuple[Callable[[Lab, Path, Verdicts], None], str, str]]] = {
     "slow": (
         check_slow,
@@ -271,5 +339,10 @@ EXERCISES: Final[dict[str, tuple[Callable[[Lab, Path, Verdicts], None], str, str
         check_alert,
         "week 4, exercise 3: promtool tests that pin when two alerts fire",
         "docs/solutions/week4/worker_dead.test.yml",
+    ),
+    "collector-crash": (
+        check_collector_crash,
+        "week 4, exercise 4: journal writes that survive a SIGKILL of the collector",
+        "docs/solutions/week4/crash_writer.py",
     ),
 }

@@ -482,17 +482,8 @@ BLOCKING_RE = re.compile(
     r"|02-cluster-patterns/(coordinator|worker|monitor)\.py"
     r"|zmq_node_agent\.py serve|zmq_journal\.py collector|docs/solutions/\w+/\w+\.py server)"
 )
-# Pages whose blocks follow the terminal rule (issue 12): every page that starts a server.
-TERMINAL_RULE_PAGES = [
-    "README.md",
-    "docs/week1-zmq-basics.md",
-    "docs/reliability-patterns.md",
-    "docs/learning-notes.md",
-    "docs/week2-cluster-patterns.md",
-    "docs/week3-cluster-runner-integration.md",
-    "docs/week4-integration-planning.md",
-    "examples/monitoring/README.md",
-]
+# Every page follows the terminal rule (issue 12): a command that blocks names its terminal.
+TERMINAL_RULE_PAGES = [str(path.relative_to(REPO)) for path in doc_files()]
 
 
 def terminal_rule_problems(path: Path) -> list[str]:

@@ -32,6 +32,9 @@ import psutil
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+# A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
+from cluster_runner_simulation.testing import free_port as free_tcp_port
+
 REPO = Path(__file__).resolve().parent
 PYTHON = sys.executable
 IN_CI = bool(os.environ.get("CI"))
@@ -42,13 +45,6 @@ STACK_LABEL = "com.docker.stack.namespace"
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 hypothesis_settings.register_profile("dev", deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -199,6 +195,49 @@ def port() -> int:
 def free_port() -> object:
     """A factory: call ``free_port()`` for as many free ports as a test needs."""
     return free_tcp_port
+
+
+def free_tcp_ports(span: int) -> int:
+    """The first of ``span`` consecutive free TCP ports on 127.0.0.1 (lessons use PORT+1...)."""
+    for _ in range(200):
+        first = free_tcp_port()
+        if first + span > 65536:
+            continue
+        try:
+            probes = []
+            for port in range(first, first + span):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {span} consecutive free ports on 127.0.0.1")
+
+
+@pytest.fixture
+def free_ports() -> object:
+    """A factory: ``free_ports(2)`` is a port P such that P and P+1 are free."""
+    return free_tcp_ports
+
+
+def tcp_port_is_free(port: int) -> bool:
+    """Can a listener bind 127.0.0.1:port right now (a documented default port, say)?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def port_is_free() -> object:
+    """``port_is_free(5555)``: whether a test may use a lesson's default port as documented."""
+    return tcp_port_is_free
 
 
 # --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------

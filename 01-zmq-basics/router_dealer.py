@@ -1,389 +1,148 @@
-"""Lesson 4: ROUTER and DEALER, a load-balancing broker with visible envelopes.
+"""Lesson 5: ROUTER and DEALER, a load-balancing broker.
 
-What it binds and connects (PORT defaults to 5559)
-    broker  binds ROUTER on tcp://HOST:PORT    (frontend: clients)
-            binds ROUTER on tcp://HOST:PORT+1  (backend: workers)
-    client  connects REQ to PORT, with identity "client-ID"
-    worker  connects DEALER to PORT+1, with identity "worker-ID"
+Binds     broker  ROUTER on tcp://127.0.0.1:PORT (clients) and PORT+1 (workers); PORT 5559
+Connects  client  REQ to PORT as "client-ID";  worker  DEALER to PORT+1 as "worker-ID"
+Frames    worker -> broker  [worker-ID, "", READY]        (ROUTER adds the first frame)
+          client -> broker  [client-ID, "", request]
+          broker -> worker  [worker-ID, "", client-ID, "", request]
+          worker -> broker  [worker-ID, "", client-ID, "", worker-ID, reply]
+          broker -> client  [client-ID, "", worker-ID, reply]
+ROUTER prefixes each message with its sender's identity and sends each one to the peer
+that frame 1 names: this envelope is how a reply finds its client (envelope.py). Workers
+say READY at start and with every reply; the broker gives each request to the worker
+idle longest: a slow worker gets few requests (unlike with PUSH). Threads print with one
+sys.stdout.write per line: print() makes two writes, which threads can mix up.
 
-What flows (each [...] is one multipart message; b"" is the empty delimiter frame)
-    worker -> broker    [worker-ID, b"", READY]                 "I am free"
-    client -> broker    [client-ID, b"", request]               ROUTER adds the identity
-    broker -> worker    [worker-ID, b"", client-ID, b"", request]
-    worker -> broker    [worker-ID, b"", client-ID, b"", worker-ID, reply]
-    broker -> client    [client-ID, b"", worker-ID, reply]      ROUTER strips the identity
-
-A ROUTER socket prefixes every message it receives with the sender's identity,
-and sends every message to the peer named by the first frame. That is how the
-broker remembers who asked: the client's identity travels with the request as
-an "envelope" and comes back with the reply. A REQ socket adds and removes the
-empty delimiter by itself; the DEALER worker writes it by hand, so you can see it.
-
-The broker hands each request to the worker that has been idle the longest
-(workers say READY when they start and again with every reply), and reads from
-clients only while a worker is idle. One client asking one question at a time
-keeps at most one worker busy, so the workers simply take turns. Under load
-(several clients at once) a slow worker is rarely the idle one and so gets fewer
-requests instead of a growing queue: that is load balancing, unlike PUSH's blind
-round-robin.
-
-How to run it (from the repository root)
-    # Terminal 1
+    # Terminal 1 (blocks until Ctrl-C; prints its totals whenever the traffic stops)
     python 01-zmq-basics/router_dealer.py broker
     # Terminal 2
     python 01-zmq-basics/router_dealer.py worker 1 &
     python 01-zmq-basics/router_dealer.py worker 2 &
     # Terminal 3
     python 01-zmq-basics/router_dealer.py client 1 --count 10
-    # Under load, a slow worker gets fewer requests:
-    python 01-zmq-basics/router_dealer.py worker 3 --work-ms 50 &
-    python 01-zmq-basics/router_dealer.py client 2 --count 100 &
-    python 01-zmq-basics/router_dealer.py client 3 --count 100
-    # Everything in one process, with figures:
-    python 01-zmq-basics/router_dealer.py demo
-
-Exit codes: 0 done, 1 no reply / port in use, 2 bad arguments.
+    python 01-zmq-basics/router_dealer.py demo   # or all of them as threads of one process
+Experiments: labs.py broker. Exits 0 done, 1 no reply/port in use, 2 usage.
 """
-
-from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import signal
-import socket
-import statistics
 import sys
 import threading
 import time
 
 import zmq
 
-# --- Tunables ----------------------------------------------------------------------------
-DEFAULT_BIND_HOST = "127.0.0.1"  # use --host 0.0.0.0 to accept other machines
-DEFAULT_CONNECT_HOST = "localhost"
-DEFAULT_PORT = 5559  # clients on PORT, workers on PORT + 1
-READY = b"READY"
-DEFAULT_COUNT = 10
-DEFAULT_TIMEOUT_MS = 2500
-DEFAULT_WORK_MS = 1
-LINGER_MS = 0
-MAX_MESSAGE_BYTES = 64 * 1024
-LOG_FIRST_N = 4  # envelopes printed in full
-LOG_EVERY = 1000
-DEMO_WORKERS = 3
-DEMO_CLIENTS = 2
-DEMO_REQUESTS = 500  # per client
-
-Socket = zmq.Socket[bytes]
-Context = zmq.Context[Socket]
+PORT = 5559  # clients on PORT, workers on PORT + 1
+TIMEOUT_MS = 2500  # a client gives up after this long without a reply
+QUIET_MS = 1000  # after this long without traffic the broker prints its totals
+Context = zmq.Context[zmq.Socket[bytes]]
 
 
-def log(role: str, text: str) -> None:
-    # One write per line, so lines from several threads do not interleave.
-    sys.stdout.write(f"[{role}] {text}\n")
-    sys.stdout.flush()
-
-
-def tune(sock: Socket, identity: str | None = None) -> Socket:
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity.encode())  # must be set before connect
-    return sock
-
-
-def bind_or_explain(sock: Socket, endpoint: str) -> None:
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        if exc.errno == zmq.EADDRINUSE:
-            raise SystemExit(
-                f"error: cannot bind {endpoint}: address already in use "
-                "(another broker running? pick another --port)"
-            ) from None
-        raise SystemExit(f"error: cannot bind {endpoint}: {exc}") from None
-
-
-class NoReply(Exception):
-    """The broker did not answer in time."""
-
-
-# --- Broker ------------------------------------------------------------------------------
-class Broker:
-    """Least-recently-used routing of client requests to idle workers."""
-
-    def __init__(self, ctx: Context, frontend_endpoint: str, backend_endpoint: str) -> None:
-        self.frontend = tune(ctx.socket(zmq.ROUTER))
-        self.backend = tune(ctx.socket(zmq.ROUTER))
-        # Sending to a worker that has gone raises EHOSTUNREACH instead of a silent drop.
-        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.frontend_endpoint = frontend_endpoint
-        self.backend_endpoint = backend_endpoint
-        self.idle: collections.deque[bytes] = collections.deque()
-        self.pending: collections.deque[list[bytes]] = collections.deque()
-        self.served: collections.Counter[str] = collections.Counter()
-        self.routed = self.bad = 0
-        self.bound = False
-
-    def run(self) -> None:
+def broker(ctx: Context, port: int) -> None:
+    frontend, backend = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    with frontend, backend, contextlib.suppress(zmq.ContextTerminated):  # how the demo ends
         try:
-            bind_or_explain(self.frontend, self.frontend_endpoint)
-            bind_or_explain(self.backend, self.backend_endpoint)
-            self.bound = True
-            log("broker", f"clients -> ROUTER {self.frontend_endpoint}")
-            log("broker", f"workers -> ROUTER {self.backend_endpoint} (Ctrl-C stops)")
-            poller = zmq.Poller()
-            poller.register(self.backend, zmq.POLLIN)
-            while True:
-                # Read clients only when a worker can take the request: the rest wait
-                # in the clients' own queues, not in the broker's memory.
-                wants_clients = bool(self.idle) and not self.pending
-                poller.register(self.frontend, zmq.POLLIN if wants_clients else 0)
-                events = dict(poller.poll())
-                if self.backend in events:
-                    self.on_worker(self.backend.recv_multipart())
-                if self.frontend in events:
-                    self.on_client(self.frontend.recv_multipart())
-                self.dispatch()
-        except zmq.ContextTerminated:
-            pass
-        finally:
-            self.frontend.close()
-            self.backend.close()
-            if self.bound:
-                self.summary()
-
-    def on_worker(self, frames: list[bytes]) -> None:
-        if len(frames) == 3 and frames[1] == b"" and frames[2] == READY:
-            worker = frames[0]
-            log("broker", f"{worker.decode(errors='replace')} is ready: {frames}")
-        elif len(frames) == 6 and frames[1] == b"" and frames[3] == b"":
-            worker, client, served_by, text = frames[0], frames[2], frames[4], frames[5]
-            reply = [client, b"", served_by, text]
-            self.served[served_by.decode(errors="replace")] += 1
-            self.routed += 1
-            if self.routed <= LOG_FIRST_N:
-                log("broker", f"backend in:   {frames}")
-                log("broker", f"frontend out: {reply}")
-            elif self.routed % LOG_EVERY == 0:
-                log("broker", f"{self.routed} replies routed")
-            self.frontend.send_multipart(reply)
-        else:
-            self.bad += 1
-            log("broker", f"ignored malformed worker message #{self.bad}: {len(frames)} frames")
-            return
-        if worker not in self.idle:
-            self.idle.append(worker)
-
-    def on_client(self, frames: list[bytes]) -> None:
-        if len(frames) != 3 or frames[1] != b"":
-            self.bad += 1
-            log("broker", f"ignored malformed client message #{self.bad}: {len(frames)} frames")
-            return
-        if self.routed < LOG_FIRST_N:
-            log("broker", f"frontend in:  {frames}")
-        self.pending.append(frames)
-
-    def dispatch(self) -> None:
-        while self.pending and self.idle:
-            client, _, request = self.pending[0]
-            worker = self.idle.popleft()
-            try:
-                self.backend.send_multipart([worker, b"", client, b"", request])
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                log("broker", f"{worker.decode(errors='replace')} has gone; trying the next")
-                continue
-            self.pending.popleft()
-
-    def summary(self) -> None:
-        spread = ", ".join(f"{w}: {n}" for w, n in sorted(self.served.items())) or "none"
-        log("broker", f"routed {self.routed} requests; per worker: {spread}")
+            frontend.bind(f"tcp://127.0.0.1:{port}")
+            backend.bind(f"tcp://127.0.0.1:{port + 1}")
+        except zmq.ZMQError as exc:
+            print(f"error: cannot bind port {port} or {port + 1}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(1)  # sys.exit(message) would not print it from the demo's thread
+        print(f"[broker] clients: ROUTER on port {port}, workers: ROUTER on port {port + 1}")
+        idle, served, reported = collections.deque[bytes](), collections.Counter[str](), 0
+        # --8<-- [start:broker-loop]
+        poller = zmq.Poller()
+        poller.register(backend, zmq.POLLIN)
+        while True:  # read clients only while a worker is idle and can take a request at once
+            poller.register(frontend, zmq.POLLIN if idle else 0)
+            ready = dict(poller.poll(QUIET_MS))
+            if backend in ready:
+                frames = backend.recv_multipart()
+                reply = len(frames) == 6 and frames[1] == frames[3] == b""
+                if reply:  # strip the worker's address and pass the rest on
+                    frontend.send_multipart(frames[2:])
+                    served[frames[4].decode(errors="replace")] += 1
+                    if served.total() == 1:  # show the first reply's envelopes
+                        print(f"[broker] backend in: {frames}\n[broker] frontend out: {frames[2:]}")
+                if reply or frames[1:] == [b"", b"READY"]:  # either way it is idle now
+                    idle.append(frames[0])
+            if frontend in ready:
+                frames = frontend.recv_multipart()  # [client, "", request] from a REQ
+                if len(frames) == 3 and frames[1] == b"":
+                    backend.send_multipart([idle.popleft(), b"", frames[0], b"", frames[2]])
+            if not ready and served.total() != reported:  # a quiet moment: say what was done
+                reported = served.total()
+                print(f"[broker] routed {reported} requests so far: {dict(sorted(served.items()))}")
+        # --8<-- [end:broker-loop]
 
 
-# --- Worker (DEALER: writes its envelope by hand) ----------------------------------------
-def run_worker(ctx: Context, endpoint: str, worker_id: str, work_ms: int) -> None:
-    name = f"worker-{worker_id}"
-    sock = tune(ctx.socket(zmq.DEALER), identity=name)
-    done = 0
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([b"", READY])  # the b"" is what a REQ socket would add
-        log(name, f"DEALER connected to {endpoint}, sent READY")
+def worker(ctx: Context, port: int, name: str, work_ms: int) -> None:
+    with ctx.socket(zmq.DEALER) as sock, contextlib.suppress(zmq.ContextTerminated):
+        sock.setsockopt(zmq.IDENTITY, name.encode())  # before connect(); ROUTER shows it
+        sock.connect(f"tcp://localhost:{port + 1}")
+        # --8<-- [start:worker]
+        sock.send_multipart([b"", b"READY"])  # the b"" is what a REQ socket would add
+        sys.stdout.write(f"[{name}] DEALER connected to port {port + 1}, sent READY\n")
         while True:
-            frames = sock.recv_multipart()
-            if len(frames) != 4 or frames[0] != b"" or frames[2] != b"":
-                log(name, f"ignored malformed request ({len(frames)} frames)")
-                continue
-            _, client, _, request = frames
-            if work_ms:
+            frames = sock.recv_multipart()  # ["", client, "", request]
+            if len(frames) == 4:  # anything else is not from our broker
                 time.sleep(work_ms / 1000)
-            done += 1
-            if done <= LOG_FIRST_N or done % LOG_EVERY == 0:
-                log(name, f"serving {client.decode(errors='replace')}: {request!r}")
-            sock.send_multipart([b"", client, b"", name.encode(), b"done: " + request])
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        sock.close()
-        log(name, f"stopping after {done} requests")
+                sock.send_multipart([b"", frames[1], b"", name.encode(), b"done: " + frames[3]])
+        # --8<-- [end:worker]
 
 
-# --- Client (REQ: the envelope is handled for it) ----------------------------------------
-def run_client(
-    ctx: Context, endpoint: str, client_id: str, count: int, timeout_ms: int
-) -> tuple[collections.Counter[str], list[float]]:
-    """Send ``count`` requests; return who served them and the round trips in µs."""
-    name = f"client-{client_id}"
-    sock = tune(ctx.socket(zmq.REQ), identity=name)
+def client(ctx: Context, port: int, name: str, count: int) -> None:
     served_by: collections.Counter[str] = collections.Counter()
-    round_trips_us: list[float] = []
-    try:
-        sock.connect(endpoint)
+    with ctx.socket(zmq.REQ) as sock, contextlib.suppress(zmq.ContextTerminated):
+        sock.setsockopt(zmq.IDENTITY, name.encode())
+        sock.connect(f"tcp://localhost:{port}")
         for number in range(1, count + 1):
-            started = time.perf_counter()
-            sock.send(f"request {number}".encode())
-            if not sock.poll(timeout_ms, zmq.POLLIN):
-                raise NoReply(
-                    f"{name}: no reply in {timeout_ms} ms from {endpoint} "
-                    "- is the broker running, with at least one worker?"
-                )
-            worker, reply = sock.recv_multipart()
-            round_trips_us.append((time.perf_counter() - started) * 1e6)
-            served_by[worker.decode(errors="replace")] += 1
-            if number <= LOG_FIRST_N or number % LOG_EVERY == 0 or number == count:
-                log(name, f"{reply.decode(errors='replace')!r} served by {worker.decode()}")
-    finally:
-        sock.close()
-    return served_by, round_trips_us
+            sock.send(b"request %d" % number)
+            if not sock.poll(TIMEOUT_MS):
+                sys.exit(f"error: {name}: no reply in {TIMEOUT_MS} ms; broker and worker up?")
+            served_by[sock.recv_multipart()[0].decode(errors="replace")] += 1  # [worker, reply]
+    spread = dict(sorted(served_by.items()))
+    sys.stdout.write(f"[{name}] {served_by.total()} replies, served by {spread}\n")
 
 
-def client_summary(name: str, served_by: collections.Counter[str], trips: list[float]) -> None:
-    spread = ", ".join(f"{w}: {n}" for w, n in sorted(served_by.items()))
-    log(name, f"{len(trips)} replies; served by {len(served_by)} worker(s): {spread}")
-    log(
-        name,
-        f"round trip via the broker: median {statistics.median(trips):.0f} µs, "
-        f"max {max(trips):.0f} µs",
-    )
+def demo(ctx: Context, port: int) -> None:
+    threading.Thread(target=broker, args=(ctx, port)).start()  # main's ctx.term() ends it
+    for number in (1, 2, 3):  # every thread makes, uses and closes its own sockets
+        threading.Thread(target=worker, args=(ctx, port, f"worker-{number}", 0)).start()
+    other = threading.Thread(target=client, args=(ctx, port, "client-2", 500))
+    other.start()
+    client(ctx, port, "client-1", 500)
+    other.join()
 
 
-# --- Demo: a broker, workers and clients as threads in one process -----------------------
-def unused_port(host: str) -> int:
-    """A plain socket, because a ZeroMQ socket's close() is asynchronous."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def demo(ctx: Context, host: str, port: int) -> None:
-    frontend = f"tcp://{host}:{port or unused_port(host)}"
-    backend = f"tcp://{host}:{port + 1 if port else unused_port(host)}"
-    broker = threading.Thread(target=Broker(ctx, frontend, backend).run, daemon=True)
-    broker.start()
-    for number in range(1, DEMO_WORKERS + 1):
-        threading.Thread(
-            target=run_worker, args=(ctx, backend, str(number), 0), daemon=True
-        ).start()
-    time.sleep(0.3)  # let the workers say READY, or the first client does all the waiting
-
-    results: dict[str, tuple[collections.Counter[str], list[float]]] = {}
-
-    def one_client(client_id: str) -> None:
-        results[client_id] = run_client(ctx, frontend, client_id, DEMO_REQUESTS, 5000)
-
-    clients = [
-        threading.Thread(target=one_client, args=(str(n),)) for n in range(1, DEMO_CLIENTS + 1)
-    ]
-    started = time.perf_counter()
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    all_trips = []
-    for client_id, (served_by, trips) in sorted(results.items()):
-        client_summary(f"client-{client_id}", served_by, trips)
-        all_trips.extend(trips)
-    log(
-        "demo",
-        f"{len(all_trips)} requests through the broker in {elapsed:.2f} s: "
-        f"{len(all_trips) / elapsed:,.0f} requests/s",
-    )
-    log("demo", "what to see: the envelopes above, and every client served by every worker.")
-
-
-# --- Command line ------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="ROUTER/DEALER lesson: a load-balancing broker.")
-    roles = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
-
-    def endpoint_options(sub: argparse.ArgumentParser, host: str) -> None:
-        sub.add_argument("--host", default=host, help="host (%(default)s)")
-        sub.add_argument(
-            "--port", type=int, default=DEFAULT_PORT, help="clients' port; workers use PORT+1"
-        )
-
-    broker = roles.add_parser("broker", help="bind both ROUTER sockets and route")
-    endpoint_options(broker, DEFAULT_BIND_HOST)
-
-    worker = roles.add_parser("worker", help="serve requests until Ctrl-C")
-    worker.add_argument("id", metavar="ID", help="worker name suffix, e.g. 1")
-    endpoint_options(worker, DEFAULT_CONNECT_HOST)
-    worker.add_argument("--work-ms", type=int, default=DEFAULT_WORK_MS, help="per request (1)")
-
-    client = roles.add_parser("client", help="send requests, report who served them")
-    client.add_argument("id", metavar="ID", help="client name suffix, e.g. 1")
-    endpoint_options(client, DEFAULT_CONNECT_HOST)
-    client.add_argument("--count", type=int, default=DEFAULT_COUNT, help="requests (10)")
-    client.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_MS, metavar="MS")
-
-    demo_parser = roles.add_parser("demo", help="broker, workers and clients in one process")
-    demo_parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
-    demo_parser.add_argument("--port", type=int, default=0, help="clients' port, 0 = any free")
-
-    args = parser.parse_args(argv)
-    if not (0 if args.role == "demo" else 1) <= args.port <= 65534:
-        parser.error(f"port {args.port} is not in 1-65534 (PORT+1 is used too)")
-    if args.role == "worker" and args.work_ms < 0:
-        parser.error("--work-ms must be at least 0")
-    if args.role == "client" and (args.count < 1 or args.timeout < 1):
-        parser.error("--count and --timeout must be at least 1")
-    return args
-
-
-def raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM takes the same clean path as Ctrl-C
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+def main() -> int:
+    parser = argparse.ArgumentParser(description="ROUTER/DEALER: a load-balancing broker")
+    parser.add_argument("role", choices=["broker", "worker", "client", "demo"], help="the role")
+    parser.add_argument("id", nargs="?", default="1", help="worker or client id (%(default)s)")
+    parser.add_argument("--port", type=int, default=PORT, help="PORT+1 too (%(default)s)")
+    parser.add_argument("--count", type=int, default=10, help="client requests (%(default)s)")
+    parser.add_argument("--work-ms", type=int, default=1, help="worker ms per request (1)")
+    args = parser.parse_args()
+    if not 1 <= args.port <= 65534 or args.count < 1 or args.work_ms < 0:
+        parser.error("PORT must be in 1-65534, --count at least 1, --work-ms at least 0")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: the Ctrl-C path
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with "&"
     ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)  # close() drops unsent messages instead of waiting
+    ctx.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # no peer makes us allocate more than this
     try:
-        if args.role == "demo":
-            demo(ctx, args.host, args.port)
-            return 0
-        frontend = f"tcp://{args.host}:{args.port}"
-        backend = f"tcp://{args.host}:{args.port + 1}"
-        if args.role == "broker":
-            Broker(ctx, frontend, backend).run()
-        elif args.role == "worker":
-            run_worker(ctx, backend, args.id, args.work_ms)
-        else:
-            served_by, trips = run_client(ctx, frontend, args.id, args.count, args.timeout)
-            client_summary(f"client-{args.id}", served_by, trips)
-    except NoReply as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        roles = {
+            "broker": lambda: broker(ctx, args.port),
+            "worker": lambda: worker(ctx, args.port, f"worker-{args.id}", args.work_ms),
+            "client": lambda: client(ctx, args.port, f"client-{args.id}", args.count),
+            "demo": lambda: demo(ctx, args.port),
+        }
+        roles[args.role]()
     except KeyboardInterrupt:
-        name = f"{args.role}-{args.id}" if args.role in ("worker", "client") else args.role
-        log(name, "interrupted, exiting")
-        return 0 if args.role in ("broker", "worker") else 130
+        print(f"[{args.role}] interrupted, exiting", flush=True)
     finally:
-        ctx.term()
+        ctx.term()  # threads blocked in a socket call get ContextTerminated and close it
     return 0
 
 

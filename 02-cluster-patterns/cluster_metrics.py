@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster_patterns.cluster_view import NODE_STATES, ClusterView
+from cluster_patterns.cluster_view import ClusterView
+from cluster_patterns.protocol import NodeEvent, NodeEventKind, NodeState, TaskStats
 
 # Histogram buckets (seconds), chosen around this cluster's defaults: 0.5 s heartbeats,
 # liveness 3, so a dead verdict lands between 1.5 s and 2 s after the last message.
@@ -49,6 +50,15 @@ TASK_LATENCY_BUCKETS = (
 )
 FAILURE_DETECTION_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0)
 PARTITION_RECOVERY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# Per-node gauges: metric name, help text, and the NodeStatus field (of the last STATUS).
+NODE_GAUGES = (
+    ("cluster_node_in_flight", "Tasks the node is running now.", "in_flight"),
+    ("cluster_node_capacity", "Concurrent tasks the node announced it can run.", "capacity"),
+    ("cluster_node_cpu_percent", "Node CPU use in percent (psutil).", "cpu_percent"),
+    ("cluster_node_memory_percent", "Node memory use in percent (psutil).", "memory_percent"),
+    ("cluster_node_load1", "Node 1-minute load average.", "load1"),
+)
 
 # STATUS totals field -> counter name (without the _total suffix the client library adds).
 TOTAL_COUNTERS = (
@@ -88,6 +98,42 @@ TOTAL_GAUGES = (
     ("in_flight", "cluster_tasks_in_flight", "Tasks dispatched to a worker, result not yet in."),
 )
 
+# ClusterView attribute -> the monitor's own counters.
+MONITOR_COUNTERS = (
+    (
+        "monitor_bad_messages",
+        "cluster_monitor_bad_messages",
+        "Undecodable or invalid messages the monitor received on the status channel.",
+    ),
+    (
+        "bad_http_requests",
+        "cluster_monitor_bad_http_requests",
+        "HTTP requests the monitor refused (400): not HTTP, or over its size limits.",
+    ),
+    (
+        "status_messages",
+        "cluster_monitor_status_messages",
+        "STATUS snapshots the monitor received.",
+    ),
+    (
+        "resubscribes",
+        "cluster_monitor_resubscribes",
+        "Times the monitor replaced its SUB socket after the coordinator fell silent.",
+    ),
+)
+
+
+def _one_sample(
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    value: float,
+) -> Metric:
+    """A metric family with one unlabelled sample."""
+    metric = family(name, documentation)
+    metric.add_metric([], float(value))
+    return metric
+
 
 class ClusterCollector(Collector):
     """Reads the ClusterView at scrape time; no state of its own."""
@@ -103,20 +149,20 @@ class ClusterCollector(Collector):
 
     def _coordinator_metrics(self) -> Iterator[Metric]:
         view = self._view
-        up = GaugeMetricFamily(
+        yield _one_sample(
+            GaugeMetricFamily,
             "cluster_coordinator_up",
             "1 while a STATUS arrived within heartbeat_interval * (liveness + 1), else 0.",
+            1.0 if view.coordinator_seen() else 0.0,
         )
-        up.add_metric([], 1.0 if view.coordinator_seen() else 0.0)
-        yield up
         age = view.coordinator_age_s()
         if age is not None:
-            last = GaugeMetricFamily(
+            yield _one_sample(
+                GaugeMetricFamily,
                 "cluster_coordinator_last_seen_age_seconds",
                 "Seconds since the last STATUS from the coordinator.",
+                age,
             )
-            last.add_metric([], age)
-            yield last
 
     def _node_metrics(self) -> Iterator[Metric]:
         view = self._view
@@ -124,7 +170,7 @@ class ClusterCollector(Collector):
             "cluster_nodes", "Number of nodes in each state.", labels=["state"]
         )
         for state_name, count in view.node_counts().items():
-            counts.add_metric([state_name], float(count))
+            counts.add_metric([state_name.value], float(count))
         yield counts
 
         state = GaugeMetricFamily(
@@ -132,62 +178,38 @@ class ClusterCollector(Collector):
             "1 for the node's current state, 0 for the other states.",
             labels=["node", "state"],
         )
-        per_node = {
-            "in_flight": GaugeMetricFamily(
-                "cluster_node_in_flight", "Tasks the node is running now.", labels=["node"]
-            ),
-            "capacity": GaugeMetricFamily(
-                "cluster_node_capacity",
-                "Concurrent tasks the node announced it can run.",
-                labels=["node"],
-            ),
-            "cpu": GaugeMetricFamily(
-                "cluster_node_cpu_percent", "Node CPU use in percent (psutil).", labels=["node"]
-            ),
-            "mem": GaugeMetricFamily(
-                "cluster_node_memory_percent",
-                "Node memory use in percent (psutil).",
-                labels=["node"],
-            ),
-            "load1": GaugeMetricFamily(
-                "cluster_node_load1", "Node 1-minute load average.", labels=["node"]
-            ),
-            "age": GaugeMetricFamily(
-                "cluster_node_last_seen_age_seconds",
-                "Seconds since the coordinator last heard from the node.",
-                labels=["node"],
-            ),
-        }
+        for node in view.nodes():
+            for candidate in NodeState:
+                value = 1.0 if node.state is candidate else 0.0
+                state.add_metric([node.node_id, candidate.value], value)
+        yield state
+        for metric_name, documentation, field_name in NODE_GAUGES:
+            gauge = GaugeMetricFamily(metric_name, documentation, labels=["node"])
+            for node in view.nodes():
+                gauge.add_metric([node.node_id], float(getattr(node.status, field_name)))
+            yield gauge
+        age = GaugeMetricFamily(
+            "cluster_node_last_seen_age_seconds",
+            "Seconds since the coordinator last heard from the node.",
+            labels=["node"],
+        )
         done = CounterMetricFamily(
             "cluster_node_tasks_done",
             "Tasks the node finished, as counted by the coordinator.",
             labels=["node"],
         )
         for node in view.nodes():
-            r = node.report
-            for candidate in NODE_STATES:
-                state.add_metric([r.node_id, candidate], 1.0 if r.state == candidate else 0.0)
-            per_node["in_flight"].add_metric([r.node_id], float(r.in_flight))
-            per_node["capacity"].add_metric([r.node_id], float(r.capacity))
-            per_node["cpu"].add_metric([r.node_id], r.cpu_percent)
-            per_node["mem"].add_metric([r.node_id], r.memory_percent)
-            per_node["load1"].add_metric([r.node_id], r.load1)
-            per_node["age"].add_metric([r.node_id], view.node_age_s(node))
-            done.add_metric([r.node_id], float(r.done))
-        yield state
-        yield from per_node.values()
+            age.add_metric([node.node_id], view.node_age_s(node))
+            done.add_metric([node.node_id], float(node.status.done))
+        yield age
         yield done
 
     def _task_metrics(self) -> Iterator[Metric]:
         totals = self._view.totals
         for field_name, metric_name, documentation in TOTAL_COUNTERS:
-            counter = CounterMetricFamily(metric_name, documentation)
-            counter.add_metric([], float(totals.get(field_name, 0)))
-            yield counter
+            yield _one_sample(CounterMetricFamily, metric_name, documentation, totals[field_name])
         for field_name, metric_name, documentation in TOTAL_GAUGES:
-            gauge = GaugeMetricFamily(metric_name, documentation)
-            gauge.add_metric([], float(totals.get(field_name, 0)))
-            yield gauge
+            yield _one_sample(GaugeMetricFamily, metric_name, documentation, totals[field_name])
         rates = GaugeMetricFamily(
             "cluster_task_rate_per_second",
             "Tasks per second over the monitor's rate window, by kind of total.",
@@ -199,33 +221,21 @@ class ClusterCollector(Collector):
 
     def _monitor_metrics(self) -> Iterator[Metric]:
         view = self._view
-        bad = CounterMetricFamily(
-            "cluster_monitor_bad_messages",
-            "Undecodable or invalid messages the monitor received on the status channel.",
-        )
-        bad.add_metric([], float(view.monitor_bad_messages))
-        yield bad
-        status = CounterMetricFamily(
-            "cluster_monitor_status_messages", "STATUS snapshots the monitor received."
-        )
-        status.add_metric([], float(view.status_messages))
-        yield status
-        resub = CounterMetricFamily(
-            "cluster_monitor_resubscribes",
-            "Times the monitor replaced its SUB socket after the coordinator fell silent.",
-        )
-        resub.add_metric([], float(view.resubscribes))
-        yield resub
+        for attribute, metric_name, documentation in MONITOR_COUNTERS:
+            yield _one_sample(
+                CounterMetricFamily, metric_name, documentation, getattr(view, attribute)
+            )
         events = CounterMetricFamily(
             "cluster_node_events", "NODE_EVENT messages received, by event.", labels=["event"]
         )
         for event, count in view.node_events.items():
-            events.add_metric([event], float(count))
+            events.add_metric([event.value], float(count))
         yield events
 
 
 class ClusterMetrics:
-    """The monitor's registry: the collector above plus three event-driven histograms."""
+    """The monitor's registry: the collector above plus three histograms, fed by the
+    status channel's ``do_NodeEvent`` and ``do_TaskStats`` (see status_follower.py)."""
 
     def __init__(self, view: ClusterView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -249,15 +259,15 @@ class ClusterMetrics:
             registry=self.registry,
         )
 
-    def observe_latencies(self, latencies_s: tuple[float, ...]) -> None:
-        for seconds in latencies_s:
+    def do_NodeEvent(self, msg: NodeEvent) -> None:
+        if msg.event == NodeEventKind.DEAD and msg.detection_latency_s is not None:
+            self.failure_detection.observe(msg.detection_latency_s)
+        if msg.event == NodeEventKind.ALIVE and msg.recovery_s is not None:
+            self.partition_recovery.observe(msg.recovery_s)
+
+    def do_TaskStats(self, msg: TaskStats) -> None:
+        for seconds in msg.latencies_s:
             self.task_latency.observe(seconds)
-
-    def observe_detection(self, seconds: float) -> None:
-        self.failure_detection.observe(seconds)
-
-    def observe_recovery(self, seconds: float) -> None:
-        self.partition_recovery.observe(seconds)
 
     def exposition(self) -> bytes:
         """The Prometheus text format for GET /metrics."""

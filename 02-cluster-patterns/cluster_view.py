@@ -1,54 +1,53 @@
 """The monitor's picture of the cluster: a pure state model, no sockets, no HTTP.
 
-The monitor (monitor.py) SUBscribes to the coordinator's status channel
-(tcp://COORDINATOR:5571) and feeds every decoded message into a ClusterView:
+The monitor SUBscribes to the coordinator's status channel (tcp://COORDINATOR:5571);
+status_follower.py decodes every frame and routes the message, as the protocol's own type,
+to one of these:
 
-    STATUS      -> on_status()      full snapshot: nodes + cumulative totals; also the
-                                    coordinator's heartbeat to its monitors
-    NODE_EVENT  -> on_node_event()  joined/suspect/dead/alive/left, with detection latency
-                                    and partition-recovery time
-    TASK_STATS  -> on_task_stats()  latencies of tasks finished since the previous batch
-    garbage     -> on_bad_message()
+    Status     -> do_Status     full snapshot: nodes + cumulative totals; also the
+                                coordinator's heartbeat to its monitors
+    NodeEvent  -> do_NodeEvent  joined/suspect/dead/alive/left, with detection latency
+                                and partition-recovery time
+    TaskStats  -> do_TaskStats  latencies of tasks finished since the previous batch
 
 The HTTP layer then reads health(), snapshot() (the /api/cluster document) and the
-properties the Prometheus collector needs. Time comes from an injectable monotonic
-clock, so tests drive the model with a fake clock and fabricated reports:
+properties the Prometheus collector needs. Time comes from an injected monotonic clock, so
+tests drive the model with a fake clock and messages built with the protocol's classes:
 
     view = ClusterView(clock=fake_clock)
-    view.on_status(StatusReport(...))
+    view.do_Status(Status(coordinator_id="c1", seq=1, ...))
     assert view.health()[0]
-
-This module depends on nothing but the standard library; monitor.py adapts the wire
-protocol's message classes into the small report types declared here.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cluster_patterns import defaults
+from cluster_patterns.protocol import NodeEvent, NodeStatus, Status, TaskStats  # messages
+from cluster_patterns.protocol import NodeEventKind, NodeState  # their closed value sets
+from cluster_patterns.stats import percentile
 
 # Tunables ---------------------------------------------------------------------------------
-DEFAULT_HEARTBEAT_INTERVAL_S = 0.5  # used until the first STATUS tells us the real one
-DEFAULT_LIVENESS = 3
-RATE_WINDOW_S = 5.0  # task rates are averaged over this many seconds of STATUS history
-LATENCY_HISTORY_S = 120.0  # the dashboard's latency chart keeps this much history
-LATENCY_HISTORY_POINTS = 600
-EVENT_LOG_SIZE = 50  # most recent NODE_EVENTs kept for the dashboard
+RATE_WINDOW_S: Final = 5.0  # task rates are averaged over this many seconds of STATUS history
+LATENCY_HISTORY_S: Final = 120.0  # the dashboard's latency chart keeps this much history
+LATENCY_HISTORY_POINTS: Final = 600
+EVENT_LOG_SIZE: Final = 50  # most recent NODE_EVENTs kept for the dashboard
 
-NODE_STATES = ("alive", "suspect", "dead", "left")
-NODE_EVENTS = ("joined", "suspect", "dead", "alive", "left")
 # The state a node is in right after each NODE_EVENT.
-EVENT_STATES = {
-    "joined": "alive",
-    "alive": "alive",
-    "suspect": "suspect",
-    "dead": "dead",
-    "left": "left",
+EVENT_STATES: Final = {
+    NodeEventKind.JOINED: NodeState.ALIVE,
+    NodeEventKind.ALIVE: NodeState.ALIVE,
+    NodeEventKind.SUSPECT: NodeState.SUSPECT,
+    NodeEventKind.DEAD: NodeState.DEAD,
+    NodeEventKind.LEFT: NodeState.LEFT,
 }
-TOTAL_FIELDS = (
+# The fields of STATUS's totals, in the order /api/cluster lists them.
+TOTAL_FIELDS: Final = (
     "submitted",
     "done",
     "failed",
@@ -62,62 +61,9 @@ TOTAL_FIELDS = (
     "pending",
     "in_flight",
 )
+RATE_FIELDS: Final = ("submitted", "done", "failed", "retried", "requeued")
 
 Clock = Callable[[], float]
-
-
-# Inputs: what monitor.py hands over after decoding a status-channel message ---------------
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """One node as a STATUS snapshot describes it."""
-
-    node_id: str
-    state: str
-    last_seen_age_s: float
-    in_flight: int = 0
-    capacity: int = 0
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    load1: float = 0.0
-    done: int = 0
-    capabilities: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    """A STATUS snapshot: the coordinator's heartbeat plus the whole cluster."""
-
-    coordinator_id: str
-    seq: int
-    heartbeat_interval_s: float
-    liveness: int
-    nodes: tuple[NodeReport, ...]
-    totals: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NodeEventReport:
-    """A node changed state; `dead` carries detection latency, `alive` may carry recovery."""
-
-    node_id: str
-    event: str
-    at: float
-    detection_latency_s: float | None = None
-    recovery_s: float | None = None
-
-
-@dataclass(frozen=True)
-class TaskStatsReport:
-    """Latencies of the tasks that finished since the previous TASK_STATS."""
-
-    latencies_s: tuple[float, ...]
-    done: int
-    failed: int
-
-
-# State --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -137,28 +83,35 @@ class DurationStat:
 
 @dataclass(frozen=True)
 class NodeView:
-    """A node as the monitor shows it: the latest report, aged by the time since it came."""
+    """A node as the monitor shows it: the latest STATUS entry, with the verdict of any
+    NODE_EVENT since, aged by the time since it came."""
 
-    report: NodeReport
+    status: NodeStatus
+    state: NodeState
+    age_s: float  # the coordinator's age of the node's last message, at received_at
     received_at: float
+
+    @property
+    def node_id(self) -> str:
+        return str(self.status.node_id)
 
     def last_seen_age_s(self, now: float) -> float:
         # The coordinator measured the age when it sent the snapshot; time has passed since.
-        return self.report.last_seen_age_s + max(0.0, now - self.received_at)
+        return self.age_s + max(0.0, now - self.received_at)
 
     def as_json(self, now: float) -> dict[str, object]:
-        r = self.report
+        s = self.status
         return {
-            "id": r.node_id,
-            "state": r.state,
+            "id": s.node_id,
+            "state": self.state.value,
             "last_seen_age_s": round(self.last_seen_age_s(now), 3),
-            "in_flight": r.in_flight,
-            "capacity": r.capacity,
-            "cpu_percent": r.cpu_percent,
-            "memory_percent": r.memory_percent,
-            "load1": r.load1,
-            "done": r.done,
-            "capabilities": list(r.capabilities),
+            "in_flight": s.in_flight,
+            "capacity": s.capacity,
+            "cpu_percent": s.cpu_percent,
+            "memory_percent": s.memory_percent,
+            "load1": s.load1,
+            "done": s.done,
+            "capabilities": list(s.capabilities),
         }
 
 
@@ -173,13 +126,13 @@ class LatencyPoint:
     max_s: float
 
 
-def percentile(values: Iterable[float], fraction: float) -> float:
-    """Nearest-rank percentile; 0.0 for no values. `fraction` is in [0, 1]."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+@dataclass(frozen=True)
+class EventEntry:
+    """A NODE_EVENT as the dashboard's event list shows it."""
+
+    received_at: float
+    kind: NodeEventKind
+    event: NodeEvent
 
 
 class ClusterView:
@@ -187,8 +140,8 @@ class ClusterView:
 
     def __init__(
         self,
-        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
-        liveness: int = DEFAULT_LIVENESS,
+        heartbeat_interval_s: float = defaults.HEARTBEAT_INTERVAL_S,
+        liveness: int = defaults.LIVENESS,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
@@ -203,61 +156,68 @@ class ClusterView:
         self.failure_detection = DurationStat()
         self.partition_recovery = DurationStat()
         self.monitor_bad_messages = 0
+        self.bad_http_requests = 0
         self.resubscribes = 0
         self.status_messages = 0
-        self.node_events: dict[str, int] = {name: 0 for name in NODE_EVENTS}
+        self.node_events: dict[NodeEventKind, int] = {kind: 0 for kind in NodeEventKind}
         self.task_stats_done = 0
         self.task_stats_failed = 0
         self._totals_history: deque[tuple[float, dict[str, int]]] = deque()
         self._latency_history: deque[LatencyPoint] = deque(maxlen=LATENCY_HISTORY_POINTS)
-        self._event_log: deque[tuple[float, NodeEventReport]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._event_log: deque[EventEntry] = deque(maxlen=EVENT_LOG_SIZE)
 
     # --- inputs ----------------------------------------------------------------------------
 
-    def on_status(self, report: StatusReport) -> None:
+    def do_Status(self, msg: Status) -> None:
         now = self._clock()
-        if report.coordinator_id != self.coordinator_id:
+        if msg.coordinator_id != self.coordinator_id:
             # A new coordinator (or a restarted one) starts its counters afresh.
             self._totals_history.clear()
-        self.coordinator_id = report.coordinator_id
-        self.last_seq = report.seq
+        self.coordinator_id = msg.coordinator_id
+        self.last_seq = msg.seq
         self._coordinator_seen_at = now
         # The coordinator's own timing wins over our command-line defaults.
-        if report.heartbeat_interval_s > 0:
-            self.heartbeat_interval_s = report.heartbeat_interval_s
-        if report.liveness > 0:
-            self.liveness = report.liveness
-        self._nodes = {n.node_id: NodeView(n, now) for n in report.nodes}
-        self.totals = {name: int(report.totals.get(name, 0)) for name in TOTAL_FIELDS}
+        if msg.heartbeat_interval_s > 0:
+            self.heartbeat_interval_s = msg.heartbeat_interval_s
+        if msg.liveness > 0:
+            self.liveness = msg.liveness
+        self._nodes = {
+            n.node_id: NodeView(n, NodeState(n.state), n.last_seen_age_s, now) for n in msg.nodes
+        }
+        self.totals = {name: int(getattr(msg.totals, name)) for name in TOTAL_FIELDS}
         self._remember_totals(now)
         self.status_messages += 1
 
-    def on_node_event(self, report: NodeEventReport) -> None:
+    def do_NodeEvent(self, msg: NodeEvent) -> None:
         now = self._clock()
-        if report.event in self.node_events:
-            self.node_events[report.event] += 1
-        if report.event == "dead" and report.detection_latency_s is not None:
-            self.failure_detection.record(report.detection_latency_s)
-        if report.event == "alive" and report.recovery_s is not None:
-            self.partition_recovery.record(report.recovery_s)
-        self._event_log.append((now, report))
-        self._apply_event_state(report, now)
+        kind = NodeEventKind(msg.event)
+        self.node_events[kind] += 1
+        if kind is NodeEventKind.DEAD and msg.detection_latency_s is not None:
+            self.failure_detection.record(msg.detection_latency_s)
+        if kind is NodeEventKind.ALIVE and msg.recovery_s is not None:
+            self.partition_recovery.record(msg.recovery_s)
+        self._event_log.append(EventEntry(now, kind, msg))
+        self._apply_event_state(msg.node_id, EVENT_STATES[kind], now)
 
-    def on_task_stats(self, report: TaskStatsReport) -> None:
+    def do_TaskStats(self, msg: TaskStats) -> None:
         now = self._clock()
-        self.task_stats_done += report.done
-        self.task_stats_failed += report.failed
-        if report.latencies_s:
-            lat = report.latencies_s
-            point = LatencyPoint(
-                now, len(lat), percentile(lat, 0.50), percentile(lat, 0.99), max(lat)
+        self.task_stats_done += msg.done
+        self.task_stats_failed += msg.failed
+        latencies = msg.latencies_s
+        if latencies:
+            p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+            self._latency_history.append(
+                LatencyPoint(now, len(latencies), p50, p99, max(latencies))
             )
-            self._latency_history.append(point)
         while self._latency_history and now - self._latency_history[0].at > LATENCY_HISTORY_S:
             self._latency_history.popleft()
 
     def on_bad_message(self) -> None:
         self.monitor_bad_messages += 1
+
+    def on_bad_http_request(self) -> None:
+        """The HTTP server refused a request it could not parse (or one over its limits)."""
+        self.bad_http_requests += 1
 
     def on_resubscribe(self) -> None:
         """The monitor replaced its SUB socket after a long silence."""
@@ -285,22 +245,21 @@ class ClusterView:
     def node_age_s(self, node: NodeView) -> float:
         return node.last_seen_age_s(self._clock())
 
-    def node_counts(self) -> dict[str, int]:
-        counts = {state: 0 for state in NODE_STATES}
+    def node_counts(self) -> dict[NodeState, int]:
+        counts = {state: 0 for state in NodeState}
         for view in self._nodes.values():
-            counts[view.report.state] = counts.get(view.report.state, 0) + 1
+            counts[view.state] += 1
         return counts
 
     def rates(self) -> dict[str, float]:
         """Tasks per second over the last RATE_WINDOW_S, from cumulative STATUS totals."""
-        names = ("submitted", "done", "failed", "retried", "requeued")
         if len(self._totals_history) < 2:
-            return {name: 0.0 for name in names}
+            return {name: 0.0 for name in RATE_FIELDS}
         (t0, first), (t1, last) = self._totals_history[0], self._totals_history[-1]
         span = t1 - t0
         if span <= 0:
-            return {name: 0.0 for name in names}
-        return {name: max(0.0, (last[name] - first[name]) / span) for name in names}
+            return {name: 0.0 for name in RATE_FIELDS}
+        return {name: max(0.0, (last[name] - first[name]) / span) for name in RATE_FIELDS}
 
     def uptime_s(self) -> float:
         return self._clock() - self._started_at
@@ -334,33 +293,16 @@ class ClusterView:
                 "liveness": self.liveness,
             },
             "nodes": [view.as_json(now) for view in self.nodes()],
-            "node_counts": self.node_counts(),
+            "node_counts": {state.value: count for state, count in self.node_counts().items()},
             "totals": dict(self.totals),
             "rates": {name: round(value, 3) for name, value in self.rates().items()},
             "failure_detection": self.failure_detection.as_json(),
             "partition_recovery": self.partition_recovery.as_json(),
-            "latency": [
-                {
-                    "age_s": round(now - p.at, 3),
-                    "count": p.count,
-                    "p50_ms": round(p.p50_s * 1000, 3),
-                    "p99_ms": round(p.p99_s * 1000, 3),
-                    "max_ms": round(p.max_s * 1000, 3),
-                }
-                for p in self._latency_history
-            ],
-            "events": [
-                {
-                    "age_s": round(now - received, 3),
-                    "node": ev.node_id,
-                    "event": ev.event,
-                    "detection_latency_s": ev.detection_latency_s,
-                    "recovery_s": ev.recovery_s,
-                }
-                for received, ev in reversed(self._event_log)
-            ],
+            "latency": [_latency_json(point, now) for point in self._latency_history],
+            "events": [_event_json(entry, now) for entry in reversed(self._event_log)],
             "monitor": {
                 "bad_messages": self.monitor_bad_messages,
+                "bad_http_requests": self.bad_http_requests,
                 "uptime_s": round(self.uptime_s(), 3),
                 "status_messages": self.status_messages,
                 "resubscribes": self.resubscribes,
@@ -369,18 +311,13 @@ class ClusterView:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _apply_event_state(self, report: NodeEventReport, now: float) -> None:
+    def _apply_event_state(self, node_id: str, state: NodeState, now: float) -> None:
         """Show a verdict at once instead of waiting up to one interval for the next STATUS."""
-        view = self._nodes.get(report.node_id)
-        state = EVENT_STATES.get(report.event)
-        if view is None or state is None or view.report.state == state:
+        view = self._nodes.get(node_id)
+        if view is None or view.state is state:
             return
-        age = view.last_seen_age_s(now)
-        if state == "alive":
-            age = 0.0  # it just spoke
-        self._nodes[report.node_id] = NodeView(
-            replace(view.report, state=state, last_seen_age_s=age), now
-        )
+        age = 0.0 if state is NodeState.ALIVE else view.last_seen_age_s(now)  # alive: it spoke
+        self._nodes[node_id] = NodeView(view.status, state, age, now)
 
     def _remember_totals(self, now: float) -> None:
         history = self._totals_history
@@ -389,3 +326,23 @@ class ClusterView:
         history.append((now, dict(self.totals)))
         while len(history) > 2 and now - history[1][0] >= RATE_WINDOW_S:
             history.popleft()
+
+
+def _latency_json(point: LatencyPoint, now: float) -> dict[str, object]:
+    return {
+        "age_s": round(now - point.at, 3),
+        "count": point.count,
+        "p50_ms": round(point.p50_s * 1000, 3),
+        "p99_ms": round(point.p99_s * 1000, 3),
+        "max_ms": round(point.max_s * 1000, 3),
+    }
+
+
+def _event_json(entry: EventEntry, now: float) -> dict[str, object]:
+    return {
+        "age_s": round(now - entry.received_at, 3),
+        "node": entry.event.node_id,
+        "event": entry.kind.value,
+        "detection_latency_s": entry.event.detection_latency_s,
+        "recovery_s": entry.event.recovery_s,
+    }

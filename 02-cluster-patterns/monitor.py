@@ -15,356 +15,152 @@ Run it next to a coordinator:
 With a CURVE coordinator (``--keys DIR`` on both; see cluster_keys.py):
     python 02-cluster-patterns/monitor.py --coordinator 10.0.0.5 --keys /tmp/keys
 
-Anything on the SUB socket that the codec rejects is counted
-(cluster_monitor_bad_messages_total), logged at most once per BAD_LOG_INTERVAL_S, and
-dropped: a peer's garbage never takes the monitor down. Ctrl-C / SIGTERM exit 0; 1 when the
-HTTP port cannot be bound; 2 bad arguments or key files; 3 the coordinator refused our
-CURVE handshake.
+The pieces: status_follower.py (the SUB socket and the routing of each message),
+cluster_view.py (the state), cluster_metrics.py (Prometheus), monitor_web.py (aiohttp).
+One asyncio loop runs both sockets. Anything on the SUB socket that the codec rejects is
+counted (cluster_monitor_bad_messages_total), logged at most once per 5 s, and dropped: a
+peer's garbage never takes the monitor down. Exit codes: 0 after Ctrl-C / SIGTERM; 1 when
+the HTTP port cannot be bound or the status address is unusable; 2 bad arguments or key
+files; 3 the coordinator refused our CURVE handshake.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import zmq
 import zmq.asyncio
 
+from cluster_patterns import defaults
 from cluster_patterns.cli_args import port_number, positive_float, positive_int
 from cluster_patterns.cluster_keys import (
     ClientKeys,
     add_keys_option,
     keys_or_exit,
     load_client_keys,
-    refusal_hint,
-    secure_client,
 )
 from cluster_patterns.cluster_metrics import ClusterMetrics
-from cluster_patterns.cluster_view import (
-    DEFAULT_HEARTBEAT_INTERVAL_S,
-    DEFAULT_LIVENESS,
-    ClusterView,
-    NodeEventReport,
-    NodeReport,
-    StatusReport,
-    TaskStatsReport,
-)
-from cluster_patterns.monitor_http import Handler, HttpServer, Request, Response
-from cluster_patterns.protocol import (
-    SOCKET_MAX_MESSAGE_BYTES,
-    NodeEvent,
-    ProtocolError,
-    Status,
-    TaskStats,
-    decode,
-    describe,
-)
-from cluster_patterns.transport import HandshakeWatch, PeerFault, robust_console
+from cluster_patterns.cluster_view import ClusterView
+from cluster_patterns.monitor_web import MonitorHttp
+from cluster_patterns.status_follower import StatusChannel, StatusFollower, StatusRefused
+from cluster_patterns.transport import endpoint, robust_console
 
-# Tunables ---------------------------------------------------------------------------------
-DEFAULT_COORDINATOR = "127.0.0.1"
-DEFAULT_STATUS_PORT = 5571
-DEFAULT_HTTP_PORT = 5572
-DEFAULT_BIND = "127.0.0.1"
-BAD_LOG_INTERVAL_S = 5.0  # at most one log line per this many seconds about bad messages
-RECONNECT_IVL_MS = 100  # SUB reconnects quickly after a coordinator restart...
-RECONNECT_IVL_MAX_MS = 2000  # ...backing off to at most this
-ZMQ_HEARTBEAT_IVL_MS = 1000  # ZMTP pings notice a half-open TCP connection to the coordinator
-ZMQ_HEARTBEAT_TIMEOUT_MS = 3000
-POLL_MS = 200  # how often the receive loop wakes up to check for a silent coordinator
-RESUBSCRIBE_AFTER_LIVENESS = 2  # silent for 2 x interval*(liveness+1): new SUB socket
-MIN_RESUBSCRIBE_S = 3.0
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {
-    "/": ("dashboard.html", "text/html; charset=utf-8"),
-    "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-    "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
-}
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REFUSED_EXIT = 3
-
-log = logging.getLogger("monitor")
+FAILED_EXIT: Final = 1
+REFUSED_EXIT: Final = 3
 
 
-# --- protocol -> view adapters ---------------------------------------------------------------
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Everything the monitor is told on its command line (argparse only builds this)."""
+
+    coordinator: str = defaults.LOOPBACK
+    status_port: int = defaults.STATUS_PORT
+    http_port: int = defaults.MONITOR_PORT
+    bind: str = defaults.LOOPBACK
+    heartbeat_interval_s: float = defaults.HEARTBEAT_INTERVAL_S
+    liveness: int = defaults.LIVENESS
+    verbose: bool = False
+    keys_dir: Path | None = None
+
+    @property
+    def status_endpoint(self) -> str:
+        return endpoint(self.coordinator, self.status_port)
 
 
-def status_report(msg: Status) -> StatusReport:
-    nodes = tuple(
-        NodeReport(
-            node_id=n.node_id,
-            state=n.state,
-            last_seen_age_s=n.last_seen_age_s,
-            in_flight=n.in_flight,
-            capacity=n.capacity,
-            cpu_percent=n.cpu_percent,
-            memory_percent=n.memory_percent,
-            load1=n.load1,
-            done=n.done,
-            capabilities=tuple(n.capabilities),
-        )
-        for n in msg.nodes
-    )
-    t = msg.totals
-    totals = {
-        "submitted": t.submitted,
-        "done": t.done,
-        "failed": t.failed,
-        "retried": t.retried,
-        "requeued": t.requeued,
-        "duplicates": t.duplicates,
-        "bad_messages": t.bad_messages,
-        "aborted_handshakes": t.aborted_handshakes,
-        "denied_handshakes": t.denied_handshakes,
-        "refused_registrations": t.refused_registrations,
-        "pending": t.pending,
-        "in_flight": t.in_flight,
-    }
-    return StatusReport(
-        msg.coordinator_id, msg.seq, msg.heartbeat_interval_s, msg.liveness, nodes, totals
-    )
-
-
-def node_event_report(msg: NodeEvent) -> NodeEventReport:
-    return NodeEventReport(msg.node_id, msg.event, msg.at, msg.detection_latency_s, msg.recovery_s)
-
-
-def task_stats_report(msg: TaskStats) -> TaskStatsReport:
-    return TaskStatsReport(tuple(msg.latencies_s), msg.done, msg.failed)
-
-
-# --- roles -----------------------------------------------------------------------------------
-
-
-class RateLimitedLog:
-    """Logs the first problem at once, then at most one summary line per interval."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._last_logged = -float("inf")
-        self._suppressed = 0
-
-    def warning(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_logged < self._interval_s:
-            self._suppressed += 1
-            return
-        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-        log.warning("%s%s", text, extra)
-        self._last_logged = now
-        self._suppressed = 0
-
-
-class StatusRefused(Exception):
-    """The coordinator refused the status channel's handshake (CURVE key or mechanism)."""
-
-
-class StatusFollower:
-    """Owns the SUB socket; decodes each message and dispatches it by type.
-
-    libzmq reconnects a SUB by itself after a network error, but not after a protocol
-    error (a frame beyond MAXMSGSIZE ends that session for good). So when no STATUS has
-    arrived for RESUBSCRIBE_AFTER_LIVENESS coordinator-dead periods, the follower throws
-    the socket away and connects a fresh one (counted as a resubscribe).
-    """
-
-    def __init__(
-        self,
-        ctx: zmq.asyncio.Context,
-        endpoint: str,
-        view: ClusterView,
-        keys: ClientKeys | None = None,
-    ) -> None:
-        self.view = view
-        self.metrics = ClusterMetrics(view)
-        self._ctx = ctx
-        self._endpoint = endpoint
-        self._keys = keys
-        self._bad_log = RateLimitedLog(BAD_LOG_INTERVAL_S)
-        self._sock, self._watch = self._connect()
-        self._quiet_since = time.monotonic()
-
-    def _connect(self) -> tuple[zmq.asyncio.Socket, HandshakeWatch]:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        secure_client(sock, self._keys)
-        watch = HandshakeWatch(sock)
-        try:
-            sock.connect(self._endpoint)
-        except zmq.ZMQError:
-            watch.close()
-            sock.close(linger=0)  # or ctx.term() would wait for it forever
-            raise
-        return sock, watch
-
-    def close(self) -> None:
-        self._watch.close()
-        self._sock.close(linger=0)
-
-    async def run(self) -> None:
-        while True:
-            if await self._sock.poll(POLL_MS):
-                frames = await self._sock.recv_multipart()
-                self.handle(frames)
-            self._check_handshakes()
-            self._resubscribe_if_quiet()
-
-    def _check_handshakes(self) -> None:
-        for failure in self._watch.failures():
-            if failure.fault is PeerFault.DENIED_HANDSHAKE:
-                raise StatusRefused(
-                    f"the coordinator at {self._endpoint} refused the status channel: "
-                    f"{failure.reason}; {refusal_hint(self._keys)}"
-                )
-
-    def _resubscribe_if_quiet(self) -> None:
-        now = time.monotonic()
-        age = self.view.coordinator_age_s()
-        quiet_for = now - self._quiet_since if age is None else min(age, now - self._quiet_since)
-        limit = max(MIN_RESUBSCRIBE_S, self.view.dead_after_s * RESUBSCRIBE_AFTER_LIVENESS)
-        if quiet_for < limit:
-            return
-        log.warning("no STATUS from %s for %.1f s: reconnecting", self._endpoint, quiet_for)
-        self.close()
-        self._sock, self._watch = self._connect()
-        self._quiet_since = now
-        self.view.on_resubscribe()
-
-    def handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 1:
-            self._bad(f"expected 1 frame, got {len(frames)}: {describe(b''.join(frames))}")
-            return
-        try:
-            message = decode(frames[0])
-        except ProtocolError as exc:
-            self._bad(f"{exc}: {describe(frames[0])}")
-            return
-        if isinstance(message, Status):
-            self.view.on_status(status_report(message))
-        elif isinstance(message, NodeEvent):
-            self._on_node_event(message)
-        elif isinstance(message, TaskStats):
-            self.view.on_task_stats(task_stats_report(message))
-            self.metrics.observe_latencies(tuple(message.latencies_s))
-        else:  # a valid message, but not one the status channel carries
-            self._bad(f"unexpected {type(message).__name__} on the status channel")
-
-    def _on_node_event(self, message: NodeEvent) -> None:
-        self.view.on_node_event(node_event_report(message))
-        if message.event == "dead" and message.detection_latency_s is not None:
-            self.metrics.observe_detection(message.detection_latency_s)
-        if message.event == "alive" and message.recovery_s is not None:
-            self.metrics.observe_recovery(message.recovery_s)
-        log.info("node %s %s", message.node_id, message.event)
-
-    def _bad(self, text: str) -> None:
-        self.view.on_bad_message()
-        self._bad_log.warning(f"dropped bad status message: {text}")
-
-
-# --- HTTP pages ------------------------------------------------------------------------------
-
-
-def build_routes(follower: StatusFollower) -> dict[str, Handler]:
-    view = follower.view
-
-    def health(_: Request) -> Response:
-        healthy, body = view.health()
-        return Response.json(200 if healthy else 503, body)
-
-    def cluster(_: Request) -> Response:
-        return Response.json(200, view.snapshot())
-
-    def metrics(_: Request) -> Response:
-        return Response(200, follower.metrics.exposition(), METRICS_CONTENT_TYPE)
-
-    routes: dict[str, Handler] = {"/health": health, "/api/cluster": cluster, "/metrics": metrics}
-    for path, (name, content_type) in STATIC_FILES.items():
-        routes[path] = static_page((STATIC_DIR / name).read_bytes(), content_type)
-    return routes
-
-
-def static_page(body: bytes, content_type: str) -> Handler:
-    def page(_: Request) -> Response:
-        return Response(200, body, content_type, (("Cache-Control", "no-cache"),))
-
-    return page
-
-
-# --- process ---------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> MonitorConfig:
     parser = argparse.ArgumentParser(
         prog="monitor.py",
         description="Follow the coordinator's status channel and serve a dashboard, "
         "JSON and Prometheus metrics over HTTP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="coordinator host")
-    parser.add_argument("--status-port", type=port_number, default=DEFAULT_STATUS_PORT)
-    parser.add_argument("--port", type=port_number, default=DEFAULT_HTTP_PORT, help="HTTP port")
-    parser.add_argument("--bind", default=DEFAULT_BIND, help="HTTP listen address")
-    parser.add_argument(
+    channel = parser.add_argument_group("the coordinator's status channel (ZeroMQ SUB)")
+    channel.add_argument("--coordinator", metavar="HOST", default=defaults.LOOPBACK, help="host")
+    channel.add_argument(
+        "--status-port", metavar="N", type=port_number, default=defaults.STATUS_PORT, help="port"
+    )
+    channel.add_argument(
         "--heartbeat-interval",
+        dest="heartbeat_interval_s",
+        metavar="S",
         type=positive_float,
-        default=DEFAULT_HEARTBEAT_INTERVAL_S,
+        default=defaults.HEARTBEAT_INTERVAL_S,
         help="seconds; used until the first STATUS announces the coordinator's own",
     )
-    parser.add_argument(
+    channel.add_argument(
         "--liveness",
+        metavar="N",
         type=positive_int,
-        default=DEFAULT_LIVENESS,
+        default=defaults.LIVENESS,
         help="missed intervals before the coordinator counts as gone (until a STATUS says)",
+    )
+    http = parser.add_argument_group("HTTP: the dashboard, /health, /api/cluster, /metrics")
+    http.add_argument(
+        "--bind",
+        metavar="HOST",
+        default=defaults.LOOPBACK,
+        help="listen address; 0.0.0.0 serves other machines too",
+    )
+    http.add_argument(
+        "--port",
+        dest="http_port",
+        metavar="N",
+        type=port_number,
+        default=defaults.MONITOR_PORT,
+        help="port",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every node event")
     add_keys_option(parser, server=False)
-    return parser.parse_args(argv)
+    options = vars(parser.parse_args(argv))  # every dest is a MonitorConfig field
+    return MonitorConfig(keys_dir=options.pop("keys"), **options)
 
 
-def _endpoint(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+def listen_error(config: MonitorConfig, exc: OSError) -> str:
+    """One line for an HTTP address that cannot be bound."""
+    where = endpoint(config.bind, config.http_port).removeprefix("tcp://")
+    if exc.errno == errno.EADDRINUSE:
+        why = f"port {config.http_port} is already in use (another monitor? try --port)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"{config.bind} is not an address of this machine (see --bind)"
+    else:
+        why = str(exc.strerror or exc)
+    return f"monitor: error: cannot listen on {where}: {why}"
 
 
-async def serve(args: argparse.Namespace, keys: ClientKeys | None = None) -> int:
+async def serve(config: MonitorConfig, keys: ClientKeys | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    view = ClusterView(args.heartbeat_interval, args.liveness)
+    view = ClusterView(config.heartbeat_interval_s, config.liveness)
+    metrics = ClusterMetrics(view)
     ctx = zmq.asyncio.Context()
-    endpoint = _endpoint(args.coordinator, args.status_port)
     try:
-        follower = StatusFollower(ctx, endpoint, view, keys)
+        follower = StatusFollower(ctx, config.status_endpoint, StatusChannel(view, metrics), keys)
     except zmq.ZMQError as exc:
-        print(f"monitor: error: cannot connect to {endpoint}: {exc}", file=sys.stderr)
+        print(f"monitor: error: cannot connect to {config.status_endpoint}: {exc}", file=sys.stderr)
         ctx.term()
-        return 1
-    http = HttpServer(build_routes(follower))
+        return FAILED_EXIT
+    http = MonitorHttp(view, metrics)
     try:
-        host, port = await http.start(args.bind, args.port)
+        host, port = await http.start(config.bind, config.http_port)
     except OSError as exc:
-        print(
-            f"monitor: error: cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        print(listen_error(config, exc), file=sys.stderr)
         follower.close()
         ctx.term()
-        return 1
+        return FAILED_EXIT
 
-    shown = f"[{host}]" if ":" in host else host
-    print(f"monitor ready: http://{shown}:{port}/ (following {endpoint})", flush=True)
+    url = endpoint(host, port).replace("tcp://", "http://", 1)
+    print(f"monitor ready: {url}/ (following {config.status_endpoint})", flush=True)
     receiver = asyncio.create_task(follower.run())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -380,21 +176,21 @@ async def serve(args: argparse.Namespace, keys: ClientKeys | None = None) -> int
         return REFUSED_EXIT
     if failure is not None:
         print(f"monitor: error: status channel failed: {failure}", file=sys.stderr)
-        return 1
+        return FAILED_EXIT
     print("monitor stopped", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     robust_console()
-    args = parse_args(argv)
-    keys = keys_or_exit(load_client_keys, args.keys, "monitor")
+    config = parse_args(argv)
+    keys = keys_or_exit(load_client_keys, config.keys_dir, "monitor")
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if config.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        return asyncio.run(serve(args, keys))
+        return asyncio.run(serve(config, keys))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 0
 

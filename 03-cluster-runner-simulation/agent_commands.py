@@ -26,7 +26,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cluster_runner_simulation.agent_flow import ConnectionWindow
 from cluster_runner_simulation.agent_protocol import (
@@ -39,6 +39,7 @@ from cluster_runner_simulation.agent_protocol import (
     Message,
     Output,
     RunRequest,
+    Stream,
 )
 
 ACCEPT_DELAY_S = 0.05  # a run still silent after this long gets an explicit "accepted"
@@ -47,6 +48,12 @@ PIPE_BYTES = 1024 * 1024  # pipe buffer for bulk output, so reads (and messages)
 SMALL_PIPE_BYTES = 64 * 1024  # Linux's default pipe size: a read this big means bulk output
 KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
 SPAWN_FAILED_STATUS = 127  # what a shell reports for a command it cannot start
+
+
+class Send(Protocol):
+    """Sends one message (and the body of an ``output``) to the run's client."""
+
+    def __call__(self, message: Message, body: bytes | None = None) -> None: ...
 
 
 class OutputBudget:
@@ -92,7 +99,7 @@ class OutputCollector(asyncio.SubprocessProtocol):
     buffered byte went out (or, after ``abandon``, was counted as dropped).
     """
 
-    STREAMS = {1: "stdout", 2: "stderr"}
+    STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 
     def __init__(self, run: CommandRun, budget: OutputBudget) -> None:
         loop = asyncio.get_running_loop()
@@ -160,6 +167,7 @@ class OutputCollector(asyncio.SubprocessProtocol):
         for fd in self.STREAMS:
             self.flush(fd)
 
+    # --8<-- [start:flush]
     def flush(self, fd: int) -> None:
         buffer = self.buffers[fd]
         window = self.run.window
@@ -173,7 +181,7 @@ class OutputCollector(asyncio.SubprocessProtocol):
                 break
             chunk = bytes(buffer[:OUTPUT_CHUNK_BYTES])
             del buffer[:OUTPUT_CHUNK_BYTES]
-            self.run.send_now(Output(self.run.request.id, self.STREAMS[fd], chunk))
+            self.run.send_now(Output(id=self.run.request.id, stream=self.STREAMS[fd]), chunk)
         self._maybe_finished()
 
     def _pause(self) -> None:
@@ -184,6 +192,8 @@ class OutputCollector(asyncio.SubprocessProtocol):
             if (pipe := self._pipe(fd)) is not None:
                 pipe.pause_reading()
         self.run.window.wait(self)
+
+    # --8<-- [end:flush]
 
     def resume(self) -> None:
         """The window reopened (or the command was abandoned): read and send again."""
@@ -212,7 +222,7 @@ class CommandRun:
     """One client's command, from ``run`` to ``exit``."""
 
     request: RunRequest
-    send: Callable[[Message], None]  # to this run's client
+    send: Send  # to this run's client
     window: ConnectionWindow  # that client's credit window
     slots: asyncio.Semaphore  # the agent's --concurrency
     accepted_at: float  # loop time at which the agent accepted the request
@@ -221,13 +231,13 @@ class CommandRun:
     cancelled: bool = False
     accept_timer: asyncio.TimerHandle | None = None
 
-    def send_now(self, message: Message) -> None:
+    def send_now(self, message: Message, body: bytes | None = None) -> None:
         # Any reply tells the client its run arrived, so "accepted" is only needed
         # for runs that stay silent for a while; short ones save a message.
         if self.accept_timer is not None:
             self.accept_timer.cancel()
             self.accept_timer = None
-        self.send(message)
+        self.send(message, body)
 
     @property
     def deadline(self) -> float | None:
@@ -237,21 +247,21 @@ class CommandRun:
     async def execute(self) -> None:
         req = self.request
         loop = asyncio.get_running_loop()
-        self.accept_timer = loop.call_later(ACCEPT_DELAY_S, self.send_now, Accepted(req.id))
+        self.accept_timer = loop.call_later(ACCEPT_DELAY_S, self.send_now, Accepted(id=req.id))
         try:
             if not await self._wait_for_slot():
-                self.send_now(Exit(req.id, timed_out=True, started=False))
+                self.send_now(Exit(id=req.id, timed_out=True, started=False))
                 return
         except asyncio.CancelledError:
             # Cancelled while still queued for a slot: nothing was started.
-            self.send_now(Exit(req.id, cancelled=True, started=False))
+            self.send_now(Exit(id=req.id, cancelled=True, started=False))
             return
         try:
             await self._spawn_and_stream()
         except Exception as exc:  # a bug must not leave the client without an answer
             self.warn(f"{req.id!r}: internal error running the command: {exc!r}")
             reason = f"the agent failed running the command: {type(exc).__name__}"
-            self.send_now(ErrorReply(req.id, ErrorCode.INTERNAL_ERROR.value, reason))
+            self.send_now(ErrorReply(id=req.id, code=ErrorCode.INTERNAL_ERROR, message=reason))
         finally:
             self.slots.release()
 
@@ -286,6 +296,7 @@ class CommandRun:
         env = {**os.environ, **req.env} if req.env else None
         budget = OutputBudget(MAX_OUTPUT_BYTES)
         loop = asyncio.get_running_loop()
+        # --8<-- [start:spawn]
         spawning = asyncio.ensure_future(
             loop.subprocess_shell(
                 lambda: OutputCollector(self, budget),
@@ -298,6 +309,7 @@ class CommandRun:
                 start_new_session=True,  # its own process group, so a kill takes every child
             )
         )
+        # --8<-- [end:spawn]
         try:
             try:
                 transport, collector = await asyncio.shield(spawning)
@@ -307,8 +319,10 @@ class CommandRun:
                 transport, collector = await spawning
         except (OSError, ValueError) as exc:
             message = f"agent could not start the command: {exc}\n".encode()
-            self.send_now(Output(req.id, "stderr", message))
-            self.send_now(Exit(req.id, exit_status=SPAWN_FAILED_STATUS, cancelled=self.cancelled))
+            self.send_now(Output(id=req.id, stream=Stream.STDERR), message)
+            self.send_now(
+                Exit(id=req.id, exit_status=SPAWN_FAILED_STATUS, cancelled=self.cancelled)
+            )
             return
         await self._supervise(transport, collector)
         status, signame = exit_fields(transport.get_returncode())
@@ -316,7 +330,7 @@ class CommandRun:
             self.warn(f"{req.id!r}: dropped {budget.dropped} output bytes")
         self.send_now(
             Exit(
-                req.id,
+                id=req.id,
                 exit_status=status,
                 exit_signal=signame,
                 timed_out=self.timed_out,
@@ -325,6 +339,7 @@ class CommandRun:
             )
         )
 
+    # --8<-- [start:supervise]
     async def _supervise(
         self, transport: asyncio.SubprocessTransport, collector: OutputCollector
     ) -> None:
@@ -347,3 +362,5 @@ class CommandRun:
         collector.flush_all()  # whatever is left: sent if the window allows, else counted
         self.window.forget(collector)
         transport.close()
+
+    # --8<-- [end:supervise]

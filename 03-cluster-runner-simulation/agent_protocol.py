@@ -1,67 +1,104 @@
-"""Wire protocol of the ZeroMQ node agent: message types, one codec, validation.
+"""Wire protocol of the ZeroMQ node agent: every message declared once, one codec per direction.
 
-Nothing here binds or connects. The agent (``zmq_node_agent.py``, a ROUTER) and
-the executor (``zmq_node_executor.py``, a DEALER) both speak it; the full spec,
-written so that a client in another language can be built from it, is
-docs/agent-protocol.md.
+Nothing here binds or connects. The agent (``zmq_node_agent.py``, a ROUTER) and the
+executor (``zmq_node_executor.py``, a DEALER) both speak it; the full spec, written so that
+a client in another language can be built from it, is docs/agent-protocol.md.
 
 Every message is one ZeroMQ multipart message of one or two frames:
 
-    frame 0  header: a UTF-8 JSON object {"v": 2, "type": "<type>", "id": "<request id>", ...}
+    frame 0  header: a UTF-8 JSON object {"type": "<type>", "v": 2, "id": "<request id>", ...}
     frame 1  body:   raw bytes, present only on ``output`` messages (a chunk of stdout/stderr)
 
-Requests (client -> agent) are dispatched ONLY if their type is in
-``REQUEST_TYPES``: an explicit allow-list, so that no message can reach a
-method that was never meant to be remote (the lesson of Salt's CVE-2020-11651).
-Everything that fails validation raises ``ProtocolError`` with a one-line reason
-that names the field, and nothing else escapes ``decode``: huge integers,
-non-finite numbers, booleans where numbers belong, lone surrogates and bytes that
-are not UTF-8 are all refused here, before any of it can reach a subprocess call.
-``error_reply`` turns such an error into the reply the agent sends.
+Each message is a msgspec ``Struct`` (cluster_patterns.wire) whose field types carry their
+limits. ``REQUESTS`` decodes what a client may send, and is the allow-list: a type outside
+it is refused as ``TypeNotAllowed`` (answered ``not_allowed``) and reaches no code at all,
+the lesson of Salt's CVE-2020-11651. ``REPLIES`` decodes what the agent sends. Whatever the
+frames hold, ``decode`` raises only ``ProtocolError``, whose message names the field
+(huge integers, NaN, booleans for numbers, lone surrogates, bytes that are not UTF-8, deep
+nesting), and which carries the request's id when it could be read. ``error_reply`` turns
+it into the answer the agent sends.
 
-Version 2 added flow control: the client grants ``credit`` for the reply bytes it
-has read, and the agent sends at most CREDIT_WINDOW_BYTES beyond that.
+Version 2 added flow control: the client grants ``credit`` for the reply bytes it has read,
+and the agent sends at most CREDIT_WINDOW_BYTES beyond that.
+
+Try it:
+    python -c "from cluster_runner_simulation.agent_protocol import *; \\
+print(encode(PingRequest(id='p1')))"
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import math
 import re
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar, Union, get_args
 
+import msgspec
+from msgspec import Meta
+
+from cluster_patterns import defaults
+from cluster_patterns.wire import Count, Id, Integer, JsonCodec, Record, WireError
 from cluster_runner_simulation.protocols import GpuInfo, SystemConfiguration
 
-PROTOCOL_VERSION = 2
-DEFAULT_PORT = 5580
+PROTOCOL_VERSION: Final = 2
+DEFAULT_PORT: Final = defaults.AGENT_PORT
 
-MAX_HEADER_BYTES = 256 * 1024  # a header holds a command line, env and cwd
-MAX_COMMAND_CHARS = 128 * 1024
-MAX_ENV_ENTRIES = 256
-MAX_ID_CHARS = 128
-OUTPUT_CHUNK_BYTES = 256 * 1024  # the agent sends output in chunks of at most this
-MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # per command, stdout + stderr; the rest is drained and dropped
+MAX_HEADER_BYTES: Final = 256 * 1024  # a header holds a command line, env and cwd
+MAX_COMMAND_CHARS: Final = 128 * 1024
+MAX_ENV_ENTRIES: Final = 256
+MAX_ID_CHARS: Final = 128
+MAX_CWD_CHARS: Final = 4096
+MAX_ERROR_MESSAGE_CHARS: Final = 1024
+MAX_NAME_CHARS: Final = 256  # node ids, host names, GPU names, OS names
+MAX_GPUS: Final = 1024
+MAX_TIMEOUT_S: Final = 365 * 24 * 3600.0
+OUTPUT_CHUNK_BYTES: Final = 256 * 1024  # the agent sends output in chunks of at most this
+MAX_OUTPUT_BYTES: Final = 64 * 1024 * 1024  # per command, stdout + stderr; the rest is dropped
 # Largest message either side accepts (zmq.MAXMSGSIZE); bigger frames drop the connection.
-MAX_REQUEST_BYTES = MAX_HEADER_BYTES
-MAX_REPLY_BYTES = OUTPUT_CHUNK_BYTES + MAX_HEADER_BYTES
+MAX_REQUEST_BYTES: Final = MAX_HEADER_BYTES
+MAX_REPLY_BYTES: Final = OUTPUT_CHUNK_BYTES + MAX_HEADER_BYTES
 # Flow control: reply bytes (headers and bodies) the agent may send to one connection
 # beyond what the client has credited back; a client credits at least every batch.
-CREDIT_WINDOW_BYTES = 8 * 1024 * 1024
-CREDIT_BATCH_BYTES = 1024 * 1024
-MAX_CREDIT_BYTES = 2**53  # the largest integer every JSON parser holds exactly
-MAX_TIMEOUT_S = 365 * 24 * 3600.0
-MAX_INT_DIGITS = 19  # integers longer than this are out of range for every field
-INT64_RANGE = range(-(2**63), 2**63)
-MAX_ERROR_MESSAGE_CHARS = 1024
-MAX_CWD_CHARS = 4096
+CREDIT_WINDOW_BYTES: Final = 8 * 1024 * 1024
+CREDIT_BATCH_BYTES: Final = 1024 * 1024
+MAX_CREDIT_BYTES: Final = 2**53
 
-ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: no trailing newline, unlike $
+ENV_NAME_PATTERN: Final = r"\A[A-Za-z_][A-Za-z0-9_]*\Z"  # \Z: no trailing newline, unlike $
+ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
+_NO_NUL: Final = r"\A[^\x00]*\Z"
+
+# --- Field types, with their limits -----------------------------------------------------------
+
+AnyId = Annotated[str, Meta(max_length=MAX_ID_CHARS)]  # "" where a message concerns no request
+Command = Annotated[str, Meta(min_length=1, max_length=MAX_COMMAND_CHARS, pattern=_NO_NUL)]
+Cwd = Annotated[str, Meta(min_length=1, max_length=MAX_CWD_CHARS, pattern=_NO_NUL)]
+EnvName = Annotated[str, Meta(pattern=ENV_NAME_PATTERN)]
+EnvValue = Annotated[str, Meta(pattern=_NO_NUL)]
+Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV_ENTRIES)]
+Timeout = Annotated[float, Meta(gt=0.0, le=MAX_TIMEOUT_S)]
+CreditBytes = Annotated[int, Meta(ge=1, le=MAX_CREDIT_BYTES)]
+Running = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+SignalName = Annotated[str, Meta(max_length=32)]
+Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
+ErrorText = Annotated[str, Meta(max_length=MAX_ERROR_MESSAGE_CHARS)]
 
 
-class ProtocolError(ValueError):
-    """A message that does not follow this protocol.
+class ErrorCode(str, enum.Enum):
+    BAD_REQUEST = "bad_request"
+    NOT_ALLOWED = "not_allowed"
+    BUSY = "busy"
+    DUPLICATE_ID = "duplicate_id"
+    UNKNOWN_ID = "unknown_id"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Stream(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class ProtocolError(WireError):
+    """Frames that are not a valid message of this protocol.
 
     ``request_id`` is the id of the offending request when it could be read, else "".
     """
@@ -75,489 +112,317 @@ class TypeNotAllowed(ProtocolError):
     """A well-formed message whose type is not on the receiver's allow-list."""
 
 
-class MsgType(str, Enum):
-    # requests: client -> agent
-    RUN = "run"
-    CANCEL = "cancel"
-    FACTS = "facts"
-    PING = "ping"
-    CREDIT = "credit"
-    # replies: agent -> client
-    ACCEPTED = "accepted"
-    OUTPUT = "output"
-    EXIT = "exit"
-    FACTS_REPLY = "facts_reply"
-    PONG = "pong"
-    HEARTBEAT = "heartbeat"
-    ERROR = "error"
-
-
-# The allow-list: the only message types the agent will ever dispatch.
-REQUEST_TYPES: frozenset[MsgType] = frozenset(
-    {MsgType.RUN, MsgType.CANCEL, MsgType.FACTS, MsgType.PING, MsgType.CREDIT}
-)
-REPLY_TYPES: frozenset[MsgType] = frozenset(set(MsgType) - REQUEST_TYPES)
-
-
-class ErrorCode(str, Enum):
-    BAD_REQUEST = "bad_request"
-    NOT_ALLOWED = "not_allowed"
-    BUSY = "busy"
-    DUPLICATE_ID = "duplicate_id"
-    UNKNOWN_ID = "unknown_id"
-    INTERNAL_ERROR = "internal_error"
-
-
-# Messages whose ``id`` may be "": heartbeats and credits concern the connection, and an
-# error answers a request whose id could not be read.
-EMPTY_ID_TYPES: frozenset[MsgType] = frozenset({MsgType.HEARTBEAT, MsgType.CREDIT, MsgType.ERROR})
-
-
-# --- Field validation -------------------------------------------------------------------------
-
-
-class _OutOfRange:
-    """What the header parser returns for an integer with more than MAX_INT_DIGITS digits.
-
-    Parsing it would cost time quadratic in its length (and Python refuses past 4300
-    digits); no field can hold it anyway, so the field validators refuse it by name.
-    """
-
-    def __repr__(self) -> str:
-        return "<number out of range>"
-
-
-OUT_OF_RANGE = _OutOfRange()
-
-
-def _parse_int(text: str) -> int | _OutOfRange:
-    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else OUT_OF_RANGE
-
-
-def _parse_constant(name: str) -> float:
-    # NaN and Infinity are not JSON; parsed as floats so the field validators name the field.
-    return float(name)
-
-
-# Built once: json.loads(text, parse_int=...) would build a new decoder for every message.
-_JSON = json.JSONDecoder(parse_int=_parse_int, parse_constant=_parse_constant)
-
-
-def _shown(value: object) -> str:
-    """A peer's value as it may appear in an error message: short, printable ASCII.
-
-    Containers are named, not printed: printing one nested 990 deep would recurse.
-    """
-    if isinstance(value, (list, dict)):
-        return "an array" if isinstance(value, list) else "an object"
-    return ascii(value[:40] if isinstance(value, str) else value)[:42]
-
-
-def _valid_text(value: str, what: str) -> str:
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError(f"{what} is not valid Unicode (lone surrogate)") from None
-    return value
-
-
-def _req_str(header: dict[str, Any], key: str, max_chars: int, allow_empty: bool = False) -> str:
-    value = header.get(key)
-    if not isinstance(value, str):
-        raise ProtocolError(f"field {key!r} must be a string")
-    if len(value) > max_chars:
-        raise ProtocolError(f"field {key!r} longer than {max_chars} characters")
-    if not value and not allow_empty:
-        raise ProtocolError(f"field {key!r} must not be empty")
-    return _valid_text(value, f"field {key!r}")
-
-
-def _opt_str(header: dict[str, Any], key: str, max_chars: int) -> str | None:
-    if header.get(key) is None:
-        return None
-    return _req_str(header, key, max_chars)
-
-
-def _no_nul(value: str, key: str) -> str:
-    if "\0" in value:
-        raise ProtocolError(f"field {key!r} contains a NUL character")
-    return value
-
-
-def _opt_timeout(header: dict[str, Any], key: str) -> float | None:
-    value = header.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(f"field {key!r} must be a number, not {_shown(value)}")
-    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
-        raise ProtocolError(f"field {key!r} must be a finite number in (0, {MAX_TIMEOUT_S:.0f}]")
-    return float(value)
-
-
-def _opt_int(header: dict[str, Any], key: str, allowed: range = INT64_RANGE) -> int | None:
-    value = header.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"field {key!r} must be an integer, not {_shown(value)}")
-    if value not in allowed:
-        raise ProtocolError(f"field {key!r} is out of range")
-    return value
-
-
-def _int(header: dict[str, Any], key: str, allowed: range = INT64_RANGE) -> int:
-    value = _opt_int(header, key, allowed)
-    return 0 if value is None else value
-
-
-def _bool(header: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = header.get(key, default)
-    if not isinstance(value, bool):
-        raise ProtocolError(f"field {key!r} must be true or false")
-    return value
-
-
-def _env(header: dict[str, Any]) -> dict[str, str]:
-    value = header.get("env")
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > MAX_ENV_ENTRIES:
-        raise ProtocolError(f"field 'env' must be an object of at most {MAX_ENV_ENTRIES} strings")
-    for name, text in value.items():
-        if not ENV_NAME.fullmatch(name) or not isinstance(text, str) or "\0" in text:
-            raise ProtocolError(f"field 'env': entry {_shown(name)} is not NAME=string")
-        _valid_text(text, f"field 'env': the value of {name}")
-    return dict(value)
-
-
 # --- Messages ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Message:
-    """Base of every message: ``id`` ties replies to the request they answer."""
+class Message(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every message: ``id`` ties replies to the request they answer.
 
-    TYPE: ClassVar[MsgType]
-    id: str
+    Each subclass names its ``type`` once, as its tag; the unions below are the closed sets.
+    """
 
-    def header_fields(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(msg_id)
+    HAS_BODY: ClassVar[bool] = False  # only ``output`` carries a body frame
+    v: Literal[2] = 2
+    id: Id
 
 
-@dataclass(frozen=True)
-class RunRequest(Message):
-    TYPE = MsgType.RUN
-    command: str = ""
-    timeout: float | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
+class RunRequest(Message, tag="run", kw_only=True):
+    """Run ``command`` with /bin/sh; ``timeout`` counts from when the agent accepts it."""
 
-    def header_fields(self) -> dict[str, Any]:
-        return {"command": self.command, "timeout": self.timeout, "env": self.env, "cwd": self.cwd}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        cwd = _opt_str(header, "cwd", MAX_CWD_CHARS)
-        return cls(
-            msg_id,
-            command=_no_nul(_req_str(header, "command", MAX_COMMAND_CHARS), "command"),
-            timeout=_opt_timeout(header, "timeout"),
-            env=_env(header),
-            cwd=None if cwd is None else _no_nul(cwd, "cwd"),
-        )
+    command: Command
+    timeout: Timeout | None = None
+    env: Env = {}
+    cwd: Cwd | None = None
 
 
-@dataclass(frozen=True)
-class CancelRequest(Message):
-    TYPE = MsgType.CANCEL
+class CancelRequest(Message, tag="cancel"):
+    """Kill the process group of the run with this id (from the same connection)."""
 
 
-@dataclass(frozen=True)
-class FactsRequest(Message):
-    TYPE = MsgType.FACTS
+class FactsRequest(Message, tag="facts"):
+    pass
 
 
-@dataclass(frozen=True)
-class PingRequest(Message):
-    TYPE = MsgType.PING
+class PingRequest(Message, tag="ping"):
+    pass
 
 
-@dataclass(frozen=True)
-class Credit(Message):
+class Credit(Message, tag="credit", kw_only=True):
     """The client has read ``nbytes`` more reply bytes (headers and bodies) on this connection."""
 
-    TYPE = MsgType.CREDIT
-    nbytes: int = 0
-
-    def header_fields(self) -> dict[str, Any]:
-        return {"bytes": self.nbytes}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        if header.get("bytes") is None:
-            raise ProtocolError("field 'bytes' is required")
-        return cls(msg_id, nbytes=_int(header, "bytes", range(1, MAX_CREDIT_BYTES + 1)))
+    id: AnyId = ""
+    nbytes: CreditBytes = msgspec.field(name="bytes")
 
 
-@dataclass(frozen=True)
-class Accepted(Message):
-    TYPE = MsgType.ACCEPTED
+class Accepted(Message, tag="accepted"):
+    """The run is queued or running and has been silent for a moment."""
 
 
-@dataclass(frozen=True)
-class Output(Message):
-    TYPE = MsgType.OUTPUT
-    stream: str = "stdout"
-    data: bytes = b""
+class Output(Message, tag="output", kw_only=True):
+    """A chunk of a command's output; the bytes travel in the body frame."""
 
-    def header_fields(self) -> dict[str, Any]:
-        return {"stream": self.stream}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        stream = header.get("stream")
-        if stream not in ("stdout", "stderr"):
-            raise ProtocolError("field 'stream' must be 'stdout' or 'stderr'")
-        if body is None:
-            raise ProtocolError("an output message needs a body frame")
-        return cls(msg_id, stream=str(stream), data=body)
+    HAS_BODY: ClassVar[bool] = True
+    stream: Stream
 
 
-@dataclass(frozen=True)
-class Exit(Message):
-    TYPE = MsgType.EXIT
-    exit_status: int | None = None
-    exit_signal: str | None = None
+class Exit(Message, tag="exit", kw_only=True):
+    """The last message of a run."""
+
+    exit_status: Integer | None = None
+    exit_signal: SignalName | None = None
     timed_out: bool = False
     cancelled: bool = False
     # Output drained but not sent: beyond MAX_OUTPUT_BYTES, or unsendable when a timeout or
     # cancel killed a command whose client had stopped reading.
-    dropped_bytes: int = 0
+    dropped_bytes: Count = 0
     started: bool = True  # false: the run ended (timeout, cancel) while queued for a slot
 
-    def header_fields(self) -> dict[str, Any]:
-        return {
-            "exit_status": self.exit_status,
-            "exit_signal": self.exit_signal,
-            "timed_out": self.timed_out,
-            "cancelled": self.cancelled,
-            "dropped_bytes": self.dropped_bytes,
-            "started": self.started,
-        }
 
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(
-            msg_id,
-            exit_status=_opt_int(header, "exit_status"),
-            exit_signal=_opt_str(header, "exit_signal", 32),
-            timed_out=_bool(header, "timed_out"),
-            cancelled=_bool(header, "cancelled"),
-            dropped_bytes=_int(header, "dropped_bytes", range(2**63)),
-            started=_bool(header, "started", default=True),
-        )
+class GpuFacts(Record, kw_only=True):
+    index: Count
+    name: Name
+    memory_total_mib: Count
 
 
-@dataclass(frozen=True)
-class FactsReply(Message):
-    TYPE = MsgType.FACTS_REPLY
-    facts: dict[str, Any] = field(default_factory=dict)
+class NodeFacts(Record, kw_only=True):
+    """What node_facts.py gathers, as it travels (in ``facts_reply``, or printed over SSH)."""
 
-    def header_fields(self) -> dict[str, Any]:
-        return {"facts": self.facts}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        facts = header.get("facts")
-        if not isinstance(facts, dict):
-            raise ProtocolError("field 'facts' must be an object")
-        return cls(msg_id, facts=facts)
+    node_id: Name
+    hostname: Name
+    cpu_count: Annotated[int, Meta(ge=1, le=2**31 - 1)]
+    memory_total_bytes: Count
+    python_version: Annotated[str, Meta(max_length=64)]
+    os_release: Name = ""
+    gpus: Annotated[list[GpuFacts], Meta(max_length=MAX_GPUS)] = []
 
 
-@dataclass(frozen=True)
-class Pong(Message):
-    TYPE = MsgType.PONG
-    node_id: str = ""
-
-    def header_fields(self) -> dict[str, Any]:
-        return {"node_id": self.node_id}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(msg_id, node_id=_req_str(header, "node_id", 256, allow_empty=True))
+class FactsReply(Message, tag="facts_reply", kw_only=True):
+    facts: NodeFacts
 
 
-@dataclass(frozen=True)
-class Heartbeat(Message):
-    TYPE = MsgType.HEARTBEAT
-    running: int = 0
-
-    def header_fields(self) -> dict[str, Any]:
-        return {"running": self.running}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(msg_id, running=_int(header, "running", range(2**31)))
+class Pong(Message, tag="pong", kw_only=True):
+    node_id: Name
 
 
-@dataclass(frozen=True)
-class ErrorReply(Message):
-    TYPE = MsgType.ERROR
-    code: str = ErrorCode.BAD_REQUEST.value
-    message: str = ""
+class Heartbeat(Message, tag="heartbeat", kw_only=True):
+    """Sent while a connection has runs in flight (and as a probe of idle ones that owe)."""
 
-    def header_fields(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-    @classmethod
-    def from_header(cls, msg_id: str, header: dict[str, Any], body: bytes | None) -> Message:
-        return cls(
-            msg_id,
-            code=_req_str(header, "code", 64),
-            message=_req_str(header, "message", MAX_ERROR_MESSAGE_CHARS, allow_empty=True),
-        )
+    id: AnyId = ""
+    running: Running = 0
 
 
-MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        RunRequest,
-        CancelRequest,
-        FactsRequest,
-        PingRequest,
-        Credit,
-        Accepted,
-        Output,
-        Exit,
-        FactsReply,
-        Pong,
-        Heartbeat,
-        ErrorReply,
-    )
-}
+class ErrorReply(Message, tag="error", kw_only=True):
+    id: AnyId = ""  # "" when the request's id could not be read
+    code: ErrorCode
+    message: ErrorText = ""
 
+
+Request = Union[RunRequest, CancelRequest, FactsRequest, PingRequest, Credit]
+Reply = Union[Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply]
+
+
+def _types(union: Any) -> frozenset[str]:
+    """The ``type`` tags of a union's messages: each message type is named once, on its class."""
+    return frozenset(str(cls.__struct_config__.tag) for cls in get_args(union))
+
+
+# The allow-list: the only message types the agent will ever dispatch.
+REQUEST_TYPES: Final = _types(Request)
+REPLY_TYPES: Final = _types(Reply)
 
 # --- The codec --------------------------------------------------------------------------------
 
-
-def encode(message: Message) -> list[bytes]:
-    """A message as the frames to send."""
-    header = {"v": PROTOCOL_VERSION, "type": message.TYPE.value, "id": message.id}
-    header.update(message.header_fields())
-    frames = [json.dumps(header, separators=(",", ":")).encode()]
-    if isinstance(message, Output):
-        frames.append(message.data)
-    return frames
+M = TypeVar("M", bound=Message)
 
 
-def decode(frames: list[bytes], allowed: frozenset[MsgType]) -> Message:
-    """Frames as a message, or ``ProtocolError``; types outside ``allowed`` are refused.
+class _IdOnly(msgspec.Struct):
+    id: AnyId = ""
 
-    The error carries the request's id when the header got far enough to show one.
+
+class AgentCodec(JsonCodec[M], Generic[M]):
+    """The frames of one direction's messages: a JSON header, and a body for ``output``."""
+
+    def __init__(self, union: Any) -> None:
+        super().__init__(union, ProtocolError, MAX_HEADER_BYTES)
+        self.types = _types(union)
+        self._ids = msgspec.json.Decoder(_IdOnly)
+
+    def frames(self, message: Message, body: bytes | None = None) -> list[bytes]:
+        """The frames to send for ``message`` (``body``: the output chunk of an ``output``)."""
+        header = self.encode(message)
+        return [header] if body is None else [header, body]
+
+    def decode_frames(self, frames: list[bytes]) -> tuple[M, bytes | None]:
+        """The message in ``frames`` and its body (None without one), or ``ProtocolError``."""
+        if not 1 <= len(frames) <= 2:
+            header_id = self.request_id(frames[0]) if frames else ""
+            raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}", header_id)
+        header = frames[0]
+        if len(header) > MAX_HEADER_BYTES:
+            raise ProtocolError(f"header larger than {MAX_HEADER_BYTES} bytes")
+        try:
+            message = self._decoder.decode(header)
+        except msgspec.ValidationError as exc:
+            raise self._invalid(str(exc), header) from None
+        except (msgspec.DecodeError, RecursionError):
+            raise _unreadable(header) from None
+        body = frames[1] if len(frames) == 2 else None
+        if message.HAS_BODY != (body is not None):
+            tag = type(message).__struct_config__.tag
+            need = "needs a body frame" if body is None else "has no body frame"
+            raise ProtocolError(f"a {tag!r} message {need}", message.id)
+        return message, body
+
+    def request_id(self, header: bytes) -> str:
+        """Best effort: the id in a header that failed to decode, "" if it cannot be read."""
+        try:
+            return self._ids.decode(header).id
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            return ""
+
+    def _invalid(self, detail: str, header: bytes) -> ProtocolError:
+        """msgspec's ``Expected ... - at `$.timeout``` as the protocol's field-named error."""
+        request_id = self.request_id(header)
+        where = _AT.search(detail)
+        what = detail[: where.start()] if where else detail
+        field = where.group(2) if where else ""
+        if missing := _MISSING.search(what):
+            return ProtocolError(f"field {missing.group(1)!r} is required", request_id)
+        if field == "type" and what.startswith("Invalid"):
+            shown = _shown_type(header)
+            return TypeNotAllowed(f"message type {shown} is not allowed here", request_id)
+        if field == "v":
+            reason = f"unsupported protocol version ({what}); this side speaks {PROTOCOL_VERSION}"
+            return ProtocolError(f"field 'v': {reason}", request_id)
+        if not field:
+            return ProtocolError(f"header: {what}", request_id)
+        key = " (a key)" if where and where.group(1) else ""
+        return ProtocolError(f"field {field!r}{key}: {what}", request_id)
+
+
+# msgspec's "... - at `$.env.A`", or "... - at `key` in `$.env`" when an object key is wrong.
+_AT: Final = re.compile(r" - at (`key` in )?`\$\.?([^`]*)`$")
+_MISSING: Final = re.compile(r"missing required field `([^`]*)`")
+
+
+def _unreadable(header: bytes) -> ProtocolError:
+    """Why msgspec could not parse ``header`` at all, naming the field where one is to blame.
+
+    Only on this error path is the header parsed a second time, by the standard library,
+    which reads what strict JSON refuses (NaN, lone surrogates) and so can say where it is.
     """
-    if not frames:
-        raise ProtocolError("expected 1 or 2 frames, got 0")
-    header = _parse_header(frames[0])
     try:
-        return _decode_header(header, frames, allowed)
-    except ProtocolError as exc:
-        exc.request_id = _readable_id(header)
-        raise
-
-
-def _parse_header(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header larger than {MAX_HEADER_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
+        text = header.decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError("header is not valid UTF-8") from None
+        return ProtocolError("header is not valid UTF-8")
     try:
-        header = _JSON.decode(text)
+        parsed = _LENIENT_JSON.decode(text)
+    except RecursionError:
+        return ProtocolError("header is nested too deeply")
     except ValueError:
-        raise ProtocolError("header is not JSON") from None
-    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
-        raise ProtocolError("header is nested too deeply") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a JSON object")
-    return header
+        return ProtocolError("header is not JSON")
+    if not isinstance(parsed, dict):
+        return ProtocolError("header is not a JSON object")
+    raw_id = parsed.get("id")
+    request_id = ""
+    if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS and not _flaw(raw_id):
+        request_id = raw_id
+    for key, value in parsed.items():
+        if flaw := _flaw(key) or _flaw(value):
+            name = ascii(key)[1:-1] if _flaw(key) else key
+            return ProtocolError(f"field {name!r}: {flaw}", request_id)
+    return ProtocolError("header is not standard JSON", request_id)
 
 
-def _decode_header(
-    header: dict[str, Any], frames: list[bytes], allowed: frozenset[MsgType]
-) -> Message:
-    if len(frames) > 2:
-        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
-    version = header.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"field 'v': unsupported protocol version {_shown(version)}; "
-            f"this side speaks {PROTOCOL_VERSION}"
-        )
-    type_name = header.get("type")
-    if not isinstance(type_name, str):
-        raise ProtocolError("field 'type' must be a string")
+class _OutOfRange:
+    """What the lenient parser makes of an integer too long for any field (not converted:
+    that would cost time quadratic in its length)."""
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    return int(text) if len(text) <= 20 else _OutOfRange()
+
+
+_LENIENT_JSON: Final = json.JSONDecoder(parse_int=_parse_int, parse_constant=float)
+
+
+def _flaw(value: object, depth: int = 0) -> str | None:
+    """What strict JSON refuses in ``value``, all the way down, or None."""
+    if isinstance(value, str):
+        if not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            return "not valid Unicode (lone surrogate)"
+        return None
+    if isinstance(value, float):
+        return None if value - value == 0.0 else "not a finite number"  # NaN, infinities
+    if isinstance(value, _OutOfRange):
+        return "integer out of range"
+    if depth > 100:
+        return None  # msgspec would have said "nested too deeply"; not this field's fault
+    if isinstance(value, dict):
+        items: list[object] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((flaw for item in items if (flaw := _flaw(item, depth + 1))), None)
+
+
+def _shown_type(header: bytes) -> str:
     try:
-        msg_type = MsgType(type_name)
-    except ValueError:
-        msg_type = None
-    if msg_type is None or msg_type not in allowed:
-        raise TypeNotAllowed(f"message type {_shown(type_name)} is not allowed here")
-    msg_id = _req_str(header, "id", MAX_ID_CHARS, allow_empty=msg_type in EMPTY_ID_TYPES)
-    body = frames[1] if len(frames) == 2 else None
-    if body is not None and msg_type is not MsgType.OUTPUT:
-        raise ProtocolError(f"a {msg_type.value!r} message has no body frame")
-    return MESSAGE_CLASSES[msg_type].from_header(msg_id, header, body)
+        return ascii(json.loads(header).get("type", ""))[:42]
+    except (ValueError, RecursionError, AttributeError):
+        return "?"
 
 
-def _readable_id(header: dict[str, Any]) -> str:
-    value = header.get("id")
-    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
-        return ""
-    try:
-        return _valid_text(value, "id")
-    except ProtocolError:
-        return ""
+REQUESTS: Final = AgentCodec[Request](Request)  # what the agent decodes: the allow-list
+REPLIES: Final = AgentCodec[Reply](Reply)  # what a client decodes
+
+
+def encode(message: Message, body: bytes | None = None) -> list[bytes]:
+    """The frames to send for ``message``; either codec encodes every message alike."""
+    return REQUESTS.frames(message, body)
 
 
 def error_reply(exc: ProtocolError) -> ErrorReply:
     """The ``error`` reply for a request that failed to decode."""
     code = ErrorCode.NOT_ALLOWED if isinstance(exc, TypeNotAllowed) else ErrorCode.BAD_REQUEST
-    return ErrorReply(exc.request_id, code.value, str(exc)[:MAX_ERROR_MESSAGE_CHARS])
+    return ErrorReply(id=exc.request_id, code=code, message=str(exc)[:MAX_ERROR_MESSAGE_CHARS])
 
 
 def request_id_of(frames: list[bytes]) -> str:
     """Best effort: the id of a message that failed to decode, for the error reply."""
-    try:
-        return _readable_id(_parse_header(frames[0])) if frames else ""
-    except ProtocolError:
-        return ""
+    return REQUESTS.request_id(frames[0]) if frames else ""
 
 
 # --- Facts ------------------------------------------------------------------------------------
 
+_FACTS: Final = msgspec.json.Decoder(NodeFacts)
 
-def system_config_from_facts(node_id: str, facts: dict[str, Any]) -> SystemConfiguration:
-    """A ``facts_reply`` body (also what ssh_executor's remote script prints) as a value."""
+
+def decode_facts(raw: bytes) -> NodeFacts:
+    """The JSON object node_facts.py prints, validated; ``ProtocolError`` naming the field."""
     try:
-        gpus = tuple(
-            GpuInfo(int(g["index"]), str(g["name"]), int(g["memory_total_mib"]))
-            for g in facts.get("gpus", [])
-        )
-        return SystemConfiguration(
-            node_id=node_id,
-            hostname=str(facts["hostname"]),
-            cpu_count=int(facts["cpu_count"]),
-            memory_total_bytes=int(facts["memory_total_bytes"]),
-            python_version=str(facts["python_version"]),
-            os_release=str(facts.get("os_release", "")),
-            gpus=gpus,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed system facts: {exc!r}") from None
+        return _FACTS.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"malformed system facts: {str(exc)[:200]}") from None
+
+
+def convert_facts(gathered: dict[str, Any]) -> NodeFacts:
+    """What node_facts.gather returns, validated as it will travel."""
+    try:
+        return msgspec.convert(gathered, NodeFacts)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"malformed system facts: {str(exc)[:200]}") from None
+
+
+def system_config_from_facts(facts: NodeFacts, node_id: str | None = None) -> SystemConfiguration:
+    """A node's facts as cluster_runner's value; ``node_id`` names it as the caller knows it."""
+    return SystemConfiguration(
+        node_id=facts.node_id if node_id is None else node_id,
+        hostname=facts.hostname,
+        cpu_count=facts.cpu_count,
+        memory_total_bytes=facts.memory_total_bytes,
+        python_version=facts.python_version,
+        os_release=facts.os_release,
+        gpus=tuple(GpuInfo(g.index, g.name, g.memory_total_mib) for g in facts.gpus),
+    )

@@ -10,7 +10,8 @@ cluster_runner's ``OperationalContextProtocol``. ``zmq_operational_context.py``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.protocols import (
@@ -23,6 +24,7 @@ from cluster_runner_simulation.protocols import (
 
 NodeFilter = Callable[[NodeSpec], bool]
 ExecutorFactory = Callable[[NodeSpec], NodeExecutorProtocol]
+TimedExecutorFactory = Callable[[NodeSpec, float], NodeExecutorProtocol]
 
 
 class ContextBuildError(RuntimeError):
@@ -112,3 +114,40 @@ async def build_context(
 
 def _satisfies_protocol(context: ExecutorContext) -> OperationalContextProtocol:
     return context  # mypy proves ExecutorContext implements the protocol
+
+
+class ContextBuilder(Protocol):
+    """``build_ssh_context`` and ``build_zmq_context``: the same call, another transport."""
+
+    def __call__(
+        self,
+        descriptor: ClusterDescriptor,
+        filter_fn: NodeFilter | None,
+        journal: AsyncJournalWriterProtocol,
+        *,
+        connect_timeout: float = ...,
+    ) -> Awaitable[ExecutorContext]: ...
+
+
+def context_builder(
+    transport: str, executor_for: TimedExecutorFactory, default_connect_timeout: float
+) -> ContextBuilder:
+    """A ``build_<transport>_context`` that makes each node's executor with ``executor_for``.
+
+    The built function raises ``ContextBuildError`` naming every node that did not answer.
+    """
+
+    async def build(
+        descriptor: ClusterDescriptor,
+        filter_fn: NodeFilter | None,
+        journal: AsyncJournalWriterProtocol,
+        *,
+        connect_timeout: float = default_connect_timeout,
+    ) -> ExecutorContext:
+        def make(node: NodeSpec) -> NodeExecutorProtocol:
+            return executor_for(node, connect_timeout)
+
+        return await build_context(transport, descriptor, filter_fn, journal, make)
+
+    build.__name__ = build.__qualname__ = f"build_{transport}_context"
+    return build

@@ -33,9 +33,9 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from cluster_patterns.cli_args import positive_int
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_patterns.stats import percentile
+from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.protocols import ExecutorError
-from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
 
 DEFAULT_SAMPLES = 400
 WARMUP = 5
@@ -61,15 +61,14 @@ async def sample(call: Callable[[], Awaitable[object]], count: int) -> tuple[flo
         started = time.perf_counter()
         await call()
         times.append((time.perf_counter() - started) * 1000.0)
-    times.sort()
-    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.95))]
+    return percentile(times, 0.50), percentile(times, 0.95)
 
 
 async def breakdown(samples: int, source_rc: bool) -> list[tuple[str, float, float]]:
     rows: list[tuple[str, float, float]] = []
     with LocalAgents(1) as agents, LocalSshd(source_rc=source_rc) as sshd:
         zmq = agents.executor(0)
-        ssh = AsyncSSHExecutor.for_local_sshd("node0", sshd)
+        ssh = sshd.executor("node0")
         conn = await asyncssh.connect(
             sshd.host,
             sshd.port,
@@ -96,8 +95,13 @@ async def breakdown(samples: int, source_rc: bool) -> list[tuple[str, float, flo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="latency of one command, step by step")
-    parser.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES)
+    parser = argparse.ArgumentParser(
+        description="latency of one command, step by step",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--samples", type=positive_int, default=DEFAULT_SAMPLES, help="sequential calls per step"
+    )
     parser.add_argument(
         "--ssh-login-rc", action="store_true", help="let bash source the login user's ~/.bashrc"
     )

@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +38,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.ssh_context import ssh_executor_for
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 from cluster_runner_simulation.protocols import (
+    Env,
     AsyncJournalWriterProtocol,
     CommandResult,
     NodeExecutorProtocol,
@@ -68,12 +69,14 @@ class FallbackExecutor:
         fallback: NodeExecutorProtocol,
         *,
         down_recheck_s: float = DOWN_RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if primary.node_id != fallback.node_id:
             raise ValueError(f"executors of different nodes: {primary.node_id}, {fallback.node_id}")
         self.primary = primary
         self.fallback = fallback
         self.down_recheck_s = down_recheck_s
+        self._clock = clock
         self.fallbacks = 0
         self.refused_fallbacks = 0
         self._down_until = 0.0
@@ -84,32 +87,27 @@ class FallbackExecutor:
 
     async def _primary_reachable(self) -> bool:
         """True if the primary answered a ping now; the command has not been sent yet."""
-        if time.monotonic() < self._down_until:
+        if self._clock() < self._down_until:
             return False
         if not isinstance(self.primary, Pingable):
             return True  # cannot ask; the primary's own NodeUnreachable is then final
         try:
             await self.primary.ping()
         except NodeUnreachable as exc:
-            self._down_until = time.monotonic() + self.down_recheck_s
+            self._down_until = self._clock() + self.down_recheck_s
             log.warning("%s: primary unreachable (%s); using the fallback", self.node_id, exc)
             return False
         return True
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         if await self._primary_reachable():
             try:
                 return await self.primary.run(command, timeout=timeout, env=env, cwd=cwd)
             except NodeUnreachable:
                 self.refused_fallbacks += 1
-                self._down_until = time.monotonic() + self.down_recheck_s
+                self._down_until = self._clock() + self.down_recheck_s
                 log.error(
                     "%s: primary lost while %r may have been running; not retried on the "
                     "fallback, so it cannot run twice",
@@ -178,12 +176,7 @@ class ShadowExecutor:
         return self.stats.discrepancies
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         shadow = asyncio.create_task(
             self.secondary.run(command, timeout=timeout, env=env, cwd=cwd), name="shadow"

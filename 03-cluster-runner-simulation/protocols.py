@@ -26,7 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+# Extra environment variables for one command (added to the node's own), or None.
+Env: TypeAlias = Mapping[str, str] | None
 
 # --- Values -----------------------------------------------------------------------------------
 
@@ -173,12 +176,7 @@ class NodeExecutorProtocol(Protocol):
     def node_id(self) -> str: ...
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         """Run ``command`` through the node's shell and wait for it.
 

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,11 @@ from cluster_runner_simulation.descriptor import (
     load_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, JournalFileError
-from cluster_runner_simulation.local_sshd import (
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
+from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
+    free_port,
     sshd_unavailable_reason,
     write_local_descriptor,
 )
@@ -67,7 +68,6 @@ from cluster_runner_simulation.protocols import (
 from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, build_schedule
 from cluster_runner_simulation.scheduling import run_perf_test_scheduled
 from cluster_runner_simulation.ssh_context import build_ssh_context
-from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 
 TRANSPORTS = ("zmq", "ssh", "zmq+ssh-fallback")
@@ -89,16 +89,10 @@ def local_cluster(count: int, workdir: Path) -> Iterator[Path]:
         yield path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def local_collector(journal: Path) -> Iterator[str]:
     """A ``zmq_journal.py collector`` subprocess for ``journal``; yields its endpoint."""
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-u", str(COLLECTOR_SCRIPT), "collector"]
     argv += ["--path", str(journal), "--port", str(port)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -241,16 +235,26 @@ def main_with(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run cluster_runner schedules over a transport")
+    parser = argparse.ArgumentParser(
+        description="Run cluster_runner schedules over a transport",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--descriptor", help="cluster descriptor (TOML)")
     where.add_argument("--local", type=int, metavar="N", help="start N local agents + an sshd")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="zmq")
+    parser.add_argument(
+        "--transport", choices=TRANSPORTS, default="zmq", help="how commands reach the nodes"
+    )
     parser.add_argument("--journal", default="journal.jsonl", help="journal file (JSONL)")
     parser.add_argument("--journal-endpoint", help="a running collector (tcp://HOST:PORT)")
     parser.add_argument("--journal-keys", help="CURVE keys dir of that collector's writers")
-    parser.add_argument("--schedule", choices=(*SCHEDULE_NAMES, "every"), default="every")
-    parser.add_argument("--nodes", help="comma-separated node ids (default: all)")
+    parser.add_argument(
+        "--schedule",
+        choices=(*SCHEDULE_NAMES, "every"),
+        default="every",
+        help="which schedule to run; every: all of them in turn",
+    )
+    parser.add_argument("--nodes", help="comma-separated node ids; None: all")
     parser.add_argument(
         "--shadow", action="store_true", help="mirror every command to the other transport (A/B)"
     )

@@ -13,9 +13,10 @@ Run schedules through it:
 
 from __future__ import annotations
 
-from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
-from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
-from cluster_runner_simulation.protocols import AsyncJournalWriterProtocol
+from typing import Final
+
+from cluster_runner_simulation.context_common import context_builder
+from cluster_runner_simulation.descriptor import NodeSpec
 
 # The executor's own default: an SSH handshake is slower than a ZeroMQ one.
 from cluster_runner_simulation.ssh_executor import CONNECT_TIMEOUT_S, AsyncSSHExecutor
@@ -36,14 +37,5 @@ def ssh_executor_for(
     )
 
 
-async def build_ssh_context(
-    descriptor: ClusterDescriptor,
-    filter_fn: NodeFilter | None,
-    journal: AsyncJournalWriterProtocol,
-    *,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
-) -> ExecutorContext:
-    """Raises ``ContextBuildError`` naming every node whose sshd could not be reached."""
-    return await build_context(
-        "ssh", descriptor, filter_fn, journal, lambda n: ssh_executor_for(n, connect_timeout)
-    )
+# Raises ContextBuildError naming every node whose sshd could not be reached.
+build_ssh_context: Final = context_builder("ssh", ssh_executor_for, CONNECT_TIMEOUT_S)

@@ -1,6 +1,6 @@
 """AsyncSSHExecutor: the SSH baseline, shaped like cluster_runner's NodeExecutorSSH.
 
-Connects with asyncssh to one node's sshd (port 22, or LocalSshd's private
+Connects with asyncssh to one node's sshd (port 22, or the test harness's private
 port): ONE persistent connection per node, a new session channel per command.
 This is what the ZeroMQ executor has to beat.
 
@@ -12,18 +12,19 @@ group's id on the first stderr line, which is stripped before the caller sees
 stderr. (A bare ``setsid -w`` wrapper would fork again and turn a signal
 death into exit status 137, so it is not used.) On a timeout or a
 cancellation a second channel runs ``kill -KILL -- -PGID``: the whole group
-dies and nothing is left orphaned. ``system_facts`` runs a small python3
-script on the node that prints the same JSON the ZeroMQ agent's facts carry.
+dies and nothing is left orphaned. ``system_facts`` ships node_facts.py to the
+node and runs it with the node's python3: the same code the ZeroMQ agent answers
+``facts`` with, so both transports report the same facts.
 
 Try it:
-    python 03-cluster-runner-simulation/ssh_executor.py HOST [PORT] [USER]
+    python 03-cluster-runner-simulation/ssh_executor.py HOST [PORT] [USER]   # --help
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import json
 import shlex
 import sys
 from collections.abc import Mapping
@@ -31,13 +32,16 @@ from typing import Any
 
 import asyncssh
 
+from cluster_patterns.cli_args import port_number
+from cluster_runner_simulation import node_facts
 from cluster_runner_simulation.agent_protocol import (
     ENV_NAME,
     ProtocolError,
+    decode_facts,
     system_config_from_facts,
 )
-from cluster_runner_simulation.local_sshd import LocalSshd
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     CommandTimeout,
     ExecutorError,
@@ -49,37 +53,7 @@ from cluster_runner_simulation.protocols import (
 CONNECT_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 FACTS_TIMEOUT_S = 30.0
-
-# Runs on the node; prints what zmq_node_agent.gather_facts returns.
-FACTS_SCRIPT = r"""
-import json, os, platform, shutil, socket, subprocess
-def os_release():
-    try:
-        for line in open("/etc/os-release"):
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip().strip('"')
-    except OSError:
-        pass
-    return platform.platform()
-gpus = []
-if shutil.which("nvidia-smi"):
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    for line in out.splitlines():
-        p = [x.strip() for x in line.split(",")]
-        if len(p) == 3 and p[0].isdigit():
-            gpus.append({"index": int(p[0]), "name": p[1],
-                         "memory_total_mib": int(p[2]) if p[2].isdigit() else 0})
-print(json.dumps({
-    "hostname": socket.gethostname(), "cpu_count": os.cpu_count() or 1,
-    "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-    "python_version": platform.python_version(), "os_release": os_release(), "gpus": gpus,
-}))
-"""
+SSH_PORT = 22
 
 
 def wrap_command(command: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
@@ -109,7 +83,7 @@ class AsyncSSHExecutor:
         self,
         node_id: str,
         host: str,
-        port: int = 22,
+        port: int = SSH_PORT,
         *,
         username: str | None = None,
         client_keys: list[str] | None = None,
@@ -127,18 +101,6 @@ class AsyncSSHExecutor:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-
-    @classmethod
-    def for_local_sshd(cls, node_id: str, sshd: LocalSshd, **options: float) -> AsyncSSHExecutor:
-        return cls(
-            node_id,
-            sshd.host,
-            sshd.port,
-            username=sshd.username,
-            client_keys=[str(sshd.client_key_path)],
-            known_hosts=str(sshd.known_hosts),
-            **options,
-        )
 
     @property
     def node_id(self) -> str:
@@ -198,12 +160,7 @@ class AsyncSSHExecutor:
             raise
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         proc = await self._open_uncancellable(wrap_command(command, env, cwd))
         pgid: int | None = None
@@ -254,13 +211,14 @@ class AsyncSSHExecutor:
         proc.close()
 
     async def system_facts(self) -> SystemConfiguration:
-        result = await self.run(f"python3 -c {shlex.quote(FACTS_SCRIPT)}", timeout=FACTS_TIMEOUT_S)
+        command = node_facts.remote_command(self._node_id)
+        result = await self.run(command, timeout=FACTS_TIMEOUT_S)
         if not result.ok:
-            raise ExecutorError(self._node_id, f"facts script failed: {result.stderr_text[-300:]}")
+            raise ExecutorError(self._node_id, f"node_facts.py failed: {result.stderr_text[-300:]}")
         try:
-            return system_config_from_facts(self._node_id, json.loads(result.stdout))
-        except (ValueError, ProtocolError) as exc:
-            raise ExecutorError(self._node_id, f"facts script printed garbage: {exc}") from None
+            return system_config_from_facts(decode_facts(result.stdout), self._node_id)
+        except ProtocolError as exc:
+            raise ExecutorError(self._node_id, f"node_facts.py printed garbage: {exc}") from None
 
     async def close(self) -> None:
         self._closed = True
@@ -288,15 +246,24 @@ async def _demo(host: str, port: int, user: str | None) -> None:
         print(await executor.run("uname -a"))
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="print a node's facts and `uname -a`, over SSH (asyncssh)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("host", help="the node's address (its key must be in known_hosts)")
+    parser.add_argument("port", nargs="?", type=port_number, default=SSH_PORT, help="sshd port")
+    parser.add_argument("user", nargs="?", default=None, help="login name; None: yours")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_demo(args.host, args.port, args.user))
+    except ExecutorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        print("usage: ssh_executor.py HOST [PORT] [USER]", file=sys.stderr)
-        sys.exit(2)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            _demo(
-                sys.argv[1],
-                int(sys.argv[2]) if len(sys.argv) > 2 else 22,
-                sys.argv[3] if len(sys.argv) > 3 else None,
-            )
-        )
+    sys.exit(main())

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,15 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from cluster_patterns.transport import RateLimitedLog
+from cluster_patterns.curve import curve_client
+from cluster_patterns.transport import RateLimitedLog, configure, endpoint
 from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, KeyPair
 from cluster_runner_simulation.agent_keys import load_keypair, load_public
 from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
     DEFAULT_PORT,
     MAX_REPLY_BYTES,
-    REPLY_TYPES,
+    REPLIES,
     Accepted,
     CancelRequest,
     Credit,
@@ -63,11 +64,12 @@ from cluster_runner_simulation.agent_protocol import (
     PingRequest,
     ProtocolError,
     RunRequest,
-    decode,
+    Stream,
     encode,
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     CommandTimeout,
     ExecutorError,
@@ -83,6 +85,7 @@ FACTS_TIMEOUT_S = 30.0
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 WATCHDOG_INTERVAL_S = 0.5
+ZMTP_HEARTBEAT_MS = 2000
 
 log = logging.getLogger("zmq_node_executor")
 
@@ -141,12 +144,13 @@ class ZmqNodeExecutor:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         silence_timeout: float = SILENCE_TIMEOUT_S,
         facts_timeout: float = FACTS_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``server_public_key=None`` and ``client_keys=None`` talk to an --insecure agent."""
         if (server_public_key is None) != (client_keys is None):
             raise ValueError("give both the server public key and the client keys, or neither")
         self._node_id = node_id
-        self.endpoint = f"tcp://{host}:{port}"
+        self.endpoint = endpoint(host, port)
         self._server_key = server_public_key
         self._client_keys = client_keys
         self.connect_timeout = connect_timeout
@@ -157,7 +161,8 @@ class ZmqNodeExecutor:
         self._pending: dict[str, PendingRequest] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_heard = time.monotonic()
+        self._clock = clock
+        self._last_heard = clock()
         self._bad_replies = 0
         self._bad_log = RateLimitedLog(log.warning)
         self._uncredited = 0  # reply bytes read but not yet credited back to the agent
@@ -166,7 +171,7 @@ class ZmqNodeExecutor:
 
     @classmethod
     def from_keys_dir(
-        cls, node_id: str, host: str, port: int, keys_dir: str | Path, **options: float
+        cls, node_id: str, host: str, port: int, keys_dir: str | Path, **options: Any
     ) -> ZmqNodeExecutor:
         """Reads KEYS/agent.key and KEYS/client.key_secret (as ``keys generate`` writes them)."""
         keys = Path(keys_dir)
@@ -186,15 +191,10 @@ class ZmqNodeExecutor:
     # --- NodeExecutorProtocol ------------------------------------------------------------------
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         request = RunRequest(
-            self._next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd
+            id=self._next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd
         )
         pending = await self._submit(request)
         try:
@@ -213,7 +213,7 @@ class ZmqNodeExecutor:
         return self._result(command, timeout, reply, pending)
 
     async def system_facts(self) -> SystemConfiguration:
-        request = FactsRequest(self._next_id())
+        request = FactsRequest(id=self._next_id())
         pending = await self._submit(request, expect_accepted=False)
         try:
             async with asyncio.timeout(self.facts_timeout):
@@ -225,16 +225,13 @@ class ZmqNodeExecutor:
         if isinstance(reply, ErrorReply):
             raise ExecutorError(self._node_id, f"agent could not gather facts: {reply.message}")
         if not isinstance(reply, FactsReply):
-            raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
-        try:
-            return system_config_from_facts(self._node_id, reply.facts)
-        except ProtocolError as exc:
-            raise ExecutorError(self._node_id, str(exc)) from None
+            raise ExecutorError(self._node_id, f"unexpected reply {_tag(reply)}")
+        return system_config_from_facts(reply.facts, self._node_id)
 
     async def ping(self) -> float:
         """Round trip to the agent in seconds; NodeUnreachable if it does not answer."""
         started = time.perf_counter()
-        request = PingRequest(self._next_id())
+        request = PingRequest(id=self._next_id())
         pending = await self._submit(request, expect_accepted=False)
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -282,6 +279,11 @@ class ZmqNodeExecutor:
 
     async def _submit(self, request: Message, expect_accepted: bool = True) -> PendingRequest:
         """Send ``request``; return once the agent has accepted it (run) or right away."""
+        # --8<-- [start:submit]
+        try:
+            frames = encode(request)
+        except ProtocolError as exc:  # e.g. a command line beyond what one header may hold
+            raise ExecutorError(self._node_id, f"cannot send the request: {exc}") from None
         sock = self._socket()
         loop = asyncio.get_running_loop()
         pending = PendingRequest(loop.create_future(), loop.create_future())
@@ -289,13 +291,14 @@ class ZmqNodeExecutor:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 # ZMQ_IMMEDIATE: this waits while there is no live, authenticated connection.
-                await sock.send_multipart(encode(request))
+                await sock.send_multipart(frames)
                 if expect_accepted:
                     await pending.accepted
         except TimeoutError:
             self._pending.pop(request.id, None)
             self._send_cancel(request.id)  # in case it arrives after all
             raise self._unreachable() from None
+        # --8<-- [end:submit]
         except BaseException:
             # Cancelled (or failed) after sending: the run may have started already.
             self._pending.pop(request.id, None)
@@ -310,7 +313,7 @@ class ZmqNodeExecutor:
         # Fire and forget: it must also work from a task that is being cancelled. With no
         # live connection there is no remote command to cancel, so EAGAIN is fine.
         sent = asyncio.ensure_future(
-            self._sock.send_multipart(encode(CancelRequest(request_id)), flags=zmq.NOBLOCK)
+            self._sock.send_multipart(encode(CancelRequest(id=request_id)), flags=zmq.NOBLOCK)
         )
         sent.add_done_callback(_ignore_outcome)
 
@@ -320,7 +323,7 @@ class ZmqNodeExecutor:
         if isinstance(reply, ErrorReply):
             raise ExecutorError(self._node_id, f"agent refused {command!r}: {reply.message}")
         if not isinstance(reply, Exit):
-            raise ExecutorError(self._node_id, f"unexpected reply {reply.TYPE.value}")
+            raise ExecutorError(self._node_id, f"unexpected reply {_tag(reply)}")
         if reply.timed_out and not reply.started:
             raise CommandTimeout(
                 self._node_id,
@@ -351,22 +354,25 @@ class ZmqNodeExecutor:
         if self._closed:
             raise NodeUnreachable(self._node_id, "executor is closed")
         if self._sock is None:
-            sock = SharedContext.acquire().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+            # RCVHWM 0: output chunks must never be dropped (the credit window bounds them).
+            # --8<-- [start:socket]
+            sock = configure(
+                SharedContext.acquire().socket(zmq.DEALER),
+                max_message_bytes=MAX_REPLY_BYTES,
+                linger_ms=0,
+                rcvhwm=0,
+            )
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-            sock.setsockopt(zmq.RCVHWM, 0)  # output chunks must never be dropped
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * 3)
             if self._server_key is not None and self._client_keys is not None:
-                sock.setsockopt(zmq.CURVE_SERVERKEY, self._server_key)
-                sock.setsockopt(zmq.CURVE_PUBLICKEY, self._client_keys.public)
-                sock.setsockopt(zmq.CURVE_SECRETKEY, self._client_keys.secret)
+                curve_client(sock, self._server_key, self._client_keys)
             sock.connect(self.endpoint)
+            # --8<-- [end:socket]
             self._sock = sock
-            self._last_heard = time.monotonic()
+            self._last_heard = self._clock()
             self._tasks = [
                 asyncio.create_task(self._read_replies(sock)),
                 asyncio.create_task(self._grant_credit(sock)),
@@ -374,22 +380,23 @@ class ZmqNodeExecutor:
             ]
         return self._sock
 
+    # --8<-- [start:read-replies]
     async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
         while True:
             frames = await sock.recv_multipart()
-            self._last_heard = time.monotonic()
+            self._last_heard = self._clock()
             self._uncredited += sum(len(frame) for frame in frames)
             if self._uncredited >= CREDIT_BATCH_BYTES:
                 self._credit_due.set()
             try:
-                reply = decode(frames, REPLY_TYPES)
+                reply, body = REPLIES.decode_frames(frames)
             except ProtocolError as exc:
                 self._count_bad(exc)
                 continue
             pending = self._pending.get(reply.id)
             if pending is None:
                 continue  # a heartbeat, or a late reply to a request we gave up on
-            self._route(pending, reply)
+            self._route(pending, reply, body)
 
     async def _grant_credit(self, sock: zmq.asyncio.Socket) -> None:
         """Give the agent credit for what the reader took off the socket (never dropped:
@@ -398,16 +405,18 @@ class ZmqNodeExecutor:
             await self._credit_due.wait()
             self._credit_due.clear()
             granted, self._uncredited = self._uncredited, 0
-            await sock.send_multipart(encode(Credit("", nbytes=granted)))
+            await sock.send_multipart(encode(Credit(nbytes=granted)))
+
+    # --8<-- [end:read-replies]
 
     @staticmethod
-    def _route(pending: PendingRequest, reply: Message) -> None:
+    def _route(pending: PendingRequest, reply: Message, body: bytes | None) -> None:
         # Any reply proves the request arrived; the agent sends "accepted" only for
         # runs that are still silent after a moment.
         if not pending.accepted.done():
             pending.accepted.set_result(None)
-        if isinstance(reply, Output):
-            (pending.stdout if reply.stream == "stdout" else pending.stderr).append(reply.data)
+        if isinstance(reply, Output) and body is not None:
+            (pending.stdout if reply.stream is Stream.STDOUT else pending.stderr).append(body)
         elif not isinstance(reply, Accepted) and not pending.done.done():
             pending.done.set_result(reply)  # exit, facts_reply, pong, error: answered
 
@@ -416,7 +425,7 @@ class ZmqNodeExecutor:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             waiting = [p for p in self._pending.values() if p.accepted.done()]
-            silent_for = time.monotonic() - self._last_heard
+            silent_for = self._clock() - self._last_heard
             if waiting and silent_for > self.silence_timeout:
                 error = NodeUnreachable(
                     self._node_id,
@@ -429,6 +438,10 @@ class ZmqNodeExecutor:
     def _count_bad(self, exc: ProtocolError) -> None:
         self._bad_replies += 1
         self._bad_log(f"{self._node_id}: bad reply #{self._bad_replies}: {exc}")
+
+
+def _tag(message: Message) -> str:
+    return str(message.__struct_config__.tag)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -17,9 +17,10 @@ Run schedules through it:
 
 from __future__ import annotations
 
-from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
-from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorError, NodeSpec
-from cluster_runner_simulation.protocols import AsyncJournalWriterProtocol
+from typing import Final
+
+from cluster_runner_simulation.context_common import context_builder
+from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec
 
 # The executor's own default: how long a node's agent may take to accept a request.
 from cluster_runner_simulation.zmq_node_executor import CONNECT_TIMEOUT_S, ZmqNodeExecutor
@@ -34,14 +35,5 @@ def zmq_executor_for(node: NodeSpec, connect_timeout: float = CONNECT_TIMEOUT_S)
     )
 
 
-async def build_zmq_context(
-    descriptor: ClusterDescriptor,
-    filter_fn: NodeFilter | None,
-    journal: AsyncJournalWriterProtocol,
-    *,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
-) -> ExecutorContext:
-    """Raises ``ContextBuildError`` naming every node whose agent did not answer."""
-    return await build_context(
-        "zmq", descriptor, filter_fn, journal, lambda n: zmq_executor_for(n, connect_timeout)
-    )
+# Raises ContextBuildError naming every node whose agent did not answer.
+build_zmq_context: Final = context_builder("zmq", zmq_executor_for, CONNECT_TIMEOUT_S)

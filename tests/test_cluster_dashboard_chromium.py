@@ -9,12 +9,9 @@ Set DASHBOARD_SCREENSHOT=/some/path.png to keep a screenshot of the final page.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,52 +27,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-INTERVAL_S = 0.5
+INTERVAL_S = 0.5  # as tests/conftest.py starts the cluster
 LIVENESS = 3
 DEAD_WITHIN_S = INTERVAL_S * (LIVENESS + 1)
 PAGE_MARGIN_S = 1.5  # the page polls every 500 ms; Chromium on a busy 2-core machine
 WORKERS = ("w1", "w2", "w3")
 
 
-def node_states(base: str) -> dict[str, str]:
-    with urllib.request.urlopen(base + "/api/cluster", timeout=5) as response:
-        return {n["id"]: n["state"] for n in json.loads(response.read())["nodes"]}
-
-
-def start_cluster(spawn: Any, free_port: Callable[[], int]) -> tuple[str, dict[str, Any]]:
-    """Coordinator, 3 workers, monitor; returns the monitor's URL and the processes."""
-    port, status_port, http_port = free_port(), free_port(), free_port()
-    timing = ["--heartbeat-interval", str(INTERVAL_S), "--liveness", str(LIVENESS)]
-    coordinator = spawn(
-        "02-cluster-patterns/coordinator.py",
-        "--port",
-        str(port),
-        "--status-port",
-        str(status_port),
-        *timing,
-    )
-    coordinator.wait_for("coordinator ready")
-    workers = {
-        name: spawn("02-cluster-patterns/worker.py", "--id", name, "--port", str(port), *timing)
-        for name in WORKERS
-    }
-    spawn(
-        "02-cluster-patterns/monitor.py",
-        "--status-port",
-        str(status_port),
-        "--port",
-        str(http_port),
-    ).wait_for("monitor ready")
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 20
-    while node_states(base) != {name: "alive" for name in WORKERS}:
-        assert time.monotonic() < deadline, f"workers not all alive: {node_states(base)}"
-        time.sleep(0.1)
-    return base, {"port": str(port), "coordinator": coordinator, **workers}
-
-
 def test_dashboard_shows_workers_and_a_kill_without_reload(
-    spawn: Any, free_port: Callable[[], int], run: Any, tmp_path: Path
+    monitored_cluster: Any, tmp_path: Path
 ) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (Debian package 'chromium')")
@@ -84,7 +44,8 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
     except ImportError:
         pytest.skip("the playwright package is not installed (requirements-dev.txt)")
 
-    base, procs = start_cluster(spawn, free_port)
+    cluster = monitored_cluster(WORKERS)
+    base, procs = cluster.base, cluster.procs
     requested: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -102,19 +63,7 @@ def test_dashboard_shows_workers_and_a_kill_without_reload(
             assert page.get_attribute("#coordinator", "data-seen") == "seen"
 
             # A little work so the charts and rates have something to draw.
-            client = run(
-                "02-cluster-patterns/client.py",
-                "--count",
-                "300",
-                "--kind",
-                "sleep",
-                "--ms",
-                "2",
-                "--port",
-                procs["port"],
-                timeout=60,
-            )
-            assert client.returncode == 0, client.stdout + client.stderr
+            cluster.submit("--count", "300", "--kind", "sleep", "--ms", "2")
 
             procs["w2"].signal(signal.SIGKILL)
             killed_at = time.monotonic()

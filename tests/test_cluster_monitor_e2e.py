@@ -10,7 +10,6 @@ Invariants 2 and 3 as the monitor sees them:
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import urllib.error
@@ -18,21 +17,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-INTERVAL_S = 0.5  # the CLI defaults: a dead verdict within 2 s
+INTERVAL_S = 0.5  # as tests/conftest.py starts the cluster: a dead verdict within 2 s
 LIVENESS = 3
 DEAD_WITHIN_S = INTERVAL_S * (LIVENESS + 1)
 POLL_S = 0.05
 POLL_MARGIN_S = 0.5  # our HTTP polling and a busy 2-core machine
 WORKERS = ("w1", "w2", "w3")
-
-
-def api(base: str) -> Any:
-    with urllib.request.urlopen(base + "/api/cluster", timeout=5) as response:
-        return json.loads(response.read())
-
-
-def states(base: str) -> dict[str, str]:
-    return {n["id"]: n["state"] for n in api(base)["nodes"]}
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -45,58 +35,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def start_cluster(spawn: Any, free_port: Callable[[], int]) -> tuple[str, dict[str, Any]]:
-    port, status_port, http_port = free_port(), free_port(), free_port()
-    timing = ["--heartbeat-interval", str(INTERVAL_S), "--liveness", str(LIVENESS)]
-    coordinator = spawn(
-        "02-cluster-patterns/coordinator.py",
-        "--port",
-        str(port),
-        "--status-port",
-        str(status_port),
-        *timing,
-    )
-    coordinator.wait_for("coordinator ready")
-    workers = {
-        name: spawn("02-cluster-patterns/worker.py", "--id", name, "--port", str(port), *timing)
-        for name in WORKERS
-    }
-    monitor = spawn(
-        "02-cluster-patterns/monitor.py",
-        "--status-port",
-        str(status_port),
-        "--port",
-        str(http_port),
-        *timing,
-    )
-    monitor.wait_for("monitor ready")
-    for proc in workers.values():
-        proc.wait_for("ready")
-    base = f"http://127.0.0.1:{http_port}"
-    wait_until(lambda: states(base) == {name: "alive" for name in WORKERS}, 20, "3 alive workers")
-    return base, {"coordinator": coordinator, "monitor": monitor, "port": port, **workers}
-
-
-def test_monitor_sees_kill_and_partition(
-    spawn: Any, free_port: Callable[[], int], run: Any
-) -> None:
-    base, procs = start_cluster(spawn, free_port)
+def test_monitor_sees_kill_and_partition(monitored_cluster: Any) -> None:
+    cluster = monitored_cluster(WORKERS)
+    base, procs, api, states = cluster.base, cluster.procs, cluster.api, cluster.states
     with urllib.request.urlopen(base + "/health", timeout=5) as response:
         assert response.status == 200
 
     # Some work, so totals and the latency histogram carry real numbers.
-    client = run(
-        "02-cluster-patterns/client.py",
-        "--count",
-        "200",
-        "--kind",
-        "echo",
-        "--port",
-        str(procs["port"]),
-        timeout=60,
-    )
-    assert client.returncode == 0, client.stdout + client.stderr
-    wait_until(lambda: api(base)["totals"]["done"] >= 200, 10, "done >= 200 in /api/cluster")
+    cluster.submit("--count", "200", "--kind", "echo")
+    wait_until(lambda: api()["totals"]["done"] >= 200, 10, "done >= 200 in /api/cluster")
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
         metrics = response.read().decode()
     assert "cluster_task_latency_seconds_count" in metrics
@@ -108,26 +55,26 @@ def test_monitor_sees_kill_and_partition(
     assert latency_count and latency_count[0] >= 200
 
     # SIGKILL w2: dead within interval * (liveness + 1).
-    before = api(base)["failure_detection"]["count"]
+    before = api()["failure_detection"]["count"]
     procs["w2"].signal(signal.SIGKILL)
     took = wait_until(
-        lambda: states(base).get("w2") == "dead", DEAD_WITHIN_S + 5, "w2 dead after SIGKILL"
+        lambda: states().get("w2") == "dead", DEAD_WITHIN_S + 5, "w2 dead after SIGKILL"
     )
     assert took <= DEAD_WITHIN_S + POLL_MARGIN_S, f"w2 shown dead after {took:.2f} s"
-    doc = api(base)
+    doc = api()
     assert doc["failure_detection"]["count"] > before
     assert 0 < doc["failure_detection"]["last_s"] <= DEAD_WITHIN_S
-    assert states(base)["w1"] == "alive"
+    assert states()["w1"] == "alive"
 
     # SIGSTOP w3 past the dead timeout, then SIGCONT: alive again, recovery time reported.
     procs["w3"].signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: states(base).get("w3") == "dead", DEAD_WITHIN_S + 5, "w3 dead")
+        wait_until(lambda: states().get("w3") == "dead", DEAD_WITHIN_S + 5, "w3 dead")
         time.sleep(INTERVAL_S)
     finally:
         procs["w3"].signal(signal.SIGCONT)
-    wait_until(lambda: states(base).get("w3") == "alive", 15, "w3 alive after SIGCONT")
-    recovery = api(base)["partition_recovery"]
+    wait_until(lambda: states().get("w3") == "alive", 15, "w3 alive after SIGCONT")
+    recovery = api()["partition_recovery"]
     assert recovery["count"] >= 1 and recovery["last_s"] > INTERVAL_S
     with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
         metrics = response.read().decode()

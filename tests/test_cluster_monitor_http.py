@@ -8,8 +8,10 @@ checks what the monitor serves over HTTP.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -21,14 +23,8 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster_patterns.protocol import (
-    NodeEvent,
-    NodeStatus,
-    Status,
-    TaskStats,
-    Totals,
-    encode,
-)
+from cluster_patterns import protocol
+from cluster_patterns.protocol import NodeEventKind, NodeState, Totals, encode
 
 INTERVAL_S = 0.2
 LIVENESS = 2
@@ -70,6 +66,38 @@ def get_json(url: str) -> tuple[int, Any]:
     return code, json.loads(body)
 
 
+# What every fake node reports, besides its id, state and done count.
+NODE_FIGURES: dict[str, Any] = {
+    "last_seen_age_s": 0.05,
+    "in_flight": 1,
+    "capacity": 4,
+    "capabilities": ["echo"],
+    "cpu_percent": 12.0,
+    "memory_percent": 34.0,
+    "load1": 0.5,
+}
+
+
+def node_status(node_id: str, state: NodeState, done: int) -> protocol.NodeStatus:
+    return protocol.NodeStatus(node_id=node_id, state=state, done=done, **NODE_FIGURES)
+
+
+def status_message(
+    coordinator: str, seq: int, nodes: list[protocol.NodeStatus], totals: Totals
+) -> protocol.Status:
+    return protocol.Status(
+        coordinator_id=coordinator,
+        seq=seq,
+        heartbeat_interval_s=INTERVAL_S,
+        liveness=LIVENESS,
+        nodes=nodes,
+        totals=totals,
+    )
+
+
+ALIVE, SUSPECT, DEAD = NodeState.ALIVE, NodeState.SUSPECT, NodeState.DEAD
+
+
 class FakeCoordinator:
     """A PUB socket that speaks the status channel, driven step by step by the test."""
 
@@ -90,21 +118,20 @@ class FakeCoordinator:
         self.pub.close(linger=0)
         self.ctx.term()
 
-    def status(self, *states: str) -> None:
+    def status(self, *states: NodeState) -> None:
         self.seq += 1
         self.done += 10
-        nodes = [
-            NodeStatus(f"w{i + 1}", state, 0.05, 1, 4, ["echo"], 12.0, 34.0, 0.5, self.done)
-            for i, state in enumerate(states)
-        ]
+        nodes = [node_status(f"w{i + 1}", state, self.done) for i, state in enumerate(states)]
         totals = Totals(submitted=self.done + 5, done=self.done, failed=1, retried=2)
-        self.pub.send(encode(Status("fake", self.seq, INTERVAL_S, LIVENESS, nodes, totals)))
+        self.pub.send(encode(status_message("fake", self.seq, nodes, totals)))
         self.last_sent = time.monotonic()
 
     def send(self, *frames: bytes) -> None:
         self.pub.send_multipart(list(frames))
 
-    def beat_until(self, check: Callable[[], bool], *states: str, timeout: float = 15) -> None:
+    def beat_until(
+        self, check: Callable[[], bool], *states: NodeState, timeout: float = 15
+    ) -> None:
         """Keep publishing STATUS every interval until `check()` holds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -177,18 +204,27 @@ def test_health_api_and_metrics(monitor: str, fake: FakeCoordinator) -> None:
     code, body = get_json(monitor + "/health")
     assert code == 503 and body["status"] == "unavailable"
 
-    fake.beat_until(lambda: healthy(monitor), "alive", "alive", "dead")
+    fake.beat_until(lambda: healthy(monitor), ALIVE, ALIVE, DEAD)
     code, body = get_json(monitor + "/health")
     assert code == 200 and body["status"] == "ok" and body["coordinator"] == "seen"
 
-    fake.send(encode(NodeEvent("w3", "dead", time.time(), 1.25, None)))
-    fake.send(encode(NodeEvent("w2", "alive", time.time(), None, 7.5)))
-    fake.send(encode(TaskStats([0.002, 0.004, 0.3], 3, 0)))
+    now = time.time()
+    fake.send(
+        encode(
+            protocol.NodeEvent(
+                node_id="w3", event=NodeEventKind.DEAD, at=now, detection_latency_s=1.25
+            )
+        )
+    )
+    fake.send(
+        encode(protocol.NodeEvent(node_id="w2", event=NodeEventKind.ALIVE, at=now, recovery_s=7.5))
+    )
+    fake.send(encode(protocol.TaskStats(latencies_s=[0.002, 0.004, 0.3], done=3, failed=0)))
     fake.beat_until(
         lambda: get_json(monitor + "/api/cluster")[1]["partition_recovery"]["count"] == 1,
-        "alive",
-        "alive",
-        "dead",
+        ALIVE,
+        ALIVE,
+        DEAD,
     )
 
     code, doc = get_json(monitor + "/api/cluster")
@@ -200,18 +236,12 @@ def test_health_api_and_metrics(monitor: str, fake: FakeCoordinator) -> None:
         ("w2", "alive"),
         ("w3", "dead"),
     ]
-    for n in doc["nodes"]:
-        assert set(n) >= {
-            "id",
-            "state",
-            "last_seen_age_s",
-            "in_flight",
-            "capacity",
-            "cpu_percent",
-            "memory_percent",
-            "load1",
-            "done",
+    for n in doc["nodes"]:  # what the fake published, aged by the time since
+        assert {name: n[name] for name in NODE_FIGURES} == {
+            **NODE_FIGURES,
+            "last_seen_age_s": n["last_seen_age_s"],
         }
+        assert 0.05 <= n["last_seen_age_s"] < 5.0 and n["done"] > 0
     assert doc["totals"]["failed"] == 1 and doc["totals"]["retried"] == 2
     assert doc["totals"]["done"] > 0
     assert doc["failure_detection"] == {"last_s": 1.25, "count": 1}
@@ -250,7 +280,7 @@ def test_health_api_and_metrics(monitor: str, fake: FakeCoordinator) -> None:
 def test_garbage_is_counted_and_the_monitor_keeps_serving(
     monitor: str, fake: FakeCoordinator
 ) -> None:
-    fake.beat_until(lambda: healthy(monitor), "alive")
+    fake.beat_until(lambda: healthy(monitor), ALIVE)
     garbage = [
         [b"\x00\x01\x02 not json"],
         [b'{"v": 2, "type": "STATUS"}'],
@@ -265,7 +295,7 @@ def test_garbage_is_counted_and_the_monitor_keeps_serving(
         fake.send(*frames)
     fake.beat_until(
         lambda: get_json(monitor + "/api/cluster")[1]["monitor"]["bad_messages"] >= len(garbage),
-        "alive",
+        ALIVE,
     )
     assert metric_values(monitor)[("cluster_monitor_bad_messages_total", ())] == len(garbage)
 
@@ -276,10 +306,26 @@ def test_garbage_is_counted_and_the_monitor_keeps_serving(
     def states() -> list[str]:
         return [n["state"] for n in get_json(monitor + "/api/cluster")[1]["nodes"]]
 
-    fake.beat_until(lambda: states() == ["alive", "suspect"], "alive", "suspect", timeout=30)
+    fake.beat_until(lambda: states() == ["alive", "suspect"], ALIVE, SUSPECT, timeout=30)
     assert healthy(monitor)
     assert get_json(monitor + "/api/cluster")[1]["monitor"]["resubscribes"] >= 1
     assert get(monitor + "/")[0] == 200
+
+
+def test_http_garbage_gets_400_and_the_monitor_keeps_serving(monitor: str) -> None:
+    port = int(monitor.rsplit(":", 1)[1])
+    requests = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX: " + b"b" * 100_000 + b"\r\n\r\n",
+    ]
+    for raw in requests:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(raw + b"\r\n\r\n")
+            assert re.match(rb"HTTP/1\.[01] 400 ", conn.recv(64)), raw[:20]
+    assert get_json(monitor + "/api/cluster")[1]["monitor"]["bad_http_requests"] == len(requests)
+    assert metric_values(monitor)[("cluster_monitor_bad_http_requests_total", ())] == 3.0
+    # The fixture checks that the monitor exits 0 without a traceback.
 
 
 def test_bad_command_lines_exit_2(run: Any) -> None:
@@ -290,8 +336,6 @@ def test_bad_command_lines_exit_2(run: Any) -> None:
 
 
 def test_busy_http_port_is_a_clear_error(run: Any, free_port: Callable[[], int]) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -305,7 +349,27 @@ def test_busy_http_port_is_a_clear_error(run: Any, free_port: Callable[[], int])
             timeout=30,
         )
     assert result.returncode == 1
-    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("monitor: error: cannot listen on 127.0.0.1:")
+    assert f"port {port} is already in use" in line
+
+
+def test_help_shows_every_flag_with_its_default(run: Any) -> None:
+    result = run("02-cluster-patterns/monitor.py", "--help", timeout=30)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, default in (
+        ("--coordinator", "127.0.0.1"),
+        ("--status-port", "5571"),
+        ("--port", "5572"),
+        ("--bind", "127.0.0.1"),
+        ("--heartbeat-interval", "0.5"),
+        ("--liveness", "3"),
+        ("--verbose", "False"),
+    ):
+        assert flag in text
+        assert f"(default: {default})" in text, flag
+    assert "--keys DIR" in text
 
 
 def test_follows_a_restarted_coordinator_and_stops_on_sigint(
@@ -322,7 +386,7 @@ def test_follows_a_restarted_coordinator_and_stops_on_sigint(
     )
     proc.wait_for("monitor ready")
     base = f"http://127.0.0.1:{http_port}"
-    fake.beat_until(lambda: healthy(base), "alive")
+    fake.beat_until(lambda: healthy(base), ALIVE)
 
     # The coordinator dies and a new one (new id, counters from zero) binds the same port.
     fake.pub.close(linger=0)
@@ -337,9 +401,7 @@ def test_follows_a_restarted_coordinator_and_stops_on_sigint(
         while not new_coordinator_seen():
             assert time.monotonic() < deadline, "the monitor did not follow the new coordinator"
             restarted.seq += 1
-            restarted.pub.send(
-                encode(Status("fake2", restarted.seq, INTERVAL_S, LIVENESS, [], Totals()))
-            )
+            restarted.pub.send(encode(status_message("fake2", restarted.seq, [], Totals())))
             time.sleep(INTERVAL_S / 2)
         assert healthy(base)
         assert get_json(base + "/api/cluster")[1]["nodes"] == []

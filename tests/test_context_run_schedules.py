@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cluster_runner_simulation.journal_format import scan_journal
-from cluster_runner_simulation.local_sshd import sshd_unavailable_reason
+from cluster_runner_simulation.testing import sshd_unavailable_reason
 
 SCRIPT = "03-cluster-runner-simulation/run_schedules.py"
 

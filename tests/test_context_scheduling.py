@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.migration import FallbackExecutor, ShadowExecutor
 from cluster_runner_simulation.protocols import (
+    Env,
     CommandResult,
     NodeUnreachable,
     SystemConfiguration,
@@ -56,12 +56,7 @@ class FakeExecutor:
         return 0.0
 
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         if self.down:
             raise NodeUnreachable(self._node_id, "fake: down")
@@ -242,6 +237,20 @@ async def test_fallback_only_when_unreachable_before_the_command() -> None:
     assert primary.commands == ["echo back"] and executor.fallbacks == 1
 
 
+async def test_a_down_primary_is_asked_again_once_the_recheck_time_has_passed() -> None:
+    now = [100.0]
+    primary, ssh = FakeExecutor("n0", down=True), FakeExecutor("n0")
+    executor = FallbackExecutor(primary, ssh, down_recheck_s=5.0, clock=lambda: now[0])
+    await executor.run("first")
+    primary.down = False
+    now[0] += 4.9
+    await executor.run("still skipped")
+    assert ssh.commands == ["first", "still skipped"] and primary.commands == []
+    now[0] += 0.2
+    await executor.run("back")
+    assert primary.commands == ["back"]
+
+
 async def test_fallback_never_reruns_a_command_lost_mid_run() -> None:
     primary, ssh = FakeExecutor("n0", lost_mid_run=True), FakeExecutor("n0")
     executor = FallbackExecutor(primary, ssh)
@@ -265,12 +274,7 @@ async def test_fallback_rejects_executors_of_different_nodes() -> None:
 
 class SlowDifferent(FakeExecutor):
     async def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
         await asyncio.sleep(0.3)
         return CommandResult(command, 9, b"other\n")

@@ -64,9 +64,12 @@ STOP_TIMEOUT_S = 10.0
 # Long-running commands: a regex on the command line -> a regex its output prints once ready.
 LONG_RUNNING: list[tuple[str, str]] = [
     (
-        r"01-zmq-basics/\w+\.py (server|sink|worker|broker|publisher|subscriber)\b",
+        r"01-zmq-basics/(?!labs\.py)\w+\.py"
+        r" (server|sink|worker|broker|publisher|subscriber|proxy)\b",
         r"\S",  # lessons print their endpoints once bound/connected: any output means up
     ),
+    (r"02-cluster-patterns/reliability/\w+\.py (queue|worker|broker|primary|backup)\b", r"\S"),
+    (r"docs/solutions/\w+/\w+\.py (server|broker)\b", r"\S"),
     (r"02-cluster-patterns/(coordinator|worker|monitor)\.py", r"(?i)ready"),
     (r"zmq_node_agent\.py serve", r"(?i)ready"),
     (r"zmq_journal\.py collector", r"(?i)ready|listening on"),
@@ -469,6 +472,56 @@ PARSE_BLOCKS = [b for b in BLOCKS if b.mode == "parse-only" and b.commands]
 def test_doc_files_are_found() -> None:
     names = {str(p.relative_to(REPO)) for p in doc_files()}
     assert "README.md" in names
+
+
+# Commands that keep running until Ctrl-C when run in the foreground (not the lessons'
+# publishers and subscribers, which end by themselves).
+BLOCKING_RE = re.compile(
+    r"(01-zmq-basics/(?!labs\.py)\w+\.py (server|sink|worker|broker|proxy)\b"
+    r"|02-cluster-patterns/reliability/\w+\.py (queue|worker|broker|primary|backup)\b"
+    r"|02-cluster-patterns/(coordinator|worker|monitor)\.py"
+    r"|zmq_node_agent\.py serve|zmq_journal\.py collector|docs/solutions/\w+/\w+\.py server)"
+)
+# Every page follows the terminal rule (issue 12): a command that blocks names its terminal.
+TERMINAL_RULE_PAGES = [str(path.relative_to(REPO)) for path in doc_files()]
+
+
+def terminal_rule_problems(path: Path) -> list[str]:
+    """A blocking command needs a `# Terminal N` comment above it in its block, and no
+    command may follow it before the next `# Terminal` comment: pasting one terminal's
+    lines into one shell must never hang before the last of them."""
+    problems = []
+    lines = path.read_text().splitlines()
+    for block in parse_blocks(path):
+        if block.lang not in ("bash", "sh", "shell"):
+            continue
+        body_start = block.line  # the fence is at block.line (1-based): the body follows
+        terminal_seen, blocked_by = False, ""
+        for raw in _join_continuations(lines[body_start:]):
+            stripped = raw.strip()
+            if stripped.startswith("```"):
+                break
+            if not stripped:
+                continue
+            if stripped.startswith("#"):
+                if "Terminal" in stripped:
+                    terminal_seen, blocked_by = True, ""
+                continue
+            if blocked_by:
+                problems.append(
+                    f"{block.ident}: `{stripped}` follows `{blocked_by}` in one terminal"
+                )
+            if BLOCKING_RE.search(stripped) and not stripped.rstrip().endswith("&"):
+                if not terminal_seen:
+                    problems.append(f"{block.ident}: `{stripped}` blocks, but no `# Terminal N`")
+                blocked_by = stripped
+    return problems
+
+
+@pytest.mark.parametrize("page", TERMINAL_RULE_PAGES)
+def test_blocking_commands_are_marked_with_their_terminal(page: str) -> None:
+    problems = terminal_rule_problems(REPO / page)
+    assert not problems, "\n".join(problems)
 
 
 def test_parse_only_blocks_give_a_reason() -> None:

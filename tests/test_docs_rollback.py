@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster_runner_simulation.journal_format import scan_journal
-from cluster_runner_simulation.local_sshd import (
+from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
     sshd_unavailable_reason,

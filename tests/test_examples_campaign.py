@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cluster_runner_simulation.journal_format import scan_journal
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, build_schedule
 
 CAMPAIGN = "examples/cluster-coordinator/campaign.py"

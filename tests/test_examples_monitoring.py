@@ -84,37 +84,14 @@ def wait_for_json(url: str, check: Any, timeout: float = 20.0) -> dict[str, Any]
 
 
 @pytest.fixture
-def live_cluster(spawn: Any, free_port: Any) -> tuple[str, int]:
-    """A coordinator, one worker and a monitor on free ports: (monitor base URL, task port)."""
-    tasks, status, http = free_port(), free_port(), free_port()
-    coordinator = spawn(
-        "02-cluster-patterns/coordinator.py", "--port", str(tasks), "--status-port", str(status)
-    )
-    coordinator.wait_for("ready")
-    worker = spawn(
-        "02-cluster-patterns/worker.py", "--id", "watch-w1", "--port", str(tasks), "--capacity", "4"
-    )
-    worker.wait_for("ready")
-    monitor = spawn(
-        "02-cluster-patterns/monitor.py", "--status-port", str(status), "--port", str(http)
-    )
-    monitor.wait_for("ready")
-    url = f"http://127.0.0.1:{http}"
-    wait_for_json(
-        f"{url}/api/cluster",
-        lambda body: any(n["id"] == "watch-w1" and n["state"] == "alive" for n in body["nodes"]),
-    )
-    return url, tasks
+def live_cluster(monitored_cluster: Any) -> Any:
+    """A coordinator, one worker and a monitor on free ports (tests/conftest.py)."""
+    return monitored_cluster(["watch-w1"], worker_args=["--capacity", "4"])
 
 
-def test_every_metric_used_exists_in_the_monitor_output(
-    live_cluster: tuple[str, int], run: Any
-) -> None:
-    url, tasks = live_cluster
-    client = run(
-        "02-cluster-patterns/client.py", "--count", "20", "--kind", "echo", "--port", str(tasks)
-    )
-    assert client.returncode == 0, client.stdout + client.stderr
+def test_every_metric_used_exists_in_the_monitor_output(live_cluster: Any) -> None:
+    live_cluster.submit("--count", "20", "--kind", "echo")
+    url = live_cluster.base
     wait_for_json(f"{url}/api/cluster", lambda body: body["totals"]["done"] >= 20)
     exposed = http_get(f"{url}/metrics")
     names = set(re.findall(r"^(cluster_[a-z0-9_]+)", exposed, re.MULTILINE))
@@ -125,9 +102,8 @@ def test_every_metric_used_exists_in_the_monitor_output(
         assert not missing, f"{source} uses metrics the monitor does not expose: {missing}"
 
 
-def test_watch_once_prints_the_workers(live_cluster: tuple[str, int], run: Any) -> None:
-    url, _tasks = live_cluster
-    result = run("examples/monitoring/watch.py", "--once", "--url", url, timeout=30)
+def test_watch_once_prints_the_workers(live_cluster: Any, run: Any) -> None:
+    result = run("examples/monitoring/watch.py", "--once", "--url", live_cluster.base, timeout=30)
     assert result.returncode == 0, result.stderr
     assert re.search(r"watch-w1\s+alive", result.stdout), result.stdout
     assert "coordinator" in result.stdout and "tasks: submitted" in result.stdout

@@ -1,4 +1,4 @@
-"""The agent's credit window on its own (agent_flow.py), and NodeAgent over a fake socket.
+"""The agent's credit window (agent_flow.py), NodeAgent over a fake socket, and its config.
 
 The real-socket tests (test_exec_agent_hardening.py) show the effect: a stalled client does
 not grow the agent. These show the rules: when output stops and resumes, that credit never
@@ -9,6 +9,7 @@ credit, and that a vanished client is forgotten.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -23,7 +24,8 @@ from cluster_runner_simulation.agent_protocol import (
     PingRequest,
     encode,
 )
-from cluster_runner_simulation.zmq_node_agent import IDLE_PROBE_S, NodeAgent
+from cluster_runner_simulation.agent_service import IDLE_PROBE_S, AgentConfig, NodeAgent
+from cluster_runner_simulation.zmq_node_agent import SetupError, build_parser, config_from
 
 
 class Producer:
@@ -125,7 +127,10 @@ class FakeClock:
 
 def make_agent(router: FakeRouter, clock: FakeClock | None = None) -> NodeAgent:
     sock: Any = router
-    return NodeAgent("fake", sock, 2, clock=clock or FakeClock(), window_bytes=CREDIT_BATCH_BYTES)
+    config = AgentConfig(
+        "fake", insecure=True, concurrency=2, credit_window_bytes=CREDIT_BATCH_BYTES
+    )
+    return NodeAgent(config, sock, clock=clock or FakeClock())
 
 
 PEER = b"\x00peer"
@@ -134,7 +139,7 @@ PEER = b"\x00peer"
 async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None:
     router = FakeRouter()
     agent = make_agent(router)
-    ping = encode(PingRequest("p"))
+    ping = encode(PingRequest(id="p"))
     while not agent.window(PEER).saturated:
         agent.dispatch(PEER, ping)
     answered = len(router.sent)
@@ -142,7 +147,7 @@ async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None
     agent.dispatch(PEER, [b"garbage"])
     assert len(router.sent) == answered  # neither a pong nor an error reply
     assert agent.dropped_requests == 2 and agent.bad_messages == 1
-    agent.dispatch(PEER, encode(Credit("", nbytes=agent.window(PEER).in_flight)))
+    agent.dispatch(PEER, encode(Credit(nbytes=agent.window(PEER).in_flight)))
     agent.dispatch(PEER, ping)
     assert router.types_sent()[-1] == "pong"
     other = b"\x00other"
@@ -154,7 +159,7 @@ async def test_a_vanished_client_is_forgotten_and_an_idle_one_probed() -> None:
     router = FakeRouter()
     clock = FakeClock()
     agent = make_agent(router, clock)
-    agent.dispatch(PEER, encode(PingRequest("p")))
+    agent.dispatch(PEER, encode(PingRequest(id="p")))
     assert agent.windows[PEER].in_flight > 0
     agent.beat()
     assert router.types_sent() == ["pong"]  # not idle long enough for a probe
@@ -172,7 +177,7 @@ async def test_a_vanished_client_is_forgotten_and_an_idle_one_probed() -> None:
 async def test_credit_from_an_unknown_connection_is_harmless() -> None:
     router = FakeRouter()
     agent = make_agent(router)
-    agent.dispatch(PEER, encode(Credit("", nbytes=12345)))
+    agent.dispatch(PEER, encode(Credit(nbytes=12345)))
     assert router.sent == [] and PEER not in agent.windows
 
 
@@ -188,6 +193,35 @@ async def test_malformed_credit_is_a_bad_request(nbytes: object) -> None:
 
 
 def test_a_window_below_the_credit_batch_is_refused() -> None:
-    sock: Any = FakeRouter()
     with pytest.raises(ValueError, match="never reopen"):
-        NodeAgent("fake", sock, 1, window_bytes=CREDIT_BATCH_BYTES - 1)
+        AgentConfig("fake", insecure=True, credit_window_bytes=CREDIT_BATCH_BYTES - 1)
+
+
+# --- The agent's configuration: argparse only builds it -----------------------------------------
+
+
+def test_serve_flags_build_a_frozen_config() -> None:
+    args = build_parser().parse_args(["serve", "--insecure", "--node-id", "n1", "--port", "0"])
+    config = config_from(args)
+    assert config == AgentConfig("n1", port=0, insecure=True, verbose=False)
+    assert config.host == "127.0.0.1" and config.keys is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["serve"], "--keys DIR is required"),
+        (["serve", "--insecure", "--bind", "0.0.0.0"], "loopback only"),
+        (["serve", "--insecure", "--bind", "10.1.2.3"], "loopback only"),
+    ],
+)
+def test_a_bad_combination_of_flags_is_a_setup_error(argv: list[str], problem: str) -> None:
+    with pytest.raises(SetupError, match=problem):
+        config_from(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "127.0.0.2", "localhost"])
+def test_insecure_accepts_every_loopback_address(host: str) -> None:
+    assert AgentConfig("n1", bind=host, insecure=True).host == host

@@ -13,28 +13,29 @@ test_exec_agent_hardening.py (the fuzz section).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any
 
+import msgspec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cluster_runner_simulation.agent_protocol import (
     PROTOCOL_VERSION,
-    REPLY_TYPES,
-    REQUEST_TYPES,
+    REPLIES,
+    REQUESTS,
     CancelRequest,
     ErrorReply,
     FactsRequest,
     Message,
-    MsgType,
+    REPLY_TYPES,
+    REQUEST_TYPES,
     PingRequest,
     ProtocolError,
     RunRequest,
-    decode,
     encode,
+    error_reply,
     request_id_of,
 )
 
@@ -55,16 +56,16 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 HEADER_KEYS = ["v", "type", "id", "command", "timeout", "env", "cwd", "bytes", "stream", "code"]
-TYPE_NAMES = [t.value for t in MsgType] + ["credit", "shutdown", "__init__", "", "RUN"]
+TYPE_NAMES = sorted(REQUEST_TYPES | REPLY_TYPES) + ["credit", "shutdown", "__init__", "", "RUN"]
 
 
 def valid_requests() -> list[Message]:
     return [
-        PingRequest("p-1"),
-        FactsRequest("f-1"),
-        CancelRequest("c-1"),
-        RunRequest("r-1", command="true", timeout=5.0, env={"FUZZ": "1"}, cwd="/"),
-        RunRequest("r-2", command="echo hi", timeout=None, env={}, cwd=None),
+        PingRequest(id="p-1"),
+        FactsRequest(id="f-1"),
+        CancelRequest(id="c-1"),
+        RunRequest(id="r-1", command="true", timeout=5.0, env={"FUZZ": "1"}, cwd="/"),
+        RunRequest(id="r-2", command="echo hi", timeout=None, env={}, cwd=None),
     ]
 
 
@@ -142,8 +143,6 @@ def with_known_bad(test: Any) -> Any:
 
 
 def error_reply_for(exc: ProtocolError) -> ErrorReply:
-    from cluster_runner_simulation.agent_protocol import error_reply
-
     reply = error_reply(exc)
     assert isinstance(reply, ErrorReply)
     return reply
@@ -180,9 +179,9 @@ def assert_clean(value: object, where: str) -> None:
 @with_known_bad
 def test_only_the_protocol_error_escapes_the_decoder(frames: list[bytes]) -> None:
     assert isinstance(request_id_of(frames), str)
-    for allowed in (REQUEST_TYPES, REPLY_TYPES):
+    for codec in (REQUESTS, REPLIES):
         try:
-            decode(frames, allowed)
+            codec.decode_frames(frames)
         except ProtocolError:
             pass
 
@@ -192,13 +191,13 @@ def test_only_the_protocol_error_escapes_the_decoder(frames: list[bytes]) -> Non
 @with_known_bad
 def test_every_decode_failure_maps_to_a_reply_the_agent_can_send(frames: list[bytes]) -> None:
     try:
-        decode(frames, REQUEST_TYPES)
+        REQUESTS.decode_frames(frames)
     except ProtocolError as exc:
         reply = error_reply_for(exc)
         wire = encode(reply)
         header = json.loads(wire[0].decode("utf-8"), parse_constant=_refuse_constant)
         assert_clean(header, "error reply")
-        assert decode(wire, REPLY_TYPES) == reply
+        assert REPLIES.decode_frames(wire) == (reply, None)
         assert reply.code in ("bad_request", "not_allowed")
 
 
@@ -206,10 +205,10 @@ def test_every_decode_failure_maps_to_a_reply_the_agent_can_send(frames: list[by
 @given(ANY_FRAMES)
 @with_known_bad
 def test_whatever_decodes_is_clean_and_round_trips(frames: list[bytes]) -> None:
-    for allowed in (REQUEST_TYPES, REPLY_TYPES):
+    for codec in (REQUESTS, REPLIES):
         try:
-            message = decode(frames, allowed)
+            message, body = codec.decode_frames(frames)
         except ProtocolError:
             continue
-        assert_clean(dataclasses.asdict(message), message.TYPE.value)
-        assert decode(encode(message), allowed) == message
+        assert_clean(msgspec.to_builtins(message), type(message).__name__)
+        assert codec.decode_frames(encode(message, body)) == (message, body)

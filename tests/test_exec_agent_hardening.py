@@ -55,7 +55,7 @@ from cluster_runner_simulation.agent_protocol import (
     RunRequest,
     encode,
 )
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import CommandTimeout
 from conftest import REPO
 
@@ -555,10 +555,10 @@ FUZZ_RSS_LIMIT = 160 * MiB
 def fuzz_bases(cwd: Path) -> list[Message]:
     """The valid requests that fuzz cases are mutated from; runs are harmless and short."""
     return [
-        PingRequest("p-1"),
-        FactsRequest("f-1"),
-        CancelRequest("c-1"),
-        RunRequest("r-1", command="true", timeout=5.0, env={"FUZZ": "1"}, cwd=str(cwd)),
+        PingRequest(id="p-1"),
+        FactsRequest(id="f-1"),
+        CancelRequest(id="c-1"),
+        RunRequest(id="r-1", command="true", timeout=5.0, env={"FUZZ": "1"}, cwd=str(cwd)),
     ]
 
 
@@ -633,9 +633,9 @@ def test_thousands_of_random_frames_leave_the_agent_serving(
             big.send(rng.randbytes(MAX_REQUEST_BYTES + rng.randrange(1, 4096)))
             time.sleep(0.02)
             big.close()
-        client.send(encode(RunRequest("final", command="echo still here", timeout=10.0))[0])
+        client.send(encode(RunRequest(id="final", command="echo still here", timeout=10.0))[0])
         final = answer_to(client)
-        client.send(encode(PingRequest("final-ping"))[0])
+        client.send(encode(PingRequest(id="final-ping"))[0])
         pong = answer_to(client)
         client.close()
     alive = agent.popen.poll() is None

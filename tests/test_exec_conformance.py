@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.protocols import (
     CommandTimeout,
     NodeExecutorProtocol,
@@ -54,7 +54,7 @@ def make_executor(kind: str, request: pytest.FixtureRequest) -> NodeExecutorProt
         agents: LocalAgents = request.getfixturevalue("agents")
         return agents.executor(0)
     sshd: LocalSshd = request.getfixturevalue("sshd")
-    return AsyncSSHExecutor.for_local_sshd("ssh0", sshd)
+    return sshd.executor("ssh0")
 
 
 @pytest.fixture(params=KINDS)

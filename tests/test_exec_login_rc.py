@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from cluster_runner_simulation.local_sshd import LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import LocalSshd, sshd_unavailable_reason
 
 SCRIPT = "03-cluster-runner-simulation/performance_comparison.py"
 # What sshd put in the shell's environment, whatever the login shell does with SHLVL later.

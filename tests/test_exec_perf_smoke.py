@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import (
+    LocalAgents,
+    LocalSshd,
+    sshd_unavailable_reason,
+    write_local_descriptor,
+)
 
 SCRIPT = "03-cluster-runner-simulation/performance_comparison.py"
 NAMES = {"zmq", "asyncssh", "ssh_mux", "ssh_fresh", "local"}
@@ -59,21 +63,7 @@ def test_descriptor_points_it_at_given_hosts(run: object, tmp_path: Path) -> Non
         pytest.skip(reason)
     assert callable(run)
     with LocalSshd() as sshd, LocalAgents(2) as agents:
-        nodes = tuple(
-            NodeSpec(
-                id=agent.node_id,
-                host="127.0.0.1",
-                zmq_port=agent.port,
-                ssh_port=sshd.port,
-                ssh_user=sshd.username,
-                ssh_key=sshd.client_key_path,
-                ssh_known_hosts=sshd.known_hosts,
-                curve_keys_dir=agents.keys_dir,
-            )
-            for agent in agents.agents
-        )
-        path = tmp_path / "cluster.toml"
-        path.write_text(render_descriptor(ClusterDescriptor("loopback", nodes)))
+        path = write_local_descriptor(sshd, agents, tmp_path / "cluster.toml", name="loopback")
         out_json = tmp_path / "perf.json"
         result = run(
             SCRIPT, "--smoke", "--descriptor", str(path), "--executors", "zmq,asyncssh,ssh_mux",

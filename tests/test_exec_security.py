@@ -24,13 +24,13 @@ from cluster_runner_simulation.agent_protocol import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
-    MsgType,
+    REPLY_TYPES,
     RunRequest,
     encode,
 )
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import NodeUnreachable
-from cluster_runner_simulation.zmq_node_agent import NodeAgent
+from cluster_runner_simulation.agent_service import NodeAgent
 from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 
 AGENT = "03-cluster-runner-simulation/zmq_node_agent.py"
@@ -49,7 +49,7 @@ def endpoint(agents: LocalAgents) -> str:
 
 
 def touch_request(marker: Path) -> list[bytes]:
-    return encode(RunRequest("attack-1", command=f"touch {marker}"))
+    return encode(RunRequest(id="attack-1", command=f"touch {marker}"))
 
 
 def raw_dealer(ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents) -> zmq.Socket[bytes]:
@@ -145,28 +145,16 @@ async def test_unknown_key_executor_gets_node_unreachable(
     assert not marker.exists()
 
 
-def test_null_mechanism_client_runs_nothing(
-    ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents, tmp_path: Path
+@pytest.mark.parametrize("mechanism", ["null", "plain"])
+def test_null_and_plain_clients_run_nothing(
+    ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents, tmp_path: Path, mechanism: str
 ) -> None:
-    marker = tmp_path / "null"
+    marker = tmp_path / mechanism
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint(agents))
-    sock.send_multipart(touch_request(marker))
-    time.sleep(SETTLE_S)
-    assert not marker.exists()
-    assert sock.poll(100) == 0
-    assert ping_ok(ctx, agents)
-
-
-def test_plain_client_runs_nothing(
-    ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents, tmp_path: Path
-) -> None:
-    marker = tmp_path / "plain"
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.plain_username = b"admin"
-    sock.plain_password = b"admin"
+    if mechanism == "plain":
+        sock.plain_username = b"admin"
+        sock.plain_password = b"admin"
     sock.connect(endpoint(agents))
     sock.send_multipart(touch_request(marker))
     time.sleep(SETTLE_S)
@@ -219,7 +207,9 @@ def test_oversized_frame_drops_only_that_connection(
     marker = tmp_path / "oversized"
     sock = raw_dealer(ctx, agents)
     command = f"touch {marker}; : " + "x" * (MAX_REQUEST_BYTES + 1024)
-    sock.send_multipart(encode(RunRequest("big", command=command)))
+    # By hand: the codec itself refuses to encode a header over the limit.
+    header = {"v": PROTOCOL_VERSION, "type": "run", "id": "big", "command": command}
+    sock.send(json.dumps(header).encode())
     assert sock.poll(int(SETTLE_S * 1000)) == 0  # the agent hung up instead of answering
     sock.close()
     assert not marker.exists()
@@ -247,21 +237,14 @@ def test_truncated_and_random_tcp_bytes_leave_the_agent_serving(
 
 
 def test_handler_table_is_exactly_the_allow_list() -> None:
-    assert REQUEST_TYPES == {
-        MsgType.RUN,
-        MsgType.CANCEL,
-        MsgType.FACTS,
-        MsgType.PING,
-        MsgType.CREDIT,
-    }
+    assert REQUEST_TYPES == {"run", "cancel", "facts", "ping", "credit"}
     # NodeAgent asserts at construction that its handlers equal REQUEST_TYPES.
     assert "handlers" in NodeAgent.__init__.__code__.co_names
 
 
 @pytest.mark.parametrize(
     "msg_type",
-    sorted({t.value for t in MsgType} - {t.value for t in REQUEST_TYPES})
-    + ["exec", "shell", "_prep_auth_info", "__init__", "send_multipart", "RUN"],
+    sorted(REPLY_TYPES) + ["exec", "shell", "_prep_auth_info", "__init__", "send_multipart", "RUN"],
 )
 def test_types_outside_the_allow_list_are_unreachable(
     msg_type: str, ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents, tmp_path: Path

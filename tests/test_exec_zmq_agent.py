@@ -16,28 +16,28 @@ import pytest
 
 from cluster_runner_simulation.agent_protocol import (
     MAX_OUTPUT_BYTES,
-    REPLY_TYPES,
-    REQUEST_TYPES,
+    REPLIES,
+    REQUESTS,
     Exit,
     Output,
     ProtocolError,
     RunRequest,
-    decode,
+    Stream,
     encode,
 )
-from cluster_runner_simulation.local_sshd import LocalAgents
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import NodeUnreachable
 
 
 def test_codec_round_trip() -> None:
-    run = RunRequest("r1", command="echo hi", timeout=2.5, env={"A": "b"}, cwd="/tmp")
-    assert decode(encode(run), REQUEST_TYPES) == run
-    out = Output("r1", "stderr", b"\x00\xff")
-    assert decode(encode(out), REPLY_TYPES) == out
-    done = Exit("r1", exit_status=None, exit_signal="KILL", timed_out=True)
-    assert decode(encode(done), REPLY_TYPES) == done
+    run = RunRequest(id="r1", command="echo hi", timeout=2.5, env={"A": "b"}, cwd="/tmp")
+    assert REQUESTS.decode_frames(encode(run)) == (run, None)
+    out = Output(id="r1", stream=Stream.STDERR)
+    assert REPLIES.decode_frames(encode(out, b"\x00\xff")) == (out, b"\x00\xff")
+    done = Exit(id="r1", exit_status=None, exit_signal="KILL", timed_out=True)
+    assert REPLIES.decode_frames(encode(done)) == (done, None)
     with pytest.raises(ProtocolError):
-        decode(encode(out), REQUEST_TYPES)  # a reply type is not a request
+        REQUESTS.decode_frames(encode(out, b"x"))  # a reply type is not a request
 
 
 # Property tests of the codec (random frames, odd headers, mutations): test_exec_agent_fuzz.py.

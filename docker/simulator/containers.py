@@ -26,9 +26,18 @@ IMAGE_LABEL: Final = "com.zmqsim.project"
 
 
 def docker(*args: str) -> str:
-    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message."""
+    """`docker ARGS`, its stdout; a failure is a SimError that quotes docker's message.
+
+    The query runs in a session of its own: a Ctrl-C at the terminal reaches this program,
+    which decides what to do, and not a `docker ps` that would die of it half-way and turn an
+    ordinary interrupt into a failed command.
+    """
     done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip().splitlines()
@@ -91,7 +100,11 @@ def inspect_present(*ids: str) -> list[dict[str, Any]]:
     if not ids:
         return []
     done = subprocess.run(
-        ["docker", "inspect", *ids], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        ["docker", "inspect", *ids],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # as docker(): a Ctrl-C is this program's to handle
     )
     try:
         documents: list[dict[str, Any]] = json.loads(done.stdout or "[]")

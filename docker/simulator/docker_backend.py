@@ -49,11 +49,13 @@ KEYS_IN_CONTAINER: Final = "/keys/coordinator"
 MONITOR_CONTAINER_PORT: Final = "5572/tcp"
 COMPARE_DIR: Final = "/tmp/zsim-compare"
 HEALTH_POLL_S: Final = 0.5
+# --8<-- [start:tc-script]
 # `tc qdisc ACTION dev DEV root [ARGS]` on the container's interface with the default route.
 TC_SCRIPT: Final = (
     'dev=$(ip -o route show default | sed -n "s/.* dev \\([^ ]*\\).*/\\1/p" | head -n 1); '
     'action="$1"; shift; exec tc qdisc "$action" dev "${dev:-eth0}" root "$@"'
 )
+# --8<-- [end:tc-script]
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cluster_runner_simulation.local_sshd import LocalAgents, LocalSshd
 from cluster_runner_simulation.protocols import NodeExecutorProtocol
-from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
+from cluster_runner_simulation.testing import LocalAgents, LocalSshd
 
 FANOUTS: Final = 5
 COMMAND_TIMEOUT_S: Final = 120.0
@@ -56,6 +55,6 @@ async def warm_then_median(executors: Sequence[NodeExecutorProtocol]) -> tuple[f
 def measure_fanout(nodes: int) -> FanoutFigures:
     with LocalSshd() as sshd, LocalAgents(nodes) as agents:
         zmq_connect, zmq_ms = asyncio.run(warm_then_median(agents.executors()))
-        ssh_executors = [AsyncSSHExecutor.for_local_sshd(f"node{i}", sshd) for i in range(nodes)]
+        ssh_executors = [sshd.executor(f"node{i}") for i in range(nodes)]
         ssh_connect, ssh_ms = asyncio.run(warm_then_median(ssh_executors))
     return FanoutFigures(nodes, zmq_ms, ssh_ms, zmq_connect, ssh_connect)

@@ -9,7 +9,9 @@ one private sshd (scale_agents.py), and reports per size:
     worker from a least-squares line through the sizes;
   - SIGKILL -> "dead" on the status channel, p50/p99 over --kills kills, against the bound
     interval * (liveness + 1); dead verdicts about workers nobody killed (false verdicts);
-  - warm fan-out of `true` to every node: ZeroMQ executor vs asyncssh, one connection per node.
+  - warm fan-out of `true` to every node: ZeroMQ executor vs asyncssh, one connection per node;
+  - (emulated) the coordinator under the heartbeats of 256 to 4,096 workers that one process
+    emulates (scale_emulate.py), past what real processes allow on 2 cores.
 
 It writes scale-bench.json, scale-bench.md and scale-bench.png into --out, and says how loaded
 the machine was (load average before and after): these machines are shared.
@@ -38,11 +40,10 @@ from typing import Any, Final
 
 import matplotlib
 import zmq
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from tqdm import tqdm
 
 from cluster_patterns import defaults
-from cluster_patterns.client import percentile
+from cluster_patterns.stats import percentile
 from cluster_simulator.scale_agents import FanoutFigures, measure_fanout
 from cluster_simulator.scale_cluster import (
     ClusterFigures,
@@ -381,7 +382,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
     pyplot.close(figure)
 
 
-def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     amounts = QUICK if args.quick else FULL
     kills = args.kills if args.kills is not None else amounts.kills
@@ -389,13 +390,17 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     steps = len(sizes) * (4 * ("cluster" in args.parts) + ("agents" in args.parts))
     steps += len(emulated) * ("emulated" in args.parts)
     document: dict[str, Any] = {"cluster": [], "agents": [], "emulated": []}
-    columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, disable=args.no_progress) as progress:
-        bar = progress.add_task("starting", total=steps)
+    # On stderr, and off by itself when stderr is not a terminal (or with --no-progress).
+    bar = tqdm(total=steps, file=sys.stderr, disable=True if args.no_progress else None)
 
-        def phase(text: str) -> None:
-            progress.update(bar, description=text, advance=1)
+    def phase(text: str) -> None:
+        bar.set_description_str(text)
+        bar.update()
 
+    def log(text: str) -> None:
+        bar.write(text, file=sys.stderr)
+
+    with bar:
         cluster_rows: list[ClusterFigures] = []
         for size in sizes:
             if "cluster" in args.parts:
@@ -405,12 +410,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 figures = measure_cluster(plan, phase)
                 cluster_rows.append(figures)
                 document["cluster"].append(cluster_row(figures))
-                console.log(_cluster_line(document["cluster"][-1]))
+                log(_cluster_line(document["cluster"][-1]))
             if "agents" in args.parts:
                 phase(f"{size} agents and {size} SSH connections: fan-out")
                 fanout = fanout_row(measure_fanout(size))
                 document["agents"].append(fanout)
-                console.log(
+                log(
                     f"{size} nodes: fan-out ZeroMQ {fanout['zmq_ms']:.1f} ms, "
                     f"asyncssh {fanout['asyncssh_ms']:.1f} ms"
                 )
@@ -420,7 +425,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             row = measure_emulated(size, amounts.idle_s, phase)
             emulated_rows.append(row)
             document["emulated"].append(_rounded(asdict(row)))
-            console.log(
+            log(
                 f"{size} emulated workers: {row.registered} registered, coordinator "
                 f"{row.idle_cpu_percent:.1f}% ({row.idle_rss_mib:.0f} MiB), STATUS "
                 f"{row.status_kib:.0f} KiB, false dead {row.false_dead}"
@@ -448,17 +453,16 @@ def _cluster_line(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(stderr=True)
     raise_file_limit()
     started = time.monotonic()
     load_before = [round(v, 2) for v in os.getloadavg()]
     try:
-        document = run(args, console)
+        document = run(args)
     except KeyboardInterrupt:
-        console.print("scale-bench: interrupted; everything it started is stopped")
+        print("scale-bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     except RuntimeError as exc:
-        console.print(f"scale-bench: error: {exc}")
+        print(f"scale-bench: error: {exc}", file=sys.stderr)
         return 1
     document["meta"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -468,14 +472,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "docker/simulator/scale_bench.py", *sys.argv[1:]]),
         "duration_s": round(time.monotonic() - started, 1),
         "bound_s": BOUND_S,
-        "percentile": "nearest rank (cluster_patterns.client.percentile)",
+        "percentile": "nearest rank (cluster_patterns.stats.percentile)",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{NAME}.json").write_text(json.dumps(document, indent=2) + "\n")
     (args.out / f"{NAME}.md").write_text(markdown(document))
     plot(document, args.out / f"{NAME}.png")
     print(markdown(document))
-    console.print(f"wrote {args.out / NAME}.json, .md and .png")
+    print(f"wrote {args.out / NAME}.json, .md and .png", file=sys.stderr)
     return 0
 
 

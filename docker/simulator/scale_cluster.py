@@ -34,8 +34,9 @@ import psutil
 import zmq
 
 from cluster_patterns import defaults
-from cluster_patterns.client import ClusterClient, percentile
+from cluster_patterns.client import ClientConfig, ClusterClient
 from cluster_patterns.protocol import NodeEvent, NodeState, ProtocolError, Status, decode
+from cluster_patterns.stats import percentile
 from cluster_simulator.config import REPO_ROOT
 
 WORKER_CAPACITY: Final = 64
@@ -302,7 +303,7 @@ def false_verdicts(events: list[Event], victims: set[str]) -> tuple[int, int]:
 
 
 async def throughput(port: int, count: int) -> float:
-    async with ClusterClient(defaults.LOOPBACK, port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         await client.run_batch("echo", min(500, count))  # warm up every worker's pipe
         summary = await client.run_batch("echo", count, window=8192)
     if not summary.all_succeeded:
@@ -313,7 +314,7 @@ async def throughput(port: int, count: int) -> float:
 async def dispatch_latency(port: int, count: int) -> tuple[float, float]:
     """p50 and p99 in ms of submit -> outcome with one task in flight."""
     samples = []
-    async with ClusterClient(defaults.LOOPBACK, port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         for _ in range(count):
             started = time.perf_counter()
             [future] = client.submit([client.new_task("echo")])

@@ -50,7 +50,9 @@ def emulate(
         routing_id = f"worker:{worker_id}:{uuid.uuid4().hex[:8]}".encode()
         sock = configure(ctx.socket(zmq.DEALER), routing_id=routing_id)
         sock.connect(endpoint(defaults.LOOPBACK, port))
-        register = Register(worker_id, CAPACITY, list(CAPABILITIES), [], os.getpid())
+        register = Register(
+            worker_id=worker_id, capacity=CAPACITY, capabilities=list(CAPABILITIES), pid=os.getpid()
+        )
         sock.send(encode(register))
         sockets.append(sock)
     poller = zmq.Poller()
@@ -68,7 +70,14 @@ def emulate(
             now = time.monotonic()
             if now >= due:
                 index = slot % workers
-                beat = Heartbeat(ids[index], 0, [], 0.0, 0.0, 0.0)
+                beat = Heartbeat(
+                    worker_id=ids[index],
+                    in_flight=0,
+                    running=[],
+                    cpu_percent=0.0,
+                    memory_percent=0.0,
+                    load1=0.0,
+                )
                 try:
                     sockets[index].send(encode(beat), zmq.NOBLOCK)
                     counts["sent"] += 1

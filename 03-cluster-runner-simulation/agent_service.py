@@ -1,0 +1,323 @@
+"""The node agent's request handling: ``NodeAgent``, built from an ``AgentConfig``.
+
+Nothing here binds, connects or reads a key file: NodeAgent is handed a ROUTER socket
+(or a fake one in tests), an ``AgentConfig`` and a clock. It decodes each request with the
+protocol's allow-list (agent_protocol.REQUESTS), routes it through its ``do_<type>`` handler
+table, and sends every reply within the client connection's credit window (agent_flow.py);
+running one command is agent_commands.py. The process around it (sockets, CURVE, signals,
+the command line) is zmq_node_agent.py.
+
+A peer never stops the agent: bad input is counted and answered (``bad_request`` naming the
+field, ``not_allowed`` for an unlisted type), logged at most once a second, and a bug in a
+handler becomes ``internal_error`` for that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+from cluster_patterns.defaults import LOOPBACK
+from cluster_patterns.transport import RateLimitedLog, is_loopback
+from cluster_runner_simulation import node_facts
+from cluster_runner_simulation.agent_commands import KILL_DRAIN_S, CommandRun
+from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_protocol import (
+    CREDIT_BATCH_BYTES,
+    CREDIT_WINDOW_BYTES,
+    DEFAULT_PORT,
+    REQUESTS,
+    CancelRequest,
+    Credit,
+    ErrorCode,
+    ErrorReply,
+    FactsReply,
+    FactsRequest,
+    Heartbeat,
+    Message,
+    PingRequest,
+    Pong,
+    ProtocolError,
+    RunRequest,
+    convert_facts,
+    encode,
+    error_reply,
+)
+
+DEFAULT_CONCURRENCY: Final = 64
+MAX_QUEUED: Final = 4096  # runs accepted but waiting for a slot; beyond this: "busy"
+HEARTBEAT_INTERVAL_S: Final = 1.0
+IDLE_PROBE_S: Final = 10.0  # an idle connection with uncredited bytes is probed this often
+WILDCARD: Final = "0.0.0.0"
+
+log = logging.getLogger("zmq_node_agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything an agent is told at start-up; ``zmq_node_agent.py serve`` builds it from flags."""
+
+    node_id: str
+    bind: str | None = None  # None: 0.0.0.0, or loopback when insecure
+    port: int = DEFAULT_PORT  # 0: the kernel picks a free one
+    keys: Path | None = None  # from `keys generate`; required unless insecure
+    concurrency: int = DEFAULT_CONCURRENCY
+    insecure: bool = False
+    verbose: bool = False
+    max_queued: int = MAX_QUEUED
+    credit_window_bytes: int = CREDIT_WINDOW_BYTES
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    idle_probe_s: float = IDLE_PROBE_S
+
+    def __post_init__(self) -> None:
+        if self.credit_window_bytes < CREDIT_BATCH_BYTES:
+            raise ValueError("a window below the clients' credit batch would never reopen")
+        if self.concurrency < 1 or self.max_queued < 1:
+            raise ValueError("concurrency and max_queued must be at least 1")
+        if self.insecure and not is_loopback(self.host):
+            raise ValueError(f"--insecure binds loopback only; refusing --bind {self.host}")
+        if not self.insecure and self.keys is None:
+            raise ValueError("--keys DIR is required (or --insecure, for lessons only)")
+
+    @property
+    def host(self) -> str:
+        return self.bind or (LOOPBACK if self.insecure else WILDCARD)
+
+
+Handler = Callable[[bytes, Any], None]
+
+
+class NodeAgent:
+    """Owns the ROUTER socket; dispatches requests by type, from the allow-list only."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        sock: zmq.asyncio.Socket,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.sock = sock
+        self.clock = clock
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.running: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self.windows: dict[bytes, ConnectionWindow] = {}
+        self.bad_messages = 0
+        self.dropped_requests = 0  # from saturated connections (replies left unread)
+        self.internal_errors = 0
+        self.undeliverable = 0
+        self._bad_log = RateLimitedLog(log.warning)
+        self._saturated_log = RateLimitedLog(log.warning)
+        self._warn = RateLimitedLog(log.warning)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # --8<-- [start:handlers]
+        handlers: dict[type[Message], Handler] = {
+            RunRequest: self.do_run,
+            CancelRequest: self.do_cancel,
+            FactsRequest: self.do_facts,
+            PingRequest: self.do_ping,
+            Credit: self.do_credit,
+        }
+        # The handler table and the protocol's allow-list must be the same set.
+        assert {cls.__struct_config__.tag for cls in handlers} == REQUESTS.types
+        self.handlers = handlers
+        # --8<-- [end:handlers]
+
+    # --- Sending, within each connection's credit window -----------------------------------------
+
+    def window(self, peer: bytes) -> ConnectionWindow:
+        window = self.windows.get(peer)
+        if window is None:
+            window = self.windows[peer] = ConnectionWindow(self.config.credit_window_bytes)
+        return window
+
+    def send_now(self, peer: bytes, message: Message, body: bytes | None = None) -> None:
+        """Queue ``message`` for ``peer`` without waiting, and count it in its window.
+
+        The ROUTER's queue is unbounded (SNDHWM 0: a bounded one would drop output
+        silently); the credit window is what bounds it. pyzmq sends at once and hands
+        back a finished future; messages keep their order.
+        """
+        window = self.window(peer)
+        if window.gone:
+            self.undeliverable += 1
+            return
+        frames = encode(message, body)
+        window.sent(sum(len(frame) for frame in frames), self.clock())
+        sent = asyncio.ensure_future(self.sock.send_multipart([peer, *frames], copy=False))
+        if sent.done():
+            self._check_sent(peer, sent)
+        else:
+            sent.add_done_callback(functools.partial(self._check_sent, peer))
+
+    def _check_sent(self, peer: bytes, sent: asyncio.Future[Any]) -> None:
+        error = None if sent.cancelled() else sent.exception()
+        if error is None:
+            return
+        self.undeliverable += 1
+        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+            # ROUTER_MANDATORY: the client has gone away. Its commands still finish.
+            if (window := self.windows.get(peer)) is not None:
+                window.lost()
+        else:
+            self._warn(f"send failed: {error}")
+
+    # --- Receiving -----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        heartbeats = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while True:
+                frames = await self.sock.recv_multipart()
+                try:
+                    self.dispatch(frames[0], frames[1:])
+                except Exception as exc:  # last line of defence: a peer never stops the agent
+                    self._internal_error("dispatching a message", exc)
+        finally:
+            heartbeats.cancel()
+            await self.shutdown()
+
+    # --8<-- [start:dispatch]
+    def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
+        window = self.windows.get(peer)
+        if window is not None:
+            window.heard_from()
+        try:
+            message, _ = REQUESTS.decode_frames(frames)
+        except ProtocolError as exc:
+            self.bad_messages += 1
+            self._bad_log(f"bad message #{self.bad_messages} from {peer.hex()}: {exc}")
+            if not self._drop_if_saturated(peer, window):
+                self.send_now(peer, error_reply(exc))
+            return
+        if type(message) is not Credit and self._drop_if_saturated(peer, window):
+            return
+        try:
+            self.handlers[type(message)](peer, message)
+        except Exception as exc:  # a bug must not take the whole node down with it
+            tag = type(message).__struct_config__.tag
+            self._internal_error(f"handling {tag!r}", exc)
+            reason = f"the agent failed handling the request: {type(exc).__name__}"
+            self.send_now(
+                peer, ErrorReply(id=message.id, code=ErrorCode.INTERNAL_ERROR, message=reason)
+            )
+
+    # --8<-- [end:dispatch]
+
+    def _drop_if_saturated(self, peer: bytes, window: ConnectionWindow | None) -> bool:
+        if window is None or not window.saturated:
+            return False
+        self.dropped_requests += 1
+        self._saturated_log(
+            f"dropped request #{self.dropped_requests} from {peer.hex()}: it left "
+            f"{window.in_flight} reply bytes unread"
+        )
+        return True
+
+    def _internal_error(self, what: str, exc: BaseException) -> None:
+        self.internal_errors += 1
+        self._warn(f"internal error #{self.internal_errors} {what}: {exc!r}")
+        log.debug("internal error %s", what, exc_info=exc)  # the traceback, with --verbose only
+
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler: one rate-limited line, no traceback."""
+        exc = context.get("exception")
+        self._internal_error(str(context.get("message", "in the event loop")), exc or Exception())
+
+    def _error(self, peer: bytes, request_id: str, code: ErrorCode, message: str) -> None:
+        self.send_now(peer, ErrorReply(id=request_id, code=code, message=message))
+
+    # --- Handlers: one per request type of the allow-list ---------------------------------------
+
+    def do_run(self, peer: bytes, req: RunRequest) -> None:
+        key = (peer, req.id)
+        if key in self.running:
+            self._error(peer, req.id, ErrorCode.DUPLICATE_ID, "request id already running")
+            return
+        if len(self.running) >= self.config.max_queued:
+            self._error(
+                peer, req.id, ErrorCode.BUSY, f"{self.config.max_queued} commands in flight"
+            )
+            return
+        run = CommandRun(
+            req,
+            send=functools.partial(self.send_now, peer),
+            window=self.window(peer),
+            slots=self.slots,
+            accepted_at=asyncio.get_running_loop().time(),
+            warn=self._warn,
+        )
+        task = asyncio.create_task(run.execute())
+        self.running[key] = task
+        task.add_done_callback(lambda _: self.running.pop(key, None))
+
+    def do_cancel(self, peer: bytes, req: CancelRequest) -> None:
+        task = self.running.get((peer, req.id))
+        if task is None:
+            self._error(peer, req.id, ErrorCode.UNKNOWN_ID, "no such command running")
+            return
+        task.cancel()  # CommandRun kills the group and answers with exit{cancelled}
+
+    def do_facts(self, peer: bytes, req: FactsRequest) -> None:
+        async def answer() -> None:
+            try:
+                # node_facts is what the SSH executor runs on a node too; nvidia-smi may block.
+                gathered = await asyncio.to_thread(node_facts.gather, self.node_id)
+                facts = convert_facts(gathered)
+            except Exception as exc:  # report it; the caller must not wait for nothing
+                self._internal_error("gathering facts", exc)
+                self._error(peer, req.id, ErrorCode.INTERNAL_ERROR, f"facts: {exc!r}")
+                return
+            self.send_now(peer, FactsReply(id=req.id, facts=facts))
+
+        self._spawn(answer())
+
+    def do_ping(self, peer: bytes, req: PingRequest) -> None:
+        self.send_now(peer, Pong(id=req.id, node_id=self.node_id))
+
+    def do_credit(self, peer: bytes, req: Credit) -> None:
+        if (window := self.windows.get(peer)) is not None:
+            window.credit(req.nbytes)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- Liveness and shutdown -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            self.beat()
+
+    def beat(self) -> None:
+        """Heartbeat every busy connection; probe idle ones, and forget those that left."""
+        busy = Counter(peer for peer, _ in self.running)
+        now = self.clock()
+        for peer, window in list(self.windows.items()):
+            if busy[peer]:
+                self.send_now(peer, Heartbeat(running=busy[peer]))
+            elif window.gone or window.in_flight == 0:
+                del self.windows[peer]  # nothing owed either way
+            elif now - window.last_sent >= self.config.idle_probe_s:
+                # Is it still there? If not, ROUTER_MANDATORY says so and the next beat forgets it.
+                self.send_now(peer, Heartbeat(running=0))
+
+    async def shutdown(self) -> None:
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=KILL_DRAIN_S * 2)

@@ -19,11 +19,12 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -31,6 +32,7 @@ from cluster_patterns.defaults import LOOPBACK
 from cluster_patterns.transport import RateLimitedLog, is_loopback
 from cluster_runner_simulation import node_facts
 from cluster_runner_simulation.agent_commands import KILL_DRAIN_S, CommandRun
+from cluster_runner_simulation.agent_environment import wrap_command
 from cluster_runner_simulation.agent_flow import ConnectionWindow
 from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
@@ -78,6 +80,11 @@ class AgentConfig:
     credit_window_bytes: int = CREDIT_WINDOW_BYTES
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     idle_probe_s: float = IDLE_PROBE_S
+    # What commands start in (agent_environment.py): exactly these variables (None: the
+    # agent's own), through this shell (None: /bin/sh -c), in this directory (None: the agent's).
+    command_env: Mapping[str, str] | None = None
+    command_shell: tuple[str, ...] | None = None
+    workdir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.credit_window_bytes < CREDIT_BATCH_BYTES:
@@ -245,6 +252,10 @@ class NodeAgent:
                 peer, req.id, ErrorCode.BUSY, f"{self.config.max_queued} commands in flight"
             )
             return
+        if self.config.command_shell:
+            req = msgspec.structs.replace(
+                req, command=wrap_command(self.config.command_shell, req.command)
+            )
         run = CommandRun(
             req,
             send=functools.partial(self.send_now, peer),

@@ -44,6 +44,11 @@ import zmq.asyncio
 from cluster_patterns.cli_args import bind_port, positive_int
 from cluster_patterns.curve import ZapPolicy, bind_zap, curve_server, serve_zap, server_policy
 from cluster_patterns.transport import configure, endpoint
+from cluster_runner_simulation.agent_environment import (
+    apply_process_environment,
+    load_env_file,
+    parse_command_shell,
+)
 from cluster_runner_simulation.agent_keys import (
     AGENT_NAME,
     KeyFileError,
@@ -219,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help="commands run at once; later ones queue (their timeout counts the wait)",
     )
+    env = srv.add_argument_group("the commands' environment (agent_environment.py)")
+    env.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="commands start with exactly the NAME=VALUE variables of this file; None: the "
+        "agent's own environment (env_parity.py --write-env-file makes one from SSH's)",
+    )
+    env.add_argument(
+        "--command-shell",
+        default=None,
+        help="run commands as 'ARGV... COMMAND', e.g. '/bin/bash -l -c' for a login shell's "
+        "profile (modules, conda); None: /bin/sh -c",
+    )
+    env.add_argument(
+        "--workdir", type=Path, default=None, help="commands start here; None: the agent's cwd"
+    )
     srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")
     srv.add_argument("--verbose", action="store_true", help="debug logging, with tracebacks")
     keys = sub.add_parser("keys", help="manage CURVE keys", formatter_class=formatter)
@@ -238,16 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> AgentConfig:
     """The agent's configuration from ``serve``'s flags; SetupError says what is wrong."""
     try:
+        if args.workdir is not None and not args.workdir.is_dir():
+            raise ValueError(f"--workdir {args.workdir}: not a directory")
         return AgentConfig(
             node_id=args.node_id,
             bind=args.bind,
             port=args.port,
-            keys=None if args.insecure else args.keys,
+            keys=None if args.insecure or args.keys is None else args.keys.resolve(),
             concurrency=args.concurrency,
             insecure=args.insecure,
             verbose=args.verbose,
+            command_env=None if args.env_file is None else load_env_file(args.env_file),
+            command_shell=(
+                None if args.command_shell is None else parse_command_shell(args.command_shell)
+            ),
+            workdir=None if args.workdir is None else args.workdir.resolve(),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # EnvFileError included
         raise SetupError(str(exc)) from None
 
 
@@ -268,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return keys_command(args)
-        return asyncio.run(run_until_signalled(serve(config_from(args))))
+        config = config_from(args)
+        apply_process_environment(config.command_env, config.workdir)
+        return asyncio.run(run_until_signalled(serve(config)))
     except (SetupError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

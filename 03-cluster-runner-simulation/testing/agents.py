@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -47,10 +48,17 @@ class LocalAgents(Started):
 
     host = LOOPBACK
 
-    def __init__(self, count: int, concurrency: int | None = None, prefix: str = "node") -> None:
+    def __init__(
+        self,
+        count: int,
+        concurrency: int | None = None,
+        prefix: str = "node",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
+        self.extra_args = list(extra_args)  # more `serve` flags, such as --env-file
         self.agents: list[AgentProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = Path()
@@ -89,9 +97,17 @@ class LocalAgents(Started):
         ]
         if self.concurrency:
             argv += ["--concurrency", str(self.concurrency)]
+        argv += self.extra_args
+        # NODE_ID names the node to what runs under the agent (allreduce_bench prints it).
+        env = {**os.environ, "NODE_ID": node_id}
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=env,
             )
         return AgentProcess(node_id, self.host, port, proc, log_path, offset)
 

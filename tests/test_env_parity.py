@@ -35,7 +35,7 @@ SCRIPT = "03-cluster-runner-simulation/env_parity.py"
 HOME = pwd.getpwuid(os.getuid()).pw_dir  # where sshd starts a session, whatever $HOME says
 
 
-# --- The env file -------------------------------------------------------------------------------
+# --- The env file ----------------------------------------------------------------------------
 
 
 def test_an_env_file_reads_like_systemd_s_without_any_expansion() -> None:
@@ -44,7 +44,7 @@ def test_an_env_file_reads_like_systemd_s_without_any_expansion() -> None:
         "\n"
         "PATH=/opt/cuda/bin:/usr/bin:/bin\n"
         "export CUDA_HOME=/opt/cuda\n"
-        "GREETING=\"say \\\"hi\\\"\\nto all\"\n"
+        'GREETING="say \\"hi\\"\\nto all"\n'
         "RAW='$HOME stays $HOME'\n"
         "EMPTY=\n"
     )
@@ -126,7 +126,7 @@ async def test_a_wrapped_command_reaches_the_shell_unchanged() -> None:
     assert out == expected and out.endswith(b"its|a  b|42\n")
 
 
-# --- The comparison -------------------------------------------------------------------------------
+# --- The comparison --------------------------------------------------------------------------
 
 
 def test_differences_are_named_one_per_line() -> None:
@@ -153,7 +153,7 @@ def test_the_probe_output_is_cut_into_sections() -> None:
     assert probe.env == {"A": "1", "B": "two\nlines"} and probe.sections == {"cwd": "/tmp"}
 
 
-# --- For real: an sshd and agents on loopback ------------------------------------------------------
+# --- For real: an sshd and agents on loopback --------------------------------------------------
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ async def test_the_command_shell_runs_every_command(tmp_path: Path) -> None:
     with LocalAgents(1, extra_args=["--command-shell", "/bin/bash -c"]) as agents:
         executor = agents.executor(0)
         try:
-            shell = await executor.run("readlink /proc/$$/exe; echo \"$BASH_VERSION\" | cut -c1")
+            shell = await executor.run('readlink /proc/$$/exe; echo "$BASH_VERSION" | cut -c1')
             quoted = await executor.run("printf '<%s>' 'a b' \"$((1 + 1))\"")
         finally:
             await executor.close()

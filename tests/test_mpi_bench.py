@@ -26,22 +26,27 @@ SCRIPT = "03-cluster-runner-simulation/mpi_bench.py"
 LOOPBACK_MPI = ["--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"]
 
 # Hand-written in the shape of nccl-tests' all_reduce_perf: out-of-place and in-place groups.
-NCCL_TESTS_SAMPLE = """\
-# nThread 1 nGpus 1 minBytes 8 maxBytes 134217728 step: 2(factor) warmup iters: 5 iters: 20
-#
-# Using devices
-#  Rank  0 Group  0 Pid   1234 on    gpu-01 device  0 [0x07] NVIDIA A100-SXM4-80GB
-#  Rank  1 Group  0 Pid   2345 on    gpu-02 device  0 [0x07] NVIDIA A100-SXM4-80GB
-#
-#                                                              out-of-place                       in-place
-#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong
-#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)  (GB/s)
-     1048576        262144     float     sum      -1    40.12   26.14   26.14      0    39.80   26.35   26.35      0
-   134217728      33554432     float     sum      -1   1020.3  131.55  131.55    N/A   1018.9  131.73  131.73    N/A
-# Out of bounds values : 0 OK
-# Avg bus bandwidth    : 78.9425
-#
-"""
+OUT_OF_PLACE = "      size         count      type   redop    root     time   algbw   busbw #wrong"
+IN_PLACE = "     time   algbw   busbw #wrong"
+NCCL_TESTS_SAMPLE = "\n".join(
+    [
+        "# nThread 1 nGpus 1 minBytes 8 maxBytes 134217728 step: 2(factor) warmup iters: 5",
+        "#",
+        "# Using devices",
+        "#  Rank  0 Group  0 Pid   1234 on    gpu-01 device  0 [0x07] NVIDIA A100-SXM4-80GB",
+        "#  Rank  1 Group  0 Pid   2345 on    gpu-02 device  0 [0x07] NVIDIA A100-SXM4-80GB",
+        "#",
+        "#" + OUT_OF_PLACE + IN_PLACE,
+        "     1048576        262144     float     sum      -1    40.12   26.14   26.14      0"
+        "    39.80   26.35   26.35      0",
+        "   134217728      33554432     float     sum      -1   1020.3  131.55  131.55    N/A"
+        "   1018.9  131.73  131.73    N/A",
+        "# Out of bounds values : 0 OK",
+        "# Avg bus bandwidth    : 78.9425",
+        "#",
+        "",
+    ]
+)
 
 
 def mpi_tools_problem() -> str | None:
@@ -87,7 +92,9 @@ def test_a_real_run_parses_into_rows_ranks_and_the_average(built: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = parse_bench_output(done.stdout)
     assert [row.size_bytes for row in report.rows] == [1024, 4096, 16384, 65536]
-    assert all(row.wrong == 0 and row.dtype == "float" and row.redop == "sum" for row in report.rows)
+    assert all(
+        row.wrong == 0 and row.dtype == "float" and row.redop == "sum" for row in report.rows
+    )
     assert all(row.busbw_gbps == pytest.approx(row.algbw_gbps, abs=0.011) for row in report.rows)
     assert report.nranks == 2 and [p.rank for p in report.ranks] == [0, 1]
     assert report.nodes == ["here"] and report.wrong == 0 and report.out_of_bounds == 0

@@ -16,8 +16,10 @@ journal in-process with fsync per record, as cluster_runner does today.
         --transport zmq+ssh-fallback --journal J.jsonl --schedule pairs --nodes a,b,c,d
     python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --shadow
 
---shadow (A/B, integration phase 3) answers from --transport and mirrors every command to
-the other transport, then reports any difference in exit status or stdout.
+--shadow (A/B, integration phase 3) answers from --transport and mirrors commands to the other
+transport (shadow.py): a test runs its copy after the primary, never beside it, and the two
+must agree on exit status and on the parsed busbw within the tolerance; read-only probes are
+copied at once and must print the same.
 
 Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments, descriptor or journal
 path (a directory, read-only, full);
@@ -174,7 +176,8 @@ async def run_all(
             stats = await shadow_stats(opcon)
             print(
                 f"shadow: {stats.compared} commands compared, {stats.mismatched} mismatched, "
-                f"{stats.secondary_errors} failed on the shadow side"
+                f"{stats.secondary_errors} failed on the shadow side; {stats.serial_copies} "
+                f"test copies ran after their primary, {stats.not_shadowed} not shadowed"
             )
             for found in stats.discrepancies[:10]:
                 print(f"  DISCREPANCY {found.node_id}: {found.detail}")
@@ -256,7 +259,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--nodes", help="comma-separated node ids; None: all")
     parser.add_argument(
-        "--shadow", action="store_true", help="mirror every command to the other transport (A/B)"
+        "--shadow",
+        action="store_true",
+        help="mirror commands to the other transport (A/B): tests after their primary",
     )
     args = parser.parse_args(argv)
     if args.local is not None and not 1 <= args.local <= 64:

@@ -14,6 +14,10 @@
 #                                   of NODE... with this image's ports, user and /keys paths)
 #                                   and the DIR/known_hosts it names; simulate-cluster.sh
 #                                   `compare` points performance_comparison.py --descriptor at it
+#   node-entrypoint sshd stop|start|status
+#                                   stop the worker's sshd (by the pid it recorded), start it
+#                                   again, or say whether it runs (exit 1 if not); `mpi` stops
+#                                   it on every worker so that SSH cannot be what runs the job
 #   node-entrypoint CMD...          exec CMD
 #
 # So any container on the network reaches every worker over both transports:
@@ -26,6 +30,7 @@ KEYS_DIR=/keys
 AGENT_PORT=5580
 SSH_PORT=2222
 SSH_USER=cluster
+SSHD_PIDFILE=/tmp/sshd.pid
 AGENT_SCRIPT=/app/03-cluster-runner-simulation/zmq_node_agent.py
 CURVE_SCRIPT=/app/02-cluster-patterns/curve.py
 
@@ -67,6 +72,56 @@ MaxSessions 64
 LogLevel ERROR
 CONFIG
   /usr/sbin/sshd -D -e -f "$config" &
+  echo "$!" >"$SSHD_PIDFILE"
+}
+
+sshd_running() {
+  [ -f "$SSHD_PIDFILE" ] && kill -0 "$(cat "$SSHD_PIDFILE")" 2>/dev/null
+}
+
+# sshd stop|start|status: the SSH baseline's daemon, turned off and on for the MPI job.
+sshd_control() {
+  case "${1:-}" in
+    stop)
+      if ! sshd_running; then
+        echo "sshd: not running"
+        return 0
+      fi
+      pid="$(cat "$SSHD_PIDFILE")"
+      kill "$pid"
+      checks=50
+      while kill -0 "$pid" 2>/dev/null && [ "$checks" -gt 0 ]; do
+        checks=$((checks - 1))
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "node-entrypoint: sshd (pid $pid) did not stop" >&2
+        return 1
+      fi
+      rm -f "$SSHD_PIDFILE"
+      echo "sshd: stopped (pid $pid)"
+      ;;
+    start)
+      if sshd_running; then
+        echo "sshd: already running (pid $(cat "$SSHD_PIDFILE"))"
+        return 0
+      fi
+      start_sshd 2>>/tmp/sshd.log
+      echo "sshd: started (pid $(cat "$SSHD_PIDFILE"))"
+      ;;
+    status)
+      if sshd_running; then
+        echo "sshd: running (pid $(cat "$SSHD_PIDFILE"))"
+      else
+        echo "sshd: not running"
+        return 1
+      fi
+      ;;
+    *)
+      echo "node-entrypoint: usage: node-entrypoint sshd stop|start|status" >&2
+      return 2
+      ;;
+  esac
 }
 
 start_agent() {
@@ -116,6 +171,10 @@ case "${1:-}" in
   descriptor)
     shift
     write_descriptor "$@"
+    ;;
+  sshd)
+    shift
+    sshd_control "$@"
     ;;
   --agent)
     shift

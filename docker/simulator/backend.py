@@ -19,6 +19,7 @@ from typing import IO, Any, ClassVar, Final
 from cluster_simulator.config import DEFAULT_WORKERS, SimConfig
 from cluster_simulator.lifecycle import Signals, Undo
 from cluster_simulator.monitor_api import MonitorApi
+from cluster_simulator.mpi import MpiOptions
 from cluster_simulator.output import UsageError
 from cluster_simulator.roles import Workload
 
@@ -238,6 +239,11 @@ class Backend(abc.ABC):
         its output where ``stdout`` and ``stderr`` say (None: ours). It starts with Ctrl-C
         ignored, which it undoes once its own handler is in place: a Ctrl-C during its
         imports is no traceback."""
+
+    def mpi(self, options: MpiOptions) -> int:
+        """Run the MPI all-reduce job across workers over their node agents, no sshd running;
+        print its busbw table; the job's exit code (docker and local; mpi.py)."""
+        raise UsageError(f"mpi is not available on the {self.name} backend (docker and local are)")
 
     def compare(self, options: CompareOptions) -> int:
         raise UsageError(

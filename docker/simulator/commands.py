@@ -1,7 +1,8 @@
 """One function per cluster command, written once against the Backend interface.
 
 The fault verbs (fail, partition, ...) live in faults.py and `test` in scenario.py; this
-module holds the rest: build, start, stop, status, cleanup, logs, workload, demo, compare.
+module holds the rest: build, start, stop, status, cleanup, logs, workload, demo, compare,
+mpi.
 Each returns the process's exit code or raises a SimError (see output.py).
 """
 
@@ -18,6 +19,7 @@ from cluster_simulator.backend import Backend, CompareOptions
 from cluster_simulator.config import DEFAULT_WORKERS, SimConfig
 from cluster_simulator.lifecycle import Signals, Undo
 from cluster_simulator.monitor_api import role_view
+from cluster_simulator.mpi import MpiOptions
 from cluster_simulator.output import ExitCode, UsageError, say, warn
 from cluster_simulator.roles import Workload
 from cluster_simulator.scenario import run_scenario
@@ -113,6 +115,11 @@ def test(ctx: Context, tasks: int, json_path: Path | None) -> int:
 
 def compare(ctx: Context, options: CompareOptions) -> int:
     return ctx.backend.compare(options)
+
+
+def mpi(ctx: Context, options: MpiOptions) -> int:
+    ctx.backend.require_started()
+    return ctx.backend.mpi(options)
 
 
 def demo(ctx: Context) -> int:

@@ -15,7 +15,9 @@ ShadowExecutor(primary, secondary)
     Runs every command on the primary and returns exactly what the primary gave
     (result or exception). A copy runs on the secondary at the same time; exit
     status and stdout are compared in the background and differences are kept in
-    ``discrepancies``. Only shadow commands that are safe to run twice.
+    ``discrepancies``. Only shadow commands that are safe to run twice. A ``stream()`` is
+    not shadowed: it runs on the primary only (a streamed command is long or reads stdin,
+    and neither is safe to run twice).
 
 ``build_fallback_context(descriptor, filter_fn, journal)`` gives the
 ``zmq+ssh-fallback`` transport of run_schedules.py, and ``build_shadow_context`` its --shadow:
@@ -29,7 +31,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -43,6 +45,8 @@ from cluster_runner_simulation.protocols import (
     CommandResult,
     NodeExecutorProtocol,
     NodeUnreachable,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 
@@ -55,6 +59,13 @@ log = logging.getLogger("migration")
 @runtime_checkable
 class Pingable(Protocol):
     async def ping(self) -> float: ...
+
+
+async def close_stream(events: AsyncIterator[StreamEvent]) -> None:
+    """Close a wrapped stream now (its command is cancelled), not when it is collected."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 # --- Fallback ---------------------------------------------------------------------------------
@@ -118,6 +129,33 @@ class FallbackExecutor:
         self.fallbacks += 1
         log.info("%s: fallback #%d runs %r", self.node_id, self.fallbacks, command[:80])
         return await self.fallback.run(command, timeout=timeout, env=env, cwd=cwd)
+
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Like ``run``: the primary if its ping answered (and then only the primary)."""
+        chosen = self.primary
+        if not await self._primary_reachable():
+            self.fallbacks += 1
+            log.info("%s: fallback #%d streams %r", self.node_id, self.fallbacks, command[:80])
+            chosen = self.fallback
+        events = chosen.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        try:
+            async for event in events:
+                yield event
+        except NodeUnreachable:
+            if chosen is self.primary:
+                self.refused_fallbacks += 1
+                self._down_until = self._clock() + self.down_recheck_s
+            raise
+        finally:
+            await close_stream(events)
 
     async def system_facts(self) -> SystemConfiguration:
         """Facts are read-only, so asking the fallback after any primary failure is safe."""
@@ -232,6 +270,23 @@ class ShadowExecutor:
         """Wait until every pending comparison is recorded."""
         while self._comparisons:
             await asyncio.gather(*list(self._comparisons), return_exceptions=True)
+
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The primary's stream, not shadowed (see the module's docstring)."""
+        events = self.primary.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await close_stream(events)
 
     async def system_facts(self) -> SystemConfiguration:
         return await self.primary.system_facts()

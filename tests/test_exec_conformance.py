@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +22,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import (
+    LocalAgents,
+    LocalSshd,
+    processes_with,
+    sshd_unavailable_reason,
+    unique_sleep,
+)
 from cluster_runner_simulation.protocols import (
     CommandExit,
     CommandTimeout,
@@ -70,20 +75,6 @@ async def executor(request: pytest.FixtureRequest) -> AsyncIterator[NodeExecutor
     assert isinstance(chosen, NodeExecutorProtocol)
     yield chosen
     await chosen.close()
-
-
-def unique_sleep() -> str:
-    """A sleep duration nobody else uses, so psutil can find exactly our processes."""
-    return f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
-
-
-def processes_with(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in cmdline):
-            found.append(proc)
-    return found
 
 
 async def wait_until(predicate: object, timeout: float) -> bool:

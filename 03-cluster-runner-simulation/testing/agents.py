@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -47,10 +48,21 @@ class LocalAgents(Started):
 
     host = LOOPBACK
 
-    def __init__(self, count: int, concurrency: int | None = None, prefix: str = "node") -> None:
+    def __init__(
+        self,
+        count: int,
+        concurrency: int | None = None,
+        prefix: str = "node",
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``env``: the agents' environment (None: this process's); ``extra_args`` go to
+        every ``serve`` (``--files-root DIR``, say)."""
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
+        self.env = None if env is None else dict(env)
+        self.extra_args = list(extra_args)
         self.agents: list[AgentProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = Path()
@@ -89,9 +101,15 @@ class LocalAgents(Started):
         ]
         if self.concurrency:
             argv += ["--concurrency", str(self.concurrency)]
+        argv += self.extra_args
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=self.env,
             )
         return AgentProcess(node_id, self.host, port, proc, log_path, offset)
 

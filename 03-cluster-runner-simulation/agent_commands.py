@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_input import StdinPipe
 from cluster_runner_simulation.agent_protocol import (
     MAX_OUTPUT_BYTES,
     OUTPUT_CHUNK_BYTES,
@@ -146,8 +147,17 @@ class OutputCollector(asyncio.SubprocessProtocol):
                 fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 0:
+            if self.run.stdin is not None:
+                self.run.stdin.lost()  # the command closed its stdin (or exited)
+            return
         self.open_pipes -= 1
         self.flush(fd)
+
+    def resume_writing(self) -> None:
+        """The stdin pipe's write buffer is empty again (its high-water mark is 0)."""
+        if self.run.stdin is not None:
+            self.run.stdin.drained()
 
     def process_exited(self) -> None:
         self.exited = True
@@ -224,6 +234,7 @@ class CommandRun:
     slots: asyncio.Semaphore  # the agent's --concurrency
     accepted_at: float  # loop time at which the agent accepted the request
     warn: Callable[[str], None]  # a rate-limited warning log
+    stdin: StdinPipe | None = None  # fed by the client's ``data`` chunks (RunRequest.stdin)
     timed_out: bool = False
     cancelled: bool = False
     accept_timer: asyncio.TimerHandle | None = None
@@ -297,7 +308,7 @@ class CommandRun:
             loop.subprocess_shell(
                 lambda: OutputCollector(self, budget),
                 req.command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=req.cwd,
@@ -313,13 +324,21 @@ class CommandRun:
                 self.cancelled = True
                 transport, collector = await spawning
         except (OSError, ValueError) as exc:
+            if self.stdin is not None:
+                self.stdin.attach(None)
             message = f"agent could not start the command: {exc}\n".encode()
             self.send_now(Output(id=req.id, stream=Stream.STDERR), message)
             self.send_now(
                 Exit(id=req.id, exit_status=SPAWN_FAILED_STATUS, cancelled=self.cancelled)
             )
             return
+        if self.stdin is not None:
+            pipe = transport.get_pipe_transport(0)
+            assert isinstance(pipe, asyncio.WriteTransport)
+            self.stdin.attach(pipe)
         await self._supervise(transport, collector)
+        if self.stdin is not None:
+            self.stdin.lost()
         status, signame = exit_fields(transport.get_returncode())
         if budget.dropped:
             self.warn(f"{req.id!r}: dropped {budget.dropped} output bytes")

@@ -34,6 +34,7 @@ from cluster_runner_simulation import node_facts
 from cluster_runner_simulation.agent_commands import KILL_DRAIN_S, CommandRun
 from cluster_runner_simulation.agent_environment import wrap_command
 from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_input import InputGrant, InputRefused, InputSink, StdinPipe
 from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
     CREDIT_WINDOW_BYTES,
@@ -41,6 +42,7 @@ from cluster_runner_simulation.agent_protocol import (
     REQUESTS,
     CancelRequest,
     Credit,
+    DataChunk,
     ErrorCode,
     ErrorReply,
     FactsReply,
@@ -101,7 +103,8 @@ class AgentConfig:
         return self.bind or (LOOPBACK if self.insecure else WILDCARD)
 
 
-Handler = Callable[[bytes, Any], None]
+# (peer, request, body frame or None: only ``data`` has one)
+Handler = Callable[[bytes, Any, bytes | None], None]
 
 
 class NodeAgent:
@@ -119,6 +122,7 @@ class NodeAgent:
         self.clock = clock
         self.slots = asyncio.Semaphore(config.concurrency)
         self.running: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self.inputs: dict[tuple[bytes, str], InputSink] = {}  # where ``data`` chunks go
         self.windows: dict[bytes, ConnectionWindow] = {}
         self.bad_messages = 0
         self.dropped_requests = 0  # from saturated connections (replies left unread)
@@ -134,6 +138,7 @@ class NodeAgent:
             FactsRequest: self.do_facts,
             PingRequest: self.do_ping,
             Credit: self.do_credit,
+            DataChunk: self.do_data,
         }
         # The handler table and the protocol's allow-list must be the same set.
         assert {cls.__struct_config__.tag for cls in handlers} == REQUESTS.types
@@ -198,7 +203,7 @@ class NodeAgent:
         if window is not None:
             window.heard_from()
         try:
-            message, _ = REQUESTS.decode_frames(frames)
+            message, body = REQUESTS.decode_frames(frames)
         except ProtocolError as exc:
             self.bad_messages += 1
             self._bad_log(f"bad message #{self.bad_messages} from {peer.hex()}: {exc}")
@@ -208,7 +213,7 @@ class NodeAgent:
         if type(message) is not Credit and self._drop_if_saturated(peer, window):
             return
         try:
-            self.handlers[type(message)](peer, message)
+            self.handlers[type(message)](peer, message, body)
         except Exception as exc:  # a bug must not take the whole node down with it
             tag = type(message).__struct_config__.tag
             self._internal_error(f"handling {tag!r}", exc)
@@ -242,7 +247,7 @@ class NodeAgent:
 
     # --- Handlers: one per request type of the allow-list ---------------------------------------
 
-    def do_run(self, peer: bytes, req: RunRequest) -> None:
+    def do_run(self, peer: bytes, req: RunRequest, body: bytes | None = None) -> None:
         key = (peer, req.id)
         if key in self.running:
             self._error(peer, req.id, ErrorCode.DUPLICATE_ID, "request id already running")
@@ -264,18 +269,25 @@ class NodeAgent:
             accepted_at=asyncio.get_running_loop().time(),
             warn=self._warn,
         )
+        if req.stdin:
+            run.stdin = StdinPipe(InputGrant(req.id, run.send_now))
+            self.inputs[key] = run.stdin
         task = asyncio.create_task(run.execute())
         self.running[key] = task
-        task.add_done_callback(lambda _: self.running.pop(key, None))
+        task.add_done_callback(lambda _: self._finished(key))
 
-    def do_cancel(self, peer: bytes, req: CancelRequest) -> None:
+    def _finished(self, key: tuple[bytes, str]) -> None:
+        self.running.pop(key, None)
+        self.inputs.pop(key, None)
+
+    def do_cancel(self, peer: bytes, req: CancelRequest, body: bytes | None = None) -> None:
         task = self.running.get((peer, req.id))
         if task is None:
             self._error(peer, req.id, ErrorCode.UNKNOWN_ID, "no such command running")
             return
         task.cancel()  # CommandRun kills the group and answers with exit{cancelled}
 
-    def do_facts(self, peer: bytes, req: FactsRequest) -> None:
+    def do_facts(self, peer: bytes, req: FactsRequest, body: bytes | None = None) -> None:
         async def answer() -> None:
             try:
                 # node_facts is what the SSH executor runs on a node too; nvidia-smi may block.
@@ -289,10 +301,29 @@ class NodeAgent:
 
         self._spawn(answer())
 
-    def do_ping(self, peer: bytes, req: PingRequest) -> None:
+    def do_ping(self, peer: bytes, req: PingRequest, body: bytes | None = None) -> None:
         self.send_now(peer, Pong(id=req.id, node_id=self.node_id))
 
-    def do_credit(self, peer: bytes, req: Credit) -> None:
+    def do_data(self, peer: bytes, req: DataChunk, body: bytes | None = None) -> None:
+        key = (peer, req.id)
+        sink = self.inputs.get(key)
+        if sink is None:
+            reason = "no such request takes input" if key not in self.running else "no stdin"
+            code = ErrorCode.UNKNOWN_ID if key not in self.running else ErrorCode.BAD_REQUEST
+            self._error(peer, req.id, code, f"{reason} (a run needs stdin: true)")
+            return
+        try:
+            sink.receive(body or b"", req.eof, req.sha256)
+        except InputRefused as exc:
+            # The input is broken now: end the request rather than feed it a gap.
+            self.bad_messages += 1
+            self._bad_log(f"bad input #{self.bad_messages} from {peer.hex()}: {exc}")
+            self.inputs.pop(key, None)
+            self._error(peer, req.id, exc.code, str(exc))
+            if (task := self.running.get(key)) is not None:
+                task.cancel()
+
+    def do_credit(self, peer: bytes, req: Credit, body: bytes | None = None) -> None:
         if (window := self.windows.get(peer)) is not None:
             window.credit(req.nbytes)
 

@@ -16,6 +16,8 @@ ShadowExecutor(primary, secondary)  (shadow.py)
     copied to the secondary at the same time and their stdout compared; any other command
     (a GPU test) is copied after the primary finished, never beside it, and its parsed
     metrics are compared within a tolerance. Differences are kept in ``discrepancies``.
+    A ``stream()`` is not shadowed: it runs on the primary only (a streamed command is long
+    or reads stdin, and neither is safe to run twice).
 
 ``build_fallback_context(descriptor, filter_fn, journal)`` gives the
 ``zmq+ssh-fallback`` transport of run_schedules.py, and ``build_shadow_context`` its --shadow:
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
@@ -39,6 +41,7 @@ from cluster_runner_simulation.shadow import (
     ShadowMode,
     ShadowPolicy,
     ShadowStats,
+    close_stream,
 )
 from cluster_runner_simulation.ssh_context import ssh_executor_for
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
@@ -48,6 +51,8 @@ from cluster_runner_simulation.protocols import (
     CommandResult,
     NodeExecutorProtocol,
     NodeUnreachable,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 
@@ -55,6 +60,7 @@ DOWN_RECHECK_S = 5.0  # after a failed ping, skip pinging the primary for this l
 
 __all__ = [
     "Discrepancy",
+    "close_stream",
     "FallbackExecutor",
     "ShadowExecutor",
     "ShadowMode",
@@ -135,6 +141,33 @@ class FallbackExecutor:
         self.fallbacks += 1
         log.info("%s: fallback #%d runs %r", self.node_id, self.fallbacks, command[:80])
         return await self.fallback.run(command, timeout=timeout, env=env, cwd=cwd)
+
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Like ``run``: the primary if its ping answered (and then only the primary)."""
+        chosen = self.primary
+        if not await self._primary_reachable():
+            self.fallbacks += 1
+            log.info("%s: fallback #%d streams %r", self.node_id, self.fallbacks, command[:80])
+            chosen = self.fallback
+        events = chosen.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        try:
+            async for event in events:
+                yield event
+        except NodeUnreachable:
+            if chosen is self.primary:
+                self.refused_fallbacks += 1
+                self._down_until = self._clock() + self.down_recheck_s
+            raise
+        finally:
+            await close_stream(events)
 
     async def system_facts(self) -> SystemConfiguration:
         """Facts are read-only, so asking the fallback after any primary failure is safe."""

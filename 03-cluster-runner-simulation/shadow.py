@@ -15,6 +15,8 @@ What happens to the copy depends on the command, as ``ShadowPolicy.mode`` decide
   N, since each shadowed one takes twice its time.
 * ``SKIP``: a test while ``serial_tests`` is off; not shadowed, only counted.
 
+A ``stream()`` is not shadowed: it runs on the primary only.
+
 The default tolerance, 25 % of busbw for messages of at least 1 MiB, and why: see
 integration-plan/migration-strategy.md (derived from docs/results/mpi-allreduce-repeat.md).
 """
@@ -26,7 +28,7 @@ import enum
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,6 +37,8 @@ from cluster_runner_simulation.protocols import (
     CommandResult,
     Env,
     NodeExecutorProtocol,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 from cluster_runner_simulation.scheduling import parse_result_line
@@ -124,6 +128,13 @@ class ShadowPolicy:
                     f"{name}: {a:g} vs {b:g} ({change:+.1f} %, over {self.rel_tolerance:.0%})"
                 )
         return found
+
+
+async def close_stream(events: AsyncIterator[StreamEvent]) -> None:
+    """Close a wrapped stream now (its command is cancelled), not when it is collected."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _digest(data: bytes) -> str:
@@ -271,6 +282,24 @@ class ShadowExecutor:
         """Wait until every pending (probe) comparison is recorded."""
         while self._comparisons:
             await asyncio.gather(*list(self._comparisons), return_exceptions=True)
+
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The primary's stream, not shadowed: a streamed command is long or reads stdin, and
+        neither is safe to run twice."""
+        events = self.primary.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await close_stream(events)
 
     async def system_facts(self) -> SystemConfiguration:
         return await self.primary.system_facts()

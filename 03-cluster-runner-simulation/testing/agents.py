@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -53,12 +53,16 @@ class LocalAgents(Started):
         count: int,
         concurrency: int | None = None,
         prefix: str = "node",
+        env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
+        """``env``: the agents' environment (None: this process's); ``extra_args`` go to
+        every ``serve`` (``--files-root DIR``, say)."""
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
-        self.extra_args = list(extra_args)  # more `serve` flags, such as --env-file
+        self.env = None if env is None else dict(env)
+        self.extra_args = list(extra_args)
         self.agents: list[AgentProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = Path()
@@ -99,7 +103,7 @@ class LocalAgents(Started):
             argv += ["--concurrency", str(self.concurrency)]
         argv += self.extra_args
         # NODE_ID names the node to what runs under the agent (allreduce_bench prints it).
-        env = {**os.environ, "NODE_ID": node_id}
+        env = {**(os.environ if self.env is None else self.env), "NODE_ID": node_id}
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 argv,

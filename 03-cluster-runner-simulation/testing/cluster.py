@@ -47,9 +47,9 @@ def local_nodes(
 
 
 def write_local_descriptor(
-    sshd: LocalSshd, agents: LocalAgents, path: Path, name: str = "local"
+    sshd: LocalSshd | None, agents: LocalAgents, path: Path, name: str = "local"
 ) -> Path:
-    """Describe the loopback cluster (one sshd, N agents) like a real one, in a TOML file."""
+    """Describe the loopback cluster (N agents, and one sshd unless None) in a TOML file."""
     nodes = local_nodes(len(agents.agents), sshd, agents)
     path.write_text(render_descriptor(ClusterDescriptor(name, nodes)))
     return path

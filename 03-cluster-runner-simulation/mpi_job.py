@@ -14,13 +14,21 @@ the busbw table, comes back as the mpirun command's stdout. No sshd is involved 
 * ``run_mpi_scheduled(opcon, schedule, groups, spec_for)``: every group, node-exclusively, as
   ``run_perf_test_scheduled`` does for the simulated test; run_schedules.py --mpi uses it.
 
-Why these Open MPI options: ``plm_rsh_no_tree_spawn 1`` makes mpirun start every daemon itself
-(so only the launch node needs zrsh's descriptor and keys); ``--bind-to none`` because nodes
+Why these Open MPI options: ``--leave-session-attached`` keeps each daemon in the foreground of
+its zrsh instead of daemonizing it (Open MPI's default for rsh launches), so the agent owns it:
+a cancel or a timeout kills it with its process group, and a daemon that dies ends its zrsh,
+which mpirun notices at once (a daemonized one that dies is noticed by nobody, and mpirun
+waits for it forever; ``orte_startup_timeout`` bounds that wait too). ``plm_rsh_no_tree_spawn 1``
+makes mpirun start every daemon itself (so only the launch node needs zrsh's descriptor and
+keys); ``--bind-to none`` because nodes
 that share one machine (the simulator) would otherwise all bind their rank 0 to core 0;
 ``pml ob1`` and ``btl self,tcp`` keep to plain TCP (no UCX or InfiniBand probing);
 ``btl_tcp_if_include``/``oob_tcp_if_include`` name the network the nodes share;
-``mpi_yield_when_idle 1`` (``yield_when_idle``) where simulated nodes share a machine's CPUs: each
-believes it has a core to itself and would spin on it while waiting.
+``shared_machine`` where the simulated nodes are one machine's: ``mpi_yield_when_idle 1``, since
+each node believes it has a core to itself and its rank would spin on it while waiting, and
+``rtc_hwloc_vmhole none``, since a daemon that finds mpirun's /tmp on its own machine maps
+mpirun's hwloc topology into a hole of its address space, and Open MPI 4.1.4's orted has
+crashed there (SIGSEGV in mca_rtc_hwloc) under load on this 2-core machine.
 The command line: python 03-cluster-runner-simulation/run_mpi.py --help
 """
 
@@ -53,6 +61,7 @@ TEST_NAME: Final = "mpi_allreduce"
 DEFAULT_LAUNCHER: Final = "zrsh"
 LAUNCHER_DESCRIPTOR_ENV: Final = "ZRSH_DESCRIPTOR"  # where zrsh finds the nodes
 DEFAULT_TIMEOUT_S: Final = 300.0
+DEFAULT_STARTUP_TIMEOUT_S: Final = 60
 HOST_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SIZE: Final = re.compile(r"^[1-9][0-9]*[KMG]?$")
 MAX_OUTPUT_TAIL: Final = 2000  # characters of a failed job's output kept in its record
@@ -98,7 +107,8 @@ class MpiJobSpec:
     allow_run_as_root: bool = False
     mpirun: str = "mpirun"
     bind_to: str = "none"
-    yield_when_idle: bool = False  # nodes that share CPUs (the simulator): poll politely
+    shared_machine: bool = False  # the nodes are one machine's (the simulator, --local)
+    startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S  # a daemon that never calls back
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
@@ -111,8 +121,8 @@ class MpiJobSpec:
             raise ValueError(f"hosts repeat: {', '.join(self.hosts)}")
         if not 1 <= self.ranks_per_node <= 64:
             raise ValueError("ranks_per_node must be 1-64")
-        if not self.timeout_s > 0:
-            raise ValueError("timeout_s must be positive")
+        if not self.timeout_s > 0 or self.startup_timeout_s < 1:
+            raise ValueError("timeout_s and startup_timeout_s must be positive")
 
     @property
     def ranks(self) -> int:
@@ -160,7 +170,7 @@ def mpirun_argv(spec: MpiJobSpec) -> list[str]:
     """The mpirun command line that runs ``spec`` from its first host."""
     slots = ",".join(f"{host}:{spec.ranks_per_node}" for host in spec.hosts)
     argv = [spec.mpirun, "--host", slots, "-np", str(spec.ranks), "--map-by", "node"]
-    argv += ["--bind-to", spec.bind_to]
+    argv += ["--bind-to", spec.bind_to, "--leave-session-attached"]
     if spec.allow_run_as_root:
         argv.append("--allow-run-as-root")
     # Ranks on one node may share memory (vader); across nodes only TCP.
@@ -168,13 +178,14 @@ def mpirun_argv(spec: MpiJobSpec) -> list[str]:
     mca = [
         ("plm_rsh_agent", spec.launcher),
         ("plm_rsh_no_tree_spawn", "1"),
+        ("orte_startup_timeout", str(spec.startup_timeout_s)),
         ("pml", "ob1"),
         ("btl", btl),
     ]
     if spec.interfaces:
         mca += [("btl_tcp_if_include", spec.interfaces), ("oob_tcp_if_include", spec.interfaces)]
-    if spec.yield_when_idle:
-        mca.append(("mpi_yield_when_idle", "1"))
+    if spec.shared_machine:
+        mca += [("mpi_yield_when_idle", "1"), ("rtc_hwloc_vmhole", "none")]
     for name, value in mca:
         argv += ["--mca", name, value]
     return [*argv, spec.bench, *spec.sizes.argv()]

@@ -88,7 +88,7 @@ def job_spec(
         ranks_per_node=args.ranks_per_node,
         sizes=BenchSizes(args.min_bytes, args.max_bytes, args.factor, args.iters, args.warmup),
         allow_run_as_root=args.allow_run_as_root,
-        yield_when_idle=args.yield_when_idle or args.local is not None,
+        shared_machine=args.shared_machine or args.local is not None,
         timeout_s=args.timeout,
     )
 
@@ -189,9 +189,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pass --allow-run-as-root to mpirun (default: when run as root)",
     )
     parser.add_argument(
-        "--yield-when-idle",
+        "--shared-machine",
         action="store_true",
-        help="ranks yield the CPU while they wait (nodes that share CPUs; on with --local)",
+        help="the nodes are one machine's (a simulator): ranks yield the CPU while they wait, "
+        "daemons do not map mpirun's topology (on with --local)",
     )
     parser.add_argument("--journal", type=Path, help="also journal the records here (JSONL)")
     parser.add_argument("--json", type=Path, help="also write the records here (JSON)")

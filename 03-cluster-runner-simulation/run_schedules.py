@@ -226,7 +226,7 @@ def mpi_job_for(
             group,
             bench=bench,
             allow_run_as_root=os.geteuid() == 0,
-            yield_when_idle=args.local is not None,  # the local nodes share this machine
+            shared_machine=args.local is not None,  # the local nodes are this machine's
         )
 
     return spec

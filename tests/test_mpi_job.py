@@ -69,11 +69,13 @@ def spec(**options: object) -> MpiJobSpec:
 
 
 def test_the_mpirun_command_line_names_every_choice() -> None:
-    argv = mpirun_argv(spec(interfaces="lo", allow_run_as_root=True, yield_when_idle=True))
+    argv = mpirun_argv(spec(interfaces="lo", allow_run_as_root=True, shared_machine=True))
     line = " ".join(argv)
     assert argv[:6] == ["mpirun", "--host", "a:1,b:1", "-np", "2", "--map-by"]
     for expected in (
         "--bind-to none",
+        "--leave-session-attached",
+        "--mca orte_startup_timeout 60",
         "--allow-run-as-root",
         "--mca plm_rsh_agent /usr/bin/zrsh",
         "--mca plm_rsh_no_tree_spawn 1",
@@ -82,6 +84,7 @@ def test_the_mpirun_command_line_names_every_choice() -> None:
         "--mca btl_tcp_if_include lo",
         "--mca oob_tcp_if_include lo",
         "--mca mpi_yield_when_idle 1",
+        "--mca rtc_hwloc_vmhole none",
     ):
         assert expected in line, expected
     assert argv[-11:] == ["/opt/bench", "-b", "1K", "-e", "4M", "-f", "4", "-n", "10", "-w", "3"]
@@ -98,6 +101,7 @@ def test_the_mpirun_command_line_names_every_choice() -> None:
         ({"hosts": ("a,b",)}, "letters, digits"),
         ({"ranks_per_node": 0}, "ranks_per_node"),
         ({"timeout_s": 0}, "timeout_s"),
+        ({"startup_timeout_s": 0}, "startup_timeout_s"),
     ],
 )
 def test_a_bad_job_is_refused(options: dict[str, object], problem: str) -> None:

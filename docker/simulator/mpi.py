@@ -69,7 +69,7 @@ def run_mpi_argv(
     argv = ["--descriptor", descriptor, "--nodes", ",".join(workers)]
     argv += ["--ranks-per-node", str(options.ranks_per_node), "--max-bytes", options.max_bytes]
     argv += ["--launcher", launcher, "--interfaces", interfaces]
-    argv.append("--yield-when-idle")  # the simulated nodes share this machine's CPUs
+    argv.append("--shared-machine")  # the simulated nodes are this machine's
     if bench is not None:
         argv += ["--bench", bench]
     if json_path is not None:

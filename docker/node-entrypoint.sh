@@ -75,8 +75,13 @@ CONFIG
   echo "$!" >"$SSHD_PIDFILE"
 }
 
+# Alive and not a zombie: the worker that node-entrypoint became never reaps its sshd.
+pid_alive() {
+  [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]
+}
+
 sshd_running() {
-  [ -f "$SSHD_PIDFILE" ] && kill -0 "$(cat "$SSHD_PIDFILE")" 2>/dev/null
+  [ -f "$SSHD_PIDFILE" ] && pid_alive "$(cat "$SSHD_PIDFILE")"
 }
 
 # sshd stop|start|status: the SSH baseline's daemon, turned off and on for the MPI job.
@@ -90,11 +95,11 @@ sshd_control() {
       pid="$(cat "$SSHD_PIDFILE")"
       kill "$pid"
       checks=50
-      while kill -0 "$pid" 2>/dev/null && [ "$checks" -gt 0 ]; do
+      while pid_alive "$pid" && [ "$checks" -gt 0 ]; do
         checks=$((checks - 1))
         sleep 0.1
       done
-      if kill -0 "$pid" 2>/dev/null; then
+      if pid_alive "$pid"; then
         echo "node-entrypoint: sshd (pid $pid) did not stop" >&2
         return 1
       fi

@@ -51,7 +51,8 @@ class MpiOptions:
         if len(every) < 2:
             raise UsageError("mpi needs at least 2 workers: start --workers 2 (or more)")
         if not 2 <= count <= len(every):
-            raise UsageError(f"--nodes must be 2-{len(every)} (the cluster has {len(every)})")
+            allowed = "2" if len(every) == 2 else f"2-{len(every)}"
+            raise UsageError(f"--nodes must be {allowed} (the cluster has {len(every)} workers)")
         return every[:count]
 
 

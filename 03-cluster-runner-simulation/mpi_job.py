@@ -34,6 +34,7 @@ The command line: python 03-cluster-runner-simulation/run_mpi.py --help
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import shutil
@@ -127,6 +128,10 @@ class MpiJobSpec:
     @property
     def ranks(self) -> int:
         return self.ranks_per_node * len(self.hosts)
+
+    def with_hosts(self, hosts: Sequence[str]) -> MpiJobSpec:
+        """The same job under other names for its hosts (ssh needs the hosts' own names)."""
+        return dataclasses.replace(self, hosts=tuple(hosts))
 
 
 def default_launcher() -> str:

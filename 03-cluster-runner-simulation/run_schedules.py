@@ -64,6 +64,7 @@ from cluster_runner_simulation.testing import (
     write_local_descriptor,
 )
 from cluster_runner_simulation.migration import (
+    ShadowPolicy,
     build_fallback_context,
     build_shadow_context,
     fallback_counts,
@@ -77,6 +78,7 @@ from cluster_runner_simulation.protocols import (
 from cluster_runner_simulation.mpi_bench import MpiBuildError, bench_binary
 from cluster_runner_simulation.mpi_job import MpiJobSpec, descriptor_job, run_mpi_scheduled
 from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, Group, build_schedule
+from cluster_runner_simulation.shadow import DEFAULT_REL_TOLERANCE
 from cluster_runner_simulation.scheduling import run_perf_test_scheduled
 from cluster_runner_simulation.ssh_context import build_ssh_context
 from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
@@ -160,7 +162,12 @@ async def open_context(
         return wanted is None or node.id in wanted
 
     if args.shadow:
-        return await build_shadow_context(descriptor, filter_fn, journal, primary=args.transport)
+        policy = ShadowPolicy(
+            sample_every=args.shadow_every, rel_tolerance=args.shadow_tolerance / 100
+        )
+        return await build_shadow_context(
+            descriptor, filter_fn, journal, primary=args.transport, policy=policy
+        )
     # The switch, as cluster_runner will have it.
     if args.transport == "zmq":
         return await build_zmq_context(descriptor, filter_fn, journal)
@@ -313,6 +320,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="mirror commands to the other transport (A/B): tests after their primary",
     )
     parser.add_argument(
+        "--shadow-tolerance",
+        type=float,
+        default=DEFAULT_REL_TOLERANCE * 100,
+        metavar="PCT",
+        help="--shadow: busbw from 1 MiB may differ by this many per cent (mpi_repeat.py "
+        "derives it from repeated runs)",
+    )
+    parser.add_argument(
+        "--shadow-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--shadow: copy one test in N (each copy runs after its primary: twice the time)",
+    )
+    parser.add_argument(
         "--mpi",
         action="store_true",
         help=f"the {MPI_SCHEDULE} schedule runs the real MPI all-reduce through zrsh (zmq only)",
@@ -330,6 +352,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--mpi runs in the {MPI_SCHEDULE} schedule: --schedule {MPI_SCHEDULE}")
     if args.shadow and args.transport == "zmq+ssh-fallback":
         parser.error("--shadow needs --transport zmq or ssh (the primary)")
+    if not 0 <= args.shadow_tolerance < 100 or args.shadow_every < 1:
+        parser.error("--shadow-tolerance must be 0-99 (per cent) and --shadow-every at least 1")
     args.nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
     return args
 

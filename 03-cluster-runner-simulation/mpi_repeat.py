@@ -36,8 +36,10 @@ import contextlib
 import json
 import math
 import os
+import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,7 +100,8 @@ def job(args: Any, descriptor: ClusterDescriptor, name: str, launcher: str) -> M
         interfaces=args.interfaces,
         sizes=BenchSizes(max_bytes=args.max_bytes, iters=args.iters),
         allow_run_as_root=os.geteuid() == 0,
-        shared_machine=bool(args.local),
+        shared_cpus=bool(args.local),
+        shared_tmp=bool(args.local),
     ).with_hosts(hosts)
 
 
@@ -180,6 +183,21 @@ def threshold(worst: float) -> int:
     return max(5, 5 * math.ceil(round(150 * worst, 6) / 5))
 
 
+def machine() -> str:
+    """CPUs, memory, kernel, Python and Open MPI of this machine, for the record."""
+    try:
+        mpirun = subprocess.run(
+            ["mpirun", "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        mpirun = "mpirun unknown"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} CPUs, {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, {mpirun}"
+    )
+
+
 def markdown(summary: dict[str, Any], command: str, load: str, where: str) -> str:
     setup = (
         "Two loopback nodes of this machine, one rank each; the ranks talk over TCP on `lo`."
@@ -189,9 +207,13 @@ def markdown(summary: dict[str, Any], command: str, load: str, where: str) -> st
     lines = [
         "# The MPI all-reduce job, repeated: launched over SSH and over the agents",
         "",
-        f"Command: `{command}`",
-        f"Load average of the launching machine before the run: {load}.",
+        f"- date: {summary['date']}",
+        f"- machine: {summary['machine']}",
+        f"- load average of the launching machine before the run: {load}",
+        f"- command: `{command}`",
+        "",
         setup + " Only the launch differs between the two columns.",
+        "",
         "",
         "| size (B) | zmq busbw median (min-max) GB/s | ssh busbw median (min-max) GB/s "
         "| zmq/ssh medians | pair difference median / max |",
@@ -268,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.descriptor or stack.enter_context(loopback_cluster())
         samples = asyncio.run(measure(args, path))
     summary = summarize(samples)
+    summary["date"] = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+    summary["machine"] = machine()
     command = "python 03-cluster-runner-simulation/mpi_repeat.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

@@ -88,7 +88,8 @@ def job_spec(
         ranks_per_node=args.ranks_per_node,
         sizes=BenchSizes(args.min_bytes, args.max_bytes, args.factor, args.iters, args.warmup),
         allow_run_as_root=args.allow_run_as_root,
-        shared_machine=args.shared_machine or args.local is not None,
+        shared_cpus=args.shared_cpus or args.shared_machine or args.local is not None,
+        shared_tmp=args.shared_machine or args.local is not None,
         timeout_s=args.timeout,
     )
 
@@ -189,10 +190,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pass --allow-run-as-root to mpirun (default: when run as root)",
     )
     parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="the nodes share one machine's CPUs (a simulator): ranks yield while they wait",
+    )
+    parser.add_argument(
         "--shared-machine",
         action="store_true",
-        help="the nodes are one machine's (a simulator): ranks yield the CPU while they wait, "
-        "daemons do not map mpirun's topology (on with --local)",
+        help="the nodes share one machine's CPUs and /tmp (on with --local): also a /tmp "
+        "directory of its own for the job",
     )
     parser.add_argument("--journal", type=Path, help="also journal the records here (JSONL)")
     parser.add_argument("--json", type=Path, help="also write the records here (JSON)")

@@ -233,7 +233,8 @@ def mpi_job_for(
             group,
             bench=bench,
             allow_run_as_root=os.geteuid() == 0,
-            shared_machine=args.local is not None,  # the local nodes are this machine's
+            shared_cpus=args.local is not None,  # the local nodes are this machine's
+            shared_tmp=args.local is not None,
         )
 
     return spec

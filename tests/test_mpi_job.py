@@ -5,6 +5,9 @@ Fake executors here (no network); the real job over agents and zrsh is in test_m
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from cluster_runner_simulation.mpi_job import (
     descriptor_job,
     mpi_results,
     mpirun_argv,
+    mpirun_command,
     run_mpi_job,
 )
 from cluster_runner_simulation.protocols import (
@@ -69,7 +73,9 @@ def spec(**options: object) -> MpiJobSpec:
 
 
 def test_the_mpirun_command_line_names_every_choice() -> None:
-    argv = mpirun_argv(spec(interfaces="lo", allow_run_as_root=True, shared_machine=True))
+    argv = mpirun_argv(
+        spec(interfaces="lo", allow_run_as_root=True, shared_cpus=True, shared_tmp=True)
+    )
     line = " ".join(argv)
     assert argv[:6] == ["mpirun", "--host", "a:1,b:1", "-np", "2", "--map-by"]
     for expected in (
@@ -166,3 +172,23 @@ async def test_a_failed_run_is_journaled_not_lost(
     records = mpi_results(run, run_id="r1", schedule="pairs")
     assert records and all(r.exit_status != 0 for r in records)
     assert all(problem in str(r.extra["errors"]["a"]) for r in records)
+
+
+def test_a_shared_tmp_job_gets_a_directory_of_its_own(tmp_path: Path) -> None:
+    """Two jobs on one machine must not share Open MPI's session directory; it goes after."""
+    fake = tmp_path / "mpirun"
+    fake.write_text('#!/bin/sh\n[ "$1" = --mca ] && [ -d "$3" ] && echo "$3" && exit 3\nexit 9\n')
+    fake.chmod(0o755)
+    job = spec(mpirun=str(fake), shared_tmp=True)
+    assert "--mca rtc_hwloc_vmhole none" in " ".join(mpirun_argv(job))
+    done = subprocess.run(
+        ["/bin/sh", "-c", mpirun_command(job)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=30,
+    )
+    assert done.returncode == 3, done.stderr  # mpirun's own status comes through
+    used = Path(done.stdout.strip())
+    assert used.parent == tmp_path and used.name.startswith("mpi-job-") and not used.exists()
+    assert mpirun_command(spec()) == shlex.join(mpirun_argv(spec()))

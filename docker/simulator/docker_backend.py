@@ -416,6 +416,7 @@ class DockerBackend(Backend):
                 f"{MPI_DIR}/cluster.toml",
                 launcher=ZRSH_IN_IMAGE,
                 interfaces="eth0",
+                shared="cpus",
                 json_path=f"{MPI_DIR}/records.json" if options.json_path else None,
             )
             sys.stdout.flush()

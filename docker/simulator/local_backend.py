@@ -382,6 +382,7 @@ class LocalBackend(Backend):
                 str(descriptor),
                 launcher=str(launcher),
                 interfaces=interfaces,
+                shared="machine",
                 json_path=str(options.json_path) if options.json_path else None,
             )
             sys.stdout.flush()

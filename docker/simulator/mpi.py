@@ -63,14 +63,16 @@ def run_mpi_argv(
     *,
     launcher: str,
     interfaces: str,
+    shared: str,
     bench: str | None = None,
     json_path: str | None = None,
 ) -> list[str]:
-    """run_mpi.py's arguments for this job (after the interpreter and the script)."""
+    """run_mpi.py's arguments for this job (after the interpreter and the script); ``shared``
+    is what the nodes share of this machine: "cpus" (containers) or "machine" (processes)."""
     argv = ["--descriptor", descriptor, "--nodes", ",".join(workers)]
     argv += ["--ranks-per-node", str(options.ranks_per_node), "--max-bytes", options.max_bytes]
     argv += ["--launcher", launcher, "--interfaces", interfaces]
-    argv.append("--shared-machine")  # the simulated nodes are this machine's
+    argv.append(f"--shared-{shared}")  # the simulated nodes are this machine's
     if bench is not None:
         argv += ["--bench", bench]
     if json_path is not None:

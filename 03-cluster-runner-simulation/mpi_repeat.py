@@ -214,7 +214,6 @@ def markdown(summary: dict[str, Any], command: str, load: str, where: str) -> st
         "",
         setup + " Only the launch differs between the two columns.",
         "",
-        "",
         "| size (B) | zmq busbw median (min-max) GB/s | ssh busbw median (min-max) GB/s "
         "| zmq/ssh medians | pair difference median / max |",
         "|---:|---:|---:|---:|---:|",

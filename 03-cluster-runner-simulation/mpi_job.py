@@ -24,14 +24,17 @@ keys); ``--bind-to none`` because nodes
 that share one machine (the simulator) would otherwise all bind their rank 0 to core 0;
 ``pml ob1`` and ``btl self,tcp`` keep to plain TCP (no UCX or InfiniBand probing);
 ``btl_tcp_if_include``/``oob_tcp_if_include`` name the network the nodes share;
-``shared_cpus`` where simulated nodes share a machine's CPUs (Docker, local):
+The first host is given to mpirun as ``localhost``: mpirun runs there, so its ranks there are
+mpirun's own children, and no daemon is started beside mpirun through zrsh (nodes named so
+that they do not resolve, such as the simulator's, would otherwise get one).
+``shared_machine`` where simulated nodes are one machine's processes or containers:
 ``mpi_yield_when_idle 1``, since each node believes it has a core to itself and its rank would
-spin on it while waiting. ``shared_tmp`` where they also share its /tmp (local): every job gets
-a /tmp directory of its own for Open MPI's session files (``orte_tmpdir_base``), since two
-jobs of one user on one machine race on the top directory that each one removes at its end
-(orted fails in ``orte_session_dir``), and ``rtc_hwloc_vmhole none``, since a daemon that finds
-mpirun's topology file in the shared /tmp maps it into a hole of its address space, and Open
-MPI 4.1.4's orted has crashed there (SIGSEGV in mca_rtc_hwloc) under load on this machine.
+spin on it while waiting, and ``rtc_hwloc_vmhole none``, since Open MPI 4.1.4's orted has
+crashed (SIGSEGV in mca_rtc_hwloc, mapping mpirun's topology) under load on this 2-core
+machine. Simulated nodes on one machine also need a /tmp each (``$TMPDIR``), as real nodes
+have: Open MPI keeps its session files there, and daemons of one job on one /tmp collide
+(``orte_session_dir`` and PMIx ``dstore`` errors). The simulator and ``LocalAgents(...,
+private_tmp=True)`` give every agent its own.
 The command line: python 03-cluster-runner-simulation/run_mpi.py --help
 """
 
@@ -66,7 +69,7 @@ DEFAULT_LAUNCHER: Final = "zrsh"
 LAUNCHER_DESCRIPTOR_ENV: Final = "ZRSH_DESCRIPTOR"  # where zrsh finds the nodes
 DEFAULT_TIMEOUT_S: Final = 300.0
 DEFAULT_STARTUP_TIMEOUT_S: Final = 60
-JOB_TMP_PREFIX: Final = "mpi-job-"
+LAUNCH_HOST: Final = "localhost"  # how mpirun names the node it runs on
 HOST_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SIZE: Final = re.compile(r"^[1-9][0-9]*[KMG]?$")
 MAX_OUTPUT_TAIL: Final = 2000  # characters of a failed job's output kept in its record
@@ -112,8 +115,7 @@ class MpiJobSpec:
     allow_run_as_root: bool = False
     mpirun: str = "mpirun"
     bind_to: str = "none"
-    shared_cpus: bool = False  # the nodes share one machine's CPUs (the simulator)
-    shared_tmp: bool = False  # ... and its /tmp (the local simulator, --local)
+    shared_machine: bool = False  # the nodes are one machine's (the simulator, --local)
     startup_timeout_s: int = DEFAULT_STARTUP_TIMEOUT_S  # a daemon that never calls back
     timeout_s: float = DEFAULT_TIMEOUT_S
 
@@ -178,7 +180,8 @@ def descriptor_job(
 
 def mpirun_argv(spec: MpiJobSpec) -> list[str]:
     """The mpirun command line that runs ``spec`` from its first host."""
-    slots = ",".join(f"{host}:{spec.ranks_per_node}" for host in spec.hosts)
+    names = [LAUNCH_HOST, *spec.hosts[1:]]  # mpirun runs on the first host
+    slots = ",".join(f"{host}:{spec.ranks_per_node}" for host in names)
     argv = [spec.mpirun, "--host", slots, "-np", str(spec.ranks), "--map-by", "node"]
     argv += ["--bind-to", spec.bind_to, "--leave-session-attached"]
     if spec.allow_run_as_root:
@@ -194,27 +197,16 @@ def mpirun_argv(spec: MpiJobSpec) -> list[str]:
     ]
     if spec.interfaces:
         mca += [("btl_tcp_if_include", spec.interfaces), ("oob_tcp_if_include", spec.interfaces)]
-    if spec.shared_cpus:
-        mca.append(("mpi_yield_when_idle", "1"))
-    if spec.shared_tmp:
-        mca.append(("rtc_hwloc_vmhole", "none"))
+    if spec.shared_machine:
+        mca += [("mpi_yield_when_idle", "1"), ("rtc_hwloc_vmhole", "none")]
     for name, value in mca:
         argv += ["--mca", name, value]
     return [*argv, spec.bench, *spec.sizes.argv()]
 
 
 def mpirun_command(spec: MpiJobSpec) -> str:
-    """``mpirun_argv`` as the one shell command an executor runs; with ``shared_tmp``, inside
-    a /tmp directory of its own that is removed afterwards, whatever the exit status."""
-    argv = mpirun_argv(spec)
-    if not spec.shared_tmp:
-        return shlex.join(argv)
-    before, after = argv[:1], argv[1:]
-    return (
-        f'dir=$(mktemp -d "${{TMPDIR:-/tmp}}/{JOB_TMP_PREFIX}XXXXXX") || exit 1; '
-        f'{shlex.join(before)} --mca orte_tmpdir_base "$dir" {shlex.join(after)}; '
-        'status=$?; rm -rf "$dir"; exit $status'
-    )
+    """``mpirun_argv`` as the one shell command an executor runs."""
+    return shlex.join(mpirun_argv(spec))
 
 
 # --- One run ----------------------------------------------------------------------------------

@@ -100,8 +100,7 @@ def job(args: Any, descriptor: ClusterDescriptor, name: str, launcher: str) -> M
         interfaces=args.interfaces,
         sizes=BenchSizes(max_bytes=args.max_bytes, iters=args.iters),
         allow_run_as_root=os.geteuid() == 0,
-        shared_cpus=bool(args.local),
-        shared_tmp=bool(args.local),
+        shared_machine=bool(args.local),
     ).with_hosts(hosts)
 
 
@@ -308,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def loopback_cluster() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="mpi-repeat-") as tmp:
-        with LocalSshd() as sshd, LocalAgents(2) as agents:
+        with LocalSshd() as sshd, LocalAgents(2, private_tmp=True) as agents:
             yield write_local_descriptor(sshd, agents, Path(tmp) / "cluster.toml")
 
 

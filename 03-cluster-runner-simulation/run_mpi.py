@@ -67,7 +67,10 @@ def local_descriptor(count: int) -> Iterator[Path]:
     """``count`` agents on loopback (the test harness) and no sshd, in a descriptor file."""
     from cluster_runner_simulation.testing import LocalAgents, local_nodes
 
-    with tempfile.TemporaryDirectory(prefix="run-mpi-") as tmp, LocalAgents(count) as agents:
+    with (
+        tempfile.TemporaryDirectory(prefix="run-mpi-") as tmp,
+        LocalAgents(count, private_tmp=True) as agents,
+    ):
         path = Path(tmp) / "cluster.toml"
         nodes = local_nodes(count, None, agents)
         path.write_text(render_descriptor(ClusterDescriptor("local-mpi", nodes)))
@@ -88,8 +91,7 @@ def job_spec(
         ranks_per_node=args.ranks_per_node,
         sizes=BenchSizes(args.min_bytes, args.max_bytes, args.factor, args.iters, args.warmup),
         allow_run_as_root=args.allow_run_as_root,
-        shared_cpus=args.shared_cpus or args.shared_machine or args.local is not None,
-        shared_tmp=args.shared_machine or args.local is not None,
+        shared_machine=args.shared_machine or args.local is not None,
         timeout_s=args.timeout,
     )
 
@@ -190,15 +192,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pass --allow-run-as-root to mpirun (default: when run as root)",
     )
     parser.add_argument(
-        "--shared-cpus",
-        action="store_true",
-        help="the nodes share one machine's CPUs (a simulator): ranks yield while they wait",
-    )
-    parser.add_argument(
         "--shared-machine",
         action="store_true",
-        help="the nodes share one machine's CPUs and /tmp (on with --local): also a /tmp "
-        "directory of its own for the job",
+        help="the nodes are one machine's (a simulator; on with --local): ranks yield the "
+        "CPU while they wait",
     )
     parser.add_argument("--journal", type=Path, help="also journal the records here (JSONL)")
     parser.add_argument("--json", type=Path, help="also write the records here (JSON)")

@@ -107,7 +107,7 @@ def local_cluster(count: int, workdir: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def local_agents_only(count: int, workdir: Path) -> Iterator[Path]:
     """``count`` agents on loopback and no sshd (--mpi), in a descriptor file."""
-    with LocalAgents(count) as agents:
+    with LocalAgents(count, private_tmp=True) as agents:
         path = workdir / "local-cluster.toml"
         nodes = local_nodes(count, None, agents)
         path.write_text(render_descriptor(ClusterDescriptor("local", nodes)))
@@ -233,8 +233,7 @@ def mpi_job_for(
             group,
             bench=bench,
             allow_run_as_root=os.geteuid() == 0,
-            shared_cpus=args.local is not None,  # the local nodes are this machine's
-            shared_tmp=args.local is not None,
+            shared_machine=args.local is not None,  # the local nodes are this machine's
         )
 
     return spec

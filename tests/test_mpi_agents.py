@@ -24,6 +24,8 @@ import pytest
 
 from cluster_runner_simulation.agent_keys import generate_keys
 from cluster_runner_simulation.journal_format import scan_journal
+from cluster_runner_simulation.mpi_repeat import threshold
+from cluster_runner_simulation.testing import sshd_unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_MPI = "03-cluster-runner-simulation/run_mpi.py"
@@ -200,3 +202,29 @@ def test_the_pairs_schedule_journals_every_result_line(tmp_path: Path, marker: s
     )
     assert wrong.returncode == 2 and "--mpi runs over the agents" in wrong.stderr
     wait_until_gone(marker)
+
+
+def test_mpi_repeat_measures_both_launchers_and_derives_the_thresholds(
+    tmp_path: Path, marker: str
+) -> None:
+    """The benchmark script, smoke-sized: two runs per launcher, SSH and the agents."""
+    if sshd_unavailable_reason():
+        pytest.skip(f"mpi_repeat.py needs sshd: {sshd_unavailable_reason()}")
+    out = tmp_path / "repeat.json"
+    args = ["--runs", "2", "--iters", "1", "--max-bytes", "1M", "--json", str(out)]
+    done = run_marked(marker, "03-cluster-runner-simulation/mpi_repeat.py", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert [row["size_bytes"] for row in summary["sizes"]][-1] == 1 << 20
+    assert summary["runs_per_launcher"] == 2 and summary["derived_tolerance_pct"] >= 5
+    assert "derived gate on the medians" in done.stdout
+    wait_until_gone(marker)
+
+
+@pytest.mark.parametrize(
+    "worst, derived", [(0.0, 5), (0.02, 5), (0.034, 10), (0.10, 15), (0.746, 115)]
+)
+def test_thresholds_are_one_and_a_half_the_worst_rounded_up_to_5(
+    worst: float, derived: int
+) -> None:
+    assert threshold(worst) == derived

@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +96,34 @@ def test_local_mpi_runs_over_agents_in_the_workers_namespaces(
     check_table(again, workers[:2])
     status = local_sim.ok("status")
     assert status.count(" alive") >= 3
+
+
+@pytest.mark.timeout(600)
+def test_local_mpi_ctrl_c_stops_the_job_and_its_agents(local_sim: Any) -> None:
+    local_sim.ok("start", "--workers", "2")
+    job = local_sim.popen("mpi", "--max-bytes", "64M")
+    try:
+        deadline = time.monotonic() + 180
+        while sum("allreduce_bench" in p for p in local_sim.survivors()) < 2:
+            assert job.poll() is None, local_sim.stderr_of(job)
+            assert time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.3)
+        os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        assert job.wait(timeout=60) == 130, local_sim.stderr_of(job)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    deadline = time.monotonic() + 20
+    left = ["-"]
+    while left and time.monotonic() < deadline:
+        left = [
+            p
+            for p in local_sim.survivors()
+            if any(name in p for name in ("zmq_node_agent", "orted", "mpirun", "allreduce_bench"))
+        ]
+        time.sleep(0.3)
+    assert left == [], left
+    assert "stopping the MPI job's node agents" in local_sim.stderr_of(job)
 
 
 # --- docker -----------------------------------------------------------------------------------

@@ -55,9 +55,12 @@ class LocalAgents(Started):
         prefix: str = "node",
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        private_tmp: bool = False,
     ) -> None:
         """``env``: the agents' environment (None: this process's); ``extra_args`` go to
-        every ``serve`` (``--files-root DIR``, say)."""
+        every ``serve`` (``--files-root DIR``, say); ``private_tmp``: each agent's commands get
+        a $TMPDIR of their own, as on separate machines (Open MPI's session files need it)."""
+        self.private_tmp = private_tmp
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
@@ -104,6 +107,9 @@ class LocalAgents(Started):
         argv += self.extra_args
         # NODE_ID names the node to what runs under the agent (allreduce_bench prints it).
         env = {**(os.environ if self.env is None else self.env), "NODE_ID": node_id}
+        if self.private_tmp:
+            env["TMPDIR"] = str(self.dir / f"{node_id}-tmp")
+            Path(env["TMPDIR"]).mkdir(exist_ok=True)
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 argv,

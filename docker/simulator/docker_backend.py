@@ -39,7 +39,7 @@ from cluster_simulator.config import (
     CurveChoice,
 )
 from cluster_simulator.lifecycle import child_ignores_sigint
-from cluster_simulator.mpi import RUN_MPI, MpiOptions, run_mpi_argv
+from cluster_simulator.mpi import RUN_MPI, MpiOptions, restore, run_mpi_argv
 from cluster_simulator.output import SimError, say
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
@@ -416,7 +416,6 @@ class DockerBackend(Backend):
                 f"{MPI_DIR}/cluster.toml",
                 launcher=ZRSH_IN_IMAGE,
                 interfaces="eth0",
-                shared="cpus",
                 json_path=f"{MPI_DIR}/records.json" if options.json_path else None,
             )
             sys.stdout.flush()
@@ -425,7 +424,7 @@ class DockerBackend(Backend):
             if status == 0 and options.json_path is not None:
                 self._copy_out(coordinator, f"{MPI_DIR}/records.json", options.json_path)
         finally:
-            self.undo.run()
+            restore(self.undo, self.signals)
         return status
 
     def _sshd(self, nodes: list[str], action: str) -> None:

@@ -38,7 +38,7 @@ from cluster_simulator.backend import (
 )
 from cluster_simulator.config import REPO_ROOT, CurveChoice
 from cluster_simulator.lifecycle import child_ignores_sigint
-from cluster_simulator.mpi import AGENT, RUN_MPI, MpiOptions, run_mpi_argv
+from cluster_simulator.mpi import AGENT, RUN_MPI, MpiOptions, restore, run_mpi_argv
 from cluster_simulator.netns import WORKERS_NET, Network, namespaces_possible
 from cluster_simulator.output import SimError, UsageError, say
 from cluster_simulator.ports import require_free_ports
@@ -382,14 +382,13 @@ class LocalBackend(Backend):
                 str(descriptor),
                 launcher=str(launcher),
                 interfaces=interfaces,
-                shared="machine",
                 json_path=str(options.json_path) if options.json_path else None,
             )
             sys.stdout.flush()
             argv = [*prefix, self.config.python, "-u", str(RUN_MPI), *args]
             status = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL).returncode
         finally:
-            self.undo.run()
+            restore(self.undo, self.signals)
         return status
 
     def _mpi_agents(self, workers: list[str], netns: bool) -> tuple[Path, dict[str, int]]:
@@ -403,7 +402,11 @@ class LocalBackend(Backend):
         for node in workers:
             host = self.network.worker_address(node) if netns else LOOPBACK
             name = f"mpi-agent-{node}"
-            argv = ["env", f"NODE_ID={node}", self.config.python, "-u", str(AGENT), "serve"]
+            # A /tmp of its own, as a real node has: Open MPI keeps its session files there.
+            private_tmp = folder / "tmp" / node
+            private_tmp.mkdir(parents=True, exist_ok=True)
+            argv = ["env", f"NODE_ID={node}", f"TMPDIR={private_tmp}"]
+            argv += [self.config.python, "-u", str(AGENT), "serve"]
             argv += ["--node-id", node, "--bind", host, "--port", "0", "--keys", str(keys)]
             if netns:
                 argv = self.network.exec_prefix(self.network.namespace(node)) + argv

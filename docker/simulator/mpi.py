@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
 
-from cluster_simulator.output import UsageError
+from cluster_simulator.lifecycle import Signals, Undo
+from cluster_simulator.output import UsageError, warn
 
 RUN_MPI: Final = PurePath("03-cluster-runner-simulation") / "run_mpi.py"
 AGENT: Final = PurePath("03-cluster-runner-simulation") / "zmq_node_agent.py"
@@ -56,6 +57,13 @@ class MpiOptions:
         return every[:count]
 
 
+def restore(undo: Undo, signals: Signals) -> None:
+    """Undo what `mpi` changed now (sshd, agents), saying so when a signal ended the job."""
+    if signals.interrupted and undo.armed and undo.description:
+        warn(undo.description)
+    undo.run()
+
+
 def run_mpi_argv(
     options: MpiOptions,
     workers: list[str],
@@ -63,16 +71,14 @@ def run_mpi_argv(
     *,
     launcher: str,
     interfaces: str,
-    shared: str,
     bench: str | None = None,
     json_path: str | None = None,
 ) -> list[str]:
-    """run_mpi.py's arguments for this job (after the interpreter and the script); ``shared``
-    is what the nodes share of this machine: "cpus" (containers) or "machine" (processes)."""
+    """run_mpi.py's arguments for this job (after the interpreter and the script)."""
     argv = ["--descriptor", descriptor, "--nodes", ",".join(workers)]
     argv += ["--ranks-per-node", str(options.ranks_per_node), "--max-bytes", options.max_bytes]
     argv += ["--launcher", launcher, "--interfaces", interfaces]
-    argv.append(f"--shared-{shared}")  # the simulated nodes are this machine's
+    argv.append("--shared-machine")  # the simulated nodes are this machine's
     if bench is not None:
         argv += ["--bench", bench]
     if json_path is not None:

@@ -21,7 +21,7 @@ The default tolerance, 25 % of busbw for messages of at least 1 MiB, is where a 
 before it has measured its own noise: it lets ordinary run-to-run variation pass and flags a
 link or a GPU that runs at half speed. ``mpi_repeat.py`` measures the noise (repeated runs
 over both launchers) and derives the tolerance to use instead; integration-plan/
-migration-strategy.md says when. On this 2-core machine's loopback the noise reaches 81 %
+migration-strategy.md says when. On this 2-core machine's loopback the noise reaches 82 %
 (docs/results/mpi-allreduce-repeat.md), so here only exit status and ``#wrong`` mean much.
 """
 

@@ -31,6 +31,13 @@ from cluster_patterns.defaults import LOOPBACK
 from cluster_patterns.transport import RateLimitedLog, is_loopback
 from cluster_runner_simulation import node_facts
 from cluster_runner_simulation.agent_commands import KILL_DRAIN_S, CommandRun
+from cluster_runner_simulation.agent_files import (
+    TRANSFER_IDLE_S,
+    FileRefused,
+    FilesRoot,
+    GetTransfer,
+    PutTransfer,
+)
 from cluster_runner_simulation.agent_flow import ConnectionWindow
 from cluster_runner_simulation.agent_input import InputGrant, InputRefused, InputSink, StdinPipe
 from cluster_runner_simulation.agent_protocol import (
@@ -45,11 +52,13 @@ from cluster_runner_simulation.agent_protocol import (
     ErrorReply,
     FactsReply,
     FactsRequest,
+    GetRequest,
     Heartbeat,
     Message,
     PingRequest,
     Pong,
     ProtocolError,
+    PutRequest,
     RunRequest,
     convert_facts,
     encode,
@@ -58,6 +67,7 @@ from cluster_runner_simulation.agent_protocol import (
 
 DEFAULT_CONCURRENCY: Final = 64
 MAX_QUEUED: Final = 4096  # runs accepted but waiting for a slot; beyond this: "busy"
+MAX_TRANSFERS: Final = 256  # puts and gets at once (each holds a file open); beyond: "busy"
 HEARTBEAT_INTERVAL_S: Final = 1.0
 IDLE_PROBE_S: Final = 10.0  # an idle connection with uncredited bytes is probed this often
 WILDCARD: Final = "0.0.0.0"
@@ -80,6 +90,9 @@ class AgentConfig:
     credit_window_bytes: int = CREDIT_WINDOW_BYTES
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     idle_probe_s: float = IDLE_PROBE_S
+    files_root: Path | None = None  # put and get only below it; None: both refused
+    transfer_idle_s: float = TRANSFER_IDLE_S
+    max_transfers: int = MAX_TRANSFERS
 
     def __post_init__(self) -> None:
         if self.credit_window_bytes < CREDIT_BATCH_BYTES:
@@ -90,6 +103,10 @@ class AgentConfig:
             raise ValueError(f"--insecure binds loopback only; refusing --bind {self.host}")
         if not self.insecure and self.keys is None:
             raise ValueError("--keys DIR is required (or --insecure, for lessons only)")
+        if self.files_root is not None and not self.files_root.is_dir():
+            raise ValueError(f"--files-root {self.files_root}: not a directory")
+        if self.transfer_idle_s <= 0:
+            raise ValueError("--transfer-idle-s must be positive")
 
     @property
     def host(self) -> str:
@@ -116,6 +133,8 @@ class NodeAgent:
         self.slots = asyncio.Semaphore(config.concurrency)
         self.running: dict[tuple[bytes, str], asyncio.Task[None]] = {}
         self.inputs: dict[tuple[bytes, str], InputSink] = {}  # where ``data`` chunks go
+        self.transfers: dict[tuple[bytes, str], PutTransfer | GetTransfer] = {}
+        self.files = None if config.files_root is None else FilesRoot(config.files_root)
         self.windows: dict[bytes, ConnectionWindow] = {}
         self.bad_messages = 0
         self.dropped_requests = 0  # from saturated connections (replies left unread)
@@ -132,6 +151,8 @@ class NodeAgent:
             PingRequest: self.do_ping,
             Credit: self.do_credit,
             DataChunk: self.do_data,
+            PutRequest: self.do_put,
+            GetRequest: self.do_get,
         }
         # The handler table and the protocol's allow-list must be the same set.
         assert {cls.__struct_config__.tag for cls in handlers} == REQUESTS.types
@@ -270,6 +291,11 @@ class NodeAgent:
         self.inputs.pop(key, None)
 
     def do_cancel(self, peer: bytes, req: CancelRequest, body: bytes | None = None) -> None:
+        transfer = self.transfers.get((peer, req.id))
+        if transfer is not None:
+            transfer.abort()  # a put's temporary file is removed; its final name untouched
+            self._error(peer, req.id, ErrorCode.FILE_ERROR, "transfer cancelled")
+            return
         task = self.running.get((peer, req.id))
         if task is None:
             self._error(peer, req.id, ErrorCode.UNKNOWN_ID, "no such command running")
@@ -312,6 +338,56 @@ class NodeAgent:
             if (task := self.running.get(key)) is not None:
                 task.cancel()
 
+    def do_put(self, peer: bytes, req: PutRequest, body: bytes | None = None) -> None:
+        if (files := self._transfer_allowed(peer, req.id)) is None:
+            return
+        key = (peer, req.id)
+        try:
+            put = PutTransfer(
+                req, files, functools.partial(self.send_now, peer), self.config.transfer_idle_s
+            )
+        except FileRefused as exc:
+            self._error(peer, req.id, exc.code, str(exc))
+            return
+        self._track(key, put)
+        self.inputs[key] = put
+
+    def do_get(self, peer: bytes, req: GetRequest, body: bytes | None = None) -> None:
+        if (files := self._transfer_allowed(peer, req.id)) is None:
+            return
+        try:
+            get = GetTransfer(req, files, functools.partial(self.send_now, peer), self.window(peer))
+        except FileRefused as exc:
+            self._error(peer, req.id, exc.code, str(exc))
+            return
+        self._track((peer, req.id), get)
+
+    def _transfer_allowed(self, peer: bytes, request_id: str) -> FilesRoot | None:
+        key = (peer, request_id)
+        if self.files is None:
+            self._error(
+                peer, request_id, ErrorCode.NOT_ALLOWED,
+                "file transfer is off: this agent was started without --files-root",
+            )  # fmt: skip
+        elif key in self.transfers or key in self.running:
+            self._error(peer, request_id, ErrorCode.DUPLICATE_ID, "request id already in use")
+        elif len(self.transfers) >= self.config.max_transfers:
+            self._error(
+                peer, request_id, ErrorCode.BUSY, f"{self.config.max_transfers} transfers at once"
+            )
+        else:
+            return self.files
+        return None
+
+    def _track(self, key: tuple[bytes, str], transfer: PutTransfer | GetTransfer) -> None:
+        self.transfers[key] = transfer
+
+        def forget(_: object) -> None:
+            self.transfers.pop(key, None)
+            self.inputs.pop(key, None)
+
+        transfer.finished.add_done_callback(forget)
+
     def do_credit(self, peer: bytes, req: Credit, body: bytes | None = None) -> None:
         if (window := self.windows.get(peer)) is not None:
             window.credit(req.nbytes)
@@ -331,6 +407,7 @@ class NodeAgent:
     def beat(self) -> None:
         """Heartbeat every busy connection; probe idle ones, and forget those that left."""
         busy = Counter(peer for peer, _ in self.running)
+        busy.update(peer for peer, _ in self.transfers)  # a transfer proves liveness the same way
         now = self.clock()
         for peer, window in list(self.windows.items()):
             if busy[peer]:
@@ -342,6 +419,8 @@ class NodeAgent:
                 self.send_now(peer, Heartbeat(running=0))
 
     async def shutdown(self) -> None:
+        for transfer in list(self.transfers.values()):
+            transfer.abort()  # no partial file under a final name
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()

@@ -1,11 +1,13 @@
 """The ZeroMQ node agent: a daemon on every node that runs commands for cluster_runner.
 
 Binds a ROUTER on tcp://BIND:PORT (default port 5580, cluster_patterns.defaults; 5570-5572
-belong to the cluster patterns). Clients (``zmq_node_executor.py``, a DEALER) send ``run``,
-``cancel``, ``facts``, ``ping`` and ``credit`` requests; the agent answers with ``accepted``
-(for runs still silent after 50 ms), streamed ``output`` chunks, one ``exit``,
-``facts_reply``, ``pong``, ``heartbeat`` (every second while a client has commands running)
-and ``error``. Wire spec: docs/agent-protocol.md.
+belong to the cluster patterns). Clients (``zmq_node_executor.py``, a DEALER; zrun, zcp and
+zrsh) send ``run``, ``cancel``, ``facts``, ``ping``, ``credit``, ``data`` (a run's stdin, a
+put's contents), ``put`` and ``get``; the agent answers with ``accepted`` (for runs still
+silent after 50 ms), streamed ``output`` chunks, one ``exit``, ``data_credit``,
+``file_data``, ``file_end``, ``facts_reply``, ``pong``, ``heartbeat`` (every second while a
+client has commands or transfers in flight) and ``error``. ``put`` and ``get`` work only
+below ``--files-root``. Wire spec: docs/agent-protocol.md.
 
 This file is the process: it turns the command line into an ``AgentConfig``, makes the
 sockets, sets up security and signals, and hands the ROUTER to ``NodeAgent``
@@ -19,7 +21,7 @@ fingerprint. A key file there that cannot be parsed stops the agent at start-up.
 Run it:
     python 03-cluster-runner-simulation/zmq_node_agent.py keys generate /tmp/agent-keys
     python 03-cluster-runner-simulation/zmq_node_agent.py serve --node-id n1 \\
-        --bind 127.0.0.1 --port 5580 --keys /tmp/agent-keys
+        --bind 127.0.0.1 --port 5580 --keys /tmp/agent-keys --files-root /tmp
     # lessons only, no encryption, loopback only:
     python 03-cluster-runner-simulation/zmq_node_agent.py serve --insecure --port 5580
 """
@@ -41,9 +43,10 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from cluster_patterns.cli_args import bind_port, positive_int
+from cluster_patterns.cli_args import bind_port, positive_float, positive_int
 from cluster_patterns.curve import ZapPolicy, bind_zap, curve_server, serve_zap, server_policy
 from cluster_patterns.transport import configure, endpoint
+from cluster_runner_simulation.agent_files import TRANSFER_IDLE_S
 from cluster_runner_simulation.agent_keys import (
     AGENT_NAME,
     KeyFileError,
@@ -219,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help="commands run at once; later ones queue (their timeout counts the wait)",
     )
+    srv.add_argument(
+        "--files-root",
+        type=Path,
+        default=None,
+        help="put/get (zcp) only below this directory; None: file transfer off",
+    )
+    srv.add_argument(
+        "--transfer-idle-s",
+        type=positive_float,
+        default=TRANSFER_IDLE_S,
+        help="a put that gets no data this long is cut (its temporary file removed)",
+    )
     srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")
     srv.add_argument("--verbose", action="store_true", help="debug logging, with tracebacks")
     keys = sub.add_parser("keys", help="manage CURVE keys", formatter_class=formatter)
@@ -244,6 +259,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
             port=args.port,
             keys=None if args.insecure else args.keys,
             concurrency=args.concurrency,
+            files_root=args.files_root,
+            transfer_idle_s=args.transfer_idle_s,
             insecure=args.insecure,
             verbose=args.verbose,
         )

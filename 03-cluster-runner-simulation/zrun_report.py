@@ -108,7 +108,7 @@ def exit_status(results: Sequence[NodeResult], stopped_by: int | None) -> int:
 
 
 def _label(result: NodeResult) -> str:
-    if result.outcome is Outcome.OK or result.outcome is Outcome.FAILED:
+    if result.outcome in (Outcome.OK, Outcome.FAILED) and result.exit_status is not None:
         return f"exit {result.exit_status}"
     if result.outcome is Outcome.KILLED:
         return f"signal {result.exit_signal}"

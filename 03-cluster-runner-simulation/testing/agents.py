@@ -55,14 +55,17 @@ class LocalAgents(Started):
         prefix: str = "node",
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        files_roots: bool = False,
     ) -> None:
         """``env``: the agents' environment (None: this process's); ``extra_args`` go to
-        every ``serve`` (``--files-root DIR``, say)."""
+        every ``serve``; ``files_roots``: each agent gets ``--files-root DIR/files/NODE``
+        (``files_root(index)``), as separate nodes have separate disks."""
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
         self.env = None if env is None else dict(env)
         self.extra_args = list(extra_args)
+        self.files_roots = files_roots
         self.agents: list[AgentProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = Path()
@@ -102,6 +105,10 @@ class LocalAgents(Started):
         if self.concurrency:
             argv += ["--concurrency", str(self.concurrency)]
         argv += self.extra_args
+        if self.files_roots:
+            root = self.dir / "files" / node_id
+            root.mkdir(parents=True, exist_ok=True)
+            argv += ["--files-root", str(root)]
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 argv,
@@ -125,6 +132,10 @@ class LocalAgents(Started):
                 raise RuntimeError(f"agent {agent.node_id} exited:\n{text}")
             time.sleep(0.02)
         raise RuntimeError(f"agent {agent.node_id} never printed its ready line")
+
+    def files_root(self, index: int) -> Path:
+        """Agent ``index``'s --files-root (with ``files_roots=True``)."""
+        return self.dir / "files" / self.agents[index].node_id
 
     def executor(self, index: int, **options: float) -> ZmqNodeExecutor:
         agent = self.agents[index]

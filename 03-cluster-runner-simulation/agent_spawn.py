@@ -10,9 +10,11 @@ way this machine offers that still keeps what the agent needs:
   emptied, as ``subprocess`` does with ``restore_signals``.
 * stdout and stderr are pipes (close-on-exec on the agent's side) read with
   ``loop.add_reader``: no transport objects; pausing a pipe is removing its reader.
-* The exit is a pidfd in the event loop, reaped with waitpid when it becomes readable: no
-  child watcher, no thread per command. Without pidfd support (Linux before 5.3) a
-  thread waits for that one child instead.
+* The exit: once both pipes are closed (the common end of a command: its fds close as it
+  exits), one ``waitpid(WNOHANG)`` usually reaps it at once. Only a command that is still
+  there then (it closed its outputs and runs on, or the kernel has not yet turned it into
+  a zombie) gets a pidfd in the event loop. No child watcher, no thread per command; without
+  pidfd support (Linux before 5.3) a thread waits for that one child instead.
 * A run with ``cwd`` goes through one more ``/bin/sh`` that changes directory first
   (posix_spawn has no chdir in Python 3.11); a missing directory is then the shell's exit
   status 2 with its message on stderr.
@@ -139,7 +141,6 @@ class SpawnedShell:
             os.set_blocking(fd, False)
             self.loop.add_reader(fd, self._readable, fd_number)
         self._stdin_fd = in_w
-        self._watch_exit()
 
     async def connect_stdin(self, events: StdinEvents) -> asyncio.WriteTransport:
         """The stdin pipe as an asyncio write transport reporting to ``events``."""
@@ -167,6 +168,8 @@ class SpawnedShell:
         else:
             self._close_pipe(fd_number)
             self.events.eof_received(fd_number)
+            if not self._pipes:
+                self._reap_or_watch()
 
     def _close_pipe(self, fd_number: int) -> None:
         fd = self._pipes.pop(fd_number, None)
@@ -196,8 +199,11 @@ class SpawnedShell:
 
     def close(self) -> None:
         """Stop reading and close the pipes; the exit is still reaped when it comes."""
-        for fd_number in list(self._pipes):
-            self._close_pipe(fd_number)
+        if self._pipes:
+            for fd_number in list(self._pipes):
+                self._close_pipe(fd_number)
+            if self.returncode is None:
+                self._watch_exit()
         if self.stdin is not None:
             self.stdin.close()
         if self._stdin_fd >= 0:
@@ -205,6 +211,18 @@ class SpawnedShell:
             self._stdin_fd = -1
 
     # --- Exit -------------------------------------------------------------------------------
+
+    def _reap_or_watch(self) -> None:
+        """Both pipes closed: reap the child now if it has exited, else watch for its exit."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            self._reaped(255)  # reaped by someone else: the status is lost
+            return
+        if pid:
+            self._reaped(os.waitstatus_to_exitcode(status))
+        else:
+            self._watch_exit()
 
     def _watch_exit(self) -> None:
         try:

@@ -62,6 +62,12 @@ async def test_output_status_and_signals() -> None:
     assert shell.returncode == -signal.SIGTERM
 
 
+async def test_a_command_that_closes_its_outputs_and_runs_on() -> None:
+    """Both pipes close first; the exit (and its status) still comes when it ends."""
+    shell, seen = await finished("exec >&- 2>&-; sleep 0.3; exit 4")
+    assert shell.returncode == 4 and sorted(seen.eofs) == [1, 2]
+
+
 async def test_cwd_env_and_a_missing_cwd(tmp_path: Path) -> None:
     shell, seen = await finished("pwd; echo $ONLY_HERE", cwd=str(tmp_path), env={"ONLY_HERE": "x"})
     assert bytes(seen.output[1]) == f"{tmp_path}\nx\n".encode() and shell.returncode == 0

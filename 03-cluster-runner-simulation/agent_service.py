@@ -1,7 +1,10 @@
 """The node agent's request handling: ``NodeAgent``, built from an ``AgentConfig``.
 
 Nothing here binds, connects or reads a key file: NodeAgent is handed a ROUTER socket
-(or a fake one in tests), an ``AgentConfig`` and a clock. It decodes each request with the
+(or a fake one in tests), an ``AgentConfig`` and a clock. The socket is a plain (not an
+asyncio) pyzmq socket: the agent reads it from a ``loop.add_reader`` callback on its
+ZMQ_FD, as many messages as are waiting, and sends without waiting (SNDHWM 0), which
+spares every message a future of its own. It decodes each request with the
 protocol's allow-list (agent_protocol.REQUESTS), routes it through its ``do_<type>`` handler
 table, and sends every reply within the client connection's credit window (agent_flow.py);
 running one command is agent_commands.py. The process around it (sockets, CURVE, signals,
@@ -25,7 +28,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import zmq
-import zmq.asyncio
 
 from cluster_patterns.defaults import LOOPBACK
 from cluster_patterns.transport import RateLimitedLog, is_loopback
@@ -66,6 +68,7 @@ from cluster_runner_simulation.agent_protocol import (
 )
 
 DEFAULT_CONCURRENCY: Final = 64
+DRAIN_BATCH: Final = 64  # requests handled per turn of the event loop, so pipes are read too
 MAX_QUEUED: Final = 4096  # runs accepted but waiting for a slot; beyond this: "busy"
 MAX_TRANSFERS: Final = 256  # puts and gets at once (each holds a file open); beyond: "busy"
 HEARTBEAT_INTERVAL_S: Final = 1.0
@@ -123,7 +126,7 @@ class NodeAgent:
     def __init__(
         self,
         config: AgentConfig,
-        sock: zmq.asyncio.Socket,
+        sock: zmq.Socket[bytes],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -144,6 +147,7 @@ class NodeAgent:
         self._saturated_log = RateLimitedLog(log.warning)
         self._warn = RateLimitedLog(log.warning)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_scheduled = False
         handlers: dict[type[Message], Handler] = {
             RunRequest: self.do_run,
             CancelRequest: self.do_cancel,
@@ -170,8 +174,8 @@ class NodeAgent:
         """Queue ``message`` for ``peer`` without waiting, and count it in its window.
 
         The ROUTER's queue is unbounded (SNDHWM 0: a bounded one would drop output
-        silently); the credit window is what bounds it. pyzmq sends at once and hands
-        back a finished future; messages keep their order.
+        silently); the credit window is what bounds it. The send never waits; messages
+        keep their order.
         """
         window = self.window(peer)
         if window.gone:
@@ -179,18 +183,15 @@ class NodeAgent:
             return
         frames = encode(message, body)
         window.sent(sum(len(frame) for frame in frames), self.clock())
-        sent = asyncio.ensure_future(self.sock.send_multipart([peer, *frames], copy=False))
-        if sent.done():
-            self._check_sent(peer, sent)
-        else:
-            sent.add_done_callback(functools.partial(self._check_sent, peer))
+        try:
+            self.sock.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as error:
+            self._send_failed(peer, error)
+        self._drain_soon()
 
-    def _check_sent(self, peer: bytes, sent: asyncio.Future[Any]) -> None:
-        error = None if sent.cancelled() else sent.exception()
-        if error is None:
-            return
+    def _send_failed(self, peer: bytes, error: zmq.ZMQError) -> None:
         self.undeliverable += 1
-        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+        if error.errno == zmq.EHOSTUNREACH:
             # ROUTER_MANDATORY: the client has gone away. Its commands still finish.
             if (window := self.windows.get(peer)) is not None:
                 window.lost()
@@ -200,17 +201,45 @@ class NodeAgent:
     # --- Receiving -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        fd = int(self.sock.getsockopt(zmq.FD))
+        loop.add_reader(fd, self.drain)
         heartbeats = asyncio.create_task(self._heartbeat_loop())
+        self.drain()  # what came before the reader was in place
         try:
-            while True:
-                frames = await self.sock.recv_multipart()
-                try:
-                    self.dispatch(frames[0], frames[1:])
-                except Exception as exc:  # last line of defence: a peer never stops the agent
-                    self._internal_error("dispatching a message", exc)
+            await loop.create_future()  # until cancelled (SIGINT, SIGTERM)
         finally:
+            loop.remove_reader(fd)
             heartbeats.cancel()
             await self.shutdown()
+
+    def drain(self) -> None:
+        """Handle the requests waiting on the socket, up to a batch per turn of the loop.
+
+        ZMQ_FD is edge-triggered and any operation on the socket may consume its edge, so
+        the socket is read until ZMQ_EVENTS says nothing is waiting, and every send checks
+        whether requests are waiting (``_drain_soon``).
+        """
+        self._drain_scheduled = False
+        for _ in range(DRAIN_BATCH):
+            # Asking first is cheaper than the exception a recv with nothing waiting raises.
+            if not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            try:
+                self.dispatch(frames[0], frames[1:])
+            except Exception as exc:  # last line of defence: a peer never stops the agent
+                self._internal_error("dispatching a message", exc)
+        self._drain_later()
+
+    def _drain_soon(self) -> None:
+        if not self._drain_scheduled and int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._drain_later()
+
+    def _drain_later(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self.drain)
 
     def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
         window = self.windows.get(peer)

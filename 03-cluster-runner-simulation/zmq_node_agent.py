@@ -66,11 +66,12 @@ class SetupError(Exception):
     """Bad configuration: reported on one line, exit status 2."""
 
 
-def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+def make_router(ctx: zmq.asyncio.Context) -> zmq.Socket[bytes]:
     # A bounded ROUTER queue would silently drop output chunks (SNDHWM 0 is unbounded);
     # each connection's credit window (agent_flow.py) bounds what is queued instead.
-    sock = configure(
-        ctx.socket(zmq.ROUTER),
+    # A plain socket: NodeAgent reads it from an add_reader callback (agent_service.py).
+    sock: zmq.Socket[bytes] = configure(
+        zmq.Socket(ctx, zmq.ROUTER),
         max_message_bytes=MAX_REQUEST_BYTES,
         linger_ms=0,
         sndhwm=0,
@@ -83,7 +84,7 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
 
 
 def secure_router(
-    ctx: zmq.asyncio.Context, sock: zmq.asyncio.Socket, keys: Path
+    ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes], keys: Path
 ) -> tuple[zmq.asyncio.Socket, ZapPolicy]:
     """The ZAP handler's socket and policy, and CURVE server keys on ``sock``.
 
@@ -98,7 +99,7 @@ def secure_router(
     return zap, policy
 
 
-def bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
+def bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
     address = endpoint(host, port)
     if not port:
         address = address.rsplit(":", 1)[0] + ":*"  # the kernel picks a free port

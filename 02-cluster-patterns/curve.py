@@ -40,14 +40,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import zmq
-import zmq.asyncio
-import zmq.auth
 import zmq.utils.z85
 
 from cluster_patterns.transport import RateLimitedLog, print_to
+
+if TYPE_CHECKING:  # the command-line clients (zrun, zcp, zrsh) start without asyncio
+    import zmq.asyncio
 
 CLIENT_NAME: Final = "client"
 AUTHORIZED_DIR: Final = "authorized_clients"
@@ -149,6 +150,8 @@ def check_secret_permissions(path: Path) -> None:
 
 
 def _load_certificate(path: Path, what: str) -> tuple[bytes | None, bytes | None]:
+    import zmq.auth  # here, not at the top: it imports logging, which clients may not need
+
     try:
         return zmq.auth.load_certificate(str(path))
     except (OSError, ValueError, UnicodeDecodeError) as exc:

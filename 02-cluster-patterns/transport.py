@@ -31,17 +31,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Final, TextIO, TypeVar
+from typing import TYPE_CHECKING, Callable, Final, TextIO, TypeVar
 
 import zmq
 
-from cluster_patterns.protocol import (
-    SOCKET_MAX_MESSAGE_BYTES,
-    Message,
-    ProtocolError,
-    decode,
-    describe,
-)
+if TYPE_CHECKING:
+    from cluster_patterns.protocol import Message
 
 LINGER_MS: Final = 200
 LOG_EVERY_S: Final = 1.0
@@ -70,21 +65,27 @@ def configure(
     *,
     network: bool = True,
     routing_id: bytes | None = None,
-    max_message_bytes: int = SOCKET_MAX_MESSAGE_BYTES,
+    max_message_bytes: int | None = None,
     linger_ms: int = LINGER_MS,
     sndhwm: int = HWM,
     rcvhwm: int = HWM,
 ) -> S:
     """Apply the options every socket of this project needs; returns the socket.
 
-    The keyword defaults are the cluster's; another protocol passes its own frame limit
-    (``max_message_bytes``) and, where it bounds memory otherwise, its own high-water marks
-    (0 is unbounded: the node agent's credit window bounds its queue instead).
+    The keyword defaults are the cluster's (``max_message_bytes`` None: the cluster
+    protocol's SOCKET_MAX_MESSAGE_BYTES); another protocol passes its own frame limit and,
+    where it bounds memory otherwise, its own high-water marks (0 is unbounded: the node
+    agent's credit window bounds its queue instead).
     """
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if network:
+        if max_message_bytes is None:
+            # Imported here: a client of another protocol need not load the cluster's.
+            from cluster_patterns.protocol import SOCKET_MAX_MESSAGE_BYTES
+
+            max_message_bytes = SOCKET_MAX_MESSAGE_BYTES
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
@@ -177,6 +178,8 @@ class BadInput:
 
 def decode_from_coordinator(frames: list[bytes], bad: BadInput) -> Message | None:
     """The one message a DEALER got from the coordinator, or None (counted in ``bad``)."""
+    from cluster_patterns.protocol import ProtocolError, decode, describe
+
     if len(frames) != 1:
         bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
         return None

@@ -170,19 +170,30 @@ class Hub:
     """Polls every session and a few plain file descriptors, in this thread."""
 
     def __init__(
-        self, targets: Sequence[Target], clock: Callable[[], float] = time.monotonic
+        self, targets: Sequence[Target] = (), clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.clock = clock
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.poller = zmq.Poller()
-        now = clock()
         self.sessions: dict[str, Session] = {}
         self._by_socket: dict[zmq.Socket[bytes], Session] = {}
         for target in targets:
-            session = Session(self.ctx, target, now)
-            self.sessions[target.node_id] = session
-            self._by_socket[session.sock] = session
-            self.poller.register(session.sock, zmq.POLLIN)
+            self.open(target)
+
+    def open(self, target: Target) -> Session:
+        """Connect to one more agent (a fan-out limit opens them as slots free up)."""
+        session = Session(self.ctx, target, self.clock())
+        self.sessions[target.node_id] = session
+        self._by_socket[session.sock] = session
+        self.poller.register(session.sock, zmq.POLLIN)
+        return session
+
+    def close_session(self, node_id: str) -> None:
+        session = self.sessions.pop(node_id, None)
+        if session is not None:
+            self.poller.unregister(session.sock)
+            del self._by_socket[session.sock]
+            session.close()
 
     def watch_fd(self, fd: int) -> None:
         self.poller.register(fd, zmq.POLLIN)

@@ -2,11 +2,12 @@
 
 Connects one DEALER to the agent's ROUTER (``zmq_node_agent.py``, default port 5580),
 CURVE-encrypted with the agent's public key and this client's keypair. Many requests share
-it: each carries an id, and a single reader task routes the replies to the request's
-``PendingRequest``. It also grants the agent ``credit`` for every reply byte read (every
-CREDIT_BATCH_BYTES), and fails the requests in flight with ``NodeUnreachable`` when the
-agent falls silent. What a request means (run, stream, facts) is zmq_node_executor.py's.
-Wire spec: docs/agent-protocol.md.
+it: each carries an id, and the replies are routed to the request's ``PendingRequest`` by
+a ``loop.add_reader`` callback on the socket's ZMQ_FD that reads as many as are waiting (a
+plain pyzmq socket: no future per message). It also grants the agent ``credit`` for every
+reply byte read (every CREDIT_BATCH_BYTES), and fails the requests in flight with
+``NodeUnreachable`` when the agent falls silent. What a request means (run, stream, facts)
+is zmq_node_executor.py's. Wire spec: docs/agent-protocol.md.
 
 With ZMQ_IMMEDIATE nothing is queued for a dead or unauthenticated connection, so a request
 that the agent does not take within ``connect_timeout`` means the node is out of reach.
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import zmq
 import zmq.asyncio
@@ -58,6 +59,7 @@ RECONNECT_IVL_MAX_MS: Final = 1000
 WATCHDOG_INTERVAL_S: Final = 0.5
 ZMTP_HEARTBEAT_MS: Final = 2000
 STREAMS: Final = {Stream.STDOUT: OutputStream.STDOUT, Stream.STDERR: OutputStream.STDERR}
+READ_BATCH: Final = 64  # replies handled per turn of the event loop
 
 log = logging.getLogger("zmq_node_executor")
 
@@ -158,14 +160,17 @@ class AgentConnection:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex()
         self.pending: dict[str, PendingRequest] = {}
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._fd = -1
         self._tasks: list[asyncio.Task[None]] = []
+        self._writable = asyncio.Event()  # set when a send that had to wait may go now
+        self._sending_blocked = 0  # sends waiting for a live connection
+        self._events_scheduled = False
         self._clock = clock
         self._last_heard = clock()
         self.bad_replies = 0
         self._bad_log = RateLimitedLog(log.warning)
         self._uncredited = 0  # reply bytes read but not yet credited back to the agent
-        self._credit_due = asyncio.Event()
         self.closed = False
 
     def next_id(self) -> str:
@@ -189,7 +194,7 @@ class AgentConnection:
             frames = encode(request)
         except ProtocolError as exc:  # e.g. a command line beyond what one header may hold
             raise ExecutorError(self.node_id, f"cannot send the request: {exc}") from None
-        sock = self.socket()
+        self.socket()
         loop = asyncio.get_running_loop()
         pending = PendingRequest(loop.create_future(), loop.create_future())
         if streaming:
@@ -198,7 +203,7 @@ class AgentConnection:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 # ZMQ_IMMEDIATE: this waits while there is no live, authenticated connection.
-                await sock.send_multipart(frames)
+                await self._send(frames)
                 if expect_accepted:
                     await pending.accepted
         except TimeoutError:
@@ -215,17 +220,38 @@ class AgentConnection:
 
     async def send(self, message: Message, body: bytes | None = None) -> None:
         """Send one more message of a request already submitted (input, for instance)."""
-        await self.socket().send_multipart(encode(message, body))
+        self.socket()
+        await self._send(encode(message, body))
 
     def send_cancel(self, request_id: str) -> None:
-        if self._sock is None:
-            return
         # Fire and forget: it must also work from a task that is being cancelled. With no
         # live connection there is no remote command to cancel, so EAGAIN is fine.
-        sent = asyncio.ensure_future(
-            self._sock.send_multipart(encode(CancelRequest(id=request_id)), flags=zmq.NOBLOCK)
-        )
-        sent.add_done_callback(_ignore_outcome)
+        self._send_now(encode(CancelRequest(id=request_id)))
+
+    async def _send(self, frames: list[bytes]) -> None:
+        """Send, waiting while the socket cannot take it (no live connection yet)."""
+        while not self._send_now(frames):
+            if self.closed:
+                raise NodeUnreachable(self.node_id, "executor closed")
+            self._writable.clear()
+            self._sending_blocked += 1
+            try:
+                self._check_events_soon()
+                await self._writable.wait()
+            finally:
+                self._sending_blocked -= 1
+
+    def _send_now(self, frames: list[bytes]) -> bool:
+        """True if sent; False if the socket said EAGAIN (ZMQ_IMMEDIATE: no connection)."""
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        finally:
+            self._check_events_soon()  # the send may have consumed the FD's edge
+        return True
 
     async def close(self) -> None:
         if self.closed:
@@ -239,20 +265,23 @@ class AgentConnection:
         for pending in self.pending.values():
             pending.fail(NodeUnreachable(self.node_id, "executor closed"))
         self.pending.clear()
+        self._writable.set()  # a send still waiting finds the socket gone and gives up
         if self._sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._fd)
             self._sock.close(linger=0)
             self._sock = None
             SharedContext.release()
 
     # --- Socket and reader ---------------------------------------------------------------------
 
-    def socket(self) -> zmq.asyncio.Socket:
+    def socket(self) -> zmq.Socket[bytes]:
         if self.closed:
             raise NodeUnreachable(self.node_id, "executor is closed")
         if self._sock is None:
             # RCVHWM 0: output chunks must never be dropped (the credit window bounds them).
-            sock = configure(
-                SharedContext.acquire().socket(zmq.DEALER),
+            sock: zmq.Socket[bytes] = configure(
+                zmq.Socket(SharedContext.acquire(), zmq.DEALER),
                 max_message_bytes=MAX_REPLY_BYTES,
                 linger_ms=0,
                 rcvhwm=0,
@@ -267,38 +296,50 @@ class AgentConnection:
             sock.connect(self.endpoint)
             self._sock = sock
             self._last_heard = self._clock()
-            self._tasks = [
-                asyncio.create_task(self._read_replies(sock)),
-                asyncio.create_task(self._grant_credit(sock)),
-                asyncio.create_task(self._watch_silence()),
-            ]
+            self._fd = int(sock.getsockopt(zmq.FD))
+            asyncio.get_running_loop().add_reader(self._fd, self._on_events)
+            self._tasks = [asyncio.create_task(self._watch_silence())]
         return self._sock
 
-    async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            self._last_heard = self._clock()
-            self._uncredited += sum(len(frame) for frame in frames)
-            if self._uncredited >= CREDIT_BATCH_BYTES:
-                self._credit_due.set()
-            try:
-                reply, body = REPLIES.decode_frames(frames)
-            except ProtocolError as exc:
-                self._count_bad(exc)
-                continue
-            pending = self.pending.get(reply.id)
-            if pending is None:
-                continue  # a heartbeat, or a late reply to a request we gave up on
-            pending.route(reply, body)
+    def _check_events_soon(self) -> None:
+        """ZMQ_FD is edge-triggered and any operation may consume its edge: look again."""
+        if self._events_scheduled or self._sock is None:
+            return
+        events = int(self._sock.getsockopt(zmq.EVENTS))
+        if events & zmq.POLLIN or (self._sending_blocked and events & zmq.POLLOUT):
+            self._events_scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_events)
 
-    async def _grant_credit(self, sock: zmq.asyncio.Socket) -> None:
-        """Give the agent credit for what the reader took off the socket (never dropped:
-        a send that has to wait just waits, while the reader keeps reading)."""
-        while True:
-            await self._credit_due.wait()
-            self._credit_due.clear()
-            granted, self._uncredited = self._uncredited, 0
-            await sock.send_multipart(encode(Credit(nbytes=granted)))
+    def _on_events(self) -> None:
+        """The socket's FD said something changed: read replies, wake waiting senders."""
+        self._events_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BATCH):
+            # Asking first is cheaper than the exception a recv with nothing waiting raises.
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                break
+            self._take(sock.recv_multipart(zmq.NOBLOCK))
+        if self._uncredited >= CREDIT_BATCH_BYTES:
+            # Never lost: if the socket cannot take it now, the count waits for the next read.
+            if self._send_now(encode(Credit(nbytes=self._uncredited))):
+                self._uncredited = 0
+        if self._sending_blocked and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            self._writable.set()
+        self._check_events_soon()
+
+    def _take(self, frames: list[bytes]) -> None:
+        self._last_heard = self._clock()
+        self._uncredited += sum(len(frame) for frame in frames)
+        try:
+            reply, body = REPLIES.decode_frames(frames)
+        except ProtocolError as exc:
+            self._count_bad(exc)
+            return
+        pending = self.pending.get(reply.id)
+        if pending is not None:  # else a heartbeat, or a late reply to a request we left
+            pending.route(reply, body)
 
     async def _watch_silence(self) -> None:
         """Fail running commands if the agent stops heartbeating (crash, restart, partition)."""
@@ -318,8 +359,3 @@ class AgentConnection:
     def _count_bad(self, exc: ProtocolError) -> None:
         self.bad_replies += 1
         self._bad_log(f"{self.node_id}: bad reply #{self.bad_replies}: {exc}")
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from cluster_runner_simulation.agent_protocol import ENV_NAME
+from cluster_runner_simulation.agent_spawn import AGENT_ENV
 
 MAX_ENV_FILE_BYTES: Final = 1 << 20
 MAX_ENV_FILE_ENTRIES: Final = 4096
@@ -143,5 +144,8 @@ def apply_process_environment(variables: Mapping[str, str] | None, workdir: Path
     if variables is not None:
         os.environ.clear()
         os.environ.update(variables)
+        # The spawner's copy of the environment, read once at import (agent_spawn.py).
+        AGENT_ENV.clear()
+        AGENT_ENV.update(variables)
     if workdir is not None:
         os.chdir(workdir)

@@ -93,6 +93,7 @@ class StdinPipe:
         self.transport: asyncio.WriteTransport | None = None
         self.closed = False  # the pipe is gone (the command closed it, or it ended)
         self._unwritten = 0  # bytes handed to the transport, not yet known to be written
+        self._eof_early = False  # an empty eof came before the command started
 
     def attach(self, transport: asyncio.WriteTransport | None) -> None:
         """The command started with ``transport`` as its stdin (None: it could not start)."""
@@ -100,6 +101,9 @@ class StdinPipe:
             self.closed = True
             return
         self.transport = transport
+        if self._eof_early:
+            transport.close()  # the command reads end of file at once
+            return
         # Pause at any buffered byte, resume (``drained``) when the buffer is empty again.
         transport.set_write_buffer_limits(high=0)
         self.grant.open()
@@ -107,6 +111,9 @@ class StdinPipe:
     def receive(self, chunk: bytes, eof: bool, sha256: str | None) -> None:
         self.grant.take(len(chunk), eof)
         transport = self.transport
+        if transport is None and not self.closed:
+            self._eof_early = eof  # nothing was granted yet, so the chunk is empty
+            return
         if self.closed or transport is None or transport.is_closing():
             self.grant.written(len(chunk))  # nobody reads it any more
             return

@@ -190,11 +190,13 @@ class PutRequest(Message, tag="put", kw_only=True):
     """Write a file of ``size`` bytes below the agent's --files-root, from ``data`` chunks.
 
     ``path`` is absolute (inside the root) or relative to the root. When ``name`` is given
-    and ``path`` is a directory, the file is ``path/name``, as ``scp FILE host:DIR`` does.
+    and ``path`` is a directory, the file is ``path/name``, as ``scp FILE host:DIR`` does;
+    with ``directory`` it must be one.
     """
 
     path: FilePath
     name: FileName | None = None
+    directory: bool = False  # ``path`` must be a directory (several files go into it)
     mode: FileMode = 0o644
     size: Annotated[int, Meta(ge=0, le=MAX_FILE_BYTES)]
 
@@ -296,8 +298,12 @@ class ErrorReply(Message, tag="error", kw_only=True):
     message: ErrorText = ""
 
 
-Request = Union[RunRequest, CancelRequest, FactsRequest, PingRequest, Credit, DataChunk]
-Reply = Union[Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply, DataCredit]
+Request = Union[
+    RunRequest, CancelRequest, FactsRequest, PingRequest, Credit, DataChunk, PutRequest, GetRequest
+]
+Reply = Union[
+    Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply, DataCredit, FileData, FileEnd
+]
 
 
 def _types(union: Any) -> frozenset[str]:

@@ -79,6 +79,21 @@ def run_marked(marker: str, *args: str, timeout: float = 180) -> subprocess.Comp
     )
 
 
+def dead_descriptor(tmp_path: Path, nodes: tuple[str, ...], free_port: Any) -> Path:
+    """A descriptor whose nodes have real keys but no agent: every port is a dead one."""
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    path = tmp_path / "dead.toml"
+    path.write_text(
+        "".join(
+            f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nzmq_port = {free_port()}\n'
+            f'curve_keys_dir = "{keys}"\n'
+            for node in nodes
+        )
+    )
+    return path
+
+
 def test_the_job_runs_across_two_agents_through_zrsh(tmp_path: Path, marker: str) -> None:
     records = tmp_path / "records.json"
     done = run_marked(marker, RUN_MPI, "--local", "2", *SMALL, "--json", str(records))
@@ -101,16 +116,7 @@ def test_a_daemon_zrsh_cannot_start_fails_the_job_with_the_reason(
     tmp_path: Path, marker: str, free_port: Any
 ) -> None:
     # mpirun's own node answers; the descriptor zrsh reads sends node1 to a dead port.
-    keys = tmp_path / "keys"
-    generate_keys(keys)
-    wrong = tmp_path / "wrong.toml"
-    wrong.write_text(
-        "".join(
-            f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nzmq_port = {free_port()}\n'
-            f'curve_keys_dir = "{keys}"\n'
-            for node in ("node0", "node1")
-        )
-    )
+    wrong = dead_descriptor(tmp_path, ("node0", "node1"), free_port)
     args = ["--local", "2", *SMALL, "--launcher-descriptor", str(wrong), "--timeout", "60"]
     done = run_marked(marker, RUN_MPI, *args)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -158,16 +164,7 @@ def test_bad_arguments_exit_2_and_unreachable_nodes_exit_3(
     ):
         done = run(RUN_MPI, *args)
         assert done.returncode == 2 and problem in done.stderr, (args, done.stderr)
-    keys = tmp_path / "keys"
-    generate_keys(keys)
-    gone = tmp_path / "gone.toml"
-    gone.write_text(
-        "".join(
-            f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nzmq_port = {free_port()}\n'
-            f'curve_keys_dir = "{keys}"\n'
-            for node in ("a", "b")
-        )
-    )
+    gone = dead_descriptor(tmp_path, ("a", "b"), free_port)
     unknown = run(RUN_MPI, "--descriptor", str(gone), "--nodes", "a,zz")
     assert unknown.returncode == 2 and "unknown node(s) zz" in unknown.stderr
     down = run(RUN_MPI, "--descriptor", str(gone), timeout=60)

@@ -129,20 +129,10 @@ def test_local_mpi_ctrl_c_stops_the_job_and_its_agents(local_sim: Any) -> None:
 # --- docker -----------------------------------------------------------------------------------
 
 
-def engine_problem() -> str | None:
-    if shutil.which("docker") is None:
-        return "the docker command is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
-    return None
-
-
 @pytest.fixture
-def docker_sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
-    problem = engine_problem()
-    if problem:
-        pytest.skip(f"the Docker mpi test needs a Docker engine: {problem}")
+def docker_sim(
+    tmp_path: Path, free_port: Any, cluster_simulator: Any, docker_engine: None
+) -> Iterator[Any]:
     sim = cluster_simulator(
         "docker",
         f"zsimtest{uuid.uuid4().hex[:8]}",

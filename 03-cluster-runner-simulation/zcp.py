@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import zmq
+
 from cluster_runner_simulation.agent_client import (
     SILENCE_TIMEOUT_S,
     ClientSetupError,
@@ -321,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return zcp(plan, descriptor, args)
     except (UsageError, ClientSetupError, DescriptorError) as exc:
         print(f"zcp: error: {exc}", file=sys.stderr)
+        return STATUS_USAGE
+    except zmq.ZMQError as exc:  # EMFILE: more nodes at once than ulimit -n allows
+        print(f"zcp: error: cannot open the connections: {exc} (raise ulimit -n)", file=sys.stderr)
         return STATUS_USAGE
 
 

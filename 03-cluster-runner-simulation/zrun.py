@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import zmq
+
 from cluster_patterns.cli_args import positive_float, positive_int
 from cluster_runner_simulation.agent_client import (
     CONNECT_TIMEOUT_S,
@@ -53,6 +55,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorEr
 from cluster_runner_simulation.nodeset import NodeSetError, expand, fold
 from cluster_runner_simulation.zrun_report import (
     NodeResult,
+    Outcome,
     exit_status,
     json_document,
     never_started,
@@ -228,7 +231,15 @@ class FanOut:
     def _start_more(self) -> None:
         while self.waiting and len(self.running) < self.config.fanout:
             target = self.waiting.popleft()
-            session = self.hub.open(target)
+            try:
+                session = self.hub.open(target)
+            except zmq.ZMQError as exc:  # EMFILE, mostly: a fan-out beyond ulimit -n
+                if self.running:
+                    self.waiting.appendleft(target)  # again once a node is done
+                    return
+                why = f"cannot open a connection here: {exc} (lower --fanout, or raise ulimit -n)"
+                self.results.append(NodeResult(target.node_id, Outcome.REFUSED, error=why))
+                continue
             request = RunRequest(
                 id="zrun-1", command=self.config.command, timeout=self.config.timeout
             )

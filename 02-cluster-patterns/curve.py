@@ -29,10 +29,7 @@ Run it:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -47,7 +44,9 @@ import zmq.utils.z85
 
 from cluster_patterns.transport import RateLimitedLog, print_to
 
-if TYPE_CHECKING:  # the command-line clients (zrun, zcp, zrsh) start without asyncio
+if TYPE_CHECKING:  # the command-line clients (zrun, zcp, zrsh) start without these
+    import argparse
+
     import zmq.asyncio
 
 CLIENT_NAME: Final = "client"
@@ -78,6 +77,8 @@ def fingerprint(public_z85: bytes) -> str:
         raw = zmq.utils.z85.decode(public_z85) if len(public_z85) == Z85_KEY_CHARS else public_z85
     except ValueError:
         raw = public_z85
+    import hashlib  # here: clients that only load keys start without OpenSSL's bindings
+
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -130,6 +131,8 @@ def authorize_client(directory: Path, public_key_file: Path) -> Path:
     allowed = directory / AUTHORIZED_DIR
     allowed.mkdir(parents=True, exist_ok=True)
     target = allowed / (public_key_file.stem + ".key")
+    import shutil  # here: it imports the compression modules, which clients never need
+
     shutil.copyfile(public_key_file, target)
     return target
 
@@ -330,6 +333,8 @@ def server_policy(keys: Path, who: str, log: Callable[[str], None] | None = None
 def build_parser(
     default_server: str = "coordinator", prog: str | None = None
 ) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Create and manage CURVE key files (ZeroMQ certificate format).",

@@ -23,6 +23,7 @@ timeout has passed.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import time
@@ -30,10 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import Final, NoReturn
 
 import zmq
 
+from cluster_patterns.cli_args import positive_float
 from cluster_patterns.curve import KeyPair, curve_client, load_keypair, load_public
 from cluster_patterns.transport import configure, endpoint
 from cluster_runner_simulation.agent_protocol import (
@@ -69,6 +71,32 @@ DEFAULT_DESCRIPTORS: Final = ("~/.config/zmq-cluster/cluster.toml", "/etc/zmq-cl
 
 class ClientSetupError(Exception):
     """A node cannot even be tried (no keys in the descriptor, unreadable key files)."""
+
+
+class UsageError(Exception):
+    """Bad arguments, node sets, local files: one line on stderr (each tool's status)."""
+
+
+class ToolArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise ``UsageError``, so each tool picks its status."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def add_common_arguments(self) -> None:
+        """zrun's and zcp's flags for reaching the nodes."""
+        self.add_argument(
+            "--connect-timeout",
+            type=positive_float,
+            default=CONNECT_TIMEOUT_S,
+            help="seconds a node may take to answer at all",
+        )
+        self.add_argument(
+            "--descriptor",
+            default=None,
+            help=f"cluster TOML; None: ${DESCRIPTOR_ENV}, else {' or '.join(DEFAULT_DESCRIPTORS)}",
+        )
+        self.add_argument("--no-progress", action="store_true", help="no progress line")
 
 
 def find_descriptor(explicit: str | None = None) -> ClusterDescriptor:

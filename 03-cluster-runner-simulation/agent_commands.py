@@ -134,6 +134,10 @@ class OutputCollector:
         idle = self.exited and self.open_pipes <= 0 and not any(self.buffers.values())
         if idle and not self.finished.done():
             self.finished.set_result(None)
+            if not self.abandoned and self.process is not None:
+                # The usual end: the exit goes out now, in this callback, not turns of the
+                # loop later when the supervising task wakes (it then only tidies up).
+                self.run.finish(self, self.process)
 
     def flush_all(self) -> None:
         """The batching timer fired (or the run is ending): send what is buffered."""
@@ -200,6 +204,7 @@ class CommandRun:
     accepted_at: float  # loop time at which the agent accepted the request
     warn: Callable[[str], None]  # a rate-limited warning log
     stdin: StdinPipe | None = None  # fed by the client's ``data`` chunks (RunRequest.stdin)
+    exit_sent: bool = False
     timed_out: bool = False
     cancelled: bool = False
     accept_timer: asyncio.TimerHandle | None = None
@@ -288,21 +293,7 @@ class CommandRun:
             except asyncio.CancelledError:
                 self.cancelled = True  # killed below, like any cancelled run
         await self._supervise(process, collector)
-        if self.stdin is not None:
-            self.stdin.lost()
-        status, signame = exit_fields(process.returncode)
-        if budget.dropped:
-            self.warn(f"{req.id!r}: dropped {budget.dropped} output bytes")
-        self.send_now(
-            Exit(
-                id=req.id,
-                exit_status=status,
-                exit_signal=signame,
-                timed_out=self.timed_out,
-                cancelled=self.cancelled,
-                dropped_bytes=budget.dropped,
-            )
-        )
+        self.finish(collector, process)
 
     async def _supervise(self, process: SpawnedShell, collector: OutputCollector) -> None:
         """Wait for the command to finish, or kill its group at the deadline or on cancel."""
@@ -314,13 +305,37 @@ class CommandRun:
                 self.timed_out = True
             except asyncio.CancelledError:
                 self.cancelled = True
+        if self.exit_sent:
+            self.timed_out = self.cancelled = False  # it ended first: nothing left to kill
         if self.timed_out or self.cancelled:
             kill_group(process.pid)
             collector.abandon()
             # A child that left the group may still hold a pipe open: bound the wait.
             await asyncio.wait([collector.finished], timeout=KILL_DRAIN_S)
+
+    def finish(self, collector: OutputCollector, process: SpawnedShell) -> None:
+        """Send what is left and the ``exit``, once; tidy up the pipes."""
+        if self.exit_sent:
+            return
+        self.exit_sent = True
         collector.stop_timer()
         collector.abandoned = True
         collector.flush_all()  # whatever is left: sent if the window allows, else counted
         self.window.forget(collector)
         process.close()
+        if self.stdin is not None:
+            self.stdin.lost()
+        status, signame = exit_fields(process.returncode)
+        dropped = collector.budget.dropped
+        if dropped:
+            self.warn(f"{self.request.id!r}: dropped {dropped} output bytes")
+        self.send_now(
+            Exit(
+                id=self.request.id,
+                exit_status=status,
+                exit_signal=signame,
+                timed_out=self.timed_out,
+                cancelled=self.cancelled,
+                dropped_bytes=dropped,
+            )
+        )

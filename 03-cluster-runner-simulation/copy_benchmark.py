@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -35,7 +34,8 @@ from typing import Final
 
 from cluster_patterns.cli_args import positive_int
 from cluster_patterns.stats import percentile
-from cluster_runner_simulation.fanout_benchmark import BIN, missing_tools, ssh_config
+from cluster_runner_simulation.fanout_benchmark import BIN, load_line, missing_tools, ssh_config
+from cluster_runner_simulation.fanout_benchmark import write_json
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, write_local_descriptor
 
 RUN_TIMEOUT_S: Final = 900.0
@@ -184,20 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(markdown(args.nodes, args.megabytes, args.runs, tools))
-    print(
-        f"\n(load average {loads[0]:.2f} at the start, {loads[1]:.2f} once the nodes were up, "
-        f"{loads[2]:.2f} at the end; {os.cpu_count()} CPUs)"
-    )
-    if args.json:
-        document = {
+    print(f"\n{load_line(loads)}")
+    write_json(
+        args.json,
+        {
             "nodes": args.nodes,
             "megabytes": args.megabytes,
             "seconds": {tool.label: tool.seconds for tool in tools},
             "load_average": loads,
             "cpus": os.cpu_count(),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        },
+    )
     return 0
 
 

@@ -199,6 +199,19 @@ def markdown(nodes: int, runs: int, fanouts: list[Timing], bounds: list[Timing])
     return "\n".join(lines)
 
 
+def load_line(loads: Sequence[float]) -> str:
+    return (
+        f"(load average {loads[0]:.2f} at the start, {loads[1]:.2f} once the nodes were up, "
+        f"{loads[2]:.2f} at the end; {os.cpu_count()} CPUs)"
+    )
+
+
+def write_json(path: Path | None, document: dict[str, object]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="cold fan-out of hostname: zrun vs clush -b vs pdsh -R ssh, side by side",
@@ -233,23 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(markdown(args.nodes, args.runs, fanouts, bounds))
-    ratios = {t.label: round(t.median / fanouts[0].median, 2) for t in fanouts[1:]}
-    print(
-        f"\n(load average {loads[0]:.2f} at the start, {loads[1]:.2f} once the nodes were up, "
-        f"{loads[2]:.2f} at the end; {os.cpu_count()} CPUs)"
-    )
-    if args.json:
-        document = {
+    print(f"\n{load_line(loads)}")
+    write_json(
+        args.json,
+        {
             "nodes": args.nodes,
             "runs": args.runs,
             "seconds": {t.label: t.seconds for t in [*fanouts, *bounds]},
             "medians": {t.label: round(t.median, 4) for t in [*fanouts, *bounds]},
-            "over_zrun": ratios,
+            "over_zrun": {t.label: round(t.median / fanouts[0].median, 2) for t in fanouts[1:]},
             "load_average": loads,
             "cpus": os.cpu_count(),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        },
+    )
     return 0
 
 

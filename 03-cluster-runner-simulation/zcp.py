@@ -29,14 +29,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final
+
+import zmq
 
 from cluster_runner_simulation.agent_client import (
-    CONNECT_TIMEOUT_S,
     SILENCE_TIMEOUT_S,
     ClientSetupError,
     Hub,
     SignalFlag,
+    ToolArgumentParser,
+    UsageError,
     find_descriptor,
     targets_for,
 )
@@ -57,15 +60,6 @@ OUTCOMES: Final = {
     JobState.LOST: Outcome.LOST,
     JobState.CANCELLED: Outcome.CANCELLED,
 }
-
-
-class UsageError(Exception):
-    """Bad arguments, node sets or local files: one line on stderr, status 2."""
-
-
-class ZcpArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -104,7 +98,7 @@ def parse_remote(text: str, descriptor: ClusterDescriptor) -> Remote:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ZcpArgumentParser(
+    parser = ToolArgumentParser(
         prog="zcp",
         description="Copy files to (or --gather them from) many nodes through their agents.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -112,14 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gather", action="store_true", help="NODESET:PATH... LOCALDIR: fetch into LOCALDIR/NODE/"
     )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=CONNECT_TIMEOUT_S,
-        help="seconds for a first answer",
-    )
-    parser.add_argument("--descriptor", default=None, help="None: $ZRSH_DESCRIPTOR or default")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    parser.add_common_arguments()
     parser.add_argument(
         "paths", nargs="+", help="FILE... NODESET:DIR, or with --gather the reverse"
     )
@@ -328,8 +315,6 @@ def zcp(plan: Plan, descriptor: ClusterDescriptor, args: argparse.Namespace) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.connect_timeout <= 0:
-            raise UsageError("--connect-timeout must be positive")
         descriptor = find_descriptor(args.descriptor)
         if args.gather:
             plan = plan_gather(args.paths, descriptor)
@@ -338,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return zcp(plan, descriptor, args)
     except (UsageError, ClientSetupError, DescriptorError) as exc:
         print(f"zcp: error: {exc}", file=sys.stderr)
+        return STATUS_USAGE
+    except zmq.ZMQError as exc:  # EMFILE: more nodes at once than ulimit -n allows
+        print(f"zcp: error: cannot open the connections: {exc} (raise ulimit -n)", file=sys.stderr)
         return STATUS_USAGE
 
 

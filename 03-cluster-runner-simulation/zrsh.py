@@ -43,6 +43,8 @@ from cluster_runner_simulation.agent_client import (
     Hub,
     RemoteRun,
     SignalFlag,
+    ToolArgumentParser,
+    UsageError,
     find_descriptor,
     signal_exit_status,
     targets_for,
@@ -59,12 +61,8 @@ SSH_VALUE_OPTIONS: Final = "BbcDEeFIiJLlmOoPpQRSWw"
 SSH_FLAG_OPTIONS: Final = "46AaCfGgKkMNnqsTtVvXxYy"
 
 
-class UsageError(Exception):
-    """Bad arguments or an unknown node: one line on stderr, status 255."""
-
-
-class SshArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error exits 255 like ssh, not 2."""
+class SshArgumentParser(ToolArgumentParser):
+    """A usage error names the usage; zrsh exits 255 for it, as ssh does (not 2)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (usage: zrsh [ssh options] [user@]HOST COMMAND...)")

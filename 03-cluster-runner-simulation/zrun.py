@@ -32,8 +32,11 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final
 
+import zmq
+
+from cluster_patterns.cli_args import positive_float, positive_int
 from cluster_runner_simulation.agent_client import (
     CONNECT_TIMEOUT_S,
     SILENCE_TIMEOUT_S,
@@ -42,6 +45,8 @@ from cluster_runner_simulation.agent_client import (
     RemoteRun,
     SignalFlag,
     Target,
+    ToolArgumentParser,
+    UsageError,
     find_descriptor,
     targets_for,
 )
@@ -50,6 +55,7 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorEr
 from cluster_runner_simulation.nodeset import NodeSetError, expand, fold
 from cluster_runner_simulation.zrun_report import (
     NodeResult,
+    Outcome,
     exit_status,
     json_document,
     never_started,
@@ -66,15 +72,6 @@ CANCEL_WAIT_S: Final = 3.0  # after Ctrl-C, how long to wait for the agents' "ca
 STATUS_USAGE: Final = 2
 
 
-class UsageError(Exception):
-    """Bad arguments, node sets or descriptor: one line on stderr, status 2."""
-
-
-class ZrunArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 @dataclass(frozen=True)
 class ZrunConfig:
     command: str
@@ -87,24 +84,15 @@ class ZrunConfig:
     progress: bool = True
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= MAX_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_TIMEOUT_S:g}]: {text!r}")
+def timeout_seconds(text: str) -> float:
+    value = positive_float(text)
+    if value > MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TIMEOUT_S:g} s, got {text}")
     return value
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1: {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = ZrunArgumentParser(
+    parser = ToolArgumentParser(
         prog="zrun",
         description="Run COMMAND on many nodes through their ZeroMQ agents (like clush/pdsh).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -119,19 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--gather", action="store_true", help="fold identical outputs")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(
-        "-t", "--timeout", type=positive_float, default=None, help="seconds per command"
+        "-t", "--timeout", type=timeout_seconds, default=None, help="seconds per command"
     )
     parser.add_argument(
         "-f", "--fanout", type=positive_int, default=DEFAULT_FANOUT, help="nodes at once"
     )
-    parser.add_argument(
-        "--connect-timeout",
-        type=positive_float,
-        default=CONNECT_TIMEOUT_S,
-        help="seconds for a node's first answer",
-    )
-    parser.add_argument("--descriptor", default=None, help="None: $ZRSH_DESCRIPTOR or default")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    parser.add_common_arguments()
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its words")
     return parser
 
@@ -250,7 +231,15 @@ class FanOut:
     def _start_more(self) -> None:
         while self.waiting and len(self.running) < self.config.fanout:
             target = self.waiting.popleft()
-            session = self.hub.open(target)
+            try:
+                session = self.hub.open(target)
+            except zmq.ZMQError as exc:  # EMFILE, mostly: a fan-out beyond ulimit -n
+                if self.running:
+                    self.waiting.appendleft(target)  # again once a node is done
+                    return
+                why = f"cannot open a connection here: {exc} (lower --fanout, or raise ulimit -n)"
+                self.results.append(NodeResult(target.node_id, Outcome.REFUSED, error=why))
+                continue
             request = RunRequest(
                 id="zrun-1", command=self.config.command, timeout=self.config.timeout
             )

@@ -238,8 +238,9 @@ def test_groups_and_excludes(cluster: Cluster) -> None:
         (["-w", "node0", "-x", "node0", "true"], "no nodes left after -x"),
         (["true"], "no nodes: give -w NODESET or -a"),
         (["-w", "node0"], "a COMMAND is needed"),
-        (["-t", "0", "-w", "node0", "true"], "argument -t/--timeout: must be in"),
-        (["-f", "x", "-w", "node0", "true"], "argument -f/--fanout: must be a whole number"),
+        (["-t", "0", "-w", "node0", "true"], "argument -t/--timeout: must be > 0, got 0"),
+        (["-t", "1e9", "-w", "node0", "true"], "argument -t/--timeout: must be at most"),
+        (["-f", "x", "-w", "node0", "true"], "argument -f/--fanout: 'x' is not an integer"),
     ],
 )
 def test_bad_input_is_a_clear_error_with_status_2(

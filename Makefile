@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TYPECHECK_LINKS := build/typecheck
 
-# Directories of standalone scripts that mypy checks file by file: the lessons loosely,
-# the examples and the exercises' reference solutions strictly.
+# Directories of standalone scripts that mypy checks file by file: the lessons loosely (labs.py,
+# the lab runner, imports its machinery from cluster_runner_simulation.labs), the examples and
+# the exercises' reference solutions strictly.
 LESSON_DIRS  := 01-zmq-basics
 EXAMPLE_DIRS := $(sort $(dir $(wildcard examples/*/*.py docs/solutions/*/*.py)))
 
@@ -52,7 +53,8 @@ typecheck: $(STAMP)
 	@ln -sfn ../../docker/simulator $(TYPECHECK_LINKS)/cluster_simulator
 	MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy -p cluster_patterns -p cluster_runner_simulation \
 		-p cluster_simulator
-	@for d in $(LESSON_DIRS); do echo "mypy $$d"; $(BIN)/mypy $$d/*.py || exit 1; done
+	@for d in $(LESSON_DIRS); do echo "mypy $$d"; \
+		MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy $$d/*.py || exit 1; done
 	@for d in $(EXAMPLE_DIRS); do echo "mypy --strict $$d"; \
 		MYPYPATH=$(TYPECHECK_LINKS) $(BIN)/mypy --strict $$d*.py || exit 1; done
 

@@ -1,10 +1,15 @@
 """The lab runner: experiments that start the lessons as processes, and checks for exercises.
 
-    python 01-zmq-basics/labs.py list                     what there is
+    python 01-zmq-basics/labs.py list                     what there is, all four weeks
     python 01-zmq-basics/labs.py slow-joiner              one experiment (see `list`)
     python 01-zmq-basics/labs.py all                      every experiment, one after another
     python 01-zmq-basics/labs.py throughput --results docs/results/week1-labs.md
     python 01-zmq-basics/labs.py check handshake my_push_pull.py
+    python 01-zmq-basics/labs.py check freeze my_node_events.py       (week 2; weeks 3 and 4 alike)
+
+Week 1's and the reliability lessons' experiments and checks are in this file; those of weeks
+2-4 (the cluster, the node agent, operations) are in cluster_runner_simulation/labs/, with the
+machinery every week shares (labs/kit.py: processes in "terminals", verdicts).
 
 An experiment starts the lessons exactly as the pages tell you to, each in its own
 "terminal" (a process of its own), prints the command and what that terminal printed,
@@ -29,214 +34,18 @@ import platform
 import re
 import shlex
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-LESSONS = Path("01-zmq-basics")
+from cluster_runner_simulation.labs import week2, week3, week4
+from cluster_runner_simulation.labs.kit import READY_TIMEOUT_S, Lab, LabError, Proc, Verdicts
+from cluster_runner_simulation.labs.kit import indent, lab_session, number, section, usage_ok
+
 RELIABILITY = Path("02-cluster-patterns") / "reliability"
 WORKERS = ["worker 1", "worker 2"]  # the two workers most experiments start
-READY_TIMEOUT_S = 20.0  # a lesson process must print its first line within this
-STEP_TIMEOUT_S = 60.0  # no single step of an experiment may take longer
-
-
-# --- processes ----------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    terminal: str
-    argv: list[str]
-    command: str  # as printed: the default ports, no hidden options
-    popen: subprocess.Popen[bytes]
-    log: Path
-    printed: int = 0  # characters of output already shown
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.output())
-            if match:
-                return match
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                how = f"exited {self.popen.returncode}" if self.popen.poll() is not None else ""
-                raise LabError(
-                    f"`{self.command}` {how or 'timed out'} before printing {pattern!r}:\n"
-                    + self.output()[-1500:]
-                )
-            time.sleep(0.05)
-
-    def wait(self, timeout: float = STEP_TIMEOUT_S) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"`{self.command}` did not finish within {timeout:.0f} s") from None
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def send(self, signum: int) -> None:
-        if self.running():
-            os.killpg(self.popen.pid, signum)
-
-    def stop(self) -> None:
-        """Ctrl-C, as a user would press it; SIGKILL if that does not end it."""
-        self.send(signal.SIGINT)
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-
-class LabError(Exception):
-    """The experiment could not be carried out (not: it gave an unexpected result)."""
-
-
-@dataclass
-class Lab:
-    workdir: Path
-    default_ports: bool = False
-    procs: list[Proc] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    taken: set[int] = field(default_factory=set)
-
-    def ports(self, default: int, span: int = 1) -> int:
-        """The first of `span` consecutive ports: the lesson's default, or free ones."""
-        if self.default_ports:
-            return default
-        for _ in range(200):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                first = int(probe.getsockname()[1])
-            wanted = range(first, first + span)
-            if first + span < 65536 and not self.taken & set(wanted) and all(map(free, wanted)):
-                self.taken.update(wanted)
-                return first
-        raise LabError(f"found no {span} consecutive free ports")
-
-    def start(
-        self,
-        terminal: str,
-        script: Path | str,
-        command: str = "",
-        port: int = 0,
-        shown_port: int = 0,
-    ) -> Proc:
-        """Start `python SCRIPT COMMAND` as a user would. A `{port}` in COMMAND runs as `port`
-        and is printed as `shown_port`; without one, `--port PORT` is added, unprinted."""
-        path = Path(script) if "/" in str(script) else LESSONS / script
-        words = shlex.split(command)
-        actual = [word.replace("{port}", str(port)) for word in words]
-        shown = [word.replace("{port}", str(shown_port)) for word in words]
-        hidden = ["--port", str(port)] if port and "{port}" not in command else []
-        log = self.workdir / f"proc{len(self.procs)}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-u", str(path), *actual, *hidden],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-        command = " ".join(["python", str(path), *(quote(a) for a in shown)])
-        proc = Proc(terminal, [str(path), *actual, *hidden], command, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def run(self, terminal: str, script: Path | str, command: str = "", **ports: int) -> Proc:
-        """Start a command, like start(), and wait until it exits (a client, a publisher...)."""
-        proc = self.start(terminal, script, command, **ports)
-        proc.wait()
-        return proc
-
-    def group(
-        self, terminal: str, script: str, first: str, later: list[str], ready: str, port: int
-    ) -> tuple[Proc, list[Proc]]:
-        """A process that binds (`first`, in `terminal`), then the ones that connect to it,
-        each once it has printed `ready`: the sink and its workers, a broker and its workers."""
-        hub = self.start(terminal, script, first, port=port)
-        hub.wait_for(r"bound|ROUTER on port")
-        where = "Terminal 2 &" if terminal.startswith("Terminal") else "worker"
-        others = [self.start(where, script, command, port=port) for command in later]
-        for other in others:
-            other.wait_for(ready)
-        return hub, others
-
-    def show(self, *procs: Proc) -> None:
-        """Print each process's command (once) and what it printed since the last show."""
-        for proc in procs:
-            text = proc.output()
-            new = text[proc.printed :].splitlines()
-            if proc.printed == 0:
-                background = " &" if proc.terminal.endswith("&") else ""
-                print(f"{proc.terminal.rstrip(' &')} $ {proc.command}{background}")
-            elif new:
-                print(f"{proc.terminal.rstrip(' &')}, later:")
-            for line in new:
-                print(f"    {line}")
-            proc.printed = len(text)
-        sys.stdout.flush()
-
-    def look(self, text: str) -> None:
-        print(f"Look: {text}", flush=True)
-
-    def expect(self, ok: bool, text: str) -> None:
-        if not ok:
-            self.unexpected.append(text)
-            print(f"Unexpected: {text}", flush=True)
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-
-def free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def quote(arg: str) -> str:
-    return f'"{arg}"' if not re.fullmatch(r"[\w./:=,+-]+", arg) else arg
-
-
-def number(pattern: str, text: str) -> int:
-    """The first integer group of `pattern` in `text` (commas allowed)."""
-    match = re.search(pattern, text)
-    if not match:
-        raise LabError(f"expected output matching {pattern!r}, got:\n{text[-1500:]}")
-    return int(match.group(1).replace(",", ""))
-
-
-def section(title: str) -> None:
-    print(f"\n== {title}", flush=True)
-
-
-@contextmanager
-def lab_session(default_ports: bool) -> Iterator[Lab]:
-    with tempfile.TemporaryDirectory(prefix="zmq-labs-") as workdir:
-        lab = Lab(Path(workdir), default_ports)
-        try:
-            yield lab
-        finally:
-            lab.stop_all()
 
 
 # --- experiments ---------------------------------------------------------------------------
@@ -591,30 +400,6 @@ EXPERIMENTS: dict[str, tuple[Callable[[Lab], object], str]] = {
 # --- exercise checks -------------------------------------------------------------------------
 
 
-@dataclass
-class Verdicts:
-    results: list[tuple[bool, str]] = field(default_factory=list)
-
-    def judge(self, ok: bool, passed: str, failed: str) -> bool:
-        self.results.append((ok, passed if ok else failed))
-        print(f"  {'PASS' if ok else 'FAIL'}  {passed if ok else failed}", flush=True)
-        return ok
-
-
-def usage_ok(verdicts: Verdicts, proc: Proc, command: str) -> bool:
-    proc.popen.poll()
-    rejected = proc.popen.returncode == 2 or "usage:" in proc.output()
-    return verdicts.judge(
-        not rejected,
-        f"it accepts `{command}`",
-        f"it does not accept `{command}`, which the exercise asks for:\n{indent(proc.output())}",
-    )
-
-
-def indent(text: str) -> str:
-    return "\n".join(f"        {line}" for line in text.strip().splitlines()[-12:])
-
-
 def check_handshake(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
     """Week 1, exercise 1: the ventilator waits for N handshakes instead of sleeping."""
     port = lab.ports(5557, 2)
@@ -719,11 +504,11 @@ def check_idempotent(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         )
         for _ in "12"
     ]
-    for number, client in enumerate(clients, start=1):
+    for nth, client in enumerate(clients, start=1):
         verdicts.judge(
             client.popen.returncode == 0 and "reply 3/3: 'echo: pay 10'" in client.output(),
-            f"client {number} got all 3 replies, each to its own request id",
-            f"client {number} (timeout 400 ms, work 600 ms) did not get 3 correct replies; a"
+            f"client {nth} got all 3 replies, each to its own request id",
+            f"client {nth} (timeout 400 ms, work 600 ms) did not get 3 correct replies; a"
             " server that works again on every resend never catches up:\n"
             f"{indent(client.output())}",
         )
@@ -788,6 +573,9 @@ EXERCISES: dict[str, tuple[Callable[[Lab, Path, Verdicts], None], str, str]] = {
         "docs/solutions/reliability/mmi_broker.py",
     ),
 }
+for week in (week2, week3, week4):
+    EXPERIMENTS.update(week.EXPERIMENTS)
+    EXERCISES.update(week.EXERCISES)
 
 
 def run_check(exercise: str, attempt: Path, default_ports: bool) -> int:

@@ -25,7 +25,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,14 @@ from typing import Any, Final
 
 import zmq
 
-from cluster_patterns.client import ClusterClient, percentile
-from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    Assignment,
-    Dispatch,
-    NodeEvent,
-    ProtocolError,
-    Status,
-    decode,
-    encode,
-)
+from cluster_patterns.cli_args import make_parser
+from cluster_patterns.client import ClientConfig, ClusterClient
+from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS, LOOPBACK
+from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import NodeState, ProtocolError, Status, decode, encode
+from cluster_patterns.stats import percentile
+from cluster_patterns.transport import endpoint
+from cluster_runner_simulation.testing import free_port  # the loopback harness: scripts only
 
 HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent
@@ -56,12 +51,6 @@ QUICK: Final = {"tasks": 20_000, "echo_msgs": 50_000, "latency_tasks": 200, "kil
 WORKER_CAPACITY: Final = 256
 ECHO_WINDOW: Final = 200
 KILLS_IN_PARALLEL: Final = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -109,7 +98,7 @@ def echo_server(port: int) -> None:
     # Block instead of silently dropping replies when the reply pipe is full.
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.SNDHWM, 0)
-    router.bind(f"tcp://127.0.0.1:{port}")
+    router.bind(endpoint(LOOPBACK, port))
     print("echo ready", flush=True)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     while True:
@@ -124,7 +113,7 @@ def raw_echo_throughput(count: int) -> float:
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.connect(endpoint(LOOPBACK, port))
         payload = b"x" * 64
         started = time.perf_counter()
         sent = received = 0
@@ -170,7 +159,7 @@ def cluster(workers: int, capacity: int = WORKER_CAPACITY) -> Iterator[tuple[int
 
 
 async def throughput(port: int, count: int) -> dict[str, float]:
-    async with ClusterClient("127.0.0.1", port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         await client.run_batch("echo", min(2000, count))  # warm up
         summary = await client.run_batch("echo", count, window=16_384)
     if not summary.all_succeeded:
@@ -180,7 +169,7 @@ async def throughput(port: int, count: int) -> dict[str, float]:
 
 async def dispatch_latency(port: int, count: int) -> dict[str, float]:
     """One task in flight at a time: the cost of a full round trip through the cluster."""
-    async with ClusterClient("127.0.0.1", port) as client:
+    async with ClusterClient(ClientConfig(port=port)) as client:
         samples = []
         for _ in range(count):
             started = time.perf_counter()
@@ -202,7 +191,7 @@ def detection_latency(kills: int) -> dict[str, float]:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(f"tcp://127.0.0.1:{status_port}")
+        sub.connect(endpoint(LOOPBACK, status_port))
         round_no = 0
         while len(from_kill) < kills:
             round_no += 1
@@ -214,7 +203,7 @@ def detection_latency(kills: int) -> dict[str, float]:
             }
             for proc in victims.values():
                 wait_line(proc, b"registered with")
-            time.sleep(DEFAULT_INTERVAL_S * 2)  # let them heartbeat normally first
+            time.sleep(HEARTBEAT_INTERVAL_S * 2)  # let them heartbeat normally first
             killed_at: dict[str, float] = {}
             for name, proc in victims.items():
                 proc.kill()
@@ -232,11 +221,11 @@ def detection_latency(kills: int) -> dict[str, float]:
                     continue
                 if isinstance(msg, Status):
                     for node in msg.nodes:
-                        if node.node_id in killed_at and node.state == "dead":
+                        if node.node_id in killed_at and node.state is NodeState.DEAD:
                             if node.node_id not in seen:
                                 seen.add(node.node_id)
                                 from_kill.append(now - killed_at[node.node_id])
-                elif isinstance(msg, NodeEvent) and msg.event == "dead":
+                elif isinstance(msg, NodeEvent) and msg.event is NodeEventKind.DEAD:
                     if msg.node_id in killed_at and msg.detection_latency_s is not None:
                         from_silence.append(msg.detection_latency_s)
             for proc in victims.values():
@@ -250,7 +239,7 @@ def detection_latency(kills: int) -> dict[str, float]:
         "max_s": round(max(from_kill), 3),
         "silence_p50_s": round(percentile(from_silence, 0.5), 3),
         "silence_p99_s": round(percentile(from_silence, 0.99), 3),
-        "budget_s": DEFAULT_INTERVAL_S * (DEFAULT_LIVENESS + 1),
+        "budget_s": HEARTBEAT_INTERVAL_S * (LIVENESS + 1),
     }
 
 
@@ -356,7 +345,7 @@ def _fmt(value: float | None) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Benchmark the cluster on loopback.")
+    parser = make_parser(description="Benchmark the cluster on loopback.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)

@@ -2,13 +2,23 @@
 
 argparse calls these with the raw text; an ``ArgumentTypeError`` becomes a one-line
 usage error and exit code 2, so a typo never reaches the sockets as a traceback.
-Used as ``parser.add_argument("--port", type=port_number)``.
+Used as ``parser.add_argument("--port", type=port_number)``; ``make_parser`` builds a
+parser whose ``--help`` shows every default (``ArgumentDefaultsHelpFormatter``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cluster_patterns import defaults
+from cluster_patterns.protocol import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
+
+N = TypeVar("N", int, float)
+C = TypeVar("C")
 
 
 def _number(text: str, kind: type[int] | type[float]) -> int | float:
@@ -56,3 +66,67 @@ def bind_port(text: str) -> int:
     if text.strip() == "0":
         return 0
     return port_number(text)
+
+
+def bounded(low: N, high: N) -> Callable[[str], N]:
+    """An argparse type for a value in [low, high], an integer when the bounds are integers
+    (the protocol's own limits, say: ``bounded(1, MAX_CAPACITY)``)."""
+    kind = type(low)
+
+    def parse(text: str) -> N:
+        value = kind(_number(text, kind))
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def add_heartbeat_options(
+    parser: argparse.ArgumentParser, interval_help: str, liveness_help: str
+) -> None:
+    """--heartbeat-interval and --liveness, with the cluster's defaults and the wire's bounds."""
+    parser.add_argument(
+        "--heartbeat-interval",
+        dest="heartbeat_interval_s",
+        metavar="S",
+        type=bounded(MIN_INTERVAL_S, MAX_INTERVAL_S),
+        default=defaults.HEARTBEAT_INTERVAL_S,
+        help=interval_help,
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="N",
+        type=bounded(1, MAX_LIVENESS),
+        default=defaults.LIVENESS,
+        help=liveness_help,
+    )
+
+
+def identifier(max_chars: int) -> Callable[[str], str]:
+    """An argparse type for a name others see in logs: 1..max_chars code points (the wire's
+    rule), printable, without whitespace (so that a log line cannot be forged or misread)."""
+
+    def parse(text: str) -> str:
+        if not 0 < len(text) <= max_chars:
+            raise argparse.ArgumentTypeError(f"must be 1 to {max_chars} characters: {text!r}")
+        if not text.isprintable() or any(char.isspace() for char in text):
+            raise argparse.ArgumentTypeError(f"no spaces or control characters: {text!r}")
+        return text
+
+    return parse
+
+
+def make_parser(prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help shows every flag's default next to its help text."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
+def config_from(config_class: Callable[..., C], args: argparse.Namespace) -> C:
+    """A role's frozen config from parsed arguments: each field from the argument of the same
+    name (so a parser names its ``dest``s after the fields), the class default otherwise."""
+    values: dict[str, Any] = vars(args)
+    names = [field.name for field in dataclasses.fields(config_class)]  # type: ignore[arg-type]
+    return config_class(**{name: values[name] for name in names if name in values})

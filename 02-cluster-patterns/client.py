@@ -3,11 +3,10 @@
     client (DEALER) --SUBMIT(batches of tasks with client-chosen ids)--> coordinator ROUTER :5570
                     <--ACCEPTED(task ids)-- <--COMPLETED(outcomes)-- <--COORDINATOR_HEARTBEAT--
 
-Task ids are chosen here and are idempotency keys: when the coordinator goes silent for
-interval * liveness (or a new coordinator incarnation shows up), the client re-submits
-every task that has no outcome yet. The coordinator runs an unknown id, answers a finished
-one with its recorded outcome, and ignores one it is still running. An outcome that arrives
-twice is counted as a duplicate and ignored, so each task gets exactly one outcome here.
+What to send and when to re-send is ClientSession's (client_session.py, pure logic): task ids
+are idempotency keys, so every unresolved task is re-submitted when the coordinator goes
+silent, restarts or stalls, and each task gets exactly one outcome. This file is the socket,
+one future per task, and the command line.
 
 Run it (after coordinator.py and some worker.py):
     python 02-cluster-patterns/client.py --count 500 --kind echo
@@ -18,7 +17,7 @@ Exit codes: 0 every task succeeded, 1 some failed or got no outcome, 2 bad argum
 files, 3 the coordinator refused the connection (CURVE), 130 interrupted.
 
 From Python:
-    async with ClusterClient("127.0.0.1", 5570) as client:
+    async with ClusterClient(ClientConfig(port=5570)) as client:
         summary = await client.run_batch("echo", 1000)
 """
 
@@ -26,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import secrets
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,46 +40,36 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from cluster_patterns.cli_args import non_negative_int, port_number, positive_float, positive_int
-from cluster_patterns.cluster_keys import (
-    ClientKeys,
-    add_keys_option,
-    keys_or_exit,
-    load_client_keys,
-    refusal_hint,
-    secure_client,
-)
-from cluster_patterns.heartbeat import DEFAULT_INTERVAL_S, DEFAULT_LIVENESS
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    MAX_PAYLOAD_CHARS,
-    Accepted,
-    Completed,
-    CoordinatorHeartbeat,
-    Submit,
-    TaskKind,
-    TaskOutcome,
-    TaskSpec,
-    encode,
-)
-from cluster_patterns.transport import (
-    BadInput,
-    HandshakeWatch,
-    PeerFault,
-    configure,
-    decode_from_coordinator,
-    endpoint,
-    robust_console,
-)
+from cluster_patterns import defaults
+from cluster_patterns.cli_args import add_heartbeat_options, bounded, config_from, make_parser
+from cluster_patterns.cli_args import port_number
+from cluster_patterns.cli_args import positive_float, positive_int
+from cluster_patterns.client_session import ClientSession
+from cluster_patterns.cluster_keys import ClientKeys, add_keys_option, keys_or_exit
+from cluster_patterns.cluster_keys import load_client_keys, refusal_hint, secure_client
+from cluster_patterns.protocol import MAX_PAYLOAD_CHARS, MAX_TASK_MS, TaskKind, TaskOutcome
+from cluster_patterns.protocol import TaskSpec, encode
+from cluster_patterns.stats import percentile
+from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, configure
+from cluster_patterns.transport import endpoint, robust_console
 
-DEFAULT_COORDINATOR: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 5570
 DEFAULT_TIMEOUT_S: Final = 120.0
 # Tasks submitted but not finished at any time: bounds coordinator memory and keeps the
 # measured latency about the cluster rather than about an ever-growing queue.
 DEFAULT_WINDOW: Final = 4096
-STALL_AFTER_S: Final = 10.0
 REFUSED_EXIT: Final = 3
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the coordinator is, and how long its silence may last before we re-submit."""
+
+    coordinator: str = defaults.LOOPBACK
+    port: int = defaults.TASK_PORT
+    client_id: str = ""  # "" picks a random one
+    # Until a COORDINATOR_HEARTBEAT announces the coordinator's own.
+    heartbeat_interval_s: float = defaults.HEARTBEAT_INTERVAL_S
+    liveness: int = defaults.LIVENESS
 
 
 class CoordinatorRefused(Exception):
@@ -113,33 +103,27 @@ class BatchSummary:
         )
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of ``values`` (0.0 when empty)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
-
-
 class ClusterClient:
     """Submits tasks and collects exactly one outcome per task id."""
 
     def __init__(
         self,
-        host: str = DEFAULT_COORDINATOR,
-        port: int = DEFAULT_PORT,
-        *,
-        client_id: str | None = None,
-        heartbeat_interval_s: float = DEFAULT_INTERVAL_S,
-        liveness: int = DEFAULT_LIVENESS,
+        config: ClientConfig = ClientConfig(),
         keys: ClientKeys | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.client_id = config.client_id or f"client-{secrets.token_hex(6)}"
+        self.id_prefix = secrets.token_hex(8)  # 64 random bits: no other client has it
+        self.task_numbers = itertools.count()
         self.keys = keys
-        self.endpoint = endpoint(host, port)
-        self.lost_after_s = heartbeat_interval_s * liveness
-        self.interval_s = heartbeat_interval_s
+        self.clock = clock
+        self.endpoint = endpoint(config.coordinator, config.port)
+        self.session = ClientSession(
+            self.client_id,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            liveness=config.liveness,
+            clock=clock,
+        )
         self.ctx = zmq.asyncio.Context()
         self.sock = configure(
             self.ctx.socket(zmq.DEALER), routing_id=f"client:{self.client_id}".encode()
@@ -148,18 +132,6 @@ class ClusterClient:
         self.watch = HandshakeWatch(self.sock)
         self.refused: CoordinatorRefused | None = None
         self.futures: dict[str, asyncio.Future[TaskOutcome]] = {}
-        self.unresolved: dict[str, TaskSpec] = {}
-        self.sent_at: dict[str, float] = {}
-        self.latencies: dict[str, float] = {}
-        self.accepted: set[str] = set()
-        self.duplicates = 0
-        self.resubmissions = 0
-        self.coordinator_id: str | None = None
-        self.last_heard = time.monotonic()
-        # No outcome at all for this long while tasks are unresolved: ask again (covers a
-        # reply lost anywhere on the way; the coordinator answers known ids idempotently).
-        self.stall_after_s = max(STALL_AFTER_S, self.lost_after_s * 2)
-        self.last_progress = time.monotonic()
         self.bad = BadInput(f"client {self.client_id}")
         self._tasks: list[asyncio.Task[None]] = []
         self.progress = asyncio.Event()  # set whenever an outcome arrives
@@ -175,7 +147,7 @@ class ClusterClient:
 
     def connect(self) -> None:
         self.sock.connect(self.endpoint)
-        self.last_heard = time.monotonic()
+        self.session.heard()  # the silence is counted from now
         self._tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._watch_coordinator()),
@@ -196,34 +168,21 @@ class ClusterClient:
     # --- Submitting -----------------------------------------------------------------------------
 
     def new_task(self, kind: str, ms: int = 0, payload: str = "") -> TaskSpec:
-        return TaskSpec(task_id=uuid.uuid4().hex, kind=kind, ms=ms, payload=payload)
+        """A task with a fresh id: this client's random prefix and a counter (unique)."""
+        task_id = f"{self.id_prefix}-{next(self.task_numbers):x}"
+        return TaskSpec(task_id=task_id, kind=kind, ms=ms, payload=payload)
 
     def submit(self, specs: Sequence[TaskSpec]) -> list[asyncio.Future[TaskOutcome]]:
         """Send tasks (in batches); each future resolves with the task's single outcome."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        futures = []
-        for spec in specs:
-            future = self.futures.get(spec.task_id)
-            if future is None:
-                future = loop.create_future()
-                self.futures[spec.task_id] = future
-                self.unresolved[spec.task_id] = spec
-                self.sent_at[spec.task_id] = now
-            futures.append(future)
-        self._send_specs(list(specs))
+        futures = [self.futures.setdefault(s.task_id, loop.create_future()) for s in specs]
+        self.session.submit(specs)
+        self._send_outbox()
         return futures
 
-    def _send_specs(self, specs: list[TaskSpec]) -> None:
-        for start in range(0, len(specs), MAX_BATCH):
-            frame = encode(Submit(self.client_id, specs[start : start + MAX_BATCH]))
-            self.sock.send(frame)  # the asyncio socket queues it if the pipe is full
-
-    def resubmit_unresolved(self) -> None:
-        """Re-send every task without an outcome; harmless for ids the coordinator knows."""
-        if self.unresolved:
-            self.resubmissions += 1
-            self._send_specs(list(self.unresolved.values()))
+    def _send_outbox(self) -> None:
+        for message in self.session.take_outbox():
+            self.sock.send(encode(message))  # the asyncio socket queues it if the pipe is full
 
     async def wait(
         self, futures: Sequence[asyncio.Future[TaskOutcome]], timeout: float | None = None
@@ -245,86 +204,66 @@ class ClusterClient:
         window: int = DEFAULT_WINDOW,
     ) -> BatchSummary:
         """Submit ``count`` tasks (at most ``window`` unfinished at a time) and summarize."""
-        started = time.monotonic()
+        started = self.clock()
         deadline = started + timeout
-        specs = [self.new_task(kind, ms, payload) for _ in range(count)]
         futures: list[asyncio.Future[TaskOutcome]] = []
-        next_index = 0
-        while next_index < count and time.monotonic() < deadline:
+        ids: list[str] = []
+        resolved = 0  # ids[:resolved] have their outcome (checked in order, so O(count) in all)
+        unresolved = self.session.unresolved
+        while self.clock() < deadline:
             if self.refused is not None:
                 raise self.refused
-            room = window - len(self.unresolved)
+            room = min(window - len(unresolved), window // 4 or 1, count - len(ids))
             if room > 0:
-                chunk = specs[next_index : next_index + min(room, window // 4 or 1)]
+                chunk = [self.new_task(kind, ms, payload) for _ in range(room)]
+                ids.extend(spec.task_id for spec in chunk)
                 futures.extend(self.submit(chunk))
-                next_index += len(chunk)
                 continue
+            while resolved < len(ids) and ids[resolved] not in unresolved:
+                resolved += 1
+            if resolved == count:
+                break
+            # No asyncio.wait on the futures: a callback on each would cost a loop turn each.
             self.progress.clear()
             try:
-                await asyncio.wait_for(self.progress.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self.progress.wait(), deadline - self.clock())
             except asyncio.TimeoutError:
                 break
-        outcomes = await self.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        elapsed = time.monotonic() - started
-        return self.summarize(count, outcomes, elapsed)
+        outcomes = [f.result() for f in futures if f.done() and not f.cancelled()]
+        return self.summarize(count, outcomes, self.clock() - started)
 
     def summarize(
         self, submitted: int, outcomes: list[TaskOutcome], elapsed: float
     ) -> BatchSummary:
-        latencies = [self.latencies[o.task_id] for o in outcomes if o.task_id in self.latencies]
+        latencies = self.session.latencies
+        samples = [latencies[o.task_id] for o in outcomes if o.task_id in latencies]
         done = sum(1 for o in outcomes if o.ok)
         return BatchSummary(
             submitted=submitted,
             done=done,
             failed=len(outcomes) - done,
             retried=sum(1 for o in outcomes if o.tries > 1),
-            duplicates=self.duplicates,
+            duplicates=self.session.duplicates,
             lost=submitted - len(outcomes),
-            p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
-            p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
+            p50_ms=round(percentile(samples, 0.50) * 1000, 3),
+            p99_ms=round(percentile(samples, 0.99) * 1000, 3),
             tasks_per_s=round(len(outcomes) / elapsed, 1) if elapsed > 0 else 0.0,
             elapsed_s=round(elapsed, 3),
-            resubmissions=self.resubmissions,
+            resubmissions=self.session.resubmissions,
         )
 
     # --- Receiving ------------------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        session = self.session
         while True:
-            frames = await self.sock.recv_multipart()
-            self.last_heard = time.monotonic()
-            message = decode_from_coordinator(frames, self.bad)
-            if message is None:
-                continue
-            if isinstance(message, Completed):
-                self._on_completed(message.outcomes)
-            elif isinstance(message, Accepted):
-                self.accepted.update(message.task_ids)
-            elif isinstance(message, CoordinatorHeartbeat):
-                self._on_coordinator(message.coordinator_id)
-            else:
-                self.bad.record(f"{type(message).__name__} is not sent to a client")
-
-    def _on_completed(self, outcomes: list[TaskOutcome]) -> None:
-        now = time.monotonic()
-        for outcome in outcomes:
-            future = self.futures.get(outcome.task_id)
-            if future is None:
-                continue  # not ours (a previous client with our id); nothing to resolve
-            if future.done():
-                self.duplicates += 1
-                continue
-            self.unresolved.pop(outcome.task_id, None)
-            self.latencies[outcome.task_id] = now - self.sent_at.pop(outcome.task_id, now)
-            future.set_result(outcome)
-            self.progress.set()
-            self.last_progress = now
-
-    def _on_coordinator(self, coordinator_id: str) -> None:
-        previous, self.coordinator_id = self.coordinator_id, coordinator_id
-        if previous is not None and previous != coordinator_id:
-            # A restarted coordinator: it may have lost what it had not committed.
-            self.resubmit_unresolved()
+            session.deliver(await self.sock.recv_multipart(), self.bad)
+            outcomes = session.take_outcomes()
+            for outcome in outcomes:
+                self.futures[outcome.task_id].set_result(outcome)
+            if outcomes:
+                self.progress.set()
+            self._send_outbox()  # a new coordinator incarnation gets everything again
 
     def _check_handshakes(self) -> None:
         for failure in self.watch.failures():
@@ -338,49 +277,48 @@ class ClusterClient:
                 self.progress.set()
 
     async def _watch_coordinator(self) -> None:
-        """Re-submit what is unresolved when the coordinator is silent or nothing finishes."""
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.session.interval_s)
             self._check_handshakes()
-            if not self.unresolved:
-                self.last_progress = time.monotonic()
-                continue
-            now = time.monotonic()
-            silent = now - self.last_heard > self.lost_after_s
-            stalled = now - self.last_progress > self.stall_after_s
-            if silent or stalled:
-                self.last_heard = self.last_progress = now  # at most once per period
-                self.resubmit_unresolved()
+            self.session.tick()
+            self._send_outbox()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Submit N tasks to the cluster and wait.")
-    parser.add_argument("--count", type=positive_int, required=True)
-    parser.add_argument("--kind", required=True, choices=[k.value for k in TaskKind])
-    parser.add_argument("--ms", type=non_negative_int, default=0, help="for sleep and cpu")
-    parser.add_argument("--payload", default="", help="for echo")
-    parser.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
-    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT)
-    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S)
-    parser.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW)
-    parser.add_argument("--heartbeat-interval", type=positive_float, default=DEFAULT_INTERVAL_S)
-    parser.add_argument("--liveness", type=positive_int, default=DEFAULT_LIVENESS)
+def parse_args(argv: list[str] | None = None) -> tuple[Any, ClientConfig]:
+    """The parsed arguments and the client's config, from the command line."""
+    parser = make_parser(description="Submit N tasks to the cluster and wait for them.")
+    required: dict[str, Any] = {"required": True, "default": argparse.SUPPRESS}
+    parser.add_argument("--count", type=positive_int, help="tasks to submit (required)", **required)
+    parser.add_argument("--kind", choices=list(TaskKind), help="task kind (required)", **required)
+    parser.add_argument(
+        "--ms", type=bounded(0, MAX_TASK_MS), default=0, help="duration of sleep and cpu"
+    )
+    parser.add_argument("--payload", default="", help="text an echo task returns")
+    parser.add_argument("--coordinator", default=defaults.LOOPBACK, help="coordinator host")
+    parser.add_argument(
+        "--port", type=port_number, default=defaults.TASK_PORT, help="coordinator task port"
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help="seconds to wait"
+    )
+    parser.add_argument(
+        "--window", type=positive_int, default=DEFAULT_WINDOW, help="unfinished tasks at most"
+    )
+    add_heartbeat_options(
+        parser,
+        interval_help="seconds; until the coordinator's heartbeat announces its own",
+        liveness_help="silent intervals before the client re-submits (until the coordinator says)",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     add_keys_option(parser, server=False)
     args = parser.parse_args(argv)
     if len(args.payload) > MAX_PAYLOAD_CHARS:
         parser.error(f"--payload is longer than {MAX_PAYLOAD_CHARS} characters")
-    return args
+    return args, config_from(ClientConfig, args)
 
 
-async def amain(args: argparse.Namespace, keys: ClientKeys | None = None) -> int:
-    client = ClusterClient(
-        args.coordinator,
-        args.port,
-        heartbeat_interval_s=args.heartbeat_interval,
-        liveness=args.liveness,
-        keys=keys,
-    )
+async def amain(args: Any, config: ClientConfig, keys: ClientKeys | None = None) -> int:
+    client = ClusterClient(config, keys)
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -409,10 +347,10 @@ async def amain(args: argparse.Namespace, keys: ClientKeys | None = None) -> int
 
 def main(argv: list[str] | None = None) -> int:
     robust_console()
-    args = parse_args(argv)
+    args, config = parse_args(argv)
     keys = keys_or_exit(load_client_keys, args.keys, "client")
     try:
-        return asyncio.run(amain(args, keys))
+        return asyncio.run(amain(args, config, keys))
     except (OSError, zmq.ZMQError) as exc:
         print(f"client: error: {exc}", file=sys.stderr)
         return 1

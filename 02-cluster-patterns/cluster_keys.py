@@ -31,17 +31,8 @@ from typing import Final, TypeVar
 
 import zmq
 
-from cluster_patterns.curve import (
-    AUTHORIZED_DIR,
-    CLIENT_NAME,
-    KeyFileError,
-    KeyPair,
-    curve_client,
-    fingerprint,
-    load_allowed_keys,
-    load_keypair,
-    load_public,
-)
+from cluster_patterns.curve import AUTHORIZED_DIR, CLIENT_NAME, KeyFileError, KeyPair, curve_client
+from cluster_patterns.curve import fingerprint, load_allowed_keys, load_keypair, load_public
 
 SERVER_NAME: Final = "coordinator"
 K = TypeVar("K", "ServerKeys", "ClientKeys")
@@ -79,7 +70,7 @@ def add_keys_option(parser: argparse.ArgumentParser, server: bool) -> None:
         type=Path,
         metavar="DIR",
         help=f"use CURVE on ports 5570/5571 with the keys in DIR (reads {reads}; make it "
-        f"with: curve.py generate DIR --server {SERVER_NAME}); default: none, plain NULL",
+        f"with: curve.py generate DIR --server {SERVER_NAME}); without it: NULL, no encryption",
     )
 
 

@@ -198,6 +198,7 @@ def load_allowed_keys(directory: Path) -> dict[bytes, str]:
 # --- Socket options --------------------------------------------------------------------------
 
 
+# --8<-- [start:curve-options]
 def curve_server(sock: zmq.Socket, pair: KeyPair) -> None:  # type: ignore[type-arg]
     """Make ``sock`` a CURVE server; call before ``bind`` (and after ``bind_zap``)."""
     sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
@@ -215,6 +216,9 @@ def curve_client(
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)
+
+
+# --8<-- [end:curve-options]
 
 
 # --- ZAP: who may connect ---------------------------------------------------------------------
@@ -239,6 +243,7 @@ class ZapPolicy:
         self.denied = 0
         self._log = RateLimitedLog(log or print_to(None))
 
+    # --8<-- [start:zap-reply]
     def reply(self, frames: Sequence[bytes]) -> list[bytes]:
         if len(frames) < 6 or frames[0] != ZAP_VERSION:
             request_id = frames[1] if len(frames) > 1 else b""
@@ -255,6 +260,8 @@ class ZapPolicy:
         self.admitted += 1
         return [ZAP_VERSION, request_id, b"200", b"OK", name.encode(), b""]
 
+    # --8<-- [end:zap-reply]
+
     def _deny(self, request_id: bytes, peer: str, key: str, why: str, code: str) -> list[bytes]:
         self.denied += 1
         key_text = f" key {key}" if key else ""
@@ -262,6 +269,7 @@ class ZapPolicy:
         return [ZAP_VERSION, request_id, code.encode(), why.encode(), b"", b""]
 
 
+# --8<-- [start:zap-socket]
 def bind_zap(ctx: zmq.Context) -> zmq.Socket:  # type: ignore[type-arg]
     """The ZAP handler's socket, bound in ``ctx``; bind it before any CURVE server binds."""
     sock: zmq.Socket = ctx.socket(zmq.REP)  # type: ignore[type-arg]
@@ -280,6 +288,9 @@ async def serve_zap(sock: zmq.asyncio.Socket, policy: ZapPolicy) -> None:
     while True:
         frames = await sock.recv_multipart()
         await sock.send_multipart(policy.reply(frames))
+
+
+# --8<-- [end:zap-socket]
 
 
 class ZapThread:

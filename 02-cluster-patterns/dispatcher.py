@@ -1,9 +1,10 @@
 """The coordinator's brain: credit-based dispatch, retries, requeues, exactly-once results.
 
-Pure logic, no sockets: the coordinator feeds it decoded messages with the sender's
-identity and the current monotonic time, and sends what it leaves in ``outbox`` (to peers
-on 5570) and ``events`` (to the status channel on 5571). Tests drive it with a fake clock
-and a fake network.
+Pure logic, no sockets and no clock of its own: the coordinator feeds it decoded messages
+with the sender's routing id and ``now`` (monotonic seconds), and after each turn takes what
+it produced with ``take_output()``: replies to peers on 5570 and NODE_EVENTs for the status
+channel on 5571. NODE_EVENT's ``at`` is wall-clock time, from the injected ``wall_clock``.
+Tests drive it with a fake clock and a fake network (tests/test_cluster_dispatcher.py).
 
 Rules it enforces:
   * credit: a worker never holds more tasks than the capacity it announced (tasks it is
@@ -15,143 +16,49 @@ Rules it enforces:
     recorded as failed;
   * one holder per worker id: a REGISTER for an id that another live peer holds is REFUSED;
     the id changes hands only after its holder was silent for a full liveness window (or left);
-  * a bounded worker table: the workers' share of a STATUS frame stays under
-    STATUS_NODES_BUDGET_BYTES (dead and departed workers are forgotten first).
+  * a bounded worker table (workers.py): STATUS always fits in one frame.
 
-Run the unit tests:  python -m pytest tests/test_cluster_dispatcher.py -q
+What is known of each task (queue, outcomes, replies owed to clients) is the TaskBook's
+(task_book.py); the Dispatcher decides who runs what.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+import msgspec
 
 from cluster_patterns.heartbeat import Liveness, Transition
-from cluster_patterns.protocol import (
-    MAX_BATCH,
-    MAX_MESSAGE_BYTES,
-    Accepted,
-    Assignment,
-    Completed,
-    CoordinatorHeartbeat,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    NodeEvent,
-    NodeState,
-    NodeStatus,
-    RefusalReason,
-    Refused,
-    Register,
-    Reset,
-    Results,
-    Status,
-    Submit,
-    TaskOutcome,
-    TaskResult,
-    TaskSpec,
-    TaskStats,
-    Totals,
-    Welcome,
-)
+from cluster_patterns.journal import Journal, NullJournal
+from cluster_patterns.protocol import MAX_BATCH, Assignment, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import NodeState, RefusalReason, Refused, Register, Reset, Results
+from cluster_patterns.protocol import Status, Submit, TaskOutcome, TaskResult, TaskSpec, TaskStats
+from cluster_patterns.protocol import Totals, Welcome, handler_table
+from cluster_patterns.task_book import Task, TaskBook, TaskState
+from cluster_patterns.workers import GONE, WorkerRecord, WorkerTable
 
 DEFAULT_TASK_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_TRIES: Final = 3
-# TASK_STATS carries at most this many latencies per message (the newest ones).
-MAX_LATENCIES_PER_STATS: Final = 10_000
-# Forget a client that has sent nothing and has nothing pending for this long.
+# Forget a client that has sent nothing for this long (it gets no more COORDINATOR_HEARTBEAT).
 CLIENT_IDLE_S: Final = 60.0
-# Finished tasks are remembered this long, so a late re-submission gets the recorded
-# outcome instead of a second run; after that their memory is reclaimed.
-DONE_RETENTION_S: Final = 900.0
-# The workers' share of one STATUS frame (which must stay below MAX_MESSAGE_BYTES). A typical
-# worker is counted as about 370 bytes, so this admits some 2,100 workers.
-STATUS_NODES_BUDGET_BYTES: Final = MAX_MESSAGE_BYTES * 3 // 4
-# What one NodeStatus takes besides its id, capabilities and capacity: field names, the state
-# and the widest numbers a heartbeat can put there.
-NODE_STATUS_OVERHEAD_BYTES: Final = 320
+# A run of tasks at the head of the queue that a free worker cannot run, after which they
+# are moved behind the rest (so that tasks of a kind nobody runs cannot starve the others).
+MAX_SKIPPED: Final = 4 * MAX_BATCH
 
 
-class TaskState(enum.Enum):
-    PENDING = "pending"
-    ASSIGNED = "assigned"
-    DONE = "done"
+class Output(NamedTuple):
+    """What one turn produced: replies for 5570 and events for the status channel."""
 
-
-@dataclass(slots=True)
-class Task:
-    spec: TaskSpec
-    client: bytes
-    submitted_at: float
-    state: TaskState = TaskState.PENDING
-    tries: int = 0
-    worker_id: str = ""
-    outcome: TaskOutcome | None = None
-    dispatch_no: int = 0
-
-
-@dataclass(slots=True)
-class WorkerRecord:
-    worker_id: str
-    identity: bytes
-    capacity: int
-    capabilities: frozenset[str]
-    liveness: Liveness
-    assigned: set[str] = field(default_factory=set)
-    # Tasks the worker still runs that we no longer count as assigned to it (timed out,
-    # requeued, or from before it re-registered): they still occupy its credit.
-    orphans: set[str] = field(default_factory=set)
-    draining: bool = False
-    last_dispatch: float = 0.0
-    done: int = 0
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    load1: float = 0.0
-    status_bytes: int = 0
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.assigned) + len(self.orphans)
-
-    @property
-    def free(self) -> int:
-        if self.draining or self.liveness.state not in (NodeState.ALIVE, NodeState.SUSPECT):
-            return 0
-        return max(0, self.capacity - self.in_flight)
-
-
-def status_bytes(msg: Register) -> int:
-    """An upper bound of what this worker takes in a STATUS frame (JSON escapes included)."""
-    text = json.dumps([msg.worker_id, msg.capabilities])
-    return NODE_STATUS_OVERHEAD_BYTES + len(text) + 2 * len(str(msg.capacity))
-
-
-class Journal(Protocol):
-    """Where accepted tasks and recorded outcomes go before anyone is told (see journal.py)."""
-
-    def submitted(self, spec: TaskSpec, client: bytes) -> None: ...
-
-    def recorded(self, outcome: TaskOutcome) -> None: ...
-
-
-class NullJournal:
-    """No persistence: a restarted coordinator relies on clients re-submitting."""
-
-    def submitted(self, spec: TaskSpec, client: bytes) -> None:
-        pass
-
-    def recorded(self, outcome: TaskOutcome) -> None:
-        pass
+    outbox: list[tuple[bytes, Message]]
+    events: list[NodeEvent]
 
 
 class Dispatcher:
-    """All coordinator state; methods take ``now`` and fill ``outbox`` and ``events``."""
+    """All coordinator state; handlers take ``now``; ``take_output`` hands over the replies."""
 
     def __init__(
         self,
@@ -162,77 +69,62 @@ class Dispatcher:
         task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S,
         max_tries: int = DEFAULT_MAX_TRIES,
         journal: Journal | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.coordinator_id = coordinator_id
         self.interval_s = heartbeat_interval_s
         self.liveness = liveness
         self.task_timeout_s = task_timeout_s
         self.max_tries = max_tries
-        self.journal: Journal = journal or NullJournal()
-        self.tasks: dict[str, Task] = {}
-        self.pending: deque[str] = deque()
-        self.workers: dict[str, WorkerRecord] = {}
-        self.by_identity: dict[bytes, str] = {}
+        self.wall_clock = wall_clock
+        self.totals = Totals()
+        self.book = TaskBook(journal or NullJournal(), self.totals)
+        # The book's own dict and queue, named here for the dispatch loops.
+        self.tasks: dict[str, Task] = self.book.tasks
+        self.pending: deque[str] = self.book.pending
+        self.workers = WorkerTable()
         self.clients: dict[bytes, float] = {}
         # One entry per dispatched batch: (deadline, dispatch number of its first task, task
         # ids in dispatch order). Appended in time order, hence sorted by deadline; one
         # entry per batch keeps this small at tens of thousands of tasks per second.
         self.deadlines: deque[tuple[float, int, list[str]]] = deque()
-        self.totals = Totals()
-        self.outbox: list[tuple[bytes, Message]] = []
-        self.events: list[Message] = []
-        self.latencies: list[float] = []
-        self.stats_done = 0
-        self.stats_failed = 0
         self.seq = 0
         self.dispatches = 0
-        self._completed: dict[bytes, list[TaskOutcome]] = {}
-        self._accepted: dict[bytes, list[str]] = {}
+        self._outbox: list[tuple[bytes, Message]] = []
+        self._events: list[NodeEvent] = []
         self._resets: dict[bytes, float] = {}
         self._refusals: dict[bytes, float] = {}
-        self._table_bytes = 0
-        self._finished: deque[tuple[float, str]] = deque()
+        self._handlers = handler_table(self)  # do_Register, do_Heartbeat...: what a K receives
+
+    def take_output(self) -> Output:
+        """Everything produced since the last call; the caller sends it (or gives it back)."""
+        output = Output(self._outbox, self._events)
+        self._outbox, self._events = [], []
+        return output
 
     # --- Restoring from a journal -----------------------------------------------------------
 
     def restore_submitted(self, spec: TaskSpec, client: bytes, now: float) -> None:
-        if spec.task_id not in self.tasks:
-            self.tasks[spec.task_id] = Task(spec, client, now)
-            self.pending.append(spec.task_id)
-            self.totals.submitted += 1
+        self.book.restore_submitted(spec, client, now)
 
     def restore_recorded(self, outcome: TaskOutcome) -> None:
-        task = self.tasks.get(outcome.task_id)
-        if task is None or task.state is TaskState.DONE:
-            return
-        task.state, task.outcome, task.tries = TaskState.DONE, outcome, outcome.tries
-        self._count_outcome(outcome)
+        self.book.restore_recorded(outcome)
 
     # --- Inbound ----------------------------------------------------------------------------
 
     def handle(self, identity: bytes, message: Message, now: float) -> bool:
         """Apply one message; False if it has no business arriving here (a bad message)."""
-        if isinstance(message, Results):
-            self._on_results(identity, message, now)
-        elif isinstance(message, Heartbeat):
-            self._on_heartbeat(identity, message, now)
-        elif isinstance(message, Submit):
-            self._on_submit(identity, message, now)
-        elif isinstance(message, Register):
-            self._on_register(identity, message, now)
-        elif isinstance(message, Drain):
-            self._on_drain(identity, message, now)
-        elif isinstance(message, Deregister):
-            self._on_deregister(identity, message, now)
-        else:
+        handler = self._handlers.get(type(message))
+        if handler is None:
             return False
+        handler(identity, message, now)
         return True
 
+    # --8<-- [start:known-worker]
     def _known_worker(self, identity: bytes, worker_id: str, now: float) -> WorkerRecord | None:
         """The live record for this sender, or None after telling it to register again."""
-        record = self.workers.get(worker_id)
-        expired = (NodeState.DEAD, NodeState.LEFT)
-        if record is None or record.identity != identity or record.liveness.state in expired:
+        record = self.workers.held_by(identity, worker_id)
+        if record is None or record.liveness.state in GONE:
             self._reset(identity, now)
             return None
         self._heard(record, now)
@@ -244,41 +136,32 @@ class Dispatcher:
         if now - self._resets.get(identity, -1e9) < self.interval_s:
             return
         self._resets[identity] = now
-        self.outbox.append((identity, Reset(reason="unknown or expired worker; register")))
+        self._outbox.append((identity, Reset(reason="unknown or expired worker; register")))
+
+    # --8<-- [end:known-worker]
 
     def _heard(self, record: WorkerRecord, now: float) -> None:
         transition = record.liveness.heard(now)
         if transition is not None:
             self._publish_transition(record.worker_id, transition)
 
-    def _on_register(self, identity: bytes, msg: Register, now: float) -> None:
+    def do_Register(self, identity: bytes, msg: Register, now: float) -> None:
         record = self.workers.get(msg.worker_id)
         if record is not None and record.identity != identity and not self._free(record, now):
             age = record.liveness.age(now)
-            self._refuse(
-                identity,
-                msg.worker_id,
-                RefusalReason.WORKER_ID_IN_USE,
+            detail = (
                 f"held by another peer, heard {age:.2f} s ago; "
-                f"free after {record.liveness.dead_after_s:g} s of silence",
-                record.liveness.dead_after_s - age,
-                now,
+                f"free after {record.liveness.dead_after_s:g} s of silence"
             )
+            retry = record.liveness.dead_after_s - age
+            self._refuse(identity, msg, RefusalReason.WORKER_ID_IN_USE, detail, retry, now)
             return
-        needed = status_bytes(msg)
-        if not self._make_room(needed - (record.status_bytes if record else 0), msg.worker_id):
-            self._refuse(
-                identity,
-                msg.worker_id,
-                RefusalReason.CLUSTER_FULL,
-                f"the worker table is full ({len(self.workers)} workers)",
-                self.interval_s * self.liveness,
-                now,
-            )
+        if not self.workers.make_room(msg):
+            detail = f"the worker table is full ({len(self.workers)} workers)"
+            retry = self.interval_s * self.liveness
+            self._refuse(identity, msg, RefusalReason.CLUSTER_FULL, detail, retry, now)
             return
-        self._table_bytes += needed - (record.status_bytes if record else 0)
-        if record is not None and record.identity != identity:
-            self.by_identity.pop(record.identity, None)
+        # --8<-- [start:register]
         if record is None:
             record = WorkerRecord(
                 msg.worker_id,
@@ -287,35 +170,32 @@ class Dispatcher:
                 frozenset(msg.capabilities),
                 Liveness(self.interval_s, self.liveness, now),
             )
-            self.workers[msg.worker_id] = record
-            self.events.append(NodeEvent(msg.worker_id, "joined", time.time()))
+            self._publish(msg.worker_id, NodeEventKind.JOINED)
         else:
             # A re-registration: it keeps what it still runs; the rest is requeued.
-            self._requeue_all(record, now, keep=set(msg.running))
-            record.identity = identity
-            record.capacity = msg.capacity
-            record.capabilities = frozenset(msg.capabilities)
-            record.draining = False
+            self._requeue_all(record, keep=set(msg.running))
+            record.draining = False  # a DRAIN holds for one registration only
             if record.liveness.state is NodeState.LEFT:
                 record.liveness = Liveness(self.interval_s, self.liveness, now)
-                self.events.append(NodeEvent(msg.worker_id, "joined", time.time()))
+                self._publish(msg.worker_id, NodeEventKind.JOINED)
             else:
                 self._heard(record, now)
-        record.status_bytes = needed
+        self.workers.bind(record, identity, msg)
         self._adopt(record, msg.running, now)
-        self.by_identity[identity] = msg.worker_id
         self._resets.pop(identity, None)
-        self.outbox.append((identity, Welcome(self.coordinator_id, self.interval_s, self.liveness)))
+        welcome = Welcome(self.coordinator_id, self.interval_s, self.liveness)
+        self._outbox.append((identity, welcome))
+        # --8<-- [end:register]
 
     def _free(self, record: WorkerRecord, now: float) -> bool:
         """Whether another peer may take this worker id now: its holder is dead or left."""
         self._check_liveness(record, now)
-        return record.liveness.state in (NodeState.DEAD, NodeState.LEFT)
+        return record.liveness.state in GONE
 
     def _refuse(
         self,
         identity: bytes,
-        worker_id: str,
+        msg: Register,
         reason: RefusalReason,
         detail: str,
         retry_after_s: float,
@@ -327,42 +207,24 @@ class Dispatcher:
             return
         self._refusals[identity] = now
         retry = round(max(self.interval_s, retry_after_s), 3)
-        self.outbox.append((identity, Refused(worker_id, reason.value, detail, retry)))
-
-    def _make_room(self, needed: int, keep: str) -> bool:
-        """Forget dead and departed workers, longest silent first, until ``needed`` more
-        bytes fit in the STATUS budget; False if the live workers alone fill it."""
-        while self._table_bytes + needed > STATUS_NODES_BUDGET_BYTES:
-            gone = [
-                w
-                for w in self.workers.values()
-                if w.worker_id != keep and w.liveness.state in (NodeState.DEAD, NodeState.LEFT)
-            ]
-            if not gone:
-                return False
-            oldest = min(gone, key=lambda w: w.liveness.last_heard)
-            del self.workers[oldest.worker_id]
-            if self.by_identity.get(oldest.identity) == oldest.worker_id:
-                del self.by_identity[oldest.identity]
-            self._table_bytes -= oldest.status_bytes
-        return True
+        self._outbox.append((identity, Refused(msg.worker_id, reason, detail, retry)))
 
     def _adopt(self, record: WorkerRecord, running: list[str], now: float) -> None:
-        """Count what a (re-)registering worker still runs: a task we hold as pending (we
+        """Count what a (re-)registering worker still holds: a task we hold as pending (we
         restarted, or requeued it) becomes assigned to it again instead of running twice;
-        anything else it runs is an orphan that only occupies its credit."""
+        anything else it holds is an orphan that only occupies its credit."""
         record.orphans = set()
         for task_id in running:
             task = self.tasks.get(task_id)
             if task_id in record.assigned:
                 continue
             if task is not None and task.state is TaskState.PENDING:
-                self._assign(task, record, now)
+                self._assign(task, record)
                 self.deadlines.append((now + self.task_timeout_s, task.dispatch_no, [task_id]))
             else:
                 record.orphans.add(task_id)
 
-    def _assign(self, task: Task, worker: WorkerRecord, now: float) -> None:
+    def _assign(self, task: Task, worker: WorkerRecord) -> None:
         task.tries += 1
         self.dispatches += 1
         task.dispatch_no = self.dispatches
@@ -370,7 +232,7 @@ class Dispatcher:
         task.worker_id = worker.worker_id
         worker.assigned.add(task.spec.task_id)
 
-    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
+    def do_Heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
         record = self._known_worker(identity, msg.worker_id, now)
         if record is None:
             return
@@ -381,34 +243,38 @@ class Dispatcher:
         # we counted as an orphan that it no longer runs has finished or been lost.
         record.orphans = {tid for tid in msg.running if tid not in record.assigned}
 
-    def _on_drain(self, identity: bytes, msg: Drain, now: float) -> None:
+    def do_Drain(self, identity: bytes, msg: Drain, now: float) -> None:
         record = self._known_worker(identity, msg.worker_id, now)
         if record is not None:
             record.draining = True
 
-    def _on_deregister(self, identity: bytes, msg: Deregister, now: float) -> None:
-        record = self.workers.get(msg.worker_id)
-        if record is None or record.identity != identity:
+    def do_Deregister(self, identity: bytes, msg: Deregister, now: float) -> None:
+        record = self.workers.held_by(identity, msg.worker_id)
+        if record is None:
             return
-        self._requeue_all(record, now)
+        self._requeue_all(record)
         record.orphans.clear()
         transition = record.liveness.leave(now)
         if transition is not None:
             self._publish_transition(record.worker_id, transition)
 
-    def _on_results(self, identity: bytes, msg: Results, now: float) -> None:
-        record = self.workers.get(msg.worker_id)
-        if record is not None and record.identity == identity:
+    # --8<-- [start:results]
+    def do_Results(self, identity: bytes, msg: Results, now: float) -> None:
+        record = self.workers.held_by(identity, msg.worker_id)
+        if record is not None:
             for result in msg.results:
                 record.assigned.discard(result.task_id)
                 record.orphans.discard(result.task_id)
         # Results count even from a worker we declared dead: the first result wins.
         for result in msg.results:
             self._record(result, msg.worker_id, now)
-        if record is not None and record.identity == identity:
+        if record is not None:
             record.done += len(msg.results)
         self._known_worker(identity, msg.worker_id, now)
 
+    # --8<-- [end:results]
+
+    # --8<-- [start:record-once]
     def _record(self, result: TaskResult, worker_id: str, now: float) -> None:
         task = self.tasks.get(result.task_id)
         if task is None:
@@ -416,7 +282,13 @@ class Dispatcher:
         if task.state is TaskState.DONE:
             self.totals.duplicates += 1
             return
-        self._finish(
+        if task.state is TaskState.ASSIGNED:
+            holder = self.workers.get(task.worker_id)
+            if holder is not None and task.spec.task_id in holder.assigned:
+                # Another worker answered first; this one still runs it: keep its credit used.
+                holder.assigned.discard(task.spec.task_id)
+                holder.orphans.add(task.spec.task_id)
+        self.book.finish(
             task,
             TaskOutcome(
                 task_id=result.task_id,
@@ -429,51 +301,19 @@ class Dispatcher:
             ),
         )
 
-    def _finish(self, task: Task, outcome: TaskOutcome) -> None:
-        if task.state is TaskState.ASSIGNED:
-            holder = self.workers.get(task.worker_id)
-            if holder is not None and task.spec.task_id in holder.assigned:
-                # Another worker answered first; this one still runs it: keep its credit used.
-                holder.assigned.discard(task.spec.task_id)
-                holder.orphans.add(task.spec.task_id)
-        task.state = TaskState.DONE
-        task.outcome = outcome
-        self._finished.append((task.submitted_at + outcome.latency_s, task.spec.task_id))
-        self.journal.recorded(outcome)
-        self._count_outcome(outcome)
-        self.latencies.append(outcome.latency_s)
-        self._completed.setdefault(task.client, []).append(outcome)
+    # --8<-- [end:record-once]
 
-    def _count_outcome(self, outcome: TaskOutcome) -> None:
-        if outcome.ok:
-            self.totals.done += 1
-            self.stats_done += 1
-        else:
-            self.totals.failed += 1
-            self.stats_failed += 1
-
-    def _on_submit(self, identity: bytes, msg: Submit, now: float) -> None:
+    def do_Submit(self, identity: bytes, msg: Submit, now: float) -> None:
         self.clients[identity] = now
-        accepted = self._accepted.setdefault(identity, [])
-        for spec in msg.tasks:
-            task = self.tasks.get(spec.task_id)
-            if task is None:
-                self.tasks[spec.task_id] = Task(spec, identity, now)
-                self.pending.append(spec.task_id)
-                self.totals.submitted += 1
-                self.journal.submitted(spec, identity)
-            else:
-                task.client = identity
-                if task.outcome is not None:
-                    self._completed.setdefault(identity, []).append(task.outcome)
-            accepted.append(spec.task_id)
+        self.book.submit(identity, msg, now)
 
     # --- Dispatch ---------------------------------------------------------------------------
 
+    # --8<-- [start:pump]
     def pump(self, now: float) -> None:
         """Hand pending tasks to workers with free credit, least loaded first."""
         while self.pending:
-            ready = [w for w in self.workers.values() if w.free > 0]
+            ready = [w for w in self.workers if w.free > 0]
             if not ready:
                 return
             ready.sort(key=lambda w: (w.in_flight / max(w.capacity, 1), w.last_dispatch))
@@ -486,6 +326,9 @@ class Dispatcher:
             if handed == 0:
                 return  # nothing pending fits any free worker's capabilities
 
+    # --8<-- [end:pump]
+
+    # --8<-- [start:dispatch-batch]
     def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
         batch: list[Assignment] = []
         skipped: list[str] = []
@@ -499,20 +342,18 @@ class Dispatcher:
             spec = task.spec
             if spec.kind not in worker.capabilities:
                 skipped.append(task_id)
-                if len(skipped) > 4 * MAX_BATCH:
+                if len(skipped) > MAX_SKIPPED:
                     clogged = True
                     break
                 continue
             if task.tries >= self.max_tries:
-                self._fail(task, f"gave up after {task.tries} tries", now)
+                self.book.fail(task, f"gave up after {task.tries} tries", now)
                 continue
             if task.tries:
                 self.totals.retried += 1
-            self._assign(task, worker, now)
+            self._assign(task, worker)
             batch.append(Assignment(task_id, task.tries, spec.kind, spec.ms, spec.payload))
         if clogged:
-            # A long run of tasks this worker cannot run: move it behind the rest, so that
-            # tasks of a kind nobody runs (yet) cannot starve everything queued after them.
             self.pending.extend(skipped)
         else:
             self.pending.extendleft(reversed(skipped))
@@ -520,59 +361,45 @@ class Dispatcher:
             ids = [assignment.task_id for assignment in batch]
             self.deadlines.append((now + self.task_timeout_s, first_dispatch, ids))
             worker.last_dispatch = now
-            self.outbox.append((worker.identity, Dispatch(tasks=batch)))
+            self._outbox.append((worker.identity, Dispatch(tasks=batch)))
         return len(batch)
+
+    # --8<-- [end:dispatch-batch]
 
     def undeliverable(self, identity: bytes, message: Message, now: float) -> None:
         """The transport could not send ``message``: take back the tasks it carried."""
-        if not isinstance(message, Dispatch):
+        if type(message) is not Dispatch:
             return
-        worker = self.workers.get(self.by_identity.get(identity, ""))
+        worker = self.workers.of_identity(identity)
         for assignment in reversed(message.tasks):
-            task = self.tasks.get(assignment.task_id)
             if worker is not None:
                 worker.assigned.discard(assignment.task_id)
-            if task is not None and task.state is TaskState.ASSIGNED:
-                task.state = TaskState.PENDING
-                task.tries -= 1
-                self.pending.appendleft(assignment.task_id)
+            task = self.book.requeue(assignment.task_id)
+            if task is not None:
+                task.tries -= 1  # it never left: this dispatch does not count
 
-    def _requeue_all(self, worker: WorkerRecord, now: float, keep: set[str] | None = None) -> None:
+    # --8<-- [start:requeue-all]
+    def _requeue_all(self, worker: WorkerRecord, keep: set[str] | None = None) -> None:
         """Take back every task assigned to ``worker`` except those in ``keep``."""
         keep = keep or set()
         for task_id in sorted(worker.assigned - keep, reverse=True):
-            task = self.tasks.get(task_id)
-            if task is not None and task.state is TaskState.ASSIGNED:
-                task.state = TaskState.PENDING
+            if self.book.requeue(task_id) is not None:
                 self.totals.requeued += 1
-                self.pending.appendleft(task_id)
         worker.assigned &= keep
 
-    def _fail(self, task: Task, error: str, now: float) -> None:
-        self._finish(
-            task,
-            TaskOutcome(
-                task_id=task.spec.task_id,
-                ok=False,
-                error=error,
-                tries=task.tries,
-                worker_id=task.worker_id,
-                latency_s=round(now - task.submitted_at, 6),
-            ),
-        )
+    # --8<-- [end:requeue-all]
 
     # --- Timers -----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Liveness verdicts and task timeouts; call a few times per heartbeat interval."""
-        for worker in self.workers.values():
+        for worker in self.workers:
             self._check_liveness(worker, now)
         while self.deadlines and self.deadlines[0][0] <= now:
             _, first_dispatch, task_ids = self.deadlines.popleft()
             for offset, task_id in enumerate(task_ids):
                 self._expire(task_id, first_dispatch + offset, now)
-        while self._finished and now - self._finished[0][0] > DONE_RETENTION_S:
-            self.tasks.pop(self._finished.popleft()[1], None)
+        self.book.forget_old(now)
         for told in (self._resets, self._refusals):
             for identity, sent in list(told.items()):
                 if now - sent > self.interval_s:
@@ -581,15 +408,18 @@ class Dispatcher:
             if now - last > CLIENT_IDLE_S:
                 del self.clients[client]
 
+    # --8<-- [start:check-liveness]
     def _check_liveness(self, worker: WorkerRecord, now: float) -> None:
         """Advance one worker's verdict; a dead worker's tasks go back to pending."""
         transition = worker.liveness.check(now)
         if transition is None:
             return
         if transition.new is NodeState.DEAD:
-            self._requeue_all(worker, now)
+            self._requeue_all(worker)
             worker.orphans.clear()
         self._publish_transition(worker.worker_id, transition)
+
+    # --8<-- [end:check-liveness]
 
     def _expire(self, task_id: str, dispatch_no: int, now: float) -> None:
         """A dispatch reached its deadline: retry the task, or give up after max_tries."""
@@ -601,82 +431,54 @@ class Dispatcher:
             holder.assigned.discard(task_id)
             holder.orphans.add(task_id)  # it may still be running there
         if task.tries >= self.max_tries:
-            self._fail(task, f"timed out {task.tries} times", now)
+            self.book.fail(task, f"timed out {task.tries} times", now)
         else:
-            task.state = TaskState.PENDING
-            self.pending.appendleft(task_id)
+            self.book.requeue(task_id)
+
+    def _publish(self, node_id: str, kind: NodeEventKind) -> None:
+        self._events.append(NodeEvent(node_id, kind, self.wall_clock()))
 
     def _publish_transition(self, worker_id: str, transition: Transition) -> None:
-        self.events.append(
+        self._events.append(
             NodeEvent(
                 node_id=worker_id,
-                event=transition.new.value,
-                at=time.time(),
+                event=NodeEventKind(transition.new.value),
+                at=self.wall_clock(),
                 detection_latency_s=transition.detection_latency_s,
                 recovery_s=transition.recovery_s,
             )
         )
 
     def heartbeats(self, now: float) -> None:
-        """Queue COORDINATOR_HEARTBEAT to every live worker and every recent client."""
-        beat = CoordinatorHeartbeat(self.coordinator_id)
-        for worker in self.workers.values():
-            if worker.liveness.state in (NodeState.ALIVE, NodeState.SUSPECT):
-                self.outbox.append((worker.identity, beat))
+        """Queue COORDINATOR_HEARTBEAT to every serving worker and every recent client."""
+        beat = CoordinatorHeartbeat(self.coordinator_id, self.interval_s, self.liveness)
+        for worker in self.workers.serving():
+            self._outbox.append((worker.identity, beat))
         for client in self.clients:
-            self.outbox.append((client, beat))
+            self._outbox.append((client, beat))
 
     def flush_replies(self) -> None:
         """Turn the per-client accumulations of this round into ACCEPTED/COMPLETED batches."""
-        for client, task_ids in self._accepted.items():
-            for start in range(0, len(task_ids), MAX_BATCH):
-                self.outbox.append((client, Accepted(task_ids[start : start + MAX_BATCH])))
-        self._accepted.clear()
-        for client, outcomes in self._completed.items():
-            for start in range(0, len(outcomes), MAX_BATCH):
-                self.outbox.append((client, Completed(outcomes[start : start + MAX_BATCH])))
-        self._completed.clear()
+        self._outbox.extend(self.book.replies())
 
     # --- Status channel ---------------------------------------------------------------------
 
     def status(self, now: float) -> Status:
         self.seq += 1
-        pending = sum(1 for tid in self.pending if self.tasks[tid].state is TaskState.PENDING)
-        self.totals.pending = pending
-        self.totals.in_flight = sum(len(w.assigned) for w in self.workers.values())
-        nodes = [
-            NodeStatus(
-                node_id=w.worker_id,
-                state=w.liveness.state.value,
-                last_seen_age_s=round(w.liveness.age(now), 3),
-                in_flight=w.in_flight if w.liveness.state is not NodeState.DEAD else 0,
-                capacity=w.capacity,
-                capabilities=sorted(w.capabilities),
-                cpu_percent=w.cpu_percent,
-                memory_percent=w.memory_percent,
-                load1=w.load1,
-                done=w.done,
-            )
-            for w in self.workers.values()
-        ]
+        totals = self.totals
+        totals.pending = self.book.pending_count()
+        totals.in_flight = sum(len(w.assigned) for w in self.workers)
         return Status(
             coordinator_id=self.coordinator_id,
             seq=self.seq,
             heartbeat_interval_s=self.interval_s,
             liveness=self.liveness,
-            nodes=nodes,
-            totals=Totals(**{k: getattr(self.totals, k) for k in Totals.__slots__}),
+            nodes=self.workers.node_statuses(now),
+            totals=msgspec.structs.replace(totals),  # a copy: the counters move on
         )
 
     def task_stats(self) -> TaskStats:
-        stats = TaskStats(
-            latencies_s=self.latencies[-MAX_LATENCIES_PER_STATS:],
-            done=self.stats_done,
-            failed=self.stats_failed,
-        )
-        self.latencies = []
-        self.stats_done = self.stats_failed = 0
-        return stats
+        return self.book.task_stats()
 
     def count_bad(self) -> None:
         """A message or a ZMTP exchange that breaks the protocol."""

@@ -24,13 +24,15 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from typing import Final
 
 import psutil
 
-PROBE_TIMEOUT_S = 2.0
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5570
-DEFAULT_HEALTH_URL = "http://127.0.0.1:5572/health"
+from cluster_patterns import defaults
+from cluster_patterns.cli_args import make_parser, port_number
+
+PROBE_TIMEOUT_S: Final = 2.0
+DEFAULT_HEALTH_URL: Final = f"http://{defaults.LOOPBACK}:{defaults.MONITOR_PORT}/health"
 
 
 class Unhealthy(Exception):
@@ -66,15 +68,31 @@ def probe_connected(port: int) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Docker health probe for cluster nodes.")
-    sub = parser.add_subparsers(dest="mode", required=True)
-    tcp = sub.add_parser("tcp", help="a TCP listener answers (coordinator)")
-    tcp.add_argument("--host", default=DEFAULT_HOST)
-    tcp.add_argument("--port", type=int, default=DEFAULT_PORT)
-    http = sub.add_parser("http", help="an HTTP endpoint answers 200 (monitor)")
-    http.add_argument("--url", default=DEFAULT_HEALTH_URL)
-    connected = sub.add_parser("connected", help="an outgoing TCP connection is up (worker)")
-    connected.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser = make_parser(description="Docker health probe for cluster nodes.")
+    sub = parser.add_subparsers(dest="mode", required=True, help="what to probe")
+    shows_defaults = argparse.ArgumentDefaultsHelpFormatter
+    tcp = sub.add_parser(
+        "tcp", help="a TCP listener answers (coordinator)", formatter_class=shows_defaults
+    )
+    tcp.add_argument("--host", default=defaults.LOOPBACK, help="host to connect to")
+    tcp.add_argument(
+        "--port", type=port_number, default=defaults.TASK_PORT, help="port that must accept"
+    )
+    http = sub.add_parser(
+        "http", help="an HTTP endpoint answers 200 (monitor)", formatter_class=shows_defaults
+    )
+    http.add_argument("--url", default=DEFAULT_HEALTH_URL, help="URL that must answer 200")
+    connected = sub.add_parser(
+        "connected",
+        help="an outgoing TCP connection is up (worker)",
+        formatter_class=shows_defaults,
+    )
+    connected.add_argument(
+        "--port",
+        type=port_number,
+        default=defaults.TASK_PORT,
+        help="remote port of the connection that must be established",
+    )
     return parser.parse_args(argv)
 
 

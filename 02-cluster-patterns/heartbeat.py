@@ -28,8 +28,6 @@ from typing import Final
 
 from cluster_patterns.protocol import NodeState
 
-DEFAULT_INTERVAL_S: Final = 0.5
-DEFAULT_LIVENESS: Final = 3
 # Reconnect backoff of a worker that lost its coordinator.
 BACKOFF_INITIAL_S: Final = 0.25
 BACKOFF_FACTOR: Final = 2.0
@@ -51,19 +49,24 @@ class Liveness:
     """Tracks one peer. ``heard`` on every message; ``check`` on a timer."""
 
     def __init__(self, interval_s: float, liveness: int, now: float) -> None:
+        self.retune(interval_s, liveness)
+        self.last_heard = now
+        self.state = NodeState.ALIVE
+        self.dead_since: float | None = None
+
+    def retune(self, interval_s: float, liveness: int) -> None:
+        """New settings (a worker adopting its coordinator's); the silence so far counts."""
         if interval_s <= 0 or liveness < 1:
             raise ValueError("interval must be > 0 and liveness >= 1")
         self.interval_s = interval_s
         self.liveness = liveness
         self.dead_after_s = interval_s * liveness
         self.suspect_after_s = interval_s * (liveness + 1) / 2
-        self.last_heard = now
-        self.state = NodeState.ALIVE
-        self.dead_since: float | None = None
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.last_heard)
 
+    # --8<-- [start:liveness]
     def heard(self, now: float) -> Transition | None:
         """The peer sent something. Returns the transition if it was suspect or dead."""
         self.last_heard = max(self.last_heard, now)
@@ -90,6 +93,8 @@ class Liveness:
             return Transition(NodeState.ALIVE, NodeState.SUSPECT, now)
         return None
 
+    # --8<-- [end:liveness]
+
     def leave(self, now: float) -> Transition | None:
         """The peer said goodbye: no more verdicts until it is heard again."""
         if self.state is NodeState.LEFT:
@@ -99,7 +104,10 @@ class Liveness:
 
 
 class Backoff:
-    """Exponential backoff with full jitter and a cap: delay() grows until reset()."""
+    """Exponential backoff with "equal jitter" and a cap: each delay is drawn uniformly from
+    [ceiling/2, ceiling], where the ceiling doubles per attempt up to ``maximum_s``; reset()
+    (on WELCOME) starts again from ``initial_s``. Half of the wait is fixed, so a peer never
+    retries at once; the random half keeps a crowd of peers from reconnecting in step."""
 
     def __init__(
         self,
@@ -114,14 +122,17 @@ class Backoff:
         self.attempt = 0
         self._rng = rng or random.Random()
 
+    # --8<-- [start:backoff]
     def ceiling(self) -> float:
         return float(min(self.maximum_s, self.initial_s * self.factor**self.attempt))
 
     def delay(self) -> float:
-        """The next wait: uniform in [ceiling/2, ceiling], so peers do not reconnect in step."""
+        """The next wait: uniform in [ceiling/2, ceiling]."""
         top = self.ceiling()
         self.attempt += 1
         return top / 2 + self._rng.uniform(0, top / 2)
+
+    # --8<-- [end:backoff]
 
     def reset(self) -> None:
         self.attempt = 0

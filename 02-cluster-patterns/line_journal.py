@@ -126,6 +126,21 @@ class Repair:
     bad: BadLine | None
     torn_bytes: int
 
+    def report(self, path: Path, noun: str = "records") -> list[str]:
+        """What a ``repair`` command prints, a line each (both journals' CLIs say the same)."""
+        if self.copy_path is None:
+            return [f"nothing to repair: {self.kept_records} {noun} in {path}, all valid"]
+        if self.bad is not None:
+            found = f"{path}: first bad line: {self.bad}"
+        else:
+            found = f"{path}: torn last line: {self.torn_bytes} bytes without a newline"
+        return [
+            found,
+            f"kept {self.kept_records} {noun} ({self.kept_bytes} bytes) in {path}",
+            f"moved {self.moved_bytes} bytes ({self.moved_lines} lines, {self.moved_valid} of "
+            f"them valid {noun}) to {self.copy_path}",
+        ]
+
 
 def repair_lines(
     path: Path, check: Callable[[bytes], object], max_line: int, now: float | None = None

@@ -137,6 +137,7 @@ class StatusFollower:
         self._sock, self._watch = self._connect()
         self._quiet_since = clock()
 
+    # --8<-- [start:connect]
     def _connect(self) -> tuple[zmq.asyncio.Socket, HandshakeWatch]:
         sock = configure(self._ctx.socket(zmq.SUB))  # LINGER, HWMs, MAXMSGSIZE
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
@@ -153,6 +154,8 @@ class StatusFollower:
             sock.close(linger=0)  # or ctx.term() would wait for it forever
             raise
         return sock, watch
+
+    # --8<-- [end:connect]
 
     def close(self) -> None:
         self._watch.close()

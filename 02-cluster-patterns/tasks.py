@@ -5,9 +5,10 @@
     cpu    -> burns a CPU for ``ms`` milliseconds in a thread (so heartbeats keep flowing)
     fail   -> a deterministic failure: ok = false, error "fail task: requested failure"
 
-Running a remote command is the 03 agent's job, with authentication; it is deliberately
-not a task kind here. ``run_quick`` handles the kinds that finish without waiting, so the
-worker can answer a whole batch of them in one RESULTS frame.
+``ms`` is at most 600,000 (``MAX_TASK_MS``): the codec refuses a larger one, so no task can
+pin a worker for longer. Running a remote command is the 03 agent's job, with
+authentication; it is deliberately not a task kind here. ``run_quick`` handles the kinds that
+finish without waiting, so the worker can answer a whole batch of them in one RESULTS frame.
 
 Try it:  python -c "import asyncio; from cluster_patterns.tasks import run; \\
                     from cluster_patterns.protocol import Assignment as A; \\
@@ -24,8 +25,6 @@ from typing import Final
 from cluster_patterns.protocol import Assignment, TaskKind, TaskResult
 
 CAPABILITIES: Final = tuple(kind.value for kind in TaskKind)
-# Upper bound of sleep/cpu durations a worker accepts (a task cannot pin a worker forever).
-MAX_TASK_MS: Final = 600_000
 
 
 def _result(
@@ -44,16 +43,14 @@ def _result(
 def run_quick(task: Assignment) -> TaskResult | None:
     """The result of a task that needs no waiting, or None if it must be awaited."""
     kind = task.kind
-    if kind == "echo":
+    if kind == TaskKind.ECHO:
         return TaskResult(task.task_id, task.attempt, True, task.payload, "", 0.0)
-    if kind == "fail":
+    if kind == TaskKind.FAIL:
         return TaskResult(task.task_id, task.attempt, False, "", "fail task: requested failure")
-    if kind in ("sleep", "cpu") and task.ms == 0:
-        return TaskResult(task.task_id, task.attempt, True, "", "", 0.0)
-    if kind not in CAPABILITIES:
+    if kind not in (TaskKind.SLEEP, TaskKind.CPU):
         return TaskResult(task.task_id, task.attempt, False, "", f"unknown task kind {kind!r}")
-    if task.ms > MAX_TASK_MS:
-        return TaskResult(task.task_id, task.attempt, False, "", f"ms above {MAX_TASK_MS}")
+    if task.ms == 0:
+        return TaskResult(task.task_id, task.attempt, True, "", "", 0.0)
     return None
 
 
@@ -72,7 +69,7 @@ async def run(task: Assignment, executor: Executor | None = None) -> TaskResult:
     if quick is not None:
         return quick
     started = time.monotonic()
-    if task.kind == "sleep":
+    if task.kind == TaskKind.SLEEP:
         await asyncio.sleep(task.ms / 1000)
         return _result(task, started, True)
     loops = await asyncio.get_running_loop().run_in_executor(executor, burn, task.ms)

@@ -1,10 +1,13 @@
-"""Socket plumbing shared by the coordinator, worker, client and monitor: safe options,
-bad-input log, and what a socket's handshake failures mean.
+"""The one transport module of 02 and 03: socket options, endpoints, bad-input counting,
+and what a socket's handshake failures mean. It knows no message format (wire.py does).
 
-Every socket made here gets LINGER (so closing never hangs) and, when it faces the
-network, MAXMSGSIZE (so a peer cannot make us allocate a huge frame). ``BadInput`` counts
-what peers send that the codec or the state machine refuses, and logs it at most once per
-second, so a flood of garbage neither kills a daemon nor fills its log.
+Every socket configured here gets LINGER (so closing never hangs), high-water marks, and,
+when it faces the network, MAXMSGSIZE (so a peer cannot make us allocate a huge frame).
+``endpoint`` formats tcp:// addresses (IPv6 literals bracketed), ``is_loopback`` says whether
+a bind address stays on this machine. ``RateLimitedLog`` is the one rate-limited logger;
+``BadInput`` counts what peers send that a codec or a state machine refuses and logs it at
+most once per second, so a flood of garbage neither kills a daemon nor fills its log.
+CURVE lives in curve.py (cluster_keys.py for the cluster's roles).
 
 libzmq reports failed handshakes on a socket monitor; ``classify`` sorts them three ways:
 
@@ -31,17 +34,22 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Final, TextIO, TypeVar
+from typing import Callable, Final, TextIO, TypeVar
 
 import zmq
 
-if TYPE_CHECKING:
-    from cluster_patterns.protocol import Message
+from cluster_patterns.wire import WireError, describe
 
+# How long close() may wait to hand queued messages to the kernel: a DEREGISTER or the last
+# RESULTS still leave, and a peer that is gone never makes a close hang for long.
 LINGER_MS: Final = 200
 LOG_EVERY_S: Final = 1.0
-# High-water marks in messages; batches carry up to MAX_BATCH tasks, so this is plenty.
+# High-water marks, in messages, per peer and direction. Batches carry up to 128 tasks, so
+# 10,000 messages are over a million tasks queued: a full pipe means a stuck peer.
 HWM: Final = 10_000
+# Sockets take frames up to this size, larger than any codec's limit, so a frame between the
+# two still reaches the codec and is counted as bad; beyond it libzmq drops the connection.
+SOCKET_MAX_MESSAGE_BYTES: Final = 4 << 20
 # libzmq monitor events that mean "a peer spoke something that is not ZMTP".
 HANDSHAKE_FAILURES: Final = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -58,6 +66,7 @@ PROTOCOL_ERROR_NAMES: Final = {
 }
 
 S = TypeVar("S", bound=zmq.Socket)  # type: ignore[type-arg]
+M = TypeVar("M")
 
 
 def configure(
@@ -65,27 +74,21 @@ def configure(
     *,
     network: bool = True,
     routing_id: bytes | None = None,
-    max_message_bytes: int | None = None,
+    max_message_bytes: int = SOCKET_MAX_MESSAGE_BYTES,
     linger_ms: int = LINGER_MS,
     sndhwm: int = HWM,
     rcvhwm: int = HWM,
 ) -> S:
     """Apply the options every socket of this project needs; returns the socket.
 
-    The keyword defaults are the cluster's (``max_message_bytes`` None: the cluster
-    protocol's SOCKET_MAX_MESSAGE_BYTES); another protocol passes its own frame limit and,
-    where it bounds memory otherwise, its own high-water marks (0 is unbounded: the node
-    agent's credit window bounds its queue instead).
+    The keyword defaults are the cluster's; another protocol passes its own frame limit
+    (``max_message_bytes``) and, where it bounds memory otherwise, its own high-water marks
+    (0 is unbounded: the node agent's credit window bounds its queue instead).
     """
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if network:
-        if max_message_bytes is None:
-            # Imported here: a client of another protocol need not load the cluster's.
-            from cluster_patterns.protocol import SOCKET_MAX_MESSAGE_BYTES
-
-            max_message_bytes = SOCKET_MAX_MESSAGE_BYTES
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
@@ -176,16 +179,17 @@ class BadInput:
         self._log(f"{self.who}: bad message #{self.count} dropped: {what}")
 
 
-def decode_from_coordinator(frames: list[bytes], bad: BadInput) -> Message | None:
-    """The one message a DEALER got from the coordinator, or None (counted in ``bad``)."""
-    from cluster_patterns.protocol import ProtocolError, decode, describe
-
+def decode_single(
+    frames: list[bytes], decode: Callable[[bytes], M], bad: BadInput, sender: str
+) -> M | None:
+    """The one message in ``frames``, or None after counting it in ``bad`` (wrong number
+    of frames, or a frame the codec refuses: any ``WireError``)."""
     if len(frames) != 1:
-        bad.record(f"{len(frames)} frames from the coordinator (expected 1)")
+        bad.record(f"{len(frames)} frames from {sender} (expected 1)")
         return None
     try:
         return decode(frames[0])
-    except ProtocolError as exc:
+    except WireError as exc:
         bad.record(f"{exc} in {describe(frames[0])}")
         return None
 

@@ -77,6 +77,11 @@ class JsonCodec(Generic[M]):
         """The message in ``frame``, or the protocol's error naming what is wrong."""
         if len(frame) > self.max_bytes:
             raise self.error(f"frame of {len(frame)} bytes exceeds {self.max_bytes}")
+        if not frame.isascii():  # msgspec checks the strings it reads, not those it skips
+            try:
+                frame.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise self.error(f"not a JSON document: not UTF-8 at byte {exc.start}") from None
         try:
             return self._decoder.decode(frame)
         except msgspec.ValidationError as exc:

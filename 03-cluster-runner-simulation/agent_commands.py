@@ -148,6 +148,7 @@ class OutputCollector:
         for fd in self.STREAMS:
             self.flush(fd)
 
+    # --8<-- [start:flush]
     def flush(self, fd: int) -> None:
         buffer = self.buffers[fd]
         window = self.run.window
@@ -171,6 +172,8 @@ class OutputCollector:
         if self.process is not None:
             self.process.pause_reading()
         self.run.window.wait(self)
+
+    # --8<-- [end:flush]
 
     def resume(self) -> None:
         """The window reopened (or the command was abandoned): read and send again."""
@@ -295,6 +298,7 @@ class CommandRun:
         await self._supervise(process, collector)
         self.finish(collector, process)
 
+    # --8<-- [start:supervise]
     async def _supervise(self, process: SpawnedShell, collector: OutputCollector) -> None:
         """Wait for the command to finish, or kill its group at the deadline or on cancel."""
         if not self.cancelled:
@@ -312,6 +316,8 @@ class CommandRun:
             collector.abandon()
             # A child that left the group may still hold a pipe open: bound the wait.
             await asyncio.wait([collector.finished], timeout=KILL_DRAIN_S)
+
+    # --8<-- [end:supervise]
 
     def finish(self, collector: OutputCollector, process: SpawnedShell) -> None:
         """Send what is left and the ``exit``, once; tidy up the pipes."""

@@ -190,6 +190,7 @@ class AgentConnection:
 
         ``streaming``: deliver the replies through the request's queue, as they come.
         """
+        # --8<-- [start:submit]
         try:
             frames = encode(request)
         except ProtocolError as exc:  # e.g. a command line beyond what one header may hold
@@ -210,6 +211,7 @@ class AgentConnection:
             self.pending.pop(request.id, None)
             self.send_cancel(request.id)  # in case it arrives after all
             raise self.unreachable() from None
+        # --8<-- [end:submit]
         except BaseException:
             # Cancelled (or failed) after sending: the run may have started already.
             self.pending.pop(request.id, None)
@@ -280,6 +282,7 @@ class AgentConnection:
             raise NodeUnreachable(self.node_id, "executor is closed")
         if self._sock is None:
             # RCVHWM 0: output chunks must never be dropped (the credit window bounds them).
+            # --8<-- [start:socket]
             sock: zmq.Socket[bytes] = configure(
                 zmq.Socket(SharedContext.acquire(), zmq.DEALER),
                 max_message_bytes=MAX_REPLY_BYTES,
@@ -294,6 +297,7 @@ class AgentConnection:
             if self._server_key is not None and self._client_keys is not None:
                 curve_client(sock, self._server_key, self._client_keys)
             sock.connect(self.endpoint)
+            # --8<-- [end:socket]
             self._sock = sock
             self._last_heard = self._clock()
             self._fd = int(sock.getsockopt(zmq.FD))
@@ -310,6 +314,7 @@ class AgentConnection:
             self._events_scheduled = True
             asyncio.get_running_loop().call_soon(self._on_events)
 
+    # --8<-- [start:read-replies]
     def _on_events(self) -> None:
         """The socket's FD said something changed: read replies, wake waiting senders."""
         self._events_scheduled = False
@@ -340,6 +345,8 @@ class AgentConnection:
         pending = self.pending.get(reply.id)
         if pending is not None:  # else a heartbeat, or a late reply to a request we left
             pending.route(reply, body)
+
+    # --8<-- [end:read-replies]
 
     async def _watch_silence(self) -> None:
         """Fail running commands if the agent stops heartbeating (crash, restart, partition)."""

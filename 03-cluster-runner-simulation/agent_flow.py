@@ -46,6 +46,7 @@ class ConnectionWindow:
     last_sent: float = 0.0  # when the agent last sent it anything (its clock)
     _waiting: dict[Resumable, None] = field(default_factory=dict)  # an ordered set
 
+    # --8<-- [start:window]
     @property
     def is_open(self) -> bool:
         """May output be sent now?"""
@@ -69,6 +70,8 @@ class ConnectionWindow:
         self.in_flight = max(0, self.in_flight - nbytes)
         self._wake()
 
+    # --8<-- [end:window]
+
     def wait(self, producer: Resumable) -> None:
         """``producer`` stopped because the window is closed; resume it when it opens."""
         self._waiting[producer] = None
@@ -85,8 +88,11 @@ class ConnectionWindow:
         """The peer sent something, so it is reachable (again, if it reuses its routing id)."""
         self.gone = False
 
+    # --8<-- [start:wake]
     def _wake(self) -> None:
         while self._waiting and self.is_open:
             producer = next(iter(self._waiting))
             del self._waiting[producer]
             producer.resume()  # may send output, close the window and wait again
+
+    # --8<-- [end:wake]

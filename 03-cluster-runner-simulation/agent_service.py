@@ -155,6 +155,7 @@ class NodeAgent:
         self._warn = RateLimitedLog(log.warning)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_scheduled = False
+        # --8<-- [start:handlers]
         handlers: dict[type[Message], Handler] = {
             RunRequest: self.do_run,
             CancelRequest: self.do_cancel,
@@ -168,6 +169,7 @@ class NodeAgent:
         # The handler table and the protocol's allow-list must be the same set.
         assert {cls.__struct_config__.tag for cls in handlers} == REQUESTS.types
         self.handlers = handlers
+        # --8<-- [end:handlers]
 
     # --- Sending, within each connection's credit window -----------------------------------------
 
@@ -248,6 +250,7 @@ class NodeAgent:
             self._drain_scheduled = True
             asyncio.get_running_loop().call_soon(self.drain)
 
+    # --8<-- [start:dispatch]
     def dispatch(self, peer: bytes, frames: list[bytes]) -> None:
         window = self.windows.get(peer)
         if window is not None:
@@ -271,6 +274,8 @@ class NodeAgent:
             self.send_now(
                 peer, ErrorReply(id=message.id, code=ErrorCode.INTERNAL_ERROR, message=reason)
             )
+
+    # --8<-- [end:dispatch]
 
     def _drop_if_saturated(self, peer: bytes, window: ConnectionWindow | None) -> bool:
         if window is None or not window.saturated:

@@ -118,6 +118,7 @@ class SpawnedShell:
         else:
             actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
         try:
+            # --8<-- [start:spawn]
             self.pid = os.posix_spawn(
                 SHELL,
                 shell_argv(command, cwd),
@@ -127,6 +128,7 @@ class SpawnedShell:
                 setsigdef=RESTORED_SIGNALS,
                 setsigmask=(),
             )
+            # --8<-- [end:spawn]
         except BaseException:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:

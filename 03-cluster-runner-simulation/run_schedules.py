@@ -55,6 +55,7 @@ from cluster_runner_simulation.descriptor import (
     render_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, JournalFileError
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
@@ -81,7 +82,6 @@ from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, Group, build_sc
 from cluster_runner_simulation.shadow import DEFAULT_REL_TOLERANCE
 from cluster_runner_simulation.scheduling import run_perf_test_scheduled
 from cluster_runner_simulation.ssh_context import build_ssh_context
-from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 
 TRANSPORTS = ("zmq", "ssh", "zmq+ssh-fallback")

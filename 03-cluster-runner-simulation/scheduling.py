@@ -50,6 +50,7 @@ TEST_TIMEOUT_S = 60.0
 SCHEDULE_NAMES = ("all", "pairs", "groups")
 
 # The node-side script. It must run with any python3 >= 3.6 and nothing installed.
+# --8<-- [start:node-script]
 NODE_SCRIPT = """
 import sys, time
 size, ranks, rank, pause = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -65,6 +66,7 @@ print("%12d  %12d     float     sum      -1  %7.1f  %6.2f  %6.2f      0"
       % (size, size // 4, t_us, algbw, busbw))
 print("# Avg bus bandwidth    : %.2f" % busbw)
 """
+# --8<-- [end:node-script]
 RESULT_LINE = re.compile(
     r"^\s*(?P<size>\d+)\s+(?P<count>\d+)\s+\w+\s+\w+\s+-?\d+\s+"
     r"(?P<time>[\d.]+)\s+(?P<algbw>[\d.]+)\s+(?P<busbw>[\d.]+)\s+\d+\s*$",

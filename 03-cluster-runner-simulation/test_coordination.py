@@ -25,6 +25,7 @@ from cluster_runner_simulation.descriptor import (
     load_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
@@ -46,7 +47,6 @@ from cluster_runner_simulation.protocols import (
 from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, build_schedule
 from cluster_runner_simulation.scheduling import run_perf_test_scheduled
 from cluster_runner_simulation.ssh_context import build_ssh_context, ssh_executor_for
-from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
 from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 

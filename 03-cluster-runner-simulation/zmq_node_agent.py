@@ -71,6 +71,7 @@ class SetupError(Exception):
     """Bad configuration: reported on one line, exit status 2."""
 
 
+# --8<-- [start:router]
 def make_router(ctx: zmq.asyncio.Context) -> zmq.Socket[bytes]:
     # A bounded ROUTER queue would silently drop output chunks (SNDHWM 0 is unbounded);
     # each connection's credit window (agent_flow.py) bounds what is queued instead.
@@ -88,6 +89,10 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.Socket[bytes]:
     return sock
 
 
+# --8<-- [end:router]
+
+
+# --8<-- [start:secure-router]
 def secure_router(
     ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes], keys: Path
 ) -> tuple[zmq.asyncio.Socket, ZapPolicy]:
@@ -102,6 +107,9 @@ def secure_router(
     assert isinstance(zap, zmq.asyncio.Socket)
     curve_server(sock, pair)
     return zap, policy
+
+
+# --8<-- [end:secure-router]
 
 
 def bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
@@ -133,6 +141,7 @@ async def serve(config: AgentConfig) -> int:
     zap: zmq.asyncio.Socket | None = None
     zap_task: asyncio.Task[None] | None = None
     try:
+        # --8<-- [start:serve-setup]
         if config.insecure or config.keys is None:
             warn_insecure(config.host)
         else:
@@ -144,6 +153,7 @@ async def serve(config: AgentConfig) -> int:
         mode = "INSECURE" if config.insecure else "curve"
         ready = endpoint(config.host, port)
         print(f"agent {config.node_id} ready on {ready} ({mode})", flush=True)
+        # --8<-- [end:serve-setup]
         try:
             await agent.serve()
         finally:

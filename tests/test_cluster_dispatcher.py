@@ -5,26 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster_patterns.dispatcher import Dispatcher, TaskState
-from cluster_patterns.protocol import (
-    Accepted,
-    Completed,
-    Deregister,
-    Dispatch,
-    Drain,
-    Heartbeat,
-    Message,
-    NodeEvent,
-    Register,
-    Reset,
-    Results,
-    Submit,
-    TaskOutcome,
-    TaskResult,
-    TaskSpec,
-    Welcome,
-    encode,
-)
+from cluster_patterns.dispatcher import Dispatcher
+from cluster_patterns.task_book import TaskState
+from cluster_patterns.protocol import Accepted, Completed, CoordinatorHeartbeat, Deregister
+from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeEvent, NodeEventKind
+from cluster_patterns.protocol import Register, Reset, Results, Submit, TaskOutcome, TaskResult
+from cluster_patterns.protocol import TaskSpec, Welcome, encode
 
 CLIENT = b"client:c1"
 KINDS = ["echo", "sleep", "cpu", "fail"]
@@ -39,6 +25,7 @@ class FakeNet:
         self.d = Dispatcher("coord-test", **options)
         self.now = 0.0
         self.sent: list[tuple[bytes, Message]] = []
+        self.events: list[NodeEvent] = []
 
     def deliver(self, identity: bytes, message: Message) -> None:
         assert self.d.handle(identity, message, self.now)
@@ -47,8 +34,9 @@ class FakeNet:
     def turn(self) -> None:
         self.d.pump(self.now)
         self.d.flush_replies()
-        self.sent.extend(self.d.outbox)
-        self.d.outbox = []
+        outbox, events = self.d.take_output()
+        self.sent.extend(outbox)
+        self.events.extend(events)
 
     def advance(self, seconds: float, beat: tuple[str, ...] = ()) -> None:
         """Move the clock in small steps; workers in ``beat`` keep heartbeating."""
@@ -158,7 +146,7 @@ def test_dead_worker_tasks_are_requeued_and_late_results_deduplicated() -> None:
     net.submit(4)
     held1, held2 = net.take("w1"), net.take("w2")
     net.advance(2.0, beat=("w2",))  # w1 falls silent
-    dead = [m for m in net.d.events if isinstance(m, NodeEvent) and m.event == "dead"]
+    dead = [m for m in net.events if isinstance(m, NodeEvent) and m.event == "dead"]
     assert [e.node_id for e in dead] == ["w1"] and dead[0].detection_latency_s is not None
     assert dead[0].detection_latency_s <= 0.5 * (3 + 1)
     assert net.d.totals.requeued == 2
@@ -171,7 +159,7 @@ def test_dead_worker_tasks_are_requeued_and_late_results_deduplicated() -> None:
     assert any(isinstance(m, Reset) for i, m in net.sent if i == ident("w1"))
     assert sorted(o.task_id for o in net.outcomes()) == ["t0", "t1", "t2", "t3"]
     net.register("w1", 2)  # re-registers: alive again, with recovery time
-    alive = [m for m in net.d.events if isinstance(m, NodeEvent) and m.event == "alive"]
+    alive = [m for m in net.events if isinstance(m, NodeEvent) and m.event == "alive"]
     assert alive and alive[-1].recovery_s is not None
 
 
@@ -355,3 +343,71 @@ def test_tasks_nobody_can_run_do_not_block_the_queue() -> None:
     for _ in range(5):
         net.turn()
     assert "e" in net.take("w1")
+
+
+# --- Seams (issue 11): injected clocks, the handler table, take_output ----------------------
+
+
+def test_node_events_take_their_time_from_the_injected_wall_clock() -> None:
+    net = FakeNet(wall_clock=lambda: 1_700_000_000.25)
+    net.register("w1", 2)
+    net.advance(2.0)
+    assert [(e.event, e.at) for e in net.events] == [
+        ("joined", 1_700_000_000.25),
+        ("suspect", 1_700_000_000.25),
+        ("dead", 1_700_000_000.25),
+    ]
+    assert all(isinstance(e.event, NodeEventKind) for e in net.events)
+
+
+def test_messages_a_coordinator_never_receives_are_refused_by_the_handler_table() -> None:
+    net = FakeNet()
+    for message in (Welcome("c", 0.5, 3), Reset("x"), Accepted(["t"]), Dispatch([])):
+        assert net.d.handle(ident("w1"), message, net.now) is False
+    assert net.d.take_output() == ([], [])
+
+
+def test_take_output_hands_over_each_reply_once() -> None:
+    net = FakeNet()
+    net.d.handle(ident("w1"), Register("w1", 1, KINDS), net.now)
+    first = net.d.take_output()
+    assert [type(m) for _, m in first.outbox] == [Welcome]
+    assert [e.event for e in first.events] == ["joined"]
+    assert net.d.take_output() == ([], [])
+
+
+def test_coordinator_heartbeats_announce_the_interval_to_serving_workers_and_clients() -> None:
+    net = FakeNet(heartbeat_interval_s=0.2, liveness=5)
+    net.register("w1", 1)
+    net.register("w2", 1)
+    net.submit(1)
+    net.advance(1.2, beat=("w1",))  # w2 is dead by now: it gets no heartbeat
+    net.sent.clear()
+    net.d.heartbeats(net.now)
+    net.turn()
+    beats = {i: m for i, m in net.sent if isinstance(m, CoordinatorHeartbeat)}
+    assert set(beats) == {ident("w1"), CLIENT}
+    assert {(b.heartbeat_interval_s, b.liveness) for b in beats.values()} == {(0.2, 5)}
+
+
+def test_a_new_registration_clears_a_drain() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    net.deliver(ident("w1"), Drain("w1"))
+    net.submit(1)
+    assert net.take("w1") == []
+    net.register("w1", 2)  # after a reconnect the worker must send DRAIN again
+    assert net.take("w1") == ["t0"]
+
+
+def test_deregister_hands_back_what_the_worker_still_held() -> None:
+    net = FakeNet()
+    net.register("w1", 2)
+    net.register("w2", 2)
+    net.deliver(ident("w2"), Drain("w2"))
+    net.submit(2)
+    held = net.take("w1")
+    net.deliver(ident("w1"), Deregister("w1"))  # a drain that timed out
+    assert net.d.totals.requeued == 2
+    net.deliver(ident("w2"), Register("w2", 2, KINDS))
+    assert sorted(net.take("w2")) == sorted(held)

@@ -19,11 +19,7 @@ from typing import Any
 import psutil
 import zmq
 
-from cluster_patterns.protocol import (
-    MsgType,
-    ProtocolError,
-    decode,
-)
+from cluster_patterns.protocol import MsgType, ProtocolError, decode, message_type
 
 SEED = 20261110
 INTERVAL = 0.5
@@ -162,7 +158,7 @@ def counted_as_bad(parts: list[bytes]) -> bool:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return True  # a lone surrogate: not valid Unicode, the codec must refuse it
-    return message.TYPE.value not in TO_COORDINATOR
+    return message_type(message) not in TO_COORDINATOR
 
 
 def test_coordinator_survives_thousands_of_hostile_frames(

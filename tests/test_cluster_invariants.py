@@ -22,15 +22,8 @@ from typing import Any
 import pytest
 import zmq
 
-from cluster_patterns.protocol import (
-    PROTOCOL_VERSION,
-    NodeEvent,
-    ProtocolError,
-    Status,
-    Welcome,
-    decode,
-    encode,
-)
+from cluster_patterns.protocol import PROTOCOL_VERSION, NodeEvent, ProtocolError, Status, Welcome
+from cluster_patterns.protocol import decode, encode
 
 INTERVAL = 0.5
 LIVENESS = 3
@@ -140,6 +133,19 @@ class Cluster:
             proc.wait_for(r"registered with")
         return self.watcher
 
+    def start_busy(
+        self, n_workers: int, workload: tuple[str, ...], out: Path, busy: str = "w1"
+    ) -> tuple[StatusWatcher, Any]:
+        """A cluster of 4-task workers running ``workload`` (client arguments, summary to
+        ``out``), returned once worker ``busy`` holds tasks."""
+        watcher = self.start(n_workers, capacity=4)
+        client = self.client(*workload, "--json", str(out))
+        watcher.wait_for(
+            lambda m: isinstance(m, Status)
+            and any(n.node_id == busy and n.in_flight for n in m.nodes)
+        )
+        return watcher, client
+
     def client(self, *args: str) -> Any:
         return self.spawn(CLIENT, "--port", str(self.port), *args)
 
@@ -196,12 +202,9 @@ def test_invariant1_500_tasks_3_workers_exactly_once(cluster: Cluster, tmp_path:
 
 
 def test_invariant2_sigkill_worker_mid_run(cluster: Cluster, tmp_path: Path) -> None:
-    watcher = cluster.start(3, capacity=4)
     out = tmp_path / "summary.json"
-    client = cluster.client("--count", "90", "--kind", "sleep", "--ms", "150", "--json", str(out))
-    watcher.wait_for(
-        lambda m: isinstance(m, Status) and any(n.node_id == "w2" and n.in_flight for n in m.nodes)
-    )
+    workload = ("--count", "90", "--kind", "sleep", "--ms", "150")
+    watcher, client = cluster.start_busy(3, workload, out, busy="w2")
     killed_at = time.monotonic()
     cluster.workers["w2"].signal(signal.SIGKILL)
     dead_at, _ = watcher.wait_for(
@@ -223,11 +226,9 @@ def test_invariant2_sigkill_worker_mid_run(cluster: Cluster, tmp_path: Path) -> 
 
 
 def test_invariant3_sigstop_partition_then_recovery(cluster: Cluster, tmp_path: Path) -> None:
-    watcher = cluster.start(3, capacity=4)
     out = tmp_path / "summary.json"
-    client = cluster.client("--count", "120", "--kind", "sleep", "--ms", "200", "--json", str(out))
-    watcher.wait_for(
-        lambda m: isinstance(m, Status) and any(n.node_id == "w1" and n.in_flight for n in m.nodes)
+    watcher, client = cluster.start_busy(
+        3, ("--count", "120", "--kind", "sleep", "--ms", "200"), out
     )
     w1 = cluster.workers["w1"]
     w1.signal(signal.SIGSTOP)
@@ -366,11 +367,9 @@ def test_invariant5_worker_survives_garbage_from_its_coordinator(spawn: Any, por
 def test_worker_sigterm_drains_and_coordinator_stops_cleanly(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    watcher = cluster.start(2, capacity=4)
     out = tmp_path / "summary.json"
-    client = cluster.client("--count", "40", "--kind", "sleep", "--ms", "300", "--json", str(out))
-    watcher.wait_for(
-        lambda m: isinstance(m, Status) and any(n.node_id == "w1" and n.in_flight for n in m.nodes)
+    watcher, client = cluster.start_busy(
+        2, ("--count", "40", "--kind", "sleep", "--ms", "300"), out
     )
     w1 = cluster.workers["w1"]
     w1.signal(signal.SIGTERM)

@@ -488,13 +488,8 @@ BLOCKING_RE = re.compile(
     r"|02-cluster-patterns/(coordinator|worker|monitor)\.py"
     r"|zmq_node_agent\.py serve|zmq_journal\.py collector|docs/solutions/\w+/\w+\.py server)"
 )
-# Pages whose blocks already follow the terminal rule; the week 2-4 pages join them when
-# they are rewritten as lessons (issue 12, second round).
-TERMINAL_RULE_PAGES = [
-    "docs/week1-zmq-basics.md",
-    "docs/reliability-patterns.md",
-    "docs/learning-notes.md",
-]
+# Every page follows the terminal rule (issue 12): a command that blocks names its terminal.
+TERMINAL_RULE_PAGES = [str(path.relative_to(REPO)) for path in doc_files()]
 
 
 def terminal_rule_problems(path: Path) -> list[str]:

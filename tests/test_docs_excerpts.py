@@ -39,13 +39,20 @@ SOURCE_GLOBS = [
     "01-zmq-basics/*.py",
     "02-cluster-patterns/**/*.py",
     "03-cluster-runner-simulation/*.py",
+    "docker/simulator/*.py",
     "docs/solutions/**/*.py",
     "examples/**/*.py",
 ]
 MARK_RE = re.compile(r"^\s*# --8<-- \[(?P<kind>start|end):(?P<name>[\w.-]+)\]\s*$")
 EXCERPT_RE = re.compile(r"^\s*<!--\s*excerpt:\s*(?P<path>[^\s:]+):(?P<name>[\w.-]+)\s*-->\s*$")
 # Pages that teach code, and how many excerpts each shows at least.
-TEACHING_PAGES = {"docs/week1-zmq-basics.md": 12, "docs/reliability-patterns.md": 6}
+TEACHING_PAGES = {
+    "docs/week1-zmq-basics.md": 12,
+    "docs/reliability-patterns.md": 6,
+    "docs/week2-cluster-patterns.md": 20,
+    "docs/week3-cluster-runner-integration.md": 12,
+    "docs/week4-integration-planning.md": 12,
+}
 
 
 @dataclass

@@ -14,20 +14,25 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from cluster_patterns.curve import fingerprint, load_public
 from cluster_runner_simulation.agent_keys import generate_keys
-from cluster_runner_simulation.journal_format import canonical_body, scan_journal
+from cluster_runner_simulation.journal_collector import CollectorConfig
+from cluster_runner_simulation.journal_format import scan_journal
+from cluster_runner_simulation.journal_record import canonical_body
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
-from cluster_runner_simulation.zmq_journal import (
-    AckMsg,
-    NackMsg,
-    ProtocolError,
-    WriteMsg,
-    ZmqJournalWriter,
-    decode,
-    encode,
+from cluster_runner_simulation.journal_protocol import (
+    Ack,
+    JournalProtocolError,
+    Nack,
+    decode_reply,
+    decode_write,
+    encode_reply,
+    encode_write,
 )
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
+BENCH = "03-cluster-runner-simulation/journal_bench.py"
 
 
 def result(record_id: str) -> PerfTestResult:
@@ -41,11 +46,27 @@ def start(spawn: Any, path: Path, port: int, *extra: str) -> Any:
 
 
 def test_codec_round_trip_and_rejections() -> None:
-    for msg in (WriteMsg((("a", b"{}"), ("b", b"{}"))), AckMsg(("a", "b")), NackMsg("a", "why")):
-        assert decode(encode(msg)) == msg
-    for frames in ([b"XX", b"ACK"], [b"ZJ1", b"BOOM"], [b"ZJ1", b"WRITE", b"id"], [b"ZJ1"]):
-        with pytest.raises(ProtocolError):
-            decode(frames)
+    records = [("a", b"{}"), ("b", b'{"x":1}')]
+    index, bodies = encode_write(records)
+    assert json.loads(index) == {"type": "WRITE", "v": 2, "ids": ["a", "b"], "sizes": [2, 7]}
+    decoded = decode_write([index, bodies])
+    assert list(zip(decoded.ids, decoded.bodies)) == records
+    for reply in (Ack(ids=["a", "b"]), Nack(id="a", reason="why")):
+        assert decode_reply(encode_reply(reply)) == reply
+    v1 = [b"ZJ1", b"WRITE", b"2 a", b"{}"]
+    wrong = {
+        "version 1": v1,
+        "2 frames": [index],
+        "covers 9 bytes": [index, bodies + b"ab"],
+        "2 ids but 1 sizes": [b'{"type":"WRITE","v":2,"ids":["a","b"],"sizes":[1]}', b"{"],
+        "unsupported protocol version": [index.replace(b'"v":2', b'"v":1'), bodies],
+        "$.type": [encode_reply(Ack(ids=["a"]))[0], b""],
+    }
+    for says, frames in wrong.items():
+        with pytest.raises(JournalProtocolError, match=re.escape(says)):
+            decode_write(frames)
+    with pytest.raises(JournalProtocolError, match=r"\$\.type"):
+        decode_reply([index])
 
 
 @pytest.mark.parametrize("mode", [[], ["--fsync-each"]])
@@ -81,11 +102,11 @@ async def test_garbage_is_counted_and_the_collector_keeps_serving(
     try:
         await raw.send_multipart([b"garbage"])
         await raw.send_multipart([b"ZJ1", b"ACK", b"x"])
-        await raw.send_multipart([b"ZJ1", b"WRITE", b"\xff\xfe", b"{}"])
+        await raw.send_multipart([b'{"type":"WRITE","v":2,"ids":["\xff\xfe"],"sizes":[2]}', b"{}"])
         bad_body = canonical_body({"record_id": "other"})
-        await raw.send_multipart(encode(WriteMsg((("mine", bad_body), ("nl", b'{"a":\n1}')))))
-        replies = [decode(await asyncio.wait_for(raw.recv_multipart(), 10)) for _ in range(2)]
-        assert {r.record_id for r in replies if isinstance(r, NackMsg)} == {"mine", "nl"}
+        await raw.send_multipart(encode_write([("mine", bad_body), ("nl", b'{"a":\n1}')]))
+        replies = [decode_reply(await asyncio.wait_for(raw.recv_multipart(), 10)) for _ in "ab"]
+        assert {r.id for r in replies if isinstance(r, Nack)} == {"mine", "nl"}
         writer = ZmqJournalWriter(f"tcp://127.0.0.1:{port}")
         await writer.write(result("good"))
         await writer.close()
@@ -127,9 +148,9 @@ def test_sigterm_stops_the_collector_cleanly(tmp_path: Path, spawn: Any, port: i
 
 def test_collector_and_bench_argument_errors(run: Any, tmp_path: Path) -> None:
     bad_port = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--port", "70000")
-    assert bad_port.returncode == 2 and "--port must be 1-65535" in bad_port.stderr
+    assert bad_port.returncode == 2 and "not a TCP port (1-65535)" in bad_port.stderr
     bad_bench = run(JOURNAL, "bench", "--writers", "0")
-    assert bad_bench.returncode == 2 and "must be positive" in bad_bench.stderr
+    assert bad_bench.returncode == 2 and "--writers: must be >= 1" in bad_bench.stderr
 
 
 def test_bench_prints_both_figures(run: Any, tmp_path: Path) -> None:
@@ -166,6 +187,8 @@ async def test_curve_collector_admits_only_authorized_writers(
     await writer.write(result("trusted"))
     await writer.close()
     assert scan_journal(path).record_ids == ["trusted"]
+    stranger_key = fingerprint(load_public(stranger / "client.key"))
+    collector.wait_for(rf"collector: denied handshake #\d+ from 127\.0\.0\.1 key {stranger_key}")
 
 
 def test_collector_refuses_non_loopback_without_keys_and_bad_keys(tmp_path: Path, run: Any) -> None:
@@ -177,6 +200,8 @@ def test_collector_refuses_non_loopback_without_keys_and_bad_keys(tmp_path: Path
     loose = run(JOURNAL, "collector", "--path", str(tmp_path / "j"), "--keys", str(keys))
     assert loose.returncode == 2 and "refusing to use it" in loose.stderr
     assert not (tmp_path / "j").exists()
+    with pytest.raises(ValueError, match="not loopback"):
+        CollectorConfig(tmp_path / "j", bind="0.0.0.0")  # the class refuses it too
 
 
 async def test_close_fails_writes_still_waiting(free_port: Any) -> None:
@@ -188,3 +213,36 @@ async def test_close_fails_writes_still_waiting(free_port: Any) -> None:
         await waiting
     with pytest.raises(JournalError, match="closed"):
         await writer.write(result("after"))
+
+
+async def test_collector_on_ipv6_loopback_and_a_kernel_chosen_port(
+    tmp_path: Path, spawn: Any
+) -> None:
+    path = tmp_path / "j.jsonl"
+    collector = spawn(JOURNAL, "collector", "--path", str(path), "--bind", "::1", "--port", "0")
+    collector.wait_for("listening on", timeout=30)
+    found = re.search(r"listening on (tcp://\[::1\]:\d+) ", collector.stdout())
+    assert found, collector.stdout()
+    writer = ZmqJournalWriter(found[1])
+    await writer.write(result("over-ipv6"))
+    await writer.close()
+    assert scan_journal(path).record_ids == ["over-ipv6"]
+
+
+def option_entries(help_text: str) -> list[str]:
+    """Each option's entry in an argparse --help, continuation lines joined."""
+    entries: list[str] = []
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            entries.append(line.strip())
+        elif entries and line.startswith("    "):
+            entries[-1] += " " + line.strip()
+    return entries
+
+
+def test_every_flag_shows_its_default(run: Any) -> None:
+    for argv in ([JOURNAL, "collector"], [JOURNAL, "bench"], [JOURNAL, "read"], [BENCH]):
+        shown = run(*argv, "--help")
+        assert shown.returncode == 0, shown.stderr
+        entries = [e for e in option_entries(shown.stdout) if not e.startswith("-h")]
+        assert entries and all("(default: " in e for e in entries), entries

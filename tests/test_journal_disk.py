@@ -19,14 +19,10 @@ from typing import Any
 
 import pytest
 
-from cluster_runner_simulation.journal_format import (
-    FileJournalWriter,
-    canonical_body,
-    encode_line,
-    scan_journal,
-)
+from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
+from cluster_runner_simulation.journal_record import canonical_body, encode_line
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
-from cluster_runner_simulation.zmq_journal import ZmqJournalWriter
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
 IN_CI = bool(os.environ.get("CI"))

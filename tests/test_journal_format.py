@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,12 +17,16 @@ from cluster_runner_simulation.journal_format import (
     AppendOnlyFile,
     FileJournalWriter,
     JournalCorruption,
-    canonical_body,
-    decode_line,
-    encode_line,
     iter_results,
     recover_journal,
     scan_journal,
+)
+from cluster_runner_simulation.journal_record import (
+    RecordBody,
+    canonical_body,
+    decode_line,
+    encode_line,
+    encode_record,
 )
 from cluster_runner_simulation.protocols import PerfTestResult
 
@@ -217,3 +222,26 @@ def test_sigkilled_file_writer_process_leaves_a_prefix_with_every_acked_record(
         missing = acked - set(scan.record_ids)
         assert not missing, f"round {round_no}: acknowledged but lost: {sorted(missing)[:5]}"
     assert len(acked) >= 150
+
+
+def test_the_record_schema_is_the_perf_test_results_fields() -> None:
+    names = tuple(f.name for f in dataclasses.fields(PerfTestResult))
+    assert RecordBody.__struct_fields__ == names
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"exit_status": None},  # null in the body: the exact encoder's path
+        {"result_line": "résultat ✓"},  # not ASCII: \\u escapes
+        {"nodes": ["n0"], "metrics": {"b": 1, "a": 2.5}, "extra": {"errors": ["x"]}},
+    ],
+)
+def test_a_records_body_is_its_canonical_record(changes: dict[str, Any]) -> None:
+    record = dataclasses.replace(result("r1"), **changes)
+    body = encode_record(record)
+    assert body == canonical_body(record.to_record()) and body.isascii()
+    assert decode_line(encode_line("r1", body)[:-1]).result() == dataclasses.replace(
+        record, nodes=tuple(record.nodes)
+    )

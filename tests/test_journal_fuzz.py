@@ -1,8 +1,9 @@
 """Fuzzing the journal: its WRITE decoder, the collector's record check, the file scanner.
 
 Property tests (hypothesis; conftest.py makes them deterministic in CI):
-  * only ``ProtocolError`` escapes the WRITE decoder and the collector's record check, and a
-    record the collector accepts can always be read back;
+  * only ``JournalProtocolError`` escapes the decoders, only ``RecordRejected`` the record
+    check; a record the collector accepts can always be read back, and the bulk check of a
+    whole WRITE (``checked_lines``) accepts exactly what the one-by-one check accepts;
   * a flipped bit in a complete line is always corruption, never a silently cut record;
   * the scanner never drops a complete valid record, and recovery never shrinks a file by more
     than the torn tail it reports; repair copies every byte it cuts.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import tempfile
 from collections.abc import Iterator
@@ -28,24 +30,26 @@ from hypothesis import strategies as st
 
 from cluster_runner_simulation.journal_format import (
     JournalCorruption,
-    canonical_body,
-    decode_line,
-    encode_line,
     recover_journal,
     scan_journal,
 )
-from cluster_runner_simulation.protocols import PerfTestResult
-from cluster_runner_simulation.zmq_journal import (
+from cluster_runner_simulation.journal_protocol import (
     MAX_MSG_BYTES,
-    PROTOCOL,
-    MsgType,
-    ProtocolError,
-    WriteMsg,
-    ZmqJournalWriter,
-    decode,
-    encode,
-    validate_body,
+    JournalProtocolError,
+    decode_reply,
+    decode_write,
+    encode_write,
 )
+from cluster_runner_simulation.journal_record import (
+    RecordRejected,
+    canonical_body,
+    checked_line,
+    checked_lines,
+    decode_line,
+    encode_line,
+)
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
+from cluster_runner_simulation.protocols import PerfTestResult
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
 FUZZ_MESSAGES = 3000
@@ -76,27 +80,32 @@ def journal_file(data: bytes) -> Iterator[Path]:
 
 # --- The WRITE decoder and the collector's record check --------------------------------------
 
-KINDS = st.sampled_from([m.value for m in MsgType] + [b"", b"WRITE\0", b"write"])
-INDEX_LINES = st.lists(
-    st.tuples(
-        st.sampled_from(["0", "1", "5", "99999999999", "9" * 5000, "-1", "x", ""]), st.text()
-    ),
-    max_size=5,
-).map(lambda lines: "\n".join(f"{n} {i}" for n, i in lines).encode("utf-8", "surrogatepass"))
+INDEXES = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["WRITE", "ACK", "NACK", "write", ""]),
+        "v": st.sampled_from([2, 1, "2", None, 2.0]),
+        "ids": st.lists(st.text(max_size=8), max_size=4) | st.text(max_size=4),
+        "sizes": st.lists(st.sampled_from([0, 1, 5, -1, 2**53, 10**30]), max_size=4),
+        "id": st.text(max_size=8),
+        "reason": st.text(max_size=8),
+    },
+).map(lambda index: json.dumps(index).encode())
 FRAMES = st.one_of(
-    st.lists(st.binary(max_size=64), max_size=6),
-    st.tuples(st.just(PROTOCOL), KINDS, INDEX_LINES, st.binary(max_size=64)).map(list),
-    st.tuples(st.just(PROTOCOL), KINDS).map(list),
+    st.lists(st.binary(max_size=64), max_size=4),
+    st.tuples(INDEXES, st.binary(max_size=16)).map(list),
+    st.tuples(INDEXES).map(list),
 )
 
 
 @settings(max_examples=400, deadline=None)
 @given(frames=FRAMES)
-def test_only_protocol_errors_escape_the_decoder(frames: list[bytes]) -> None:
-    try:
-        decode(frames)
-    except ProtocolError:
-        pass
+def test_only_protocol_errors_escape_the_decoders(frames: list[bytes]) -> None:
+    for decode in (decode_write, decode_reply):
+        try:
+            decode(frames)
+        except JournalProtocolError:
+            pass
 
 
 JSON_LEAVES = st.one_of(
@@ -130,24 +139,44 @@ def record_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     return record_id, body
 
 
+CASES = st.one_of(record_bodies(), st.tuples(st.text(max_size=8), st.binary(max_size=64)))
+
+
 @settings(max_examples=400, deadline=None)
-@given(case=st.one_of(record_bodies(), st.tuples(st.text(max_size=8), st.binary(max_size=64))))
+@given(case=CASES)
 @example(case=("h", DEEP))
 @example(case=("h", HUGE_INT))
 @example(case=("h", NAN))
 @example(case=("w", b'{"record_id":"w"}'))
-def test_the_record_check_raises_only_protocol_errors_and_accepts_only_readable_records(
+def test_the_record_check_raises_only_record_rejected_and_accepts_only_readable_records(
     case: tuple[str, bytes],
 ) -> None:
     record_id, body = case
     try:
-        validate_body(record_id, body)
-    except ProtocolError:
+        line = checked_line(record_id, body)
+    except RecordRejected:
         return
-    line = encode_line(record_id, body)
     entry = decode_line(line[:-1])  # what every later start does with it
     assert entry.record_id == record_id
     entry.result()  # and what a reader does
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases=st.lists(CASES, min_size=1, max_size=3))
+def test_the_bulk_check_accepts_exactly_what_the_one_by_one_check_accepts(
+    cases: list[tuple[str, bytes]],
+) -> None:
+    one_by_one: list[bytes] | None = []
+    for record_id, body in cases:
+        try:
+            line = checked_line(record_id, body)
+        except RecordRejected:
+            one_by_one = None
+            break
+        assert one_by_one is not None
+        one_by_one.append(line)
+    ids, bodies = [c[0] for c in cases], [c[1] for c in cases]
+    assert checked_lines(ids, bodies) == one_by_one
 
 
 # --- The file scanner ---------------------------------------------------------------------------
@@ -253,10 +282,10 @@ def fuzz_message(rng: random.Random, valid: list[list[bytes]]) -> list[bytes]:
         return [rng.randbytes(rng.randint(0, 48)) for _ in range(rng.randint(1, 5))]
     if roll < 0.30:
         body = rng.choice([DEEP, HUGE_INT, NAN])  # each used to kill or fool the collector
-        return [PROTOCOL, MsgType.WRITE.value, b"%d h" % len(body), body]
+        return encode_write([("h", body)])
     if roll < 0.31:
         body = rng.randbytes(rng.randint(1, 4) << 20)  # 1-4 MiB of noise in one record
-        return [PROTOCOL, MsgType.WRITE.value, b"%d big" % len(body), body]
+        return encode_write([("big", body)])
     frames = [bytearray(f) for f in rng.choice(valid)]
     for _ in range(rng.randint(1, 4)):
         frame = rng.choice(frames)
@@ -280,7 +309,7 @@ def test_collector_survives_thousands_of_random_and_mutated_frames(
     collector.wait_for("listening on")
     watched = psutil.Process(collector.pid)
     rng = random.Random(FUZZ_SEED)
-    valid = [encode(WriteMsg(tuple(record(f"v{i}-{j}") for j in range(3)))) for i in range(20)]
+    valid = [encode_write([record(f"v{i}-{j}") for j in range(3)]) for i in range(20)]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -292,7 +321,7 @@ def test_collector_survives_thousands_of_random_and_mutated_frames(
         for count in range(FUZZ_MESSAGES):
             message = fuzz_message(rng, valid)
             if count in OVERSIZED_AT:  # over MAXMSGSIZE: ZeroMQ drops us, and we reconnect
-                message = [PROTOCOL, MsgType.WRITE.value, b"1 h", bytes(MAX_MSG_BYTES + 1)]
+                message = [encode_write([("h", b"x")])[0], bytes(MAX_MSG_BYTES + 1)]
             try:
                 sock.send_multipart(message)
             except zmq.Again:

@@ -21,23 +21,19 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from cluster_runner_simulation.journal_format import (
-    FileJournalWriter,
-    canonical_body,
-    encode_line,
-    scan_journal,
-)
+from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
+from cluster_runner_simulation.journal_record import canonical_body, encode_line
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
-from cluster_runner_simulation.zmq_journal import (
-    AckMsg,
-    JournalCollector,
-    NackMsg,
-    ProtocolError,
-    WriteMsg,
-    ZmqJournalWriter,
-    decode,
-    encode,
+from cluster_runner_simulation.journal_collector import CollectorConfig, JournalCollector
+from cluster_runner_simulation.journal_protocol import (
+    Ack,
+    JournalProtocolError,
+    Nack,
+    decode_reply,
+    decode_write,
+    encode_write,
 )
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"
 LIMIT = 1 << 20  # the documented limit on one journal line
@@ -108,7 +104,7 @@ async def send_raw(endpoint: str, frames: list[bytes], timeout: float = REPLY_TI
     try:
         await sock.send_multipart(frames)
         try:
-            return decode(await asyncio.wait_for(sock.recv_multipart(), timeout))
+            return decode_reply(await asyncio.wait_for(sock.recv_multipart(), timeout))
         except TimeoutError:
             return None
     finally:
@@ -127,17 +123,17 @@ async def assert_still_serving(collector: Any, record_id: str = "good") -> None:
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 async def test_hostile_body_gets_a_nack_with_a_reason(collector: Any, case: str) -> None:
     body, reason = HOSTILE_BODIES[case]
-    reply = await send_raw(collector.endpoint, encode(WriteMsg((("h", body),))))
-    assert isinstance(reply, NackMsg), f"{case}: expected a NACK, got {reply!r}"
-    assert reply.record_id == "h" and re.search(reason, reply.reason), reply.reason
+    reply = await send_raw(collector.endpoint, encode_write([("h", body)]))
+    assert isinstance(reply, Nack), f"{case}: expected a NACK, got {reply!r}"
+    assert reply.id == "h" and re.search(reason, reply.reason), reply.reason
     await assert_still_serving(collector)
     assert scan_journal(collector.path).record_ids == ["good"]
 
 
 async def test_write_index_with_a_huge_length_is_a_protocol_error(collector: Any) -> None:
-    with pytest.raises(ProtocolError, match="length"):
-        decode([b"ZJ1", b"WRITE", b"9" * 5000 + b" id", b"{}"])
-    frames = [b"ZJ1", b"WRITE", b"9" * 5000 + b" id", b"{}"]
+    frames = [b'{"type":"WRITE","v":2,"ids":["id"],"sizes":[' + b"9" * 5000 + b"]}", b"{}"]
+    with pytest.raises(JournalProtocolError, match=r"sizes\[0\]"):
+        decode_write(frames)
     reply = await send_raw(collector.endpoint, frames, timeout=SILENCE_S)
     assert reply is None  # a message we cannot attribute to a record: counted, not answered
     await assert_still_serving(collector)
@@ -152,7 +148,12 @@ def test_bad_input_is_logged_rate_limited_without_tracebacks(collector: Any) -> 
     try:
         for i in range(300):
             sock.send_multipart([b"junk", str(i).encode()])
-            sock.send_multipart(encode(WriteMsg((("h", deep),))))
+            sock.send_multipart(encode_write([("h", deep)]))
+        # One peer's messages are handled in order: the 300th NACK means all 600 were seen.
+        nacks = 0
+        while nacks < 300 and sock.poll(REPLY_TIMEOUT_S * 1000):
+            nacks += isinstance(decode_reply(sock.recv_multipart()), Nack)
+        assert nacks == 300
         asyncio.run(assert_still_serving(collector))
     finally:
         sock.close()
@@ -164,20 +165,20 @@ def test_bad_input_is_logged_rate_limited_without_tracebacks(collector: Any) -> 
 
 
 def test_an_unexpected_error_in_one_message_is_counted_and_survived(
-    tmp_path: Path, free_port: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    collector = JournalCollector(tmp_path / "j.jsonl", endpoint)
-    real_take = collector._take
+    collector = JournalCollector(CollectorConfig(tmp_path / "j.jsonl", port=0))
+    endpoint = collector.endpoint
+    real_handle = collector._handle
     calls = {"n": 0}
 
-    def take_but_fail_once(*args: Any) -> None:
+    def handle_but_fail_once(*args: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("a bug nobody foresaw")
-        real_take(*args)
+        real_handle(*args)
 
-    monkeypatch.setattr(collector, "_take", take_but_fail_once)
+    monkeypatch.setattr(collector, "_handle", handle_but_fail_once)
     server = threading.Thread(target=collector.serve, daemon=True)
     server.start()
     try:
@@ -287,9 +288,18 @@ async def test_collector_answers_duplicates_of_rejected_records_with_nack_again(
 ) -> None:
     body, _ = HOSTILE_BODIES["nan"]
     for _ in range(2):  # a NACKed record is not remembered as stored
-        reply = await send_raw(collector.endpoint, encode(WriteMsg((("h", body),))))
-        assert isinstance(reply, NackMsg)
+        reply = await send_raw(collector.endpoint, encode_write([("h", body)]))
+        assert isinstance(reply, Nack)
     good = canonical_body(result("h").to_record())
-    reply = await send_raw(collector.endpoint, encode(WriteMsg((("h", good),))))
-    assert reply == AckMsg(("h",))
+    reply = await send_raw(collector.endpoint, encode_write([("h", good)]))
+    assert reply == Ack(ids=["h"])
     assert scan_journal(collector.path).record_ids == ["h"]
+
+
+async def test_thousands_of_rejected_records_do_not_stall_the_collector(collector: Any) -> None:
+    # More NACKed records than one group commit takes: they must not fill the next batch.
+    frames = encode_write([(f"bad-{i}", b"{}") for i in range(3000)])
+    for _ in range(2):
+        reply = await send_raw(collector.endpoint, frames)
+        assert isinstance(reply, Nack)
+    await assert_still_serving(collector)

@@ -20,10 +20,9 @@ import pytest
 from cluster_runner_simulation.journal_format import (
     FileJournalWriter,
     JournalCorruption,
-    canonical_body,
-    encode_line,
     scan_journal,
 )
+from cluster_runner_simulation.journal_record import canonical_body, encode_line
 from cluster_runner_simulation.protocols import PerfTestResult
 
 JOURNAL = "03-cluster-runner-simulation/zmq_journal.py"

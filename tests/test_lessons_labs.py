@@ -25,9 +25,13 @@ def listed(run) -> tuple[list[str], dict[str, str]]:
     return [e for e in experiments if e != "check"], exercises
 
 
+# Where the lab runner's exercises are declared: week 1 in labs.py, weeks 2-4 beside it.
+EXERCISE_SOURCES = [LABS] + [f"03-cluster-runner-simulation/labs/week{n}.py" for n in (2, 3, 4)]
+
+
 def solutions() -> dict[str, str]:
     """Exercise name -> its reference solution, as the lab runner names them."""
-    source = (REPO / LABS).read_text()
+    source = "\n".join((REPO / path).read_text() for path in EXERCISE_SOURCES)
     return dict(re.findall(r'"([\w-]+)": \(\s*check_\w+,\s*"[^"]*",\s*"([^"]+)",', source))
 
 
@@ -35,14 +39,17 @@ def test_list_names_every_experiment_and_exercise(run):
     experiments, exercises = listed(run)
     assert {"basics", "slow-joiner", "hwm", "retry", "broker", "throughput"} <= set(experiments)
     assert {"simple-pirate", "paranoid-pirate", "majordomo", "binary-star"} <= set(experiments)
-    assert set(exercises) == {"handshake", "lost-worker", "idempotent", "mmi"}
+    assert {"cluster", "watch"} <= set(experiments)
+    assert {"handshake", "lost-worker", "idempotent", "mmi"} <= set(exercises)
+    assert {"freeze", "detection", "restart"} <= set(exercises)
     assert set(solutions()) == set(exercises)
 
 
 def test_every_experiment_is_quoted_on_a_page(run):
     """test_docs_outputs.py runs each `output-of: ... labs.py NAME` command."""
     experiments, _ = listed(run)
-    pages = "\n".join(p.read_text() for p in (REPO / "docs").glob("*.md"))
+    found = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "examples").glob("*/*.md")]
+    pages = "\n".join(p.read_text() for p in found)
     quoted = set(re.findall(r"<!-- output-of: python 01-zmq-basics/labs\.py ([\w-]+)", pages))
     assert set(experiments) - {"throughput"} <= quoted, sorted(set(experiments) - quoted)
     results = (REPO / "docs" / "results" / "week1-labs.md").read_text()
@@ -65,6 +72,7 @@ def test_reference_solution_passes_its_check(run, exercise):
     [
         ("idempotent", "01-zmq-basics/req_rep.py", "never catches up"),
         ("lost-worker", "01-zmq-basics/router_dealer.py", "never answered"),
+        ("slow", "02-cluster-patterns/task_life.py", "does not accept `--delay-ms 300`"),
     ],
 )
 def test_the_unchanged_lesson_fails_its_check_in_plain_words(run, exercise, lesson, reason):
@@ -90,6 +98,31 @@ def test_a_ventilator_that_still_sleeps_fails_the_handshake_check(run, tmp_path)
     assert result.returncode == 1, result.stdout
     assert "PASS  it accepts `ventilator 30 --workers 3 --max-work-ms 5`" in result.stdout
     assert "FAIL  it did not wait for the third worker" in result.stdout
+
+
+def test_a_gate_that_always_passes_fails_the_gate_check(run, tmp_path):
+    """The near miss: an "at most" gate that always passes, right for the committed run."""
+    solution = (REPO / "docs" / "solutions" / "week4" / "gate.py").read_text()
+    near_miss = solution.replace("ok = value <= limit if", "ok = True or value <= limit if")
+    assert near_miss != solution
+    attempt = tmp_path / "my_gate.py"
+    attempt.write_text(near_miss)
+    result = run(LABS, "check", "gate", str(attempt), timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert "PASS  the committed full run: every line right, exit 0" in result.stdout
+    assert "FAIL  a run failing floor: want exit 1" in result.stdout
+
+
+def test_a_count_that_ignores_the_log_fails_the_restart_check(run, tmp_path):
+    """The near miss: it prints the line of a healthy log without reading twice-recorded ones."""
+    solution = (REPO / "docs" / "solutions" / "week2" / "outcomes.py").read_text()
+    near_miss = solution.replace("outcomes[task_id] += 1", "outcomes[task_id] = 1")
+    assert near_miss != solution
+    attempt = tmp_path / "my_outcomes.py"
+    attempt.write_text(near_miss)
+    result = run(LABS, "check", "restart", str(attempt), timeout=240)
+    assert result.returncode == 1, result.stdout
+    assert "FAIL  on a log with one outcome twice" in result.stdout
 
 
 def test_a_broken_attempt_gets_reasons_not_a_traceback(run, tmp_path):

@@ -20,10 +20,13 @@ from typing import Any
 
 import pytest
 
+from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS
+
 REPO = Path(__file__).resolve().parent.parent
 SIM = REPO / "docker" / "simulate-cluster.sh"
-# docs/cluster-simulation.md: a killed worker is reported dead within interval*(liveness+2)+1 s.
-DETECTION_BOUND_S = 0.5 * (3 + 2) + 1.0
+# ADR 2's one rule: the dead point (interval x liveness) plus one interval of slack, from the
+# fault to "dead" in the monitor: 2.0 s with the defaults the simulator starts the cluster with.
+DETECTION_BOUND_S = HEARTBEAT_INTERVAL_S * (LIVENESS + 1)
 IS_ROOT = os.geteuid() == 0
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

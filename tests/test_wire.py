@@ -77,6 +77,8 @@ def test_round_trip_keeps_enums_and_version() -> None:
         (b'{"type":"PAINT","colour":"red","items":[{"item_id":"\\ud800"}]}', "not a JSON"),
         (b'{"type":"PAINT","colour":"red","items":[{"item_id":"\xed\xa0\x80"}]}', "not a JSON"),
         (b'{"type":"PING","junk":' + b"[" * 2000 + b"]" * 2000 + b"}", "nested too deeply"),
+        (b'{"type":"PING","junk":"\xbc\xff"}', "not UTF-8 at byte 23"),  # a skipped field
+        (b'{"type":"PING","\xed\xa0\x80":1}', "not UTF-8 at byte 16"),
         (b"\xff\xfe", "not a JSON document"),
         (b"[1]", "Expected `object`"),
         (b"x" * 5000, "exceeds 4096"),

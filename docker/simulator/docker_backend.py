@@ -54,11 +54,13 @@ MPI_DIR: Final = "/tmp/zsim-mpi"
 NODE_SSH_PORT: Final = "2222"  # node-entrypoint.sh's sshd
 ZRSH_IN_IMAGE: Final = "/usr/local/bin/zrsh"
 HEALTH_POLL_S: Final = 0.5
+# --8<-- [start:tc-script]
 # `tc qdisc ACTION dev DEV root [ARGS]` on the container's interface with the default route.
 TC_SCRIPT: Final = (
     'dev=$(ip -o route show default | sed -n "s/.* dev \\([^ ]*\\).*/\\1/p" | head -n 1); '
     'action="$1"; shift; exec tc qdisc "$action" dev "${dev:-eth0}" root "$@"'
 )
+# --8<-- [end:tc-script]
 
 
 def docker(*args: str) -> str:

@@ -35,6 +35,7 @@ class Faults:
         self.backend.require_started()
         return self.backend.topology().check(self.command, node, workers_only)
 
+    # --8<-- [start:verdict]
     def _verdict(self, node: str, state: NodeState) -> None:
         if not self.wait or not node.startswith("worker"):
             return
@@ -46,8 +47,11 @@ class Faults:
             ) from None
         say(f"monitor reports {node} {state.value} after {elapsed:.2f} s")
 
+    # --8<-- [end:verdict]
+
     # --- kill, cut, freeze -------------------------------------------------------------------
 
+    # --8<-- [start:kill-and-cut]
     def fail(self, node: str) -> None:
         self.backend.kill(self._node(node))
         say(f"{node} killed (SIGKILL)")
@@ -66,6 +70,8 @@ class Faults:
         marker.touch()
         say(f"{node} partitioned from the cluster network")
         self._verdict(node, NodeState.DEAD)
+
+    # --8<-- [end:kill-and-cut]
 
     def heal(self, node: str) -> None:
         marker = self.backend.partition_marker(self._node(node, workers_only=True))
@@ -89,6 +95,7 @@ class Faults:
     def _shaped_node(self, node: str) -> str:
         return self._node(node, workers_only=self.backend.shapes_workers_only)
 
+    # --8<-- [start:slow]
     def slow(self, node: str, ms: int) -> None:
         done = self.backend.traffic_control(
             self._shaped_node(node), "replace", "netem", "delay", f"{ms}ms"
@@ -101,6 +108,8 @@ class Faults:
                 )
             raise SimError(f"slow: tc failed: {(done.stderr + done.stdout).strip()}")
         say(f"{node}: +{ms} ms delay on every packet (tc netem; undo: fast {node})")
+
+    # --8<-- [end:slow]
 
     def flaky(self, node: str, percent: int) -> None:
         done = self.backend.traffic_control(

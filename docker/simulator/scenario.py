@@ -27,6 +27,7 @@ from cluster_simulator.faults import VERDICT_TIMEOUT_S, Faults
 from cluster_simulator.output import SimError, say, say_err
 from cluster_simulator.roles import Workload
 
+# --8<-- [start:steps]
 # Tasks long enough that the workload is still running when the fault hits.
 FAULT_TASK_MS: Final = 300
 BASELINE_TASK_MS: Final = 5
@@ -34,6 +35,7 @@ WORKLOAD_TIMEOUT_S: Final = 240.0
 # A fault is injected once this many tasks of the step's workload are done.
 FAULT_AFTER_DONE: Final = 24
 FIGURE_WAIT_S: Final = 3.0
+# --8<-- [end:steps]
 POLL_S: Final = 0.05
 # Which /api/cluster figure the coordinator measured for a step.
 FIGURE_KEYS: Final = {
@@ -82,6 +84,7 @@ STEPS: Final = [
 ]
 
 
+# --8<-- [start:invariants]
 def check_invariants(summary: dict[str, Any], tasks: int) -> list[str]:
     """What is wrong with one step's client summary (nothing: [])."""
     if not summary:
@@ -100,6 +103,9 @@ def check_invariants(summary: dict[str, Any], tasks: int) -> list[str]:
     return problems
 
 
+# --8<-- [end:invariants]
+
+
 class Scenario:
     def __init__(self, backend: Backend, tasks: int, workdir: Path) -> None:
         self.backend = backend
@@ -114,6 +120,7 @@ class Scenario:
             Fault.HEAL: faults.heal,
         }
 
+    # --8<-- [start:run-step]
     def run_step(self, step: Step) -> StepResult:
         json_path = self.workdir / (step.name.replace(" ", "-") + ".json")
         before = self.api.total("done")
@@ -130,6 +137,8 @@ class Scenario:
         summary = client.summary()
         violations = check_invariants(summary, self.tasks)
         return StepResult(step, summary, exit_code, figure_s, monitor_s, violations)
+
+    # --8<-- [end:run-step]
 
     def _inject(self, step: Step) -> None:
         assert step.fault is not None

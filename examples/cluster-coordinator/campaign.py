@@ -48,7 +48,9 @@ from cluster_runner_simulation.descriptor import (
     DescriptorError,
     load_descriptor,
 )
+from cluster_runner_simulation.journal_collector import CollectorConfig, JournalCollector
 from cluster_runner_simulation.journal_format import JournalCorruption, scan_journal
+from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
 from cluster_runner_simulation.scheduling import (
@@ -57,11 +59,9 @@ from cluster_runner_simulation.scheduling import (
     build_schedule,
     run_perf_test_scheduled,
 )
-from cluster_runner_simulation.zmq_journal import JournalCollector, ZmqJournalWriter
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 
 EMBEDDED = "embedded"
-COLLECTOR_BIND = "tcp://127.0.0.1:0"  # the embedded collector: loopback, any free port
 COLLECTOR_START_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0  # how long each node's agent may take to answer at start-up
 LOCAL_LEAVES = ("leaf-a", "leaf-b")  # --local nodes alternate between two leaves
@@ -141,7 +141,9 @@ class EmbeddedCollector:
 
     def _run(self) -> None:
         try:
-            collector = JournalCollector(self.path, COLLECTOR_BIND)
+            collector = JournalCollector(
+                CollectorConfig(self.path, port=0)
+            )  # loopback, a free port
         except (JournalError, OSError) as error:  # corrupt or unusable journal, bad bind
             self.error = error
             self._ready.set()

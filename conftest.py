@@ -360,6 +360,24 @@ class ClusterSimulator:
             return False
 
 
+def docker_engine_problem() -> str | None:
+    """Why no Docker engine can be used here, or None when `docker info` answers."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
+    return None
+
+
+@pytest.fixture
+def docker_engine() -> None:
+    """Skips the test (saying why) when no Docker engine answers; CI forbids the skip."""
+    problem = docker_engine_problem()
+    if problem:
+        pytest.skip(f"needs a Docker engine: {problem}")
+
+
 @pytest.fixture
 def cluster_simulator() -> type[ClusterSimulator]:
     """The ``ClusterSimulator`` class, for tests that drive simulate-cluster.sh."""

@@ -29,10 +29,7 @@ Run it:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -40,14 +37,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import zmq
-import zmq.asyncio
-import zmq.auth
 import zmq.utils.z85
 
 from cluster_patterns.transport import RateLimitedLog, print_to
+
+if TYPE_CHECKING:  # the command-line clients (zrun, zcp, zrsh) start without these
+    import argparse
+
+    import zmq.asyncio
 
 CLIENT_NAME: Final = "client"
 AUTHORIZED_DIR: Final = "authorized_clients"
@@ -77,6 +77,8 @@ def fingerprint(public_z85: bytes) -> str:
         raw = zmq.utils.z85.decode(public_z85) if len(public_z85) == Z85_KEY_CHARS else public_z85
     except ValueError:
         raw = public_z85
+    import hashlib  # here: clients that only load keys start without OpenSSL's bindings
+
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -129,6 +131,8 @@ def authorize_client(directory: Path, public_key_file: Path) -> Path:
     allowed = directory / AUTHORIZED_DIR
     allowed.mkdir(parents=True, exist_ok=True)
     target = allowed / (public_key_file.stem + ".key")
+    import shutil  # here: it imports the compression modules, which clients never need
+
     shutil.copyfile(public_key_file, target)
     return target
 
@@ -149,6 +153,8 @@ def check_secret_permissions(path: Path) -> None:
 
 
 def _load_certificate(path: Path, what: str) -> tuple[bytes | None, bytes | None]:
+    import zmq.auth  # here, not at the top: it imports logging, which clients may not need
+
     try:
         return zmq.auth.load_certificate(str(path))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -338,6 +344,8 @@ def server_policy(keys: Path, who: str, log: Callable[[str], None] | None = None
 def build_parser(
     default_server: str = "coordinator", prog: str | None = None
 ) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Create and manage CURVE key files (ZeroMQ certificate format).",

@@ -8,8 +8,9 @@ agent's slots, and it reports everything through ``send``. The agent
 * The run's ``timeout`` counts from the moment the agent accepted the request,
   time spent waiting for one of the --concurrency slots included: a run still
   queued at its deadline ends with ``exit`` {timed_out, started: false}.
-* Commands run through /bin/sh as asyncio subprocesses, each in its own session
-  (process group); a timeout, a ``cancel`` or the agent's shutdown kills the group.
+* Commands run through /bin/sh, started by agent_spawn.py (posix_spawn, pipes read on the
+  event loop, a pidfd for the exit), each in its own session (process group); a timeout,
+  a ``cancel`` or the agent's shutdown kills the group.
 * Output goes out in chunks, at most MAX_OUTPUT_BYTES per command; the rest is
   drained and counted in ``exit.dropped_bytes``. When the client's credit window
   is full, the command's pipes are no longer read (the command blocks on its own
@@ -19,16 +20,14 @@ agent's slots, and it reports everything through ``send``. The agent
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_input import StdinPipe
+from cluster_runner_simulation.agent_spawn import AGENT_ENV, SpawnedShell, kill_group
 from cluster_runner_simulation.agent_protocol import (
     MAX_OUTPUT_BYTES,
     OUTPUT_CHUNK_BYTES,
@@ -44,7 +43,6 @@ from cluster_runner_simulation.agent_protocol import (
 
 ACCEPT_DELAY_S = 0.05  # a run still silent after this long gets an explicit "accepted"
 FLUSH_DELAY_S = 0.002  # how long output may wait to be batched into a bigger message
-PIPE_BYTES = 1024 * 1024  # pipe buffer for bulk output, so reads (and messages) are bigger
 SMALL_PIPE_BYTES = 64 * 1024  # Linux's default pipe size: a read this big means bulk output
 KILL_DRAIN_S = 2.0  # after killing a group, how long to wait for its pipes to close
 SPAWN_FAILED_STATUS = 127  # what a shell reports for a command it cannot start
@@ -70,11 +68,6 @@ class OutputBudget:
         return granted
 
 
-def kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def exit_fields(returncode: int | None) -> tuple[int | None, str | None]:
     """A subprocess return code as SSH reports it: a status, or the signal's name."""
     if returncode is None or returncode >= 0:
@@ -85,7 +78,7 @@ def exit_fields(returncode: int | None) -> tuple[int | None, str | None]:
         return None, str(-returncode)
 
 
-class OutputCollector(asyncio.SubprocessProtocol):
+class OutputCollector:
     """Buffers a child's stdout and stderr and ships them in chunks, within the credit window.
 
     Pipe reads return at most one pipe's worth (64 KiB by default), often much
@@ -112,16 +105,13 @@ class OutputCollector(asyncio.SubprocessProtocol):
         self.abandoned = False
         self.finished: asyncio.Future[None] = loop.create_future()
         self._flush_timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.SubprocessTransport | None = None
+        self.process: SpawnedShell | None = None
         self.enlarged: set[int] = set()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if len(data) >= SMALL_PIPE_BYTES and fd not in self.enlarged:
-            self._enlarge_pipe(fd)
+    def data_received(self, fd: int, data: bytes) -> None:
+        if len(data) >= SMALL_PIPE_BYTES and fd not in self.enlarged and self.process:
+            self.enlarged.add(fd)  # a full default pipe means bulk output: read more at once
+            self.process.enlarge_pipe(fd)
         granted = self.budget.take(len(data))
         if not granted:
             return  # beyond the cap: drained and dropped, so the command never blocks on it
@@ -132,20 +122,7 @@ class OutputCollector(asyncio.SubprocessProtocol):
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_all)
 
-    def _pipe(self, fd: int) -> asyncio.ReadTransport | None:
-        pipe = self.transport.get_pipe_transport(fd) if self.transport else None
-        return pipe if isinstance(pipe, asyncio.ReadTransport) else None
-
-    def _enlarge_pipe(self, fd: int) -> None:
-        """A full default pipe means bulk output: let each read take more (Linux only)."""
-        self.enlarged.add(fd)
-        pipe = self._pipe(fd)
-        handle = pipe.get_extra_info("pipe") if pipe is not None else None
-        if handle is not None:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+    def eof_received(self, fd: int) -> None:
         self.open_pipes -= 1
         self.flush(fd)
 
@@ -157,6 +134,10 @@ class OutputCollector(asyncio.SubprocessProtocol):
         idle = self.exited and self.open_pipes <= 0 and not any(self.buffers.values())
         if idle and not self.finished.done():
             self.finished.set_result(None)
+            if not self.abandoned and self.process is not None:
+                # The usual end: the exit goes out now, in this callback, not turns of the
+                # loop later when the supervising task wakes (it then only tidies up).
+                self.run.finish(self, self.process)
 
     def flush_all(self) -> None:
         """The batching timer fired (or the run is ending): send what is buffered."""
@@ -188,9 +169,8 @@ class OutputCollector(asyncio.SubprocessProtocol):
         if self.paused:
             return
         self.paused = True
-        for fd in self.STREAMS:
-            if (pipe := self._pipe(fd)) is not None:
-                pipe.pause_reading()
+        if self.process is not None:
+            self.process.pause_reading()
         self.run.window.wait(self)
 
     # --8<-- [end:flush]
@@ -200,9 +180,8 @@ class OutputCollector(asyncio.SubprocessProtocol):
         if not self.paused:
             return
         self.paused = False
-        for fd in self.STREAMS:
-            if (pipe := self._pipe(fd)) is not None:
-                pipe.resume_reading()
+        if self.process is not None:
+            self.process.resume_reading()
         self._flush_buffers()
 
     def abandon(self) -> None:
@@ -227,6 +206,8 @@ class CommandRun:
     slots: asyncio.Semaphore  # the agent's --concurrency
     accepted_at: float  # loop time at which the agent accepted the request
     warn: Callable[[str], None]  # a rate-limited warning log
+    stdin: StdinPipe | None = None  # fed by the client's ``data`` chunks (RunRequest.stdin)
+    exit_sent: bool = False
     timed_out: bool = False
     cancelled: bool = False
     accept_timer: asyncio.TimerHandle | None = None
@@ -293,56 +274,32 @@ class CommandRun:
 
     async def _spawn_and_stream(self) -> None:
         req = self.request
-        env = {**os.environ, **req.env} if req.env else None
+        env = {**AGENT_ENV, **req.env} if req.env else None
         budget = OutputBudget(MAX_OUTPUT_BYTES)
-        loop = asyncio.get_running_loop()
-        # --8<-- [start:spawn]
-        spawning = asyncio.ensure_future(
-            loop.subprocess_shell(
-                lambda: OutputCollector(self, budget),
-                req.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=req.cwd,
-                env=env,
-                start_new_session=True,  # its own process group, so a kill takes every child
-            )
-        )
-        # --8<-- [end:spawn]
+        collector = OutputCollector(self, budget)
         try:
-            try:
-                transport, collector = await asyncio.shield(spawning)
-            except asyncio.CancelledError:
-                # The fork may already have happened: finish spawning, then kill below.
-                self.cancelled = True
-                transport, collector = await spawning
+            # Synchronous (posix_spawn returns once the child exists): nothing to race.
+            process = SpawnedShell(
+                req.command, collector, env=env, cwd=req.cwd, stdin=self.stdin is not None
+            )
         except (OSError, ValueError) as exc:
+            if self.stdin is not None:
+                self.stdin.attach(None)
             message = f"agent could not start the command: {exc}\n".encode()
             self.send_now(Output(id=req.id, stream=Stream.STDERR), message)
-            self.send_now(
-                Exit(id=req.id, exit_status=SPAWN_FAILED_STATUS, cancelled=self.cancelled)
-            )
+            self.send_now(Exit(id=req.id, exit_status=SPAWN_FAILED_STATUS))
             return
-        await self._supervise(transport, collector)
-        status, signame = exit_fields(transport.get_returncode())
-        if budget.dropped:
-            self.warn(f"{req.id!r}: dropped {budget.dropped} output bytes")
-        self.send_now(
-            Exit(
-                id=req.id,
-                exit_status=status,
-                exit_signal=signame,
-                timed_out=self.timed_out,
-                cancelled=self.cancelled,
-                dropped_bytes=budget.dropped,
-            )
-        )
+        collector.process = process
+        if self.stdin is not None:
+            try:
+                self.stdin.attach(await asyncio.shield(process.connect_stdin(self.stdin)))
+            except asyncio.CancelledError:
+                self.cancelled = True  # killed below, like any cancelled run
+        await self._supervise(process, collector)
+        self.finish(collector, process)
 
     # --8<-- [start:supervise]
-    async def _supervise(
-        self, transport: asyncio.SubprocessTransport, collector: OutputCollector
-    ) -> None:
+    async def _supervise(self, process: SpawnedShell, collector: OutputCollector) -> None:
         """Wait for the command to finish, or kill its group at the deadline or on cancel."""
         if not self.cancelled:
             try:
@@ -352,15 +309,39 @@ class CommandRun:
                 self.timed_out = True
             except asyncio.CancelledError:
                 self.cancelled = True
+        if self.exit_sent:
+            self.timed_out = self.cancelled = False  # it ended first: nothing left to kill
         if self.timed_out or self.cancelled:
-            kill_group(transport.get_pid())
+            kill_group(process.pid)
             collector.abandon()
             # A child that left the group may still hold a pipe open: bound the wait.
             await asyncio.wait([collector.finished], timeout=KILL_DRAIN_S)
+
+    # --8<-- [end:supervise]
+
+    def finish(self, collector: OutputCollector, process: SpawnedShell) -> None:
+        """Send what is left and the ``exit``, once; tidy up the pipes."""
+        if self.exit_sent:
+            return
+        self.exit_sent = True
         collector.stop_timer()
         collector.abandoned = True
         collector.flush_all()  # whatever is left: sent if the window allows, else counted
         self.window.forget(collector)
-        transport.close()
-
-    # --8<-- [end:supervise]
+        process.close()
+        if self.stdin is not None:
+            self.stdin.lost()
+        status, signame = exit_fields(process.returncode)
+        dropped = collector.budget.dropped
+        if dropped:
+            self.warn(f"{self.request.id!r}: dropped {dropped} output bytes")
+        self.send_now(
+            Exit(
+                id=self.request.id,
+                exit_status=status,
+                exit_signal=signame,
+                timed_out=self.timed_out,
+                cancelled=self.cancelled,
+                dropped_bytes=dropped,
+            )
+        )

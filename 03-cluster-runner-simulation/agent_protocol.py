@@ -6,8 +6,9 @@ a client in another language can be built from it, is docs/agent-protocol.md.
 
 Every message is one ZeroMQ multipart message of one or two frames:
 
-    frame 0  header: a UTF-8 JSON object {"type": "<type>", "v": 2, "id": "<request id>", ...}
-    frame 1  body:   raw bytes, present only on ``output`` messages (a chunk of stdout/stderr)
+    frame 0  header: a UTF-8 JSON object {"type": "<type>", "v": 3, "id": "<request id>", ...}
+    frame 1  body:   raw bytes, present only on ``output`` and ``file_data`` (agent to client)
+                     and ``data`` (client to agent: a run's stdin, a ``put``'s file contents)
 
 Each message is a msgspec ``Struct`` (cluster_patterns.wire) whose field types carry their
 limits. ``REQUESTS`` decodes what a client may send, and is the allow-list: a type outside
@@ -19,7 +20,9 @@ nesting), and which carries the request's id when it could be read. ``error_repl
 it into the answer the agent sends.
 
 Version 2 added flow control: the client grants ``credit`` for the reply bytes it has read,
-and the agent sends at most CREDIT_WINDOW_BYTES beyond that.
+and the agent sends at most CREDIT_WINDOW_BYTES beyond that. Version 3 added input, flowing
+the other way under the same kind of window: a run's stdin and ``put``/``get`` file
+transfers (``data`` chunks that the agent grants with ``data_credit``).
 
 Try it:
     python -c "from cluster_runner_simulation.agent_protocol import *; \\
@@ -29,18 +32,20 @@ print(encode(PingRequest(id='p1')))"
 from __future__ import annotations
 
 import enum
-import json
 import re
-from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
+from typing import Union, get_args
 
 import msgspec
 from msgspec import Meta
 
 from cluster_patterns import defaults
 from cluster_patterns.wire import Count, Id, Integer, JsonCodec, Record, WireError
-from cluster_runner_simulation.protocols import GpuInfo, SystemConfiguration
 
-PROTOCOL_VERSION: Final = 2
+if TYPE_CHECKING:
+    from cluster_runner_simulation.protocols import SystemConfiguration
+
+PROTOCOL_VERSION: Final = 3
 DEFAULT_PORT: Final = defaults.AGENT_PORT
 
 MAX_HEADER_BYTES: Final = 256 * 1024  # a header holds a command line, env and cwd
@@ -62,6 +67,15 @@ MAX_REPLY_BYTES: Final = OUTPUT_CHUNK_BYTES + MAX_HEADER_BYTES
 CREDIT_WINDOW_BYTES: Final = 8 * 1024 * 1024
 CREDIT_BATCH_BYTES: Final = 1024 * 1024
 MAX_CREDIT_BYTES: Final = 2**53
+# Input (stdin, put): the agent grants each request this many bytes ahead with data_credit,
+# and more as it writes them out; a data chunk carries at most DATA_CHUNK_BYTES, half of
+# MAX_REQUEST_BYTES: libzmq applies MAXMSGSIZE to the frame as CURVE wraps it, a few dozen
+# bytes longer than the chunk, so a chunk of exactly the limit would drop the connection.
+DATA_CHUNK_BYTES: Final = 128 * 1024
+INPUT_WINDOW_BYTES: Final = 2 * 1024 * 1024
+MAX_PATH_CHARS: Final = 4096
+MAX_FILE_NAME_CHARS: Final = 255
+MAX_FILE_BYTES: Final = 2**53 - 1
 
 ENV_NAME_PATTERN: Final = r"\A[A-Za-z_][A-Za-z0-9_]*\Z"  # \Z: no trailing newline, unlike $
 ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
@@ -72,6 +86,12 @@ _NO_NUL: Final = r"\A[^\x00]*\Z"
 AnyId = Annotated[str, Meta(max_length=MAX_ID_CHARS)]  # "" where a message concerns no request
 Command = Annotated[str, Meta(min_length=1, max_length=MAX_COMMAND_CHARS, pattern=_NO_NUL)]
 Cwd = Annotated[str, Meta(min_length=1, max_length=MAX_CWD_CHARS, pattern=_NO_NUL)]
+FilePath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH_CHARS, pattern=_NO_NUL)]
+FileName = Annotated[
+    str, Meta(min_length=1, max_length=MAX_FILE_NAME_CHARS, pattern=r"\A[^\x00/]*\Z")
+]
+FileMode = Annotated[int, Meta(ge=0, le=0o7777)]
+Sha256 = Annotated[str, Meta(pattern=r"\A[0-9a-f]{64}\Z")]
 EnvName = Annotated[str, Meta(pattern=ENV_NAME_PATTERN)]
 EnvValue = Annotated[str, Meta(pattern=_NO_NUL)]
 Env = Annotated[dict[EnvName, EnvValue], Meta(max_length=MAX_ENV_ENTRIES)]
@@ -90,6 +110,9 @@ class ErrorCode(str, enum.Enum):
     DUPLICATE_ID = "duplicate_id"
     UNKNOWN_ID = "unknown_id"
     INTERNAL_ERROR = "internal_error"
+    PATH_REFUSED = "path_refused"  # outside --files-root, '..', a symlink out of it
+    FILE_ERROR = "file_error"  # the file system said no (missing, not a directory, disk full)
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # a put whose bytes differ from what was sent
 
 
 class Stream(str, enum.Enum):
@@ -121,18 +144,22 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True):
     Each subclass names its ``type`` once, as its tag; the unions below are the closed sets.
     """
 
-    HAS_BODY: ClassVar[bool] = False  # only ``output`` carries a body frame
-    v: Literal[2] = 2
+    HAS_BODY: ClassVar[bool] = False  # only ``output``, ``file_data`` and ``data`` carry a body
+    v: Literal[3] = 3
     id: Id
 
 
 class RunRequest(Message, tag="run", kw_only=True):
-    """Run ``command`` with /bin/sh; ``timeout`` counts from when the agent accepts it."""
+    """Run ``command`` with /bin/sh; ``timeout`` counts from when the agent accepts it.
+
+    ``stdin``: the command reads a pipe fed by this run's ``data`` messages (else /dev/null).
+    """
 
     command: Command
     timeout: Timeout | None = None
     env: Env = {}
     cwd: Cwd | None = None
+    stdin: bool = False
 
 
 class CancelRequest(Message, tag="cancel"):
@@ -145,6 +172,39 @@ class FactsRequest(Message, tag="facts"):
 
 class PingRequest(Message, tag="ping"):
     pass
+
+
+class DataChunk(Message, tag="data", kw_only=True):
+    """Input for request ``id`` (a run's stdin, a put's contents); the bytes are the body.
+
+    At most what the agent granted with ``data_credit``. ``eof`` ends the input: the stdin
+    pipe is closed, or the put is checked against ``sha256`` (of all its bytes) and committed.
+    """
+
+    HAS_BODY: ClassVar[bool] = True
+    eof: bool = False
+    sha256: Sha256 | None = None
+
+
+class PutRequest(Message, tag="put", kw_only=True):
+    """Write a file of ``size`` bytes below the agent's --files-root, from ``data`` chunks.
+
+    ``path`` is absolute (inside the root) or relative to the root. When ``name`` is given
+    and ``path`` is a directory, the file is ``path/name``, as ``scp FILE host:DIR`` does;
+    with ``directory`` it must be one.
+    """
+
+    path: FilePath
+    name: FileName | None = None
+    directory: bool = False  # ``path`` must be a directory (several files go into it)
+    mode: FileMode = 0o644
+    size: Annotated[int, Meta(ge=0, le=MAX_FILE_BYTES)]
+
+
+class GetRequest(Message, tag="get", kw_only=True):
+    """Send the file at ``path`` (below the agent's --files-root) as ``file_data`` chunks."""
+
+    path: FilePath
 
 
 class Credit(Message, tag="credit", kw_only=True):
@@ -176,6 +236,27 @@ class Exit(Message, tag="exit", kw_only=True):
     # cancel killed a command whose client had stopped reading.
     dropped_bytes: Count = 0
     started: bool = True  # false: the run ended (timeout, cancel) while queued for a slot
+
+
+class DataCredit(Message, tag="data_credit", kw_only=True):
+    """The client may send ``nbytes`` more input bytes for request ``id``."""
+
+    nbytes: CreditBytes = msgspec.field(name="bytes")
+
+
+class FileData(Message, tag="file_data"):
+    """A chunk of the file a ``get`` asked for; the bytes travel in the body frame."""
+
+    HAS_BODY: ClassVar[bool] = True
+
+
+class FileEnd(Message, tag="file_end", kw_only=True):
+    """The last message of a put (the file is durable under its name) or a get (all sent)."""
+
+    path: FilePath
+    size: Annotated[int, Meta(ge=0, le=MAX_FILE_BYTES)]
+    mode: FileMode
+    sha256: Sha256
 
 
 class GpuFacts(Record, kw_only=True):
@@ -217,8 +298,12 @@ class ErrorReply(Message, tag="error", kw_only=True):
     message: ErrorText = ""
 
 
-Request = Union[RunRequest, CancelRequest, FactsRequest, PingRequest, Credit]
-Reply = Union[Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply]
+Request = Union[
+    RunRequest, CancelRequest, FactsRequest, PingRequest, Credit, DataChunk, PutRequest, GetRequest
+]
+Reply = Union[
+    Accepted, Output, Exit, FactsReply, Pong, Heartbeat, ErrorReply, DataCredit, FileData, FileEnd
+]
 
 
 def _types(union: Any) -> frozenset[str]:
@@ -306,72 +391,17 @@ _MISSING: Final = re.compile(r"missing required field `([^`]*)`")
 
 
 def _unreadable(header: bytes) -> ProtocolError:
-    """Why msgspec could not parse ``header`` at all, naming the field where one is to blame.
+    """Why msgspec could not parse ``header`` at all, naming the field where one is to blame."""
+    from cluster_runner_simulation.agent_diagnose import diagnose  # the error path only
 
-    Only on this error path is the header parsed a second time, by the standard library,
-    which reads what strict JSON refuses (NaN, lone surrogates) and so can say where it is.
-    """
-    try:
-        text = header.decode("utf-8")
-    except UnicodeDecodeError:
-        return ProtocolError("header is not valid UTF-8")
-    try:
-        parsed = _LENIENT_JSON.decode(text)
-    except RecursionError:
-        return ProtocolError("header is nested too deeply")
-    except ValueError:
-        return ProtocolError("header is not JSON")
-    if not isinstance(parsed, dict):
-        return ProtocolError("header is not a JSON object")
-    raw_id = parsed.get("id")
-    request_id = ""
-    if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS and not _flaw(raw_id):
-        request_id = raw_id
-    for key, value in parsed.items():
-        if flaw := _flaw(key) or _flaw(value):
-            name = ascii(key)[1:-1] if _flaw(key) else key
-            return ProtocolError(f"field {name!r}: {flaw}", request_id)
-    return ProtocolError("header is not standard JSON", request_id)
-
-
-class _OutOfRange:
-    """What the lenient parser makes of an integer too long for any field (not converted:
-    that would cost time quadratic in its length)."""
-
-
-def _parse_int(text: str) -> int | _OutOfRange:
-    return int(text) if len(text) <= 20 else _OutOfRange()
-
-
-_LENIENT_JSON: Final = json.JSONDecoder(parse_int=_parse_int, parse_constant=float)
-
-
-def _flaw(value: object, depth: int = 0) -> str | None:
-    """What strict JSON refuses in ``value``, all the way down, or None."""
-    if isinstance(value, str):
-        if not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-            return "not valid Unicode (lone surrogate)"
-        return None
-    if isinstance(value, float):
-        return None if value - value == 0.0 else "not a finite number"  # NaN, infinities
-    if isinstance(value, _OutOfRange):
-        return "integer out of range"
-    if depth > 100:
-        return None  # msgspec would have said "nested too deeply"; not this field's fault
-    if isinstance(value, dict):
-        items: list[object] = [*value.keys(), *value.values()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    return next((flaw for item in items if (flaw := _flaw(item, depth + 1))), None)
+    reason, request_id = diagnose(header, MAX_ID_CHARS)
+    return ProtocolError(reason, request_id)
 
 
 def _shown_type(header: bytes) -> str:
-    try:
-        return ascii(json.loads(header).get("type", ""))[:42]
-    except (ValueError, RecursionError, AttributeError):
-        return "?"
+    from cluster_runner_simulation.agent_diagnose import shown_type
+
+    return shown_type(header)
 
 
 REQUESTS: Final = AgentCodec[Request](Request)  # what the agent decodes: the allow-list
@@ -417,6 +447,9 @@ def convert_facts(gathered: dict[str, Any]) -> NodeFacts:
 
 def system_config_from_facts(facts: NodeFacts, node_id: str | None = None) -> SystemConfiguration:
     """A node's facts as cluster_runner's value; ``node_id`` names it as the caller knows it."""
+    # Imported here: the command-line clients never need it, and start faster without it.
+    from cluster_runner_simulation.protocols import GpuInfo, SystemConfiguration
+
     return SystemConfiguration(
         node_id=facts.node_id if node_id is None else node_id,
         hostname=facts.hostname,

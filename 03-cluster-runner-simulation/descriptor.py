@@ -21,19 +21,25 @@ that names the bad field, e.g. ``nodes[2].zmq_port: must be an integer 1-65535``
     leaf = "leaf-a"
     rack = "rack-1"
 
+    [groups]                        # optional: names for zrun -w @NAME (node sets or lists)
+    canary = "gpu-[01-02]"
+
+Every node also belongs to the groups named after its leaf and its rack (``@leaf-a``).
+
 Check one:  python 03-cluster-runner-simulation/descriptor.py cluster.toml
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cluster_runner_simulation.nodeset import NodeSetError, expand
 
 NODE_FIELDS = {
     "id",
@@ -76,6 +82,22 @@ class ClusterDescriptor:
     name: str
     nodes: tuple[NodeSpec, ...]
     source: Path | None = None
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # expanded
+
+    def group(self, name: str) -> list[str]:
+        """The nodes of group ``name``: a [groups] entry, a leaf or a rack; ``all``: every node.
+
+        ``KeyError`` names the groups there are.
+        """
+        if name in self.groups:
+            return list(self.groups[name])
+        members = [n.id for n in self.nodes if name in (n.leaf, n.rack) or name == "all"]
+        if not members:
+            known = sorted(
+                {*self.groups, *(n.leaf for n in self.nodes), *(n.rack for n in self.nodes)}
+            )
+            raise KeyError(f"no group @{name}; groups: @all, @{', @'.join(known)}")
+        return members
 
     def node(self, node_id: str) -> NodeSpec:
         for node in self.nodes:
@@ -94,8 +116,11 @@ class ClusterDescriptor:
                 f"unknown node(s) {', '.join(unknown)}; valid nodes: {', '.join(self.node_ids())}"
             )
         wanted = set(node_ids)
+        groups = {
+            name: tuple(m for m in members if m in wanted) for name, members in self.groups.items()
+        }
         return ClusterDescriptor(
-            self.name, tuple(n for n in self.nodes if n.id in wanted), self.source
+            self.name, tuple(n for n in self.nodes if n.id in wanted), self.source, groups
         )
 
 
@@ -165,10 +190,10 @@ def _node(
 def parse_descriptor(
     data: Mapping[str, Any], *, base: Path, source: Path | None = None, check_files: bool = True
 ) -> ClusterDescriptor:
-    unknown = sorted(set(data) - {"cluster", "defaults", "nodes"})
+    unknown = sorted(set(data) - {"cluster", "defaults", "nodes", "groups"})
     if unknown:
         raise DescriptorError(
-            f"{unknown[0]}: unknown top-level table (use cluster, defaults, nodes)"
+            f"{unknown[0]}: unknown top-level table (use cluster, defaults, nodes, groups)"
         )
     cluster = data.get("cluster", {})
     if not isinstance(cluster, dict):
@@ -191,7 +216,34 @@ def parse_descriptor(
                 f"nodes[{index}].id: {node.id!r} is already used by nodes[{seen[node.id]}]"
             )
         seen[node.id] = index
-    return ClusterDescriptor(name, tuple(nodes), source)
+    groups = _groups(data.get("groups", {}), list(seen))
+    return ClusterDescriptor(name, tuple(nodes), source, groups)
+
+
+def _groups(raw: object, node_ids: list[str]) -> dict[str, tuple[str, ...]]:
+    """``[groups]``: each name is a node set (``"n[1-4]"``) or a list of them, of known nodes."""
+    if not isinstance(raw, dict):
+        raise DescriptorError('groups: must be a table of NAME = "node set" or [list]')
+    known = set(node_ids)
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, value in raw.items():
+        where = f"groups.{name}"
+        if not NODE_ID_PATTERN.match(name):
+            raise DescriptorError(f"{where}: a group name is 1-63 letters, digits, '.', '_', '-'")
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(item, str) for item in items):
+            raise DescriptorError(f"{where}: must be a node set string or a list of them")
+        members: dict[str, None] = {}
+        for item in items:
+            try:
+                members.update(dict.fromkeys(expand(item)))
+            except NodeSetError as exc:
+                raise DescriptorError(f"{where}: {exc}") from None
+        unknown = [m for m in members if m not in known]
+        if unknown:
+            raise DescriptorError(f"{where}: unknown node(s) {', '.join(unknown[:5])}")
+        groups[name] = tuple(members)
+    return groups
 
 
 def load_descriptor(path: Path | str, *, check_files: bool = True) -> ClusterDescriptor:
@@ -235,10 +287,18 @@ def render_descriptor(descriptor: ClusterDescriptor) -> str:
             if value is not None:
                 lines.append(f"{name} = {_toml_value(value)}")
         lines.append("")
+    if descriptor.groups:
+        lines.append("[groups]")
+        for name, members in descriptor.groups.items():
+            listed = ", ".join(_toml_value(member) for member in members)
+            lines.append(f"{name} = [{listed}]")
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse  # only the checker needs it; the command-line tools start without it
+
     parser = argparse.ArgumentParser(description="Validate a cluster descriptor (TOML)")
     parser.add_argument("path")
     parser.add_argument("--no-file-check", action="store_true", help="do not check key paths")

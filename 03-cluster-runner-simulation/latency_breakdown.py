@@ -5,7 +5,11 @@ then times, one after another, the steps that make up a `true` on each side:
 
     zmq ping             a CURVE round trip to the agent; nothing is spawned
     zmq true             ZmqNodeExecutor.run("true"): round trip + /bin/sh -c true on the agent
-    local spawn          create_subprocess_shell("true") in this process (the physical floor)
+    local spawn          create_subprocess_shell("true") in this process (asyncio, pipes)
+    posix_spawn          os.posix_spawn of /bin/sh -c true, then waitpid (no pipes): the floor
+    Popen                subprocess.run of /bin/sh -c true with pipes (synchronous)
+    agent spawn path     agent_spawn.SpawnedShell: what the agent does (posix_spawn + setsid,
+                         pipes on the event loop, a pidfd), without the network
     asyncssh raw true    conn.run("true") on a persistent asyncssh connection: a channel
                          open, an exec request, sshd forks the login shell
     asyncssh true        AsyncSSHExecutor.run("true"): the same plus the process-group
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +39,7 @@ import asyncssh
 
 from cluster_patterns.cli_args import positive_int
 from cluster_patterns.stats import percentile
+from cluster_runner_simulation.agent_spawn import SpawnedShell
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.protocols import ExecutorError
 
@@ -50,6 +56,51 @@ async def local_true() -> None:
         start_new_session=True,  # as the agent does
     )
     await proc.communicate()
+
+
+async def posix_spawn_true() -> None:
+    pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "true"], os.environ, setsid=True)
+    os.waitpid(pid, 0)
+
+
+async def popen_true() -> None:
+    subprocess.run(
+        ["/bin/sh", "-c", "true"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        check=True,
+    )
+
+
+class _Ended:
+    """The least a SpawnedShell needs told: pipes closed and exit seen."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.get_running_loop().create_future()
+        self.waiting = 3  # stdout, stderr, exit
+
+    def data_received(self, fd: int, data: bytes) -> None:
+        pass
+
+    def eof_received(self, fd: int) -> None:
+        self._one()
+
+    def process_exited(self) -> None:
+        self._one()
+
+    def _one(self) -> None:
+        self.waiting -= 1
+        if not self.waiting:
+            self.done.set_result(None)
+
+
+async def agent_spawn_true() -> None:
+    ended = _Ended()
+    shell = SpawnedShell("true", ended)
+    await ended.done
+    shell.close()
 
 
 async def sample(call: Callable[[], Awaitable[object]], count: int) -> tuple[float, float]:
@@ -80,7 +131,10 @@ async def breakdown(samples: int, source_rc: bool) -> list[tuple[str, float, flo
             steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                 ("zmq ping (no spawn)", zmq.ping),
                 ("zmq true", lambda: zmq.run("true")),
-                ("local spawn true", local_true),
+                ("local spawn true (asyncio subprocess, pipes)", local_true),
+                ("posix_spawn true (no pipes)", posix_spawn_true),
+                ("Popen true (pipes)", popen_true),
+                ("agent spawn path true (no network)", agent_spawn_true),
                 ("asyncssh raw true", lambda: conn.run("true")),
                 ("asyncssh true (executor)", lambda: ssh.run("true")),
             ]

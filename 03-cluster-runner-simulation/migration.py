@@ -11,11 +11,13 @@ FallbackExecutor(primary=zmq, fallback=ssh)
     with ``NodeUnreachable``, the error goes to the caller (``refused_fallbacks``
     counts it), because the command may have started and must not run twice.
 
-ShadowExecutor(primary, secondary)
-    Runs every command on the primary and returns exactly what the primary gave
-    (result or exception). A copy runs on the secondary at the same time; exit
-    status and stdout are compared in the background and differences are kept in
-    ``discrepancies``. Only shadow commands that are safe to run twice.
+ShadowExecutor(primary, secondary)  (shadow.py)
+    Returns exactly what the primary gave (result or exception). Read-only probes are
+    copied to the secondary at the same time and their stdout compared; any other command
+    (a GPU test) is copied after the primary finished, never beside it, and its parsed
+    metrics are compared within a tolerance. Differences are kept in ``discrepancies``.
+    A ``stream()`` is not shadowed: it runs on the primary only (a streamed command is long
+    or reads stdin, and neither is safe to run twice).
 
 ``build_fallback_context(descriptor, filter_fn, journal)`` gives the
 ``zmq+ssh-fallback`` transport of run_schedules.py, and ``build_shadow_context`` its --shadow:
@@ -26,15 +28,21 @@ ShadowExecutor(primary, secondary)
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
+from cluster_runner_simulation.shadow import (
+    Discrepancy,
+    ShadowExecutor,
+    ShadowMode,
+    ShadowPolicy,
+    ShadowStats,
+    close_stream,
+)
 from cluster_runner_simulation.ssh_context import ssh_executor_for
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 from cluster_runner_simulation.protocols import (
@@ -43,11 +51,26 @@ from cluster_runner_simulation.protocols import (
     CommandResult,
     NodeExecutorProtocol,
     NodeUnreachable,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 
 DOWN_RECHECK_S = 5.0  # after a failed ping, skip pinging the primary for this long
-MAX_DISCREPANCIES = 1000  # kept in memory; further ones are only counted
+
+__all__ = [
+    "Discrepancy",
+    "close_stream",
+    "FallbackExecutor",
+    "ShadowExecutor",
+    "ShadowMode",
+    "ShadowPolicy",
+    "ShadowStats",
+    "build_fallback_context",
+    "build_shadow_context",
+    "fallback_counts",
+    "shadow_stats",
+]
 
 log = logging.getLogger("migration")
 
@@ -119,6 +142,33 @@ class FallbackExecutor:
         log.info("%s: fallback #%d runs %r", self.node_id, self.fallbacks, command[:80])
         return await self.fallback.run(command, timeout=timeout, env=env, cwd=cwd)
 
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Like ``run``: the primary if its ping answered (and then only the primary)."""
+        chosen = self.primary
+        if not await self._primary_reachable():
+            self.fallbacks += 1
+            log.info("%s: fallback #%d streams %r", self.node_id, self.fallbacks, command[:80])
+            chosen = self.fallback
+        events = chosen.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        try:
+            async for event in events:
+                yield event
+        except NodeUnreachable:
+            if chosen is self.primary:
+                self.refused_fallbacks += 1
+                self._down_until = self._clock() + self.down_recheck_s
+            raise
+        finally:
+            await close_stream(events)
+
     async def system_facts(self) -> SystemConfiguration:
         """Facts are read-only, so asking the fallback after any primary failure is safe."""
         try:
@@ -130,115 +180,6 @@ class FallbackExecutor:
 
     async def close(self) -> None:
         await asyncio.gather(self.primary.close(), self.fallback.close())
-
-
-# --- Shadow -----------------------------------------------------------------------------------
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Discrepancy:
-    node_id: str
-    command: str
-    primary_exit: int | None
-    secondary_exit: int | None
-    primary_stdout_sha: str
-    secondary_stdout_sha: str
-    detail: str
-
-
-@dataclass
-class ShadowStats:
-    compared: int = 0
-    mismatched: int = 0
-    secondary_errors: int = 0
-    discrepancies: list[Discrepancy] = field(default_factory=list)
-
-
-class ShadowExecutor:
-    """A/B: the caller gets the primary's outcome; the secondary's is only compared."""
-
-    def __init__(self, primary: NodeExecutorProtocol, secondary: NodeExecutorProtocol) -> None:
-        self.primary = primary
-        self.secondary = secondary
-        self.stats = ShadowStats()
-        self._comparisons: set[asyncio.Task[None]] = set()
-
-    @property
-    def node_id(self) -> str:
-        return self.primary.node_id
-
-    @property
-    def discrepancies(self) -> list[Discrepancy]:
-        return self.stats.discrepancies
-
-    async def run(
-        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
-    ) -> CommandResult:
-        shadow = asyncio.create_task(
-            self.secondary.run(command, timeout=timeout, env=env, cwd=cwd), name="shadow"
-        )
-        try:
-            result = await self.primary.run(command, timeout=timeout, env=env, cwd=cwd)
-        except BaseException:
-            shadow.cancel()  # nothing to compare against
-            raise
-        compare = asyncio.create_task(self._compare(command, result, shadow))
-        self._comparisons.add(compare)
-        compare.add_done_callback(self._comparisons.discard)
-        return result
-
-    async def _compare(
-        self, command: str, primary: CommandResult, shadow: asyncio.Task[CommandResult]
-    ) -> None:
-        try:
-            secondary = await shadow
-        except Exception as exc:  # the secondary's failure is a finding, not the caller's error
-            self.stats.secondary_errors += 1
-            self._record(command, primary, None, f"secondary failed: {type(exc).__name__}: {exc}")
-            return
-        self.stats.compared += 1
-        problems = []
-        if primary.exit_status != secondary.exit_status:
-            problems.append(f"exit {primary.exit_status} != {secondary.exit_status}")
-        if primary.stdout != secondary.stdout:
-            problems.append(f"stdout differs ({len(primary.stdout)} vs {len(secondary.stdout)} B)")
-        if problems:
-            self.stats.mismatched += 1
-            self._record(command, primary, secondary, "; ".join(problems))
-
-    def _record(
-        self, command: str, primary: CommandResult, secondary: CommandResult | None, detail: str
-    ) -> None:
-        log.warning("%s: shadow discrepancy for %r: %s", self.node_id, command[:80], detail)
-        if len(self.stats.discrepancies) >= MAX_DISCREPANCIES:
-            return
-        self.stats.discrepancies.append(
-            Discrepancy(
-                node_id=self.node_id,
-                command=command,
-                primary_exit=primary.exit_status,
-                secondary_exit=None if secondary is None else secondary.exit_status,
-                primary_stdout_sha=_digest(primary.stdout),
-                secondary_stdout_sha="" if secondary is None else _digest(secondary.stdout),
-                detail=detail,
-            )
-        )
-
-    async def drain(self) -> None:
-        """Wait until every pending comparison is recorded."""
-        while self._comparisons:
-            await asyncio.gather(*list(self._comparisons), return_exceptions=True)
-
-    async def system_facts(self) -> SystemConfiguration:
-        return await self.primary.system_facts()
-
-    async def close(self) -> None:
-        await self.drain()
-        await asyncio.gather(self.primary.close(), self.secondary.close())
 
 
 # --- The zmq+ssh-fallback context -------------------------------------------------------------
@@ -265,14 +206,15 @@ async def build_shadow_context(
     journal: AsyncJournalWriterProtocol,
     *,
     primary: str = "zmq",
+    policy: ShadowPolicy | None = None,
 ) -> ExecutorContext:
     """Every node gets ``ShadowExecutor``: ``primary`` answers, the other transport mirrors."""
 
     def make(node: NodeSpec) -> ShadowExecutor:
         zmq_side, ssh_side = zmq_executor_for(node), ssh_executor_for(node)
         if primary == "zmq":
-            return ShadowExecutor(zmq_side, ssh_side)
-        return ShadowExecutor(ssh_side, zmq_side)
+            return ShadowExecutor(zmq_side, ssh_side, policy)
+        return ShadowExecutor(ssh_side, zmq_side, policy)
 
     return await build_context(f"{primary}+shadow", descriptor, filter_fn, journal, make)
 
@@ -287,6 +229,8 @@ async def shadow_stats(context: ExecutorContext) -> ShadowStats:
             total.compared += executor.stats.compared
             total.mismatched += executor.stats.mismatched
             total.secondary_errors += executor.stats.secondary_errors
+            total.serial_copies += executor.stats.serial_copies
+            total.not_shadowed += executor.stats.not_shadowed
             total.discrepancies += executor.stats.discrepancies
     return total
 

@@ -19,17 +19,23 @@ What is known of cluster_runner:
     ``build_ssh_context(descriptor, filter_fn, journal)``.
 
 ``CommandResult`` mirrors asyncssh's ``SSHCompletedProcess`` (``exit_status``,
-``stdout``, ``stderr``), so code written against asyncssh keeps working.
+``stdout``, ``stderr``), so code written against asyncssh keeps working. ``stream()`` is the
+live form of ``run()``: ``OutputChunk`` events as the output arrives, then one
+``CommandExit``, with optional stdin; asyncssh's ``create_process`` is its SSH counterpart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 # Extra environment variables for one command (added to the node's own), or None.
 Env: TypeAlias = Mapping[str, str] | None
+# A streamed command's stdin: all of it at once, chunks as they come (EOF after the last),
+# or None for /dev/null.
+Stdin: TypeAlias = bytes | AsyncIterable[bytes] | None
 
 # --- Values -----------------------------------------------------------------------------------
 
@@ -65,6 +71,34 @@ class CommandResult:
     @property
     def stderr_text(self) -> str:
         return self.stderr.decode("utf-8", errors="replace")
+
+
+class OutputStream(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Some output of a streamed command, in the order the node sent it (per stream)."""
+
+    stream: OutputStream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CommandExit:
+    """The last event of a streamed command: how it ended (as in ``CommandResult``)."""
+
+    exit_status: int | None
+    exit_signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+StreamEvent: TypeAlias = OutputChunk | CommandExit
 
 
 @dataclass(frozen=True)
@@ -183,6 +217,27 @@ class NodeExecutorProtocol(Protocol):
         Raises ``NodeUnreachable`` if the node is out of reach, ``CommandTimeout`` if
         it ran longer than ``timeout`` (the remote process group is killed).
         Cancelling the awaiting task kills the remote process group too.
+        """
+        ...
+
+    def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Run ``command`` and yield its output as it arrives, then one ``CommandExit``.
+
+        ``stdin`` is fed to the command (bytes, or an async iterable of chunks), then EOF;
+        without it the command reads /dev/null. Raises like ``run()``, from the iteration:
+        ``NodeUnreachable``, ``CommandTimeout`` (after the chunks that came in time), and
+        whatever the stdin iterable raised (the command is then killed). Leaving early
+        (``break``, an exception, ``aclose()``, a cancelled task) kills the remote process
+        group; ``contextlib.aclosing`` makes that happen at once rather than when the
+        iterator is collected.
         """
         ...
 

@@ -16,8 +16,15 @@ journal in-process with fsync per record, as cluster_runner does today.
         --transport zmq+ssh-fallback --journal J.jsonl --schedule pairs --nodes a,b,c,d
     python 03-cluster-runner-simulation/run_schedules.py --local 4 --transport zmq --shadow
 
---shadow (A/B, integration phase 3) answers from --transport and mirrors every command to
-the other transport, then reports any difference in exit status or stdout.
+--mpi: the pairs schedule runs the real MPI all-reduce instead of the simulated test (zmq
+only): mpirun on each pair's first node through its agent, the other node's daemon through
+zrsh and its agent (mpi_job.py), one journal record per result line. With --local, no sshd is
+started at all, so SSH cannot be what runs it.
+
+--shadow (A/B, integration phase 3) answers from --transport and mirrors commands to the other
+transport (shadow.py): a test runs its copy after the primary, never beside it, and the two
+must agree on exit status and on the parsed busbw within the tolerance; read-only probes are
+copied at once and must print the same.
 
 Exit codes: 0 every test passed; 1 some tests failed; 2 bad arguments, descriptor or journal
 path (a directory, read-only, full);
@@ -29,12 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cluster_runner_simulation.agent_keys import KeyFileError
@@ -44,6 +52,7 @@ from cluster_runner_simulation.descriptor import (
     DescriptorError,
     NodeSpec,
     load_descriptor,
+    render_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter, JournalFileError
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
@@ -51,10 +60,12 @@ from cluster_runner_simulation.testing import (
     LocalAgents,
     LocalSshd,
     free_port,
+    local_nodes,
     sshd_unavailable_reason,
     write_local_descriptor,
 )
 from cluster_runner_simulation.migration import (
+    ShadowPolicy,
     build_fallback_context,
     build_shadow_context,
     fallback_counts,
@@ -65,7 +76,10 @@ from cluster_runner_simulation.protocols import (
     JournalError,
     PerfTestResult,
 )
-from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, build_schedule
+from cluster_runner_simulation.mpi_bench import MpiBuildError, bench_binary
+from cluster_runner_simulation.mpi_job import MpiJobSpec, descriptor_job, run_mpi_scheduled
+from cluster_runner_simulation.scheduling import SCHEDULE_NAMES, Group, build_schedule
+from cluster_runner_simulation.shadow import DEFAULT_REL_TOLERANCE
 from cluster_runner_simulation.scheduling import run_perf_test_scheduled
 from cluster_runner_simulation.ssh_context import build_ssh_context
 from cluster_runner_simulation.zmq_operational_context import build_zmq_context
@@ -73,6 +87,7 @@ from cluster_runner_simulation.zmq_operational_context import build_zmq_context
 TRANSPORTS = ("zmq", "ssh", "zmq+ssh-fallback")
 COLLECTOR_SCRIPT = Path(__file__).resolve().parent / "zmq_journal.py"
 COLLECTOR_START_S = 15.0
+MPI_SCHEDULE = "pairs"  # the leaf-to-leaf pairs run the real MPI job with --mpi
 
 
 # --- Setting things up ------------------------------------------------------------------------
@@ -86,6 +101,16 @@ def local_cluster(count: int, workdir: Path) -> Iterator[Path]:
         raise SystemExit(f"run_schedules: error: --local needs sshd: {reason}")
     with LocalSshd() as sshd, LocalAgents(count) as agents:
         path = write_local_descriptor(sshd, agents, workdir / "local-cluster.toml")
+        yield path
+
+
+@contextlib.contextmanager
+def local_agents_only(count: int, workdir: Path) -> Iterator[Path]:
+    """``count`` agents on loopback and no sshd (--mpi), in a descriptor file."""
+    with LocalAgents(count, private_tmp=True) as agents:
+        path = workdir / "local-cluster.toml"
+        nodes = local_nodes(count, None, agents)
+        path.write_text(render_descriptor(ClusterDescriptor("local", nodes)))
         yield path
 
 
@@ -137,7 +162,12 @@ async def open_context(
         return wanted is None or node.id in wanted
 
     if args.shadow:
-        return await build_shadow_context(descriptor, filter_fn, journal, primary=args.transport)
+        policy = ShadowPolicy(
+            sample_every=args.shadow_every, rel_tolerance=args.shadow_tolerance / 100
+        )
+        return await build_shadow_context(
+            descriptor, filter_fn, journal, primary=args.transport, policy=policy
+        )
     # The switch, as cluster_runner will have it.
     if args.transport == "zmq":
         return await build_zmq_context(descriptor, filter_fn, journal)
@@ -156,17 +186,24 @@ async def run_all(
         for name in names:
             groups = build_schedule(name, opcon.leaves)
             started = time.monotonic()
-            done = await run_perf_test_scheduled(opcon, name, groups)
-            failed = [r for r in done if r.exit_status != 0]
+            mpi = args.mpi and name == MPI_SCHEDULE
+            if mpi:
+                job = mpi_job_for(args, descriptor)
+                by_group = await run_mpi_scheduled(opcon, name, groups, job)
+            else:
+                by_group = [[r] for r in await run_perf_test_scheduled(opcon, name, groups)]
+            failed = [g[0] for g in by_group if any(r.exit_status != 0 for r in g)]
+            lines = sum(len(g) for g in by_group)
             print(
-                f"schedule {name:<7} {len(done):>3} groups, {len(done) - len(failed)} ok, "
+                f"schedule {name:<7} {len(by_group):>3} groups, {len(by_group) - len(failed)} ok, "
                 f"{len(failed)} failed, {time.monotonic() - started:.2f}s"
+                + (f" (MPI all-reduce over zrsh, {lines} result lines)" if mpi else "")
             )
             for result in failed:
                 print(
                     f"  FAILED {'+'.join(result.nodes)}: {result.extra.get('errors', result.extra)}"
                 )
-            results += done
+            results += [r for g in by_group for r in g]
         if args.transport == "zmq+ssh-fallback":
             counts = {n: c for n, c in fallback_counts(opcon).items() if c}
             print(f"ssh fallbacks: {counts or 'none'}")
@@ -174,13 +211,32 @@ async def run_all(
             stats = await shadow_stats(opcon)
             print(
                 f"shadow: {stats.compared} commands compared, {stats.mismatched} mismatched, "
-                f"{stats.secondary_errors} failed on the shadow side"
+                f"{stats.secondary_errors} failed on the shadow side; {stats.serial_copies} "
+                f"test copies ran after their primary, {stats.not_shadowed} not shadowed"
             )
             for found in stats.discrepancies[:10]:
                 print(f"  DISCREPANCY {found.node_id}: {found.detail}")
     finally:
         await opcon.close()
     return results
+
+
+def mpi_job_for(
+    args: argparse.Namespace, descriptor: ClusterDescriptor
+) -> Callable[[Group], MpiJobSpec]:
+    """Each pair's MPI job; the program is built (or found) once, here."""
+    bench = args.mpi_bench or str(bench_binary())
+
+    def spec(group: Group) -> MpiJobSpec:
+        return descriptor_job(
+            descriptor,
+            group,
+            bench=bench,
+            allow_run_as_root=os.geteuid() == 0,
+            shared_machine=args.local is not None,  # the local nodes are this machine's
+        )
+
+    return spec
 
 
 async def run_with_journal(args: argparse.Namespace, descriptor: ClusterDescriptor) -> int:
@@ -208,7 +264,10 @@ def main_with(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="run-schedules-") as tmp:
         with contextlib.ExitStack() as stack:
             path = args.descriptor
-            if args.local:
+            if args.local and args.mpi:
+                path = stack.enter_context(local_agents_only(args.local, Path(tmp)))
+                print(f"local cluster: {args.local} agents, no sshd (--mpi); descriptor {path}")
+            elif args.local:
                 path = stack.enter_context(local_cluster(args.local, Path(tmp)))
                 print(f"local cluster: {args.local} agents and an sshd; descriptor {path}")
             try:
@@ -229,7 +288,7 @@ def main_with(args: argparse.Namespace) -> int:
             except (JournalError, ExceptionGroup) as exc:
                 print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
                 return 4
-            except KeyFileError as exc:
+            except (KeyFileError, MpiBuildError) as exc:
                 print(f"run_schedules: error: {exc}", file=sys.stderr)
                 return 2
 
@@ -256,13 +315,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--nodes", help="comma-separated node ids; None: all")
     parser.add_argument(
-        "--shadow", action="store_true", help="mirror every command to the other transport (A/B)"
+        "--shadow",
+        action="store_true",
+        help="mirror commands to the other transport (A/B): tests after their primary",
+    )
+    parser.add_argument(
+        "--shadow-tolerance",
+        type=float,
+        default=DEFAULT_REL_TOLERANCE * 100,
+        metavar="PCT",
+        help="--shadow: busbw from 1 MiB may differ by this many per cent (mpi_repeat.py "
+        "derives it from repeated runs)",
+    )
+    parser.add_argument(
+        "--shadow-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--shadow: copy one test in N (each copy runs after its primary: twice the time)",
+    )
+    parser.add_argument(
+        "--mpi",
+        action="store_true",
+        help=f"the {MPI_SCHEDULE} schedule runs the real MPI all-reduce through zrsh (zmq only)",
+    )
+    parser.add_argument(
+        "--mpi-bench",
+        help="allreduce_bench's path on the nodes; None: $ALLREDUCE_BENCH, else built here",
     )
     args = parser.parse_args(argv)
     if args.local is not None and not 1 <= args.local <= 64:
         parser.error("--local must be 1-64")
+    if args.mpi and (args.transport != "zmq" or args.shadow):
+        parser.error("--mpi runs over the agents: --transport zmq, without --shadow")
+    if args.mpi and args.schedule not in (MPI_SCHEDULE, "every"):
+        parser.error(f"--mpi runs in the {MPI_SCHEDULE} schedule: --schedule {MPI_SCHEDULE}")
     if args.shadow and args.transport == "zmq+ssh-fallback":
         parser.error("--shadow needs --transport zmq or ssh (the primary)")
+    if not 0 <= args.shadow_tolerance < 100 or args.shadow_every < 1:
+        parser.error("--shadow-tolerance must be 0-99 (per cent) and --shadow-every at least 1")
     args.nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
     return args
 

@@ -14,7 +14,9 @@ death into exit status 137, so it is not used.) On a timeout or a
 cancellation a second channel runs ``kill -KILL -- -PGID``: the whole group
 dies and nothing is left orphaned. ``system_facts`` ships node_facts.py to the
 node and runs it with the node's python3: the same code the ZeroMQ agent answers
-``facts`` with, so both transports report the same facts.
+``facts`` with, so both transports report the same facts. ``stream`` reads the channel's
+stdout and stderr as they come and writes stdin to it (asyncssh's flow control: the
+channel window), with the same wrapper and the same kill.
 
 Try it:
     python 03-cluster-runner-simulation/ssh_executor.py HOST [PORT] [USER]   # --help
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncssh
@@ -42,11 +44,16 @@ from cluster_runner_simulation.agent_protocol import (
 )
 from cluster_runner_simulation.protocols import (
     Env,
+    CommandExit,
     CommandResult,
     CommandTimeout,
     ExecutorError,
     NodeExecutorProtocol,
     NodeUnreachable,
+    OutputChunk,
+    OutputStream,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 
@@ -54,6 +61,7 @@ CONNECT_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 FACTS_TIMEOUT_S = 30.0
 SSH_PORT = 22
+READ_BYTES = 256 * 1024  # one streamed read of a channel's stdout or stderr
 
 
 def wrap_command(command: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
@@ -133,12 +141,15 @@ class AsyncSSHExecutor:
         except (OSError, asyncssh.Error) as exc:
             raise NodeUnreachable(self._node_id, f"{where}: {exc}") from None
 
-    async def _open_process(self, line: str) -> asyncssh.SSHClientProcess[bytes]:
+    async def _open_process(
+        self, line: str, stdin: bool = False
+    ) -> asyncssh.SSHClientProcess[bytes]:
         """A new channel; one reconnect if the persistent connection has died."""
+        source = asyncssh.PIPE if stdin else asyncssh.DEVNULL
         for attempt in (1, 2):
             conn = await self._connection()
             try:
-                return await conn.create_process(line, encoding=None, stdin=asyncssh.DEVNULL)
+                return await conn.create_process(line, encoding=None, stdin=source)
             except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError) as exc:
                 self._conn = None
                 if attempt == 2:
@@ -147,10 +158,12 @@ class AsyncSSHExecutor:
                 raise NodeUnreachable(self._node_id, f"sshd refused a channel: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def _open_uncancellable(self, line: str) -> asyncssh.SSHClientProcess[bytes]:
+    async def _open_uncancellable(
+        self, line: str, stdin: bool = False
+    ) -> asyncssh.SSHClientProcess[bytes]:
         """Open the channel even if cancelled meanwhile: once the exec request is out the
         command may be running, and only a finished open tells us its process group."""
-        opening = asyncio.ensure_future(self._open_process(line))
+        opening = asyncio.ensure_future(self._open_process(line, stdin))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -196,6 +209,63 @@ class AsyncSSHExecutor:
             exit_signal=_signal_name(done.exit_signal),
         )
 
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        proc = await self._open_uncancellable(wrap_command(command, env, cwd), stdin is not None)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        events: asyncio.Queue[OutputChunk | BaseException | None] = asyncio.Queue()
+        helpers: list[asyncio.Task[None]] = []
+        pgid: int | None = None
+        finished = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                first = await proc.stderr.readline()
+            pgid = int(first) if first.strip().isdigit() else None
+            helpers = [
+                asyncio.create_task(_pump(proc.stdout, OutputStream.STDOUT, events)),
+                asyncio.create_task(_pump(proc.stderr, OutputStream.STDERR, events)),
+            ]
+            if stdin is not None:
+                helpers.append(asyncio.create_task(_feed(proc, stdin, events)))
+            open_streams = 2
+            while open_streams:
+                async with asyncio.timeout_at(deadline):
+                    item = await events.get()
+                if item is None:
+                    open_streams -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+            async with asyncio.timeout_at(deadline):
+                done = await proc.wait()
+            finished = True
+            status = done.exit_status if done.exit_status != -1 else None
+            yield CommandExit(status, _signal_name(done.exit_signal))
+        except TimeoutError:
+            raise CommandTimeout(
+                self._node_id, f"{command!r} ran longer than {timeout}s; process group killed"
+            ) from None
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+            self._conn = None
+            raise NodeUnreachable(
+                self._node_id, f"connection lost while {command!r} ran: {exc}"
+            ) from None
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            if not finished:  # a timeout, an error, or the caller left: kill the whole group
+                await asyncio.shield(self._kill_group(proc, pgid))
+            proc.close()
+
     async def _kill_group(self, proc: asyncssh.SSHClientProcess[bytes], pgid: int | None) -> None:
         """Kill the remote process group through a second channel, then drop the first."""
         if pgid is None:
@@ -233,6 +303,57 @@ class AsyncSSHExecutor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+async def _pump(
+    reader: asyncssh.SSHReader[bytes],
+    stream: OutputStream,
+    events: asyncio.Queue[OutputChunk | BaseException | None],
+) -> None:
+    """Move one channel stream's bytes into ``events`` as they come; None at its end."""
+    try:
+        while chunk := await reader.read(READ_BYTES):
+            events.put_nowait(OutputChunk(stream, chunk))
+    except (asyncssh.Error, OSError) as exc:
+        events.put_nowait(exc)
+    events.put_nowait(None)
+
+
+async def _feed(
+    proc: asyncssh.SSHClientProcess[bytes],
+    source: Stdin,
+    events: asyncio.Queue[OutputChunk | BaseException | None],
+) -> None:
+    """Write ``source`` to the channel (asyncssh waits for the window), then EOF.
+
+    The source's own failure ends the stream (it is raised there); the channel's does not:
+    a command that closed its stdin just does not read the rest, as with a pipe, and a
+    lost connection is reported by the stream's readers.
+    """
+    chunks = _chunks_of(source)
+    while True:
+        try:
+            chunk = await anext(chunks, None)
+        except Exception as exc:  # the caller's stdin failed: the stream raises it
+            events.put_nowait(exc)
+            return
+        try:
+            if chunk is None:
+                await proc.stdin.drain()
+                proc.stdin.write_eof()
+                return
+            proc.stdin.write(chunk)
+            await proc.stdin.drain()
+        except (BrokenPipeError, asyncssh.Error, OSError):
+            return
+
+
+async def _chunks_of(source: Stdin) -> AsyncIterator[bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+    elif source is not None:
+        async for chunk in source:
+            yield chunk
 
 
 def _satisfies_protocol(executor: AsyncSSHExecutor) -> NodeExecutorProtocol:

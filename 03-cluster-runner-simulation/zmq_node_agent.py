@@ -1,11 +1,13 @@
 """The ZeroMQ node agent: a daemon on every node that runs commands for cluster_runner.
 
 Binds a ROUTER on tcp://BIND:PORT (default port 5580, cluster_patterns.defaults; 5570-5572
-belong to the cluster patterns). Clients (``zmq_node_executor.py``, a DEALER) send ``run``,
-``cancel``, ``facts``, ``ping`` and ``credit`` requests; the agent answers with ``accepted``
-(for runs still silent after 50 ms), streamed ``output`` chunks, one ``exit``,
-``facts_reply``, ``pong``, ``heartbeat`` (every second while a client has commands running)
-and ``error``. Wire spec: docs/agent-protocol.md.
+belong to the cluster patterns). Clients (``zmq_node_executor.py``, a DEALER; zrun, zcp and
+zrsh) send ``run``, ``cancel``, ``facts``, ``ping``, ``credit``, ``data`` (a run's stdin, a
+put's contents), ``put`` and ``get``; the agent answers with ``accepted`` (for runs still
+silent after 50 ms), streamed ``output`` chunks, one ``exit``, ``data_credit``,
+``file_data``, ``file_end``, ``facts_reply``, ``pong``, ``heartbeat`` (every second while a
+client has commands or transfers in flight) and ``error``. ``put`` and ``get`` work only
+below ``--files-root``. Wire spec: docs/agent-protocol.md.
 
 This file is the process: it turns the command line into an ``AgentConfig``, makes the
 sockets, sets up security and signals, and hands the ROUTER to ``NodeAgent``
@@ -19,7 +21,7 @@ fingerprint. A key file there that cannot be parsed stops the agent at start-up.
 Run it:
     python 03-cluster-runner-simulation/zmq_node_agent.py keys generate /tmp/agent-keys
     python 03-cluster-runner-simulation/zmq_node_agent.py serve --node-id n1 \\
-        --bind 127.0.0.1 --port 5580 --keys /tmp/agent-keys
+        --bind 127.0.0.1 --port 5580 --keys /tmp/agent-keys --files-root /tmp
     # lessons only, no encryption, loopback only:
     python 03-cluster-runner-simulation/zmq_node_agent.py serve --insecure --port 5580
 """
@@ -30,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -41,9 +42,15 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from cluster_patterns.cli_args import bind_port, positive_int
+from cluster_patterns.cli_args import bind_port, positive_float, positive_int
 from cluster_patterns.curve import ZapPolicy, bind_zap, curve_server, serve_zap, server_policy
 from cluster_patterns.transport import configure, endpoint
+from cluster_runner_simulation.agent_environment import (
+    apply_process_environment,
+    load_env_file,
+    parse_command_shell,
+)
+from cluster_runner_simulation.agent_files import TRANSFER_IDLE_S
 from cluster_runner_simulation.agent_keys import (
     AGENT_NAME,
     KeyFileError,
@@ -64,30 +71,13 @@ class SetupError(Exception):
     """Bad configuration: reported on one line, exit status 2."""
 
 
-def use_pidfd_child_watcher() -> None:
-    """On Python 3.11, wait for children with a pidfd instead of a thread per child.
-
-    The default ThreadedChildWatcher starts a thread for every command; a pidfd
-    is one more file descriptor in the event loop, which saves ~0.2 ms per
-    command. Python 3.12+ already prefers pidfds, and deprecates this API.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return  # a kernel without pidfd support (before Linux 5.3)
-    watcher = asyncio.PidfdChildWatcher()
-    asyncio.get_event_loop_policy().set_child_watcher(watcher)
-    watcher.attach_loop(asyncio.get_running_loop())
-
-
 # --8<-- [start:router]
-def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
+def make_router(ctx: zmq.asyncio.Context) -> zmq.Socket[bytes]:
     # A bounded ROUTER queue would silently drop output chunks (SNDHWM 0 is unbounded);
     # each connection's credit window (agent_flow.py) bounds what is queued instead.
-    sock = configure(
-        ctx.socket(zmq.ROUTER),
+    # A plain socket: NodeAgent reads it from an add_reader callback (agent_service.py).
+    sock: zmq.Socket[bytes] = configure(
+        zmq.Socket(ctx, zmq.ROUTER),
         max_message_bytes=MAX_REQUEST_BYTES,
         linger_ms=0,
         sndhwm=0,
@@ -104,7 +94,7 @@ def make_router(ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
 
 # --8<-- [start:secure-router]
 def secure_router(
-    ctx: zmq.asyncio.Context, sock: zmq.asyncio.Socket, keys: Path
+    ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes], keys: Path
 ) -> tuple[zmq.asyncio.Socket, ZapPolicy]:
     """The ZAP handler's socket and policy, and CURVE server keys on ``sock``.
 
@@ -122,7 +112,7 @@ def secure_router(
 # --8<-- [end:secure-router]
 
 
-def bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
+def bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
     address = endpoint(host, port)
     if not port:
         address = address.rsplit(":", 1)[0] + ":*"  # the kernel picks a free port
@@ -146,7 +136,6 @@ def warn_insecure(host: str) -> None:
 
 async def serve(config: AgentConfig) -> int:
     """Set up and serve until cancelled; run it under run_until_signalled()."""
-    use_pidfd_child_watcher()
     ctx = zmq.asyncio.Context()
     sock = make_router(ctx)
     zap: zmq.asyncio.Socket | None = None
@@ -229,6 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help="commands run at once; later ones queue (their timeout counts the wait)",
     )
+    srv.add_argument(
+        "--files-root",
+        type=Path,
+        default=None,
+        help="put/get (zcp) only below this directory; None: file transfer off",
+    )
+    srv.add_argument(
+        "--transfer-idle-s",
+        type=positive_float,
+        default=TRANSFER_IDLE_S,
+        help="a put that gets no data this long is cut (its temporary file removed)",
+    )
+    env = srv.add_argument_group("the commands' environment (agent_environment.py)")
+    env.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="commands start with exactly the NAME=VALUE variables of this file; None: the "
+        "agent's own environment (env_parity.py --write-env-file makes one from SSH's)",
+    )
+    env.add_argument(
+        "--command-shell",
+        default=None,
+        help="run commands as 'ARGV... COMMAND', e.g. '/bin/bash -l -c' for a login shell's "
+        "profile (modules, conda); None: /bin/sh -c",
+    )
+    env.add_argument(
+        "--workdir", type=Path, default=None, help="commands start here; None: the agent's cwd"
+    )
     srv.add_argument("--insecure", action="store_true", help="NO encryption; loopback; lessons")
     srv.add_argument("--verbose", action="store_true", help="debug logging, with tracebacks")
     keys = sub.add_parser("keys", help="manage CURVE keys", formatter_class=formatter)
@@ -248,16 +266,25 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> AgentConfig:
     """The agent's configuration from ``serve``'s flags; SetupError says what is wrong."""
     try:
+        if args.workdir is not None and not args.workdir.is_dir():
+            raise ValueError(f"--workdir {args.workdir}: not a directory")
         return AgentConfig(
             node_id=args.node_id,
             bind=args.bind,
             port=args.port,
-            keys=None if args.insecure else args.keys,
+            keys=None if args.insecure or args.keys is None else args.keys.resolve(),
             concurrency=args.concurrency,
+            files_root=None if args.files_root is None else args.files_root.resolve(),
+            transfer_idle_s=args.transfer_idle_s,
             insecure=args.insecure,
             verbose=args.verbose,
+            command_env=None if args.env_file is None else load_env_file(args.env_file),
+            command_shell=(
+                None if args.command_shell is None else parse_command_shell(args.command_shell)
+            ),
+            workdir=None if args.workdir is None else args.workdir.resolve(),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # EnvFileError included
         raise SetupError(str(exc)) from None
 
 
@@ -278,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return keys_command(args)
-        return asyncio.run(run_until_signalled(serve(config_from(args))))
+        config = config_from(args)
+        apply_process_environment(config.command_env, config.workdir)
+        return asyncio.run(run_until_signalled(serve(config)))
     except (SetupError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

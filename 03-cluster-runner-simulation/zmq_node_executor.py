@@ -1,10 +1,8 @@
 """ZmqNodeExecutor: cluster_runner's NodeExecutorProtocol over the ZeroMQ node agent.
 
-Connects one DEALER per node to the agent's ROUTER (``zmq_node_agent.py``,
-default port 5580), CURVE-encrypted with the agent's public key and this
-client's keypair. Many commands share that one connection: each request
-carries an id, and a single reader task routes ``accepted``/``output``/``exit``
-replies back to the coroutine that awaits them. Wire spec:
+Talks to the agent (``zmq_node_agent.py``, default port 5580) through one
+``AgentConnection`` (agent_connection.py: a CURVE DEALER, its reader task, credit and
+silence watchdog); this module says what the requests mean. Wire spec:
 docs/agent-protocol.md.
 
 Errors are the domain's: ``NodeUnreachable`` when the agent does not accept a
@@ -14,11 +12,11 @@ when it goes silent while commands run; ``CommandTimeout`` when the agent
 killed a command's process group at its timeout, or the run was still queued
 for one of the agent's slots at its deadline (the timeout counts from when the
 agent accepted the run). Cancelling ``run()`` sends a ``cancel``, and the agent
-kills the process group. After an agent restart the socket reconnects by itself.
+kills the process group.
 
-Flow control: the reader task counts the reply bytes it has taken off the socket
-and grants them back as ``credit`` every CREDIT_BATCH_BYTES, so the agent never
-queues more than its window (8 MiB) for this connection.
+``stream()`` hands output over as it arrives, and feeds stdin as ``data`` chunks, never
+more than the agent granted with ``data_credit`` (a command that does not read its stdin
+stops its feeder, not the agent). Leaving the iteration early cancels the command.
 
 Try it (with an agent running as in zmq_node_agent.py's docstring):
     python -c "import asyncio; from cluster_runner_simulation.zmq_node_executor import \\
@@ -29,52 +27,41 @@ print(asyncio.run(e.run('uname -a')))"
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
-from cluster_patterns.curve import curve_client
-from cluster_patterns.transport import RateLimitedLog, configure, endpoint
+from cluster_patterns.transport import endpoint
+from cluster_runner_simulation.agent_connection import AgentConnection, PendingRequest
+from cluster_runner_simulation.agent_connection import SharedContext
 from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, KeyPair
 from cluster_runner_simulation.agent_keys import load_keypair, load_public
 from cluster_runner_simulation.agent_protocol import (
-    CREDIT_BATCH_BYTES,
+    DATA_CHUNK_BYTES,
     DEFAULT_PORT,
-    MAX_REPLY_BYTES,
-    REPLIES,
-    Accepted,
-    CancelRequest,
-    Credit,
+    DataChunk,
     ErrorReply,
     Exit,
     FactsReply,
     FactsRequest,
     Message,
-    Output,
     PingRequest,
-    ProtocolError,
     RunRequest,
-    Stream,
-    encode,
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
     Env,
+    CommandExit,
     CommandResult,
     CommandTimeout,
     ExecutorError,
     NodeExecutorProtocol,
     NodeUnreachable,
+    OutputChunk,
+    Stdin,
+    StreamEvent,
     SystemConfiguration,
 )
 
@@ -82,52 +69,8 @@ CONNECT_TIMEOUT_S = 5.0  # how long a request may wait to be accepted by the age
 SILENCE_TIMEOUT_S = 5.0  # no heartbeat for this long while commands run: connection lost
 TIMEOUT_GRACE_S = 5.0  # how long past its timeout we wait for the agent's own verdict
 FACTS_TIMEOUT_S = 30.0
-RECONNECT_IVL_MS = 100
-RECONNECT_IVL_MAX_MS = 1000
-WATCHDOG_INTERVAL_S = 0.5
-ZMTP_HEARTBEAT_MS = 2000
 
 log = logging.getLogger("zmq_node_executor")
-
-
-class SharedContext:
-    """One zmq.asyncio.Context (one I/O thread) for all executors, terminated with the last."""
-
-    _ctx: zmq.asyncio.Context | None = None
-    _users = 0
-    _lock = threading.Lock()  # executors on event loops in other threads share it too
-
-    @classmethod
-    def acquire(cls) -> zmq.asyncio.Context:
-        with cls._lock:
-            if cls._ctx is None or cls._ctx.closed:
-                cls._ctx = zmq.asyncio.Context()
-            cls._users += 1
-            return cls._ctx
-
-    @classmethod
-    def release(cls) -> None:
-        with cls._lock:
-            cls._users -= 1
-            if cls._users <= 0 and cls._ctx is not None:
-                cls._ctx.term()
-                cls._ctx, cls._users = None, 0
-
-
-@dataclass
-class PendingRequest:
-    """Everything that arrived so far for one request id."""
-
-    accepted: asyncio.Future[None]
-    done: asyncio.Future[Message]
-    stdout: list[bytes] = field(default_factory=list)
-    stderr: list[bytes] = field(default_factory=list)
-
-    def fail(self, exc: BaseException) -> None:
-        for fut in (self.accepted, self.done):
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: a waiter may have gone already
 
 
 class ZmqNodeExecutor:
@@ -147,27 +90,19 @@ class ZmqNodeExecutor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``server_public_key=None`` and ``client_keys=None`` talk to an --insecure agent."""
-        if (server_public_key is None) != (client_keys is None):
-            raise ValueError("give both the server public key and the client keys, or neither")
         self._node_id = node_id
         self.endpoint = endpoint(host, port)
-        self._server_key = server_public_key
-        self._client_keys = client_keys
         self.connect_timeout = connect_timeout
-        self.silence_timeout = silence_timeout
         self.facts_timeout = facts_timeout
-        self._ids = itertools.count(1)
-        self._prefix = os.urandom(4).hex()
-        self._pending: dict[str, PendingRequest] = {}
-        self._sock: zmq.asyncio.Socket | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._clock = clock
-        self._last_heard = clock()
-        self._bad_replies = 0
-        self._bad_log = RateLimitedLog(log.warning)
-        self._uncredited = 0  # reply bytes read but not yet credited back to the agent
-        self._credit_due = asyncio.Event()
-        self._closed = False
+        self._conn = AgentConnection(
+            node_id,
+            self.endpoint,
+            server_public_key=server_public_key,
+            client_keys=client_keys,
+            connect_timeout=connect_timeout,
+            silence_timeout=silence_timeout,
+            clock=clock,
+        )
 
     @classmethod
     def from_keys_dir(
@@ -193,35 +128,94 @@ class ZmqNodeExecutor:
     async def run(
         self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
     ) -> CommandResult:
+        conn = self._conn
         request = RunRequest(
-            id=self._next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd
+            id=conn.next_id(), command=command, timeout=timeout, env=dict(env or {}), cwd=cwd
         )
-        pending = await self._submit(request)
+        pending = await conn.submit(request)
         try:
             guard = None if timeout is None else timeout + TIMEOUT_GRACE_S
             try:
                 async with asyncio.timeout(guard):
                     reply = await pending.done
             except TimeoutError:
-                self._send_cancel(request.id)
+                conn.send_cancel(request.id)
                 raise CommandTimeout(self._node_id, f"no exit after {timeout}s: {command!r}")
         except asyncio.CancelledError:
-            self._send_cancel(request.id)  # the agent kills the process group
+            conn.send_cancel(request.id)  # the agent kills the process group
             raise
         finally:
-            self._pending.pop(request.id, None)
-        return self._result(command, timeout, reply, pending)
+            conn.pending.pop(request.id, None)
+        ended = self._check_exit(command, timeout, reply)
+        return CommandResult(
+            command=command,
+            exit_status=ended.exit_status,
+            stdout=b"".join(pending.stdout),
+            stderr=b"".join(pending.stderr),
+            exit_signal=ended.exit_signal,
+        )
+
+    async def stream(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Env = None,
+        cwd: str | None = None,
+        stdin: Stdin = None,
+    ) -> AsyncIterator[StreamEvent]:
+        conn = self._conn
+        request = RunRequest(
+            id=conn.next_id(),
+            command=command,
+            timeout=timeout,
+            env=dict(env or {}),
+            cwd=cwd,
+            stdin=stdin is not None,
+        )
+        pending = await conn.submit(request, streaming=True)
+        assert pending.queue is not None
+        feeder = None
+        if stdin is not None:
+            feeder = asyncio.create_task(self._feed_input(request.id, pending, stdin))
+        loop = asyncio.get_running_loop()
+        guard = None if timeout is None else loop.time() + timeout + TIMEOUT_GRACE_S
+        finished = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(guard):
+                        item = await pending.queue.get()
+                except TimeoutError:
+                    raise CommandTimeout(self._node_id, f"no exit after {timeout}s: {command!r}")
+                if isinstance(item, OutputChunk):
+                    yield item
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                finished = True
+                ended = self._check_exit(command, timeout, item)
+                yield CommandExit(ended.exit_status, ended.exit_signal)
+                return
+        finally:
+            # Left early (break, aclose, cancelled, an error): the agent kills the group.
+            if feeder is not None:
+                feeder.cancel()
+            if not finished:
+                conn.send_cancel(request.id)
+            conn.pending.pop(request.id, None)
 
     async def system_facts(self) -> SystemConfiguration:
-        request = FactsRequest(id=self._next_id())
-        pending = await self._submit(request, expect_accepted=False)
+        conn = self._conn
+        request = FactsRequest(id=conn.next_id())
+        pending = await conn.submit(request, expect_accepted=False)
         try:
             async with asyncio.timeout(self.facts_timeout):
                 reply = await pending.done
         except TimeoutError:
             raise NodeUnreachable(self._node_id, f"no facts within {self.facts_timeout}s") from None
         finally:
-            self._pending.pop(request.id, None)
+            conn.pending.pop(request.id, None)
         if isinstance(reply, ErrorReply):
             raise ExecutorError(self._node_id, f"agent could not gather facts: {reply.message}")
         if not isinstance(reply, FactsReply):
@@ -230,34 +224,21 @@ class ZmqNodeExecutor:
 
     async def ping(self) -> float:
         """Round trip to the agent in seconds; NodeUnreachable if it does not answer."""
+        conn = self._conn
         started = time.perf_counter()
-        request = PingRequest(id=self._next_id())
-        pending = await self._submit(request, expect_accepted=False)
+        request = PingRequest(id=conn.next_id())
+        pending = await conn.submit(request, expect_accepted=False)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await pending.done
         except TimeoutError:
-            raise self._unreachable() from None
+            raise conn.unreachable() from None
         finally:
-            self._pending.pop(request.id, None)
+            conn.pending.pop(request.id, None)
         return time.perf_counter() - started
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for pending in self._pending.values():
-            pending.fail(NodeUnreachable(self._node_id, "executor closed"))
-        self._pending.clear()
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-            SharedContext.release()
+        await self._conn.close()
 
     async def __aenter__(self) -> ZmqNodeExecutor:
         return self
@@ -265,61 +246,39 @@ class ZmqNodeExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # --- Requests ------------------------------------------------------------------------------
+    # --- Input and results ---------------------------------------------------------------------
 
-    def _next_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
-
-    def _unreachable(self) -> NodeUnreachable:
-        return NodeUnreachable(
-            self._node_id,
-            f"agent at {self.endpoint} did not answer within {self.connect_timeout}s "
-            "(down, wrong address, or this client's key is not authorized)",
-        )
-
-    async def _submit(self, request: Message, expect_accepted: bool = True) -> PendingRequest:
-        """Send ``request``; return once the agent has accepted it (run) or right away."""
-        # --8<-- [start:submit]
+    async def _feed_input(self, request_id: str, pending: PendingRequest, source: Stdin) -> None:
+        """Send ``source`` as data chunks, never more than the agent granted, then EOF."""
         try:
-            frames = encode(request)
-        except ProtocolError as exc:  # e.g. a command line beyond what one header may hold
-            raise ExecutorError(self._node_id, f"cannot send the request: {exc}") from None
-        sock = self._socket()
-        loop = asyncio.get_running_loop()
-        pending = PendingRequest(loop.create_future(), loop.create_future())
-        self._pending[request.id] = pending
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                # ZMQ_IMMEDIATE: this waits while there is no live, authenticated connection.
-                await sock.send_multipart(frames)
-                if expect_accepted:
-                    await pending.accepted
-        except TimeoutError:
-            self._pending.pop(request.id, None)
-            self._send_cancel(request.id)  # in case it arrives after all
-            raise self._unreachable() from None
-        # --8<-- [end:submit]
-        except BaseException:
-            # Cancelled (or failed) after sending: the run may have started already.
-            self._pending.pop(request.id, None)
-            if isinstance(request, RunRequest):
-                self._send_cancel(request.id)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                await self._send_input(request_id, pending, source)
+            elif source is not None:
+                async for chunk in source:
+                    await self._send_input(request_id, pending, chunk)
+            await self._send_input(request_id, pending, b"", eof=True)
+        except asyncio.CancelledError:
             raise
-        return pending
+        except Exception as exc:  # the caller's stdin failed: end the command, say why
+            self._conn.send_cancel(request_id)
+            pending.fail(exc)
 
-    def _send_cancel(self, request_id: str) -> None:
-        if self._sock is None:
-            return
-        # Fire and forget: it must also work from a task that is being cancelled. With no
-        # live connection there is no remote command to cancel, so EAGAIN is fine.
-        sent = asyncio.ensure_future(
-            self._sock.send_multipart(encode(CancelRequest(id=request_id)), flags=zmq.NOBLOCK)
-        )
-        sent.add_done_callback(_ignore_outcome)
+    async def _send_input(
+        self, request_id: str, pending: PendingRequest, data: bytes, eof: bool = False
+    ) -> None:
+        view = memoryview(data)
+        for start in range(0, max(len(view), 1), DATA_CHUNK_BYTES):
+            chunk = bytes(view[start : start + DATA_CHUNK_BYTES])
+            while pending.input_credit < len(chunk):
+                pending.input_granted.clear()
+                await pending.input_granted.wait()
+            pending.input_credit -= len(chunk)
+            last = eof and start + DATA_CHUNK_BYTES >= len(view)
+            if chunk or last:
+                await self._conn.send(DataChunk(id=request_id, eof=last), chunk)
 
-    def _result(
-        self, command: str, timeout: float | None, reply: Message, pending: PendingRequest
-    ) -> CommandResult:
+    def _check_exit(self, command: str, timeout: float | None, reply: Message) -> Exit:
+        """The run's ``exit``; the domain's exception for an error, a timeout or a refusal."""
         if isinstance(reply, ErrorReply):
             raise ExecutorError(self._node_id, f"agent refused {command!r}: {reply.message}")
         if not isinstance(reply, Exit):
@@ -340,113 +299,11 @@ class ZmqNodeExecutor:
                 command,
                 reply.dropped_bytes,
             )
-        return CommandResult(
-            command=command,
-            exit_status=reply.exit_status,
-            stdout=b"".join(pending.stdout),
-            stderr=b"".join(pending.stderr),
-            exit_signal=reply.exit_signal,
-        )
-
-    # --- Socket and reader ---------------------------------------------------------------------
-
-    def _socket(self) -> zmq.asyncio.Socket:
-        if self._closed:
-            raise NodeUnreachable(self._node_id, "executor is closed")
-        if self._sock is None:
-            # RCVHWM 0: output chunks must never be dropped (the credit window bounds them).
-            # --8<-- [start:socket]
-            sock = configure(
-                SharedContext.acquire().socket(zmq.DEALER),
-                max_message_bytes=MAX_REPLY_BYTES,
-                linger_ms=0,
-                rcvhwm=0,
-            )
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_MS * 3)
-            if self._server_key is not None and self._client_keys is not None:
-                curve_client(sock, self._server_key, self._client_keys)
-            sock.connect(self.endpoint)
-            # --8<-- [end:socket]
-            self._sock = sock
-            self._last_heard = self._clock()
-            self._tasks = [
-                asyncio.create_task(self._read_replies(sock)),
-                asyncio.create_task(self._grant_credit(sock)),
-                asyncio.create_task(self._watch_silence()),
-            ]
-        return self._sock
-
-    # --8<-- [start:read-replies]
-    async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            self._last_heard = self._clock()
-            self._uncredited += sum(len(frame) for frame in frames)
-            if self._uncredited >= CREDIT_BATCH_BYTES:
-                self._credit_due.set()
-            try:
-                reply, body = REPLIES.decode_frames(frames)
-            except ProtocolError as exc:
-                self._count_bad(exc)
-                continue
-            pending = self._pending.get(reply.id)
-            if pending is None:
-                continue  # a heartbeat, or a late reply to a request we gave up on
-            self._route(pending, reply, body)
-
-    async def _grant_credit(self, sock: zmq.asyncio.Socket) -> None:
-        """Give the agent credit for what the reader took off the socket (never dropped:
-        a send that has to wait just waits, while the reader keeps reading)."""
-        while True:
-            await self._credit_due.wait()
-            self._credit_due.clear()
-            granted, self._uncredited = self._uncredited, 0
-            await sock.send_multipart(encode(Credit(nbytes=granted)))
-
-    # --8<-- [end:read-replies]
-
-    @staticmethod
-    def _route(pending: PendingRequest, reply: Message, body: bytes | None) -> None:
-        # Any reply proves the request arrived; the agent sends "accepted" only for
-        # runs that are still silent after a moment.
-        if not pending.accepted.done():
-            pending.accepted.set_result(None)
-        if isinstance(reply, Output) and body is not None:
-            (pending.stdout if reply.stream is Stream.STDOUT else pending.stderr).append(body)
-        elif not isinstance(reply, Accepted) and not pending.done.done():
-            pending.done.set_result(reply)  # exit, facts_reply, pong, error: answered
-
-    async def _watch_silence(self) -> None:
-        """Fail running commands if the agent stops heartbeating (crash, restart, partition)."""
-        while True:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            waiting = [p for p in self._pending.values() if p.accepted.done()]
-            silent_for = self._clock() - self._last_heard
-            if waiting and silent_for > self.silence_timeout:
-                error = NodeUnreachable(
-                    self._node_id,
-                    f"agent at {self.endpoint} silent for {silent_for:.1f}s; connection lost "
-                    "(the command may have run)",
-                )
-                for pending in waiting:
-                    pending.fail(error)
-
-    def _count_bad(self, exc: ProtocolError) -> None:
-        self._bad_replies += 1
-        self._bad_log(f"{self._node_id}: bad reply #{self._bad_replies}: {exc}")
+        return reply
 
 
 def _tag(message: Message) -> str:
     return str(message.__struct_config__.tag)
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _satisfies_protocol(executor: ZmqNodeExecutor) -> NodeExecutorProtocol:

@@ -17,6 +17,10 @@
 #   node-entrypoint --id-from-env CMD...
 #                                   exec CMD --id "$NODE_ID": a Swarm service of many replicas
 #                                   gives each task its own NODE_ID (worker{{.Task.Slot}})
+#   node-entrypoint sshd stop|start|status
+#                                   stop the worker's sshd (by the pid it recorded), start it
+#                                   again, or say whether it runs (exit 1 if not); `mpi` stops
+#                                   it on every worker so that SSH cannot be what runs the job
 #   node-entrypoint CMD...          exec CMD
 #
 # Before it runs a role whose command has `--keys DIR` (or --keys=DIR), it waits up to
@@ -35,6 +39,7 @@ AGENT_PORT=5580
 SSH_PORT=2222
 SSH_USER=cluster
 KEYS_WAIT_S=${KEYS_WAIT_S:-60}
+SSHD_PIDFILE=/tmp/sshd.pid
 AGENT_SCRIPT=/app/03-cluster-runner-simulation/zmq_node_agent.py
 CURVE_SCRIPT=/app/02-cluster-patterns/curve.py
 
@@ -125,6 +130,61 @@ MaxSessions 64
 LogLevel ERROR
 CONFIG
   /usr/sbin/sshd -D -e -f "$config" &
+  echo "$!" >"$SSHD_PIDFILE"
+}
+
+# Alive and not a zombie: the worker that node-entrypoint became never reaps its sshd.
+pid_alive() {
+  [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]
+}
+
+sshd_running() {
+  [ -f "$SSHD_PIDFILE" ] && pid_alive "$(cat "$SSHD_PIDFILE")"
+}
+
+# sshd stop|start|status: the SSH baseline's daemon, turned off and on for the MPI job.
+sshd_control() {
+  case "${1:-}" in
+    stop)
+      if ! sshd_running; then
+        echo "sshd: not running"
+        return 0
+      fi
+      pid="$(cat "$SSHD_PIDFILE")"
+      kill "$pid"
+      checks=50
+      while pid_alive "$pid" && [ "$checks" -gt 0 ]; do
+        checks=$((checks - 1))
+        sleep 0.1
+      done
+      if pid_alive "$pid"; then
+        echo "node-entrypoint: sshd (pid $pid) did not stop" >&2
+        return 1
+      fi
+      rm -f "$SSHD_PIDFILE"
+      echo "sshd: stopped (pid $pid)"
+      ;;
+    start)
+      if sshd_running; then
+        echo "sshd: already running (pid $(cat "$SSHD_PIDFILE"))"
+        return 0
+      fi
+      start_sshd 2>>/tmp/sshd.log
+      echo "sshd: started (pid $(cat "$SSHD_PIDFILE"))"
+      ;;
+    status)
+      if sshd_running; then
+        echo "sshd: running (pid $(cat "$SSHD_PIDFILE"))"
+      else
+        echo "sshd: not running"
+        return 1
+      fi
+      ;;
+    *)
+      echo "node-entrypoint: usage: node-entrypoint sshd stop|start|status" >&2
+      return 2
+      ;;
+  esac
 }
 
 start_agent() {
@@ -174,6 +234,10 @@ case "${1:-}" in
   descriptor)
     shift
     write_descriptor "$@"
+    ;;
+  sshd)
+    shift
+    sshd_control "$@"
     ;;
   --agent)
     shift

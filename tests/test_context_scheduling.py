@@ -16,7 +16,7 @@ import pytest
 from cluster_runner_simulation.context_common import ContextBuildError, build_context
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
-from cluster_runner_simulation.migration import FallbackExecutor, ShadowExecutor
+from cluster_runner_simulation.migration import FallbackExecutor
 from cluster_runner_simulation.protocols import (
     Env,
     CommandResult,
@@ -267,36 +267,3 @@ async def test_fallback_never_reruns_a_command_lost_mid_run() -> None:
 async def test_fallback_rejects_executors_of_different_nodes() -> None:
     with pytest.raises(ValueError, match="different nodes"):
         FallbackExecutor(FakeExecutor("a"), FakeExecutor("b"))
-
-
-# --- ShadowExecutor ---------------------------------------------------------------------------
-
-
-class SlowDifferent(FakeExecutor):
-    async def run(
-        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
-    ) -> CommandResult:
-        await asyncio.sleep(0.3)
-        return CommandResult(command, 9, b"other\n")
-
-
-async def test_shadow_returns_the_primary_answer_and_records_differences() -> None:
-    shadow = ShadowExecutor(FakeExecutor("n0"), SlowDifferent("n0"))
-    started = time.monotonic()
-    result = await shadow.run("echo mine")
-    assert time.monotonic() - started < 0.3  # the caller does not wait for the secondary
-    assert (result.exit_status, result.stdout) == (0, b"mine\n")
-    await shadow.drain()
-    (found,) = shadow.discrepancies
-    assert found.detail == "exit 0 != 9; stdout differs (5 vs 6 B)"
-
-
-async def test_shadow_passes_primary_errors_and_counts_secondary_errors() -> None:
-    shadow = ShadowExecutor(FakeExecutor("n0", down=True), FakeExecutor("n0"))
-    with pytest.raises(NodeUnreachable, match="fake: down"):
-        await shadow.run("echo x")
-    other = ShadowExecutor(FakeExecutor("n0"), FakeExecutor("n0", down=True))
-    assert (await other.run("echo x")).stdout == b"x\n"
-    await other.close()
-    assert other.stats.secondary_errors == 1
-    assert other.discrepancies[0].detail.startswith("secondary failed: NodeUnreachable")

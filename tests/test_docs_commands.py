@@ -92,6 +92,8 @@ KNOWN_TOOLS = {
     "jq",
     "ls",
     "mkdir",
+    "mpiexec",
+    "mpirun",
     "mv",
     "prometheus",
     "promtool",
@@ -104,6 +106,10 @@ KNOWN_TOOLS = {
     "systemd-analyze",
     "tail",
     "useradd",
+    # This repository's console scripts ([project.scripts] in pyproject.toml, in .venv/bin).
+    "zcp",
+    "zrsh",
+    "zrun",
 }
 
 DOC_GLOBS = ["README.md", "docs/*.md", "integration-plan/*.md", "examples/**/README.md"]

@@ -8,7 +8,6 @@ credit, and that a vanished client is forgotten.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from typing import Any
@@ -104,14 +103,14 @@ class FakeRouter:
         self.sent: list[list[bytes]] = []
         self.unreachable: set[bytes] = set()
 
-    def send_multipart(self, frames: list[bytes], copy: bool = True) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def send_multipart(self, frames: list[bytes], flags: int = 0, copy: bool = True) -> None:
         if frames[0] in self.unreachable:
-            future.set_exception(zmq.ZMQError(zmq.EHOSTUNREACH))
-        else:
-            self.sent.append(frames)
-            future.set_result(None)
-        return future
+            raise zmq.ZMQError(zmq.EHOSTUNREACH)
+        self.sent.append(frames)
+
+    def getsockopt(self, option: int) -> int:
+        assert option == zmq.EVENTS
+        return 0  # nothing waiting to be read
 
     def types_sent(self) -> list[str]:
         return [json.loads(frames[1])["type"] for frames in self.sent]

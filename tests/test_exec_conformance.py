@@ -4,14 +4,16 @@
 ``asyncssh``: AsyncSSHExecutor against a real private sshd on loopback.
 Both must behave the same: exit codes, binary and 10 MB output, env and cwd,
 timeouts and cancellation that kill the remote process group (checked with
-psutil), and a clear NodeUnreachable within the connect timeout.
+psutil), and a clear NodeUnreachable within the connect timeout; and ``stream()``:
+live output, stdin (bytes or an async iterable, flow-controlled), leaving early kills.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,11 +22,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
+from cluster_runner_simulation.testing import (
+    LocalAgents,
+    LocalSshd,
+    processes_with,
+    sshd_unavailable_reason,
+    unique_sleep,
+)
 from cluster_runner_simulation.protocols import (
+    CommandExit,
     CommandTimeout,
     NodeExecutorProtocol,
     NodeUnreachable,
+    OutputChunk,
+    OutputStream,
+    StreamEvent,
 )
 from cluster_runner_simulation.ssh_executor import AsyncSSHExecutor
 from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
@@ -63,20 +75,6 @@ async def executor(request: pytest.FixtureRequest) -> AsyncIterator[NodeExecutor
     assert isinstance(chosen, NodeExecutorProtocol)
     yield chosen
     await chosen.close()
-
-
-def unique_sleep() -> str:
-    """A sleep duration nobody else uses, so psutil can find exactly our processes."""
-    return f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
-
-
-def processes_with(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in cmdline):
-            found.append(proc)
-    return found
 
 
 async def wait_until(predicate: object, timeout: float) -> bool:
@@ -220,3 +218,111 @@ async def test_unreachable_node_fails_fast_and_clearly(kind: str, free_port: obj
     assert elapsed < 1.0 + 1.5
     assert "ghost" in str(caught.value)
     assert str(dead_port) in str(caught.value)
+
+
+# --- stream(): live output, stdin, early exit ---------------------------------------------
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> tuple[bytes, bytes, CommandExit]:
+    """stdout, stderr and the exit of a stream; the exit must come last, exactly once."""
+    out, err, ends = bytearray(), bytearray(), []
+    async for event in events:
+        assert not ends, f"an event after the exit: {event}"
+        if isinstance(event, CommandExit):
+            ends.append(event)
+        else:
+            (out if event.stream is OutputStream.STDOUT else err).extend(event.data)
+    assert len(ends) == 1
+    return bytes(out), bytes(err), ends[0]
+
+
+async def test_stream_gives_what_run_gives(executor: NodeExecutorProtocol) -> None:
+    command = "echo out; echo err >&2; exit 4"
+    out, err, end = await collect(executor.stream(command))
+    result = await executor.run(command)
+    assert (out, err, end.exit_status) == (result.stdout, result.stderr, result.exit_status)
+    assert (out, err, end.exit_status, end.ok) == (b"out\n", b"err\n", 4, False)
+
+
+async def test_stream_is_live(executor: NodeExecutorProtocol) -> None:
+    """The first line arrives while the command still runs."""
+    marker = unique_sleep()
+    events = executor.stream(f"echo first; sleep {marker} & wait")
+    first = await anext(events)
+    assert isinstance(first, OutputChunk) and first.data == b"first\n"
+    assert await wait_until(lambda: processes_with(marker), 10.0)
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_stream_stdin_bytes_reach_the_command(
+    executor: NodeExecutorProtocol, tmp_path: Path
+) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # more than one grant window, odd-sized
+    out, _, end = await collect(executor.stream("sha256sum; echo done >&2", stdin=payload))
+    assert end.exit_status == 0
+    assert out.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+
+
+async def test_stream_stdin_async_iterable_then_eof(executor: NodeExecutorProtocol) -> None:
+    async def lines() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"line {i}\n".encode()
+            await asyncio.sleep(0.01)
+        yield b""  # an empty chunk is not an EOF
+
+    out, _, end = await collect(executor.stream("cat; echo eof-seen", stdin=lines()))
+    assert out == b"".join(f"line {i}\n".encode() for i in range(5)) + b"eof-seen\n"
+    assert end.ok
+
+
+async def test_stream_empty_stdin_is_eof_at_once(executor: NodeExecutorProtocol) -> None:
+    out, _, end = await collect(executor.stream("wc -c", stdin=b""))
+    assert out.strip() == b"0" and end.ok
+
+
+async def test_stream_command_that_ignores_stdin_still_ends(
+    executor: NodeExecutorProtocol,
+) -> None:
+    """20 MB offered to a command that reads 10 bytes: flow control holds the rest, no hang."""
+    out, _, end = await collect(
+        executor.stream("head -c 10 >/dev/null; echo read-ten", stdin=bytes(20 * 1024 * 1024))
+    )
+    assert out == b"read-ten\n" and end.ok
+
+
+async def test_stream_early_exit_kills_the_process_group(executor: NodeExecutorProtocol) -> None:
+    marker = unique_sleep()
+    events = executor.stream(f"echo started; sleep {marker} & sleep {marker}; wait")
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            assert isinstance(event, OutputChunk)
+            assert await wait_until(lambda: len(processes_with(marker)) >= 2, 10.0)
+            break
+    assert await wait_until(lambda: not processes_with(marker), ORPHAN_WAIT_S), processes_with(
+        marker
+    )
+    assert (await executor.run("echo still-works")).stdout == b"still-works\n"
+
+
+async def test_stream_timeout_after_the_output_that_came(executor: NodeExecutorProtocol) -> None:
+    marker = unique_sleep()
+    seen = bytearray()
+    with pytest.raises(CommandTimeout):
+        async for event in executor.stream(f"echo early; sleep {marker}", timeout=1.0):
+            if isinstance(event, OutputChunk):
+                seen += event.data
+    assert seen == b"early\n"
+    assert await wait_until(lambda: not processes_with(marker), ORPHAN_WAIT_S)
+
+
+async def test_stream_failing_stdin_raises_and_kills(executor: NodeExecutorProtocol) -> None:
+    marker = unique_sleep()
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"some input\n"
+        await asyncio.sleep(0.3)
+        raise OSError("the source file vanished")
+
+    with pytest.raises(OSError, match="vanished"):
+        await collect(executor.stream(f"cat >/dev/null & sleep {marker}; wait", stdin=broken()))
+    assert await wait_until(lambda: not processes_with(marker), ORPHAN_WAIT_S)

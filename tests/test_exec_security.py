@@ -237,7 +237,7 @@ def test_truncated_and_random_tcp_bytes_leave_the_agent_serving(
 
 
 def test_handler_table_is_exactly_the_allow_list() -> None:
-    assert REQUEST_TYPES == {"run", "cancel", "facts", "ping", "credit"}
+    assert REQUEST_TYPES == {"run", "cancel", "facts", "ping", "credit", "data", "put", "get"}
     # NodeAgent asserts at construction that its handlers equal REQUEST_TYPES.
     assert "handlers" in NodeAgent.__init__.__code__.co_names
 

@@ -1,6 +1,6 @@
 """Week 4's experiment (the fault injector, as the page runs it) and exercise checks.
 
-    labs.py simulate     simulate-cluster.sh --local: start, fail, recover, a workload, stop
+    labs.py simulate     simulate-cluster.sh --local: start, fail, recover, a workload, mpi, stop
     labs.py check slow|gate|alert|collector-crash ATTEMPT    the week-4 exercises
 
 The simulator runs as the page shows it (`-p week4`), with a private project name, state
@@ -33,6 +33,7 @@ STEPS: Final = (
     "status",
     "recover worker1",
     "workload --count 200 --kind echo",
+    "mpi --nodes 2 --max-bytes 64K",
     "stop",
 )
 
@@ -46,7 +47,7 @@ def simulator(lab: Lab, terminal: str, project: str, env: dict[str, str], verb: 
 
 
 def simulate(lab: Lab) -> None:
-    section("simulate: the local backend, a worker killed and restarted, a workload")
+    section("simulate: the local backend, a worker killed and restarted, a workload, MPI")
     project = f"week4{uuid.uuid4().hex[:8]}"
     lab.aliases[project] = "week4"
     first = lab.ports(5570, 3)

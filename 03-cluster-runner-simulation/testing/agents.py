@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -47,10 +48,28 @@ class LocalAgents(Started):
 
     host = LOOPBACK
 
-    def __init__(self, count: int, concurrency: int | None = None, prefix: str = "node") -> None:
+    def __init__(
+        self,
+        count: int,
+        concurrency: int | None = None,
+        prefix: str = "node",
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        files_roots: bool = False,
+        private_tmp: bool = False,
+    ) -> None:
+        """``env``: the agents' environment (None: this process's); ``extra_args`` go to
+        every ``serve``; ``files_roots``: each agent gets ``--files-root DIR/files/NODE``
+        (``files_root(index)``), as separate nodes have separate disks; ``private_tmp``: each
+        agent's commands get a $TMPDIR of their own, as on separate machines (Open MPI keeps
+        its session files there)."""
+        self.private_tmp = private_tmp
         self.count = count
         self.concurrency = concurrency
         self.prefix = prefix
+        self.env = None if env is None else dict(env)
+        self.extra_args = list(extra_args)
+        self.files_roots = files_roots
         self.agents: list[AgentProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = Path()
@@ -89,9 +108,24 @@ class LocalAgents(Started):
         ]
         if self.concurrency:
             argv += ["--concurrency", str(self.concurrency)]
+        argv += self.extra_args
+        if self.files_roots:
+            root = self.dir / "files" / node_id
+            root.mkdir(parents=True, exist_ok=True)
+            argv += ["--files-root", str(root)]
+        # NODE_ID names the node to what runs under the agent (allreduce_bench prints it).
+        env = {**(os.environ if self.env is None else self.env), "NODE_ID": node_id}
+        if self.private_tmp:
+            env["TMPDIR"] = str(self.dir / f"{node_id}-tmp")
+            Path(env["TMPDIR"]).mkdir(exist_ok=True)
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=env,
             )
         return AgentProcess(node_id, self.host, port, proc, log_path, offset)
 
@@ -107,6 +141,10 @@ class LocalAgents(Started):
                 raise RuntimeError(f"agent {agent.node_id} exited:\n{text}")
             time.sleep(0.02)
         raise RuntimeError(f"agent {agent.node_id} never printed its ready line")
+
+    def files_root(self, index: int) -> Path:
+        """Agent ``index``'s --files-root (with ``files_roots=True``)."""
+        return self.dir / "files" / self.agents[index].node_id
 
     def executor(self, index: int, **options: float) -> ZmqNodeExecutor:
         agent = self.agents[index]

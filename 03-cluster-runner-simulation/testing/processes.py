@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 from types import TracebackType
 from typing import Final, TypeVar
+
+import psutil
 
 from cluster_patterns.defaults import LOOPBACK
 
@@ -37,6 +40,21 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def unique_sleep() -> str:
+    """A sleep duration nobody else uses, so ``processes_with`` finds exactly one test's."""
+    return f"{random.randint(1000, 9999)}.{random.randint(100, 999)}"
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """Live processes (not zombies) with ``marker`` in their command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in cmdline):
+            found.append(proc)
+    return found
 
 
 Self = TypeVar("Self", bound="Started")

@@ -135,6 +135,8 @@ class LocalSshd(Started):
                 "UseDNS no",
                 "PrintMotd no",
                 *rc_setting,
+                # Debian's own sshd_config has it; scp (SFTP by default since OpenSSH 9) needs it.
+                "Subsystem sftp internal-sftp",
                 f"MaxStartups {SSHD_MAX_STARTUPS}",
                 f"MaxSessions {SSHD_MAX_SESSIONS}",
                 "LogLevel ERROR",

@@ -19,6 +19,7 @@ from typing import IO, Any, ClassVar, Final
 from cluster_simulator.config import DEFAULT_WORKERS, SimConfig
 from cluster_simulator.lifecycle import Signals, Undo
 from cluster_simulator.monitor_api import MonitorApi
+from cluster_simulator.mpi import MpiOptions
 from cluster_simulator.output import UsageError
 from cluster_simulator.roles import Workload
 
@@ -250,6 +251,11 @@ class Backend(abc.ABC):
             f"scale needs the Swarm backend (--swarm); with the {self.name} backend, "
             f"`stop` and then `start --workers {workers}`"
         )
+
+    def mpi(self, options: MpiOptions) -> int:
+        """Run the MPI all-reduce job across workers over their node agents, no sshd running;
+        print its busbw table; the job's exit code (docker and local; mpi.py)."""
+        raise UsageError(f"mpi is not available on the {self.name} backend (docker and local are)")
 
     def compare(self, options: CompareOptions) -> int:
         raise UsageError(

@@ -2,7 +2,7 @@
 
 The fault verbs (fail, partition, ...) live in faults.py and `test` in scenario.py; this
 module holds the rest: build, start, stop, status, scale, cleanup, logs, workload, demo,
-compare.
+compare, mpi.
 Each returns the process's exit code or raises a SimError (see output.py).
 """
 
@@ -19,6 +19,7 @@ from cluster_simulator.backend import Backend, CompareOptions
 from cluster_simulator.config import DEFAULT_WORKERS, SimConfig
 from cluster_simulator.lifecycle import Signals, Undo
 from cluster_simulator.monitor_api import role_view
+from cluster_simulator.mpi import MpiOptions
 from cluster_simulator.output import ExitCode, UsageError, say, warn
 from cluster_simulator.roles import Workload
 from cluster_simulator.scenario import run_scenario
@@ -119,6 +120,11 @@ def test(ctx: Context, tasks: int, json_path: Path | None) -> int:
 
 def compare(ctx: Context, options: CompareOptions) -> int:
     return ctx.backend.compare(options)
+
+
+def mpi(ctx: Context, options: MpiOptions) -> int:
+    ctx.backend.require_started()
+    return ctx.backend.mpi(options)
 
 
 def demo(ctx: Context) -> int:

@@ -39,6 +39,7 @@ from cluster_simulator.containers import (
     project_image,
     remove_project_images,
 )
+from cluster_simulator.mpi import RUN_MPI, MpiOptions, restore, run_mpi_argv
 from cluster_simulator.output import SimError, say
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
@@ -48,6 +49,9 @@ SERVICE_LABEL: Final = "com.docker.compose.service"
 KEYS_IN_CONTAINER: Final = "/keys/coordinator"
 MONITOR_CONTAINER_PORT: Final = "5572/tcp"
 COMPARE_DIR: Final = "/tmp/zsim-compare"
+MPI_DIR: Final = "/tmp/zsim-mpi"
+NODE_SSH_PORT: Final = "2222"  # node-entrypoint.sh's sshd
+ZRSH_IN_IMAGE: Final = "/usr/local/bin/zrsh"
 HEALTH_POLL_S: Final = 0.5
 # --8<-- [start:tc-script]
 # `tc qdisc ACTION dev DEV root [ARGS]` on the container's interface with the default route.
@@ -312,3 +316,49 @@ class DockerBackend(Backend):
         subprocess.run(["docker", "exec", cid, "rm", "-rf", COMPARE_DIR], capture_output=True)
         sys.stdout.flush()
         return status
+
+    # --- mpi: the MPI job over the agents, with every worker's sshd stopped -------------------
+
+    def mpi(self, options: MpiOptions) -> int:
+        self.require_started()
+        every = Topology(self.worker_count()).worker_names()
+        workers = options.workers(every)
+        coordinator = self.container("coordinator")
+        self.undo.arm(lambda: self._sshd(every, "start"), "starting sshd on the workers again")
+        try:
+            self._sshd(every, "stop")
+            self._require_ssh_refused(coordinator, every)
+            say(f"mpi: sshd stopped on {' '.join(every)}; port {NODE_SSH_PORT} refuses connections")
+            for cid in {coordinator, self.container(workers[0])}:
+                docker("exec", cid, "node-entrypoint", "descriptor", MPI_DIR, *workers)
+            args = run_mpi_argv(
+                options,
+                workers,
+                f"{MPI_DIR}/cluster.toml",
+                launcher=ZRSH_IN_IMAGE,
+                interfaces="eth0",
+                json_path=f"{MPI_DIR}/records.json" if options.json_path else None,
+            )
+            sys.stdout.flush()
+            argv = ["docker", "exec", coordinator, "python", str(RUN_MPI), *args]
+            status = subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+            if status == 0 and options.json_path is not None:
+                copy_out(coordinator, f"{MPI_DIR}/records.json", options.json_path)
+        finally:
+            restore(self.undo, self.signals)
+        return status
+
+    def _sshd(self, nodes: list[str], action: str) -> None:
+        for node in nodes:
+            docker("exec", self.container(node), "node-entrypoint", "sshd", action)
+
+    def _require_ssh_refused(self, coordinator: str, nodes: list[str]) -> None:
+        """From the coordinator, every worker's SSH port must refuse: SSH cannot run the job."""
+        for node in nodes:
+            probe = ["python", "-m", "cluster_patterns.healthcheck", "tcp"]
+            probe += ["--host", node, "--port", NODE_SSH_PORT]
+            done = subprocess.run(
+                ["docker", "exec", coordinator, *probe], capture_output=True, text=True
+            )
+            if done.returncode == 0:
+                raise SimError(f"{node}:{NODE_SSH_PORT} still accepts connections after sshd stop")

@@ -26,6 +26,8 @@ import psutil
 
 from cluster_patterns import curve
 from cluster_patterns.defaults import LOOPBACK
+from cluster_runner_simulation.agent_keys import generate_keys
+from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
 from cluster_simulator.backend import (
     START_TIMEOUT_S,
     Backend,
@@ -36,7 +38,8 @@ from cluster_simulator.backend import (
 )
 from cluster_simulator.config import REPO_ROOT, CurveChoice
 from cluster_simulator.lifecycle import child_ignores_sigint
-from cluster_simulator.netns import Network, namespaces_possible
+from cluster_simulator.mpi import AGENT, RUN_MPI, MpiOptions, restore, run_mpi_argv
+from cluster_simulator.netns import WORKERS_NET, Network, namespaces_possible
 from cluster_simulator.output import SimError, UsageError, say
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
@@ -47,6 +50,7 @@ POLL_S: Final = 0.1
 LOG_LINES: Final = 200
 FOLLOW_LINES: Final = 20
 PAUSED: Final = {psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP}
+AGENT_READY: Final = re.compile(r"ready on tcp://[^\s]+:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -351,6 +355,89 @@ class LocalBackend(Backend):
             preexec_fn=child_ignores_sigint,
         )
         return ClientRun(popen, json_path)
+
+    # --- mpi: the MPI job over node agents started for it, in the workers' namespaces -----------
+
+    def mpi(self, options: MpiOptions) -> int:
+        state = self.state()
+        workers = options.workers(Topology(state.workers).worker_names())
+        launcher = Path(self.config.python).parent / "zrsh"
+        if not launcher.is_file():
+            raise SimError(f"{launcher} is missing: run `make venv` (zrsh is a console script)")
+        names = [f"mpi-agent-{node}" for node in workers]
+        self.undo.arm(lambda: self._stop_named(names), "stopping the MPI job's node agents")
+        try:
+            descriptor, ports = self._mpi_agents(workers, state.netns)
+            interfaces = "lo"
+            prefix: list[str] = []
+            if state.netns:
+                network = self.network
+                network.route_between_workers(Topology(state.workers).worker_names())
+                self._require_only_agents_listen(ports)
+                interfaces, prefix = WORKERS_NET, network.exec_prefix(network.hub)
+                say(f"mpi: no sshd: only the agents listen in {' '.join(workers)}'s namespaces")
+            args = run_mpi_argv(
+                options,
+                workers,
+                str(descriptor),
+                launcher=str(launcher),
+                interfaces=interfaces,
+                json_path=str(options.json_path) if options.json_path else None,
+            )
+            sys.stdout.flush()
+            argv = [*prefix, self.config.python, "-u", str(RUN_MPI), *args]
+            status = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL).returncode
+        finally:
+            restore(self.undo, self.signals)
+        return status
+
+    def _mpi_agents(self, workers: list[str], netns: bool) -> tuple[Path, dict[str, int]]:
+        """One node agent per worker (CURVE keys made once); a descriptor that lists them,
+        and each agent's port."""
+        folder = self.state_dir / "mpi"
+        keys = folder / "keys"
+        if not (keys / "client.key_secret").is_file():
+            generate_keys(keys)
+        nodes = []
+        for node in workers:
+            host = self.network.worker_address(node) if netns else LOOPBACK
+            name = f"mpi-agent-{node}"
+            # A /tmp of its own, as a real node has: Open MPI keeps its session files there.
+            private_tmp = folder / "tmp" / node
+            private_tmp.mkdir(parents=True, exist_ok=True)
+            argv = ["env", f"NODE_ID={node}", f"TMPDIR={private_tmp}"]
+            argv += [self.config.python, "-u", str(AGENT), "serve"]
+            argv += ["--node-id", node, "--bind", host, "--port", "0", "--keys", str(keys)]
+            if netns:
+                argv = self.network.exec_prefix(self.network.namespace(node)) + argv
+            self.log(name).unlink(missing_ok=True)
+            self.spawn(name, argv)
+            self.wait_for_log(name, "ready")
+            port = int(AGENT_READY.findall(self.log(name).read_text(errors="replace"))[-1])
+            nodes.append(NodeSpec(node, host, zmq_port=port, curve_keys_dir=keys))
+        path = folder / "cluster.toml"
+        described = ClusterDescriptor(f"{self.config.project}-mpi", tuple(nodes))
+        path.write_text(render_descriptor(described))
+        return path, {node.id: node.zmq_port for node in nodes}
+
+    def _require_only_agents_listen(self, agent_ports: dict[str, int]) -> None:
+        """Nothing but the agent listens in a worker's namespace: no sshd can run the job."""
+        for node, port in agent_ports.items():
+            others = sorted(self.network.listening_ports(node) - {port})
+            if others:
+                raise SimError(f"{node}'s namespace also listens on {others}: not only the agent")
+
+    def _stop_named(self, names: list[str]) -> None:
+        for name in names:
+            pid = self.pid(name)
+            if pid_alive(pid):
+                _signal(pid, signal.SIGTERM)
+                deadline = time.monotonic() + STOP_GRACE_S
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
+                if pid_alive(pid):
+                    _signal(pid, signal.SIGKILL)
+            (self.state_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
 def _importable(module: str) -> bool:

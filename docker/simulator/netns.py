@@ -25,6 +25,7 @@ from typing import Final
 from cluster_simulator.output import SimError
 
 PREFIX: Final = "zsim"
+WORKERS_NET: Final = "10.77.0.0/16"  # every worker's /24 and the hub's ends
 
 
 def ip(*args: str) -> None:
@@ -85,6 +86,41 @@ class Network:
             ip("-n", namespace, "addr", "add", f"10.77.{index}.2/24", "dev", self.node_link(node))
             ip("-n", self.hub, "link", "set", self.hub_link(node), "up")
             ip("-n", namespace, "link", "set", self.node_link(node), "up")
+
+    def route_between_workers(self, workers: list[str]) -> None:
+        """Let the workers reach one another through the hub (the MPI job's ranks do).
+
+        The hub forwards between its veths and each worker routes 10.77.0.0/16 to its end;
+        a partitioned worker (hub end down) is then cut off from the other workers too.
+        """
+        done = subprocess.run(
+            [*self.exec_prefix(self.hub), "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            raise SimError(f"forwarding in {self.hub} failed: {done.stderr.strip()}")
+        for node in workers:
+            hub_side = self.hub_address(node)
+            ip("-n", self.namespace(node), "route", "replace", WORKERS_NET, "via", hub_side)
+
+    def listening_ports(self, node: str) -> set[int]:
+        """The TCP ports something listens on inside ``node``'s namespace."""
+        argv = [*self.exec_prefix(self.namespace(node)), "ss", "-Hltn"]
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise SimError(f"`ss -ltn` in {self.namespace(node)} failed: {done.stderr.strip()}")
+        ports = set()
+        for line in done.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1].isdigit():
+                ports.add(int(fields[3].rsplit(":", 1)[-1]))
+        return ports
+
+    def worker_address(self, node: str) -> str:
+        """The worker's own address, on its side of the veth."""
+        return f"10.77.{self._index(node)}.2"
 
     def set_link(self, node: str, up: bool) -> None:
         """Partition (down) or heal (up) one worker at the hub's end of its veth."""

@@ -20,6 +20,7 @@ from cluster_simulator.backend import CompareOptions
 from cluster_simulator.commands import Context
 from cluster_simulator.config import DEFAULT_WORKERS, MAX_WORKERS
 from cluster_simulator.faults import Faults
+from cluster_simulator.mpi import MpiOptions
 from cluster_simulator.output import ExitCode
 from cluster_simulator.roles import Workload
 from cluster_simulator.swarm_backend import MAX_SWARM_WORKERS
@@ -173,6 +174,31 @@ def _compare_args(parser: argparse.ArgumentParser) -> None:
     _json_arg(parser, "the figures as JSON")
 
 
+def _mpi_args(parser: argparse.ArgumentParser) -> None:
+    options = MpiOptions()
+    parser.add_argument(
+        "--nodes",
+        type=positive("--nodes"),
+        default=None,
+        metavar="N",
+        help="workers in the job, from worker1 (at least 2); None: every worker",
+    )
+    parser.add_argument(
+        "--ranks-per-node",
+        type=positive("--ranks-per-node"),
+        default=options.ranks_per_node,
+        metavar="R",
+        help="MPI ranks on each worker",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        default=options.max_bytes,
+        metavar="SIZE",
+        help="largest all-reduce message (K, M or G), from 1K in steps of 4",
+    )
+    _json_arg(parser, "the journal records of the result lines")
+
+
 def _shape_args(
     value: str, kind: Callable[[str], int], what: str
 ) -> Callable[[argparse.ArgumentParser], None]:
@@ -247,6 +273,11 @@ def run_demo(ctx: Context, args: argparse.Namespace) -> int:
 
 def run_compare(ctx: Context, args: argparse.Namespace) -> int:
     return commands.compare(ctx, CompareOptions(str(args.mode), args.executors, args.json))
+
+
+def run_mpi(ctx: Context, args: argparse.Namespace) -> int:
+    options = MpiOptions(args.nodes, int(args.ranks_per_node), str(args.max_bytes), args.json)
+    return commands.mpi(ctx, options)
 
 
 MANAGE: Final = "Cluster management"
@@ -341,6 +372,16 @@ COMMANDS: Final = [
         TESTING,
         run_compare,
         _compare_args,
+    ),
+    Command(
+        "mpi",
+        "mpi [--nodes N] [--ranks-per-node R] [--max-bytes SIZE] [--json PATH]",
+        "an MPI all-reduce across the workers with no sshd running: mpirun\n"
+        "through worker1's node agent, its daemons through zrsh and the\n"
+        "other agents; prints the busbw table (docker: sshd stopped for it)",
+        TESTING,
+        run_mpi,
+        _mpi_args,
     ),
     Command("fail", "fail NODE", "kill the node with SIGKILL", FAULTS, _fault("fail"), _node),
     Command(

@@ -1,0 +1,357 @@
+"""File transfers of the node agent: ``put`` and ``get``, only below its --files-root.
+
+Nothing here binds or connects. ``FilesRoot`` decides which paths a client may touch:
+absolute ones inside the root, or relative to it; never a ``..`` component, and never
+anything a symlink leads out of the root to. Every check is made on what was actually
+opened (the directory or file descriptor, through /proc/self/fd), so a symlink swapped in
+between a check and an open cannot escape either.
+
+``PutTransfer`` writes a file from a client's ``data`` chunks (granted as agent_input.py
+grants stdin) into a temporary name in the target directory (``.zcp-<random>.part``), and
+only when the last chunk came and the SHA-256 of everything received equals the one the
+client sent does it set the mode, fsync, rename the file to its name and fsync the
+directory. A transfer that is cut (cancel, the client gone silent for --transfer-idle-s,
+the agent stopping, a bad chunk, a full disk) removes its temporary file: no partial file
+ever appears under the final name. ``GetTransfer`` reads a file out as ``file_data``
+chunks within the connection's credit window (agent_flow.py), then ``file_end`` with its
+size, mode and SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+from cluster_runner_simulation.agent_flow import ConnectionWindow
+from cluster_runner_simulation.agent_input import InputGrant, InputRefused
+from cluster_runner_simulation.agent_protocol import (
+    MAX_ERROR_MESSAGE_CHARS,
+    OUTPUT_CHUNK_BYTES,
+    ErrorCode,
+    ErrorReply,
+    FileData,
+    FileEnd,
+    GetRequest,
+    Message,
+    PutRequest,
+)
+
+TRANSFER_IDLE_S: Final = 30.0  # a put or get that hears or sends nothing this long is cut
+TEMP_PREFIX: Final = ".zcp-"
+TEMP_SUFFIX: Final = ".part"
+CHUNKS_PER_TURN: Final = 8  # a get sends this many chunks, then lets other work run
+
+Send = Callable[..., None]  # (message, body=None): to the transfer's client
+
+
+class FileRefused(Exception):
+    """A put or get that cannot be done; the agent answers ``error`` with ``code``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _os_error(what: str, exc: OSError) -> FileRefused:
+    return FileRefused(ErrorCode.FILE_ERROR, f"{what}: {exc.strerror or exc}")
+
+
+class FilesRoot:
+    """The directory below which clients may read and write files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.realpath(root))
+        if not self.root.is_dir():
+            raise ValueError(f"--files-root {root}: not a directory")
+
+    def target(self, path: str) -> Path:
+        """``path`` (absolute inside the root, or relative to it) as a path below the root."""
+        parts = PurePosixPath(path).parts
+        if ".." in parts:
+            raise FileRefused(ErrorCode.PATH_REFUSED, f"{path}: '..' is not allowed")
+        candidate = Path(os.path.normpath(path if path.startswith("/") else self.root / path))
+        if not self.contains(candidate):
+            raise FileRefused(
+                ErrorCode.PATH_REFUSED, f"{path}: outside the agent's files root {self.root}"
+            )
+        return candidate
+
+    def contains(self, path: Path) -> bool:
+        return path == self.root or self.root in path.parents
+
+    def check_opened(self, fd: int, shown: str) -> Path:
+        """Where the descriptor ``fd`` really is; refused if that is outside the root."""
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not self.contains(real):
+            os.close(fd)
+            raise FileRefused(
+                ErrorCode.PATH_REFUSED, f"{shown}: leads outside the files root (a symlink?)"
+            )
+        return real
+
+    def open_directory(self, path: Path, shown: str) -> tuple[int, Path]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error(f"{shown}: cannot open directory {path}", exc) from None
+        return fd, self.check_opened(fd, shown)
+
+    def place_for_put(self, req: PutRequest) -> tuple[int, str, Path]:
+        """(directory fd, file name in it, final path shown to the client) for a put."""
+        target = self.target(req.path)
+        is_dir = target.is_dir()
+        if req.directory and not is_dir:
+            raise FileRefused(ErrorCode.FILE_ERROR, f"{req.path}: not a directory")
+        if req.name is not None and is_dir:
+            directory, name = target, req.name
+        else:
+            directory, name = target.parent, target.name
+        if name in ("", ".", "..") or not self.contains(directory / name):
+            raise FileRefused(ErrorCode.PATH_REFUSED, f"{req.path}: not a file name")
+        fd, real_directory = self.open_directory(directory, req.path)
+        try:
+            existing = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        except OSError as exc:
+            os.close(fd)
+            raise _os_error(req.path, exc) from None
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            os.close(fd)
+            raise FileRefused(ErrorCode.FILE_ERROR, f"{real_directory / name}: is a directory")
+        return fd, name, real_directory / name
+
+    def open_for_get(self, req: GetRequest) -> tuple[int, Path]:
+        target = self.target(req.path)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error(f"{req.path}: cannot open", exc) from None
+        real = self.check_opened(fd, req.path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileRefused(ErrorCode.FILE_ERROR, f"{req.path}: not a regular file")
+        return fd, real
+
+
+class PutTransfer:
+    """One ``put``: data chunks into a temporary file, committed only when all is right."""
+
+    def __init__(
+        self, req: PutRequest, root: FilesRoot, send: Send, idle_s: float = TRANSFER_IDLE_S
+    ) -> None:
+        self.req = req
+        self.send = send
+        self.dir_fd, self.name, self.final = root.place_for_put(req)
+        self.temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd: int | None = os.open(self.temp, flags, 0o600, dir_fd=self.dir_fd)
+        except OSError as exc:
+            os.close(self.dir_fd)
+            raise _os_error(f"{self.final.parent}: cannot create a file", exc) from None
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.committed = False  # renamed to its final name
+        self.committing = False  # the commit thread owns the file now
+        self.grant = InputGrant(req.id, send)
+        self.idle_s = idle_s
+        self.finished = asyncio.get_running_loop().create_future()
+        self._idle: asyncio.TimerHandle | None = None
+        self._touch()
+        self.grant.open()
+
+    def receive(self, chunk: bytes, eof: bool, sha256: str | None) -> None:
+        if self.fd is None or self.committing:
+            raise InputRefused(ErrorCode.BAD_REQUEST, "this put is already complete")
+        self.grant.take(len(chunk), eof)
+        self._touch()
+        if self.size + len(chunk) > self.req.size:
+            self.abort()
+            raise InputRefused(
+                ErrorCode.BAD_REQUEST, f"more than the {self.req.size} bytes announced"
+            )
+        try:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            self.abort()
+            raise InputRefused(ErrorCode.FILE_ERROR, f"{self.final}: {exc.strerror}") from None
+        self.hash.update(chunk)
+        self.size += len(chunk)
+        self.grant.written(len(chunk))
+        if eof:
+            self._end(sha256)
+
+    def _end(self, sha256: str | None) -> None:
+        digest = self.hash.hexdigest()
+        if self.size != self.req.size:
+            self.abort()
+            raise InputRefused(
+                ErrorCode.BAD_REQUEST, f"{self.size} bytes came, {self.req.size} were announced"
+            )
+        if sha256 != digest:
+            self.abort()
+            raise InputRefused(
+                ErrorCode.CHECKSUM_MISMATCH,
+                f"{self.final}: SHA-256 of the bytes received is {digest}, not {sha256}",
+            )
+        if self._idle is not None:
+            self._idle.cancel()
+        self.committing = True
+        task = asyncio.ensure_future(asyncio.to_thread(self._commit))
+        task.add_done_callback(self._committed)
+
+    def _commit(self) -> None:
+        """In a thread (fsync may take a while): mode, fsync, rename, fsync the directory.
+
+        It owns the file meanwhile (``abort`` leaves it alone); on failure the temporary
+        file is removed here.
+        """
+        fd, self.fd = self.fd, None
+        assert fd is not None
+        try:
+            os.fchmod(fd, self.req.mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(self.temp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp, dir_fd=self.dir_fd)
+            raise
+        self.committed = True
+        os.fsync(self.dir_fd)
+
+    def _committed(self, task: asyncio.Future[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        self.committing = False
+        if error is None:
+            digest = self.hash.hexdigest()
+            self.send(
+                FileEnd(
+                    id=self.req.id,
+                    path=str(self.final),
+                    size=self.size,
+                    mode=self.req.mode,
+                    sha256=digest,
+                )
+            )
+        else:
+            if not self.committed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.temp, dir_fd=self.dir_fd)
+            reason = error.strerror if isinstance(error, OSError) else repr(error)
+            self.send(_error(self.req.id, ErrorCode.FILE_ERROR, f"{self.final}: {reason}"))
+        self._close_dir()
+
+    def abort(self) -> None:
+        """Cut: remove the temporary file; nothing appears under the final name.
+
+        Once every byte came and matched, the commit is let finish instead: the file is whole.
+        """
+        if self.committing:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not self.committed and self.dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp, dir_fd=self.dir_fd)
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _touch(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.abort()
+        reason = f"no data for {self.idle_s:g}s: transfer cut, nothing written"
+        self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
+
+
+class GetTransfer:
+    """One ``get``: the file as file_data chunks within the credit window, then file_end."""
+
+    def __init__(
+        self, req: GetRequest, root: FilesRoot, send: Send, window: ConnectionWindow
+    ) -> None:
+        self.req = req
+        self.send = send
+        self.window = window
+        self.fd, self.path = root.open_for_get(req)
+        self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.finished = asyncio.get_running_loop().create_future()
+        self._scheduled = False
+        self.resume()
+
+    def resume(self) -> None:
+        """Send what the window allows (the window calls this when it reopens)."""
+        if not self._scheduled and not self.finished.done():
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        for _ in range(CHUNKS_PER_TURN):
+            if self.finished.done():
+                return
+            if not self.window.is_open:
+                self.window.wait(self)
+                return
+            try:
+                chunk = os.read(self.fd, OUTPUT_CHUNK_BYTES)
+            except OSError as exc:
+                self.abort()
+                self.send(_error(self.req.id, ErrorCode.FILE_ERROR, f"{self.path}: {exc.strerror}"))
+                return
+            if not chunk:
+                digest = self.hash.hexdigest()
+                self.abort()
+                self.send(
+                    FileEnd(
+                        id=self.req.id,
+                        path=str(self.path),
+                        size=self.size,
+                        mode=self.mode,
+                        sha256=digest,
+                    )
+                )
+                return
+            self.hash.update(chunk)
+            self.size += len(chunk)
+            self.send(FileData(id=self.req.id), chunk)
+        self.resume()
+
+    def abort(self) -> None:
+        self.window.forget(self)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+
+def _error(request_id: str, code: ErrorCode, message: str) -> Message:
+    return ErrorReply(id=request_id, code=code, message=message[:MAX_ERROR_MESSAGE_CHARS])

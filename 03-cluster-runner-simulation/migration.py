@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Unpack, runtime_checkable
 
 from cluster_runner_simulation.context_common import ExecutorContext, NodeFilter, build_context
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
@@ -51,8 +51,8 @@ from cluster_runner_simulation.protocols import (
     CommandResult,
     NodeExecutorProtocol,
     NodeUnreachable,
-    Stdin,
     StreamEvent,
+    StreamOptions,
     SystemConfiguration,
 )
 
@@ -143,13 +143,7 @@ class FallbackExecutor:
         return await self.fallback.run(command, timeout=timeout, env=env, cwd=cwd)
 
     async def stream(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Env = None,
-        cwd: str | None = None,
-        stdin: Stdin = None,
+        self, command: str, **options: Unpack[StreamOptions]
     ) -> AsyncIterator[StreamEvent]:
         """Like ``run``: the primary if its ping answered (and then only the primary)."""
         chosen = self.primary
@@ -157,7 +151,7 @@ class FallbackExecutor:
             self.fallbacks += 1
             log.info("%s: fallback #%d streams %r", self.node_id, self.fallbacks, command[:80])
             chosen = self.fallback
-        events = chosen.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        events = chosen.stream(command, **options)
         try:
             async for event in events:
                 yield event

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, Self, TypeAlias, TypedDict, runtime_checkable
 
 # Extra environment variables for one command (added to the node's own), or None.
 Env: TypeAlias = Mapping[str, str] | None
@@ -246,6 +246,29 @@ class NodeExecutorProtocol(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class StreamOptions(TypedDict, total=False):
+    """``stream()``'s keywords, for an executor that only passes them on to another one
+    (``**options: Unpack[StreamOptions]``): a keyword added here reaches every wrapper."""
+
+    timeout: float | None
+    env: Env
+    cwd: str | None
+    stdin: Stdin
+
+
+class ClosedOnExit:
+    """``async with executor:`` closes it on the way out; the executors mix this in."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        raise NotImplementedError
 
 
 @runtime_checkable

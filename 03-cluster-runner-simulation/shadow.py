@@ -34,15 +34,15 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from cluster_runner_simulation.mpi_bench import BenchOutputError, parse_bench_output
 from cluster_runner_simulation.protocols import (
     CommandResult,
     Env,
     NodeExecutorProtocol,
-    Stdin,
     StreamEvent,
+    StreamOptions,
     SystemConfiguration,
 )
 from cluster_runner_simulation.scheduling import parse_result_line
@@ -288,17 +288,11 @@ class ShadowExecutor:
             await asyncio.gather(*list(self._comparisons), return_exceptions=True)
 
     async def stream(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        env: Env = None,
-        cwd: str | None = None,
-        stdin: Stdin = None,
+        self, command: str, **options: Unpack[StreamOptions]
     ) -> AsyncIterator[StreamEvent]:
         """The primary's stream, not shadowed: a streamed command is long or reads stdin, and
         neither is safe to run twice."""
-        events = self.primary.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+        events = self.primary.stream(command, **options)
         try:
             async for event in events:
                 yield event

@@ -43,6 +43,7 @@ from cluster_runner_simulation.agent_protocol import (
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
+    ClosedOnExit,
     Env,
     CommandExit,
     CommandResult,
@@ -84,7 +85,7 @@ def _signal_name(exit_signal: Any) -> str | None:
     return str(exit_signal[0]) if isinstance(exit_signal, tuple) else str(exit_signal)
 
 
-class AsyncSSHExecutor:
+class AsyncSSHExecutor(ClosedOnExit):
     """Runs commands on one node over a persistent asyncssh connection."""
 
     def __init__(
@@ -297,12 +298,6 @@ class AsyncSSHExecutor:
             with contextlib.suppress(asyncssh.Error, OSError):
                 await self._conn.wait_closed()
             self._conn = None
-
-    async def __aenter__(self) -> AsyncSSHExecutor:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 async def _pump(

@@ -52,6 +52,7 @@ from cluster_runner_simulation.agent_protocol import (
     system_config_from_facts,
 )
 from cluster_runner_simulation.protocols import (
+    ClosedOnExit,
     Env,
     CommandExit,
     CommandResult,
@@ -73,7 +74,7 @@ FACTS_TIMEOUT_S = 30.0
 log = logging.getLogger("zmq_node_executor")
 
 
-class ZmqNodeExecutor:
+class ZmqNodeExecutor(ClosedOnExit):
     """Runs commands on one node through its ZeroMQ agent."""
 
     def __init__(
@@ -239,12 +240,6 @@ class ZmqNodeExecutor:
 
     async def close(self) -> None:
         await self._conn.close()
-
-    async def __aenter__(self) -> ZmqNodeExecutor:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- Input and results ---------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -130,3 +132,14 @@ def config_from(config_class: Callable[..., C], args: argparse.Namespace) -> C:
     values: dict[str, Any] = vars(args)
     names = [field.name for field in dataclasses.fields(config_class)]  # type: ignore[arg-type]
     return config_class(**{name: values[name] for name in names if name in values})
+
+
+def run_interruptible(prog: str, body: Callable[[], int]) -> int:
+    """``body()``'s exit status, with SIGTERM stopping it like Ctrl-C: its cleanup runs,
+    then ``PROG: interrupted`` on stderr and 130, as a shell reports a SIGINT, no traceback."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

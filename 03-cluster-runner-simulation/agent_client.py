@@ -78,7 +78,16 @@ class UsageError(Exception):
 
 
 class ToolArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors raise ``UsageError``, so each tool picks its status."""
+    """argparse whose usage errors raise ``UsageError``, so each tool picks its status, and
+    whose ``--help`` shows every default."""
+
+    def __init__(self, prog: str, description: str, usage: str | None = None) -> None:
+        super().__init__(
+            prog=prog,
+            usage=usage,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
+from cluster_patterns.cli_args import run_interruptible
 from cluster_runner_simulation.context_common import ContextBuildError
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -237,12 +237,7 @@ def main_with(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return main_with(args)
-    except KeyboardInterrupt:
-        print("run_mpi: interrupted", file=sys.stderr)
-        return 130
+    return run_interruptible("run_mpi", lambda: main_with(args))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from cluster_patterns.cli_args import run_interruptible
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.context_common import ContextBuildError, ExecutorContext
 from cluster_runner_simulation.descriptor import (
@@ -360,12 +361,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return main_with(args)
-    except KeyboardInterrupt:
-        print("run_schedules: interrupted", file=sys.stderr)
-        return 130
+    return run_interruptible("run_schedules", lambda: main_with(args))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolArgumentParser(
         prog="zcp",
         description="Copy files to (or --gather them from) many nodes through their agents.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--gather", action="store_true", help="NODESET:PATH... LOCALDIR: fetch into LOCALDIR/NODE/"

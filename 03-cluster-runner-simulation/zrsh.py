@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zrsh",
         usage="zrsh [--descriptor FILE] [ssh options] [user@]HOST COMMAND...",
         description="Run COMMAND on HOST through its ZeroMQ agent (an rsh for MPI launchers).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--descriptor", default=None, help="cluster TOML; None: $ZRSH_DESCRIPTOR or a default"

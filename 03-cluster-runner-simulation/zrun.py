@@ -95,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolArgumentParser(
         prog="zrun",
         description="Run COMMAND on many nodes through their ZeroMQ agents (like clush/pdsh).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "-w", dest="targets", action="append", default=[], help="node set: node[0-7],@group"

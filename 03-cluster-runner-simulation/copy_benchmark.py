@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +33,8 @@ from typing import Final
 
 from cluster_patterns.cli_args import positive_int
 from cluster_patterns.stats import percentile
-from cluster_runner_simulation.fanout_benchmark import BIN, load_line, missing_tools, ssh_config
-from cluster_runner_simulation.fanout_benchmark import write_json
+from cluster_runner_simulation.fanout_benchmark import BIN, Report, benchmark_main, missing_tools
+from cluster_runner_simulation.fanout_benchmark import ssh_config
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, write_local_descriptor
 
 RUN_TIMEOUT_S: Final = 900.0
@@ -170,32 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = missing_tools() or (None if shutil.which("scp") else "scp not found")
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        with tempfile.TemporaryDirectory(prefix="copy-", dir="/tmp") as work:
-            tools, loads = measure(args.nodes, args.megabytes, args.runs, Path(work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(markdown(args.nodes, args.megabytes, args.runs, tools))
-    print(f"\n{load_line(loads)}")
-    write_json(
-        args.json,
-        {
+
+    def measured(work: Path) -> Report:
+        tools, loads = measure(args.nodes, args.megabytes, args.runs, work)
+        figures: dict[str, object] = {
             "nodes": args.nodes,
             "megabytes": args.megabytes,
             "seconds": {tool.label: tool.seconds for tool in tools},
-            "load_average": loads,
-            "cpus": os.cpu_count(),
-        },
-    )
-    return 0
+        }
+        return Report(markdown(args.nodes, args.megabytes, args.runs, tools), loads, figures)
+
+    problem = missing_tools() or (None if shutil.which("scp") else "scp not found")
+    return benchmark_main(problem, "copy-", measured, args.json)
 
 
 if __name__ == "__main__":

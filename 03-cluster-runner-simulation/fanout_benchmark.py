@@ -212,6 +212,40 @@ def write_json(path: Path | None, document: dict[str, object]) -> None:
         path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class Report:
+    """What one benchmark run measured: its table, the load averages, its JSON figures."""
+
+    table: str
+    loads: Sequence[float]
+    figures: dict[str, object]
+
+
+def benchmark_main(
+    problem: str | None, prefix: str, measure: Callable[[Path], Report], json_path: Path | None
+) -> int:
+    """A side-by-side benchmark's exit status: 2 when a tool is missing (``problem``), 130 on
+    Ctrl-C, 1 when a run failed; else 0, with the table, the load line and the JSON figures
+    (plus the load and the CPUs). ``measure`` works in a fresh directory under /tmp."""
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as work:
+            report = measure(Path(work))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.table)
+    print(f"\n{load_line(report.loads)}")
+    loads = list(report.loads)
+    write_json(json_path, {**report.figures, "load_average": loads, "cpus": os.cpu_count()})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="cold fan-out of hostname: zrun vs clush -b vs pdsh -R ssh, side by side",
@@ -232,34 +266,20 @@ def missing_tools() -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = missing_tools()
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        with tempfile.TemporaryDirectory(prefix="fanout-", dir="/tmp") as workdir:
-            fanouts, bounds, loads = measure(args.nodes, args.runs, Path(workdir))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(markdown(args.nodes, args.runs, fanouts, bounds))
-    print(f"\n{load_line(loads)}")
-    write_json(
-        args.json,
-        {
+
+    def measured(workdir: Path) -> Report:
+        fanouts, bounds, loads = measure(args.nodes, args.runs, workdir)
+        timings = [*fanouts, *bounds]
+        figures: dict[str, object] = {
             "nodes": args.nodes,
             "runs": args.runs,
-            "seconds": {t.label: t.seconds for t in [*fanouts, *bounds]},
-            "medians": {t.label: round(t.median, 4) for t in [*fanouts, *bounds]},
+            "seconds": {t.label: t.seconds for t in timings},
+            "medians": {t.label: round(t.median, 4) for t in timings},
             "over_zrun": {t.label: round(t.median / fanouts[0].median, 2) for t in fanouts[1:]},
-            "load_average": loads,
-            "cpus": os.cpu_count(),
-        },
-    )
-    return 0
+        }
+        return Report(markdown(args.nodes, args.runs, fanouts, bounds), loads, figures)
+
+    return benchmark_main(missing_tools(), "fanout-", measured, args.json)
 
 
 if __name__ == "__main__":

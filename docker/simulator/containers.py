@@ -1,5 +1,6 @@
-"""What the Docker and the Swarm backends share: the docker CLI, the node image, and a client
-run inside a container.
+"""What the Docker and the Swarm backends share: the docker CLI, the node image, a client
+run inside a container, and ``ContainerBackend``, the faults and the client that work the same
+on any container whoever started it (Compose or Swarm).
 
 Both run the same image (docker/Dockerfile), tagged ``PROJECT-node:latest`` and labelled with
 the project, and both run client.py inside the coordinator's container, where it talks to
@@ -8,6 +9,7 @@ the project, and both run client.py inside the coordinator's container, where it
 
 from __future__ import annotations
 
+import abc
 import json
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster_patterns import defaults
-from cluster_simulator.backend import ClientRun, Output
+from cluster_simulator.backend import Backend, ClientRun, Output
 from cluster_simulator.config import DOCKER_DIR, REPO_ROOT
 from cluster_simulator.lifecycle import child_ignores_sigint
 from cluster_simulator.output import SimError
@@ -154,3 +156,38 @@ def copy_out(cid: str, inside: str, target: Path) -> None:
         part.replace(target)
     else:
         part.unlink(missing_ok=True)
+
+
+def container_pid(cid: str) -> int:
+    """The host pid of the container's first process: ``nsenter -t PID`` enters its netns."""
+    return int(inspect(cid)[0]["State"]["Pid"])
+
+
+class ContainerBackend(Backend):
+    """A backend whose nodes are containers of the node image (``container(node)``)."""
+
+    @abc.abstractmethod
+    def container(self, node: str) -> str:
+        """The id of ``node``'s container; a SimError if it has none."""
+
+    @abc.abstractmethod
+    def roles(self) -> Roles:
+        """How the node image's roles are started in this cluster."""
+
+    def _state_file(self) -> Path:
+        return self.state_dir / "cluster.json"
+
+    def freeze(self, node: str) -> None:
+        docker("pause", self.container(node))
+
+    def thaw(self, node: str) -> None:
+        docker("unpause", self.container(node))
+
+    def in_node_netns(self, node: str) -> list[str]:
+        return ["nsenter", "-t", str(container_pid(self.container(node))), "-n"]
+
+    def start_client(
+        self, work: Workload, json_path: Path | None, stdout: Output = None, stderr: Output = None
+    ) -> ClientRun:
+        cid = self.container("coordinator")
+        return client_in_container(cid, self.roles(), work, json_path, stdout, stderr)

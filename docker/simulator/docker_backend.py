@@ -16,23 +16,19 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from cluster_simulator.backend import (
     START_TIMEOUT_S,
-    Backend,
-    ClientRun,
     CompareOptions,
-    Output,
     StatusRow,
     Topology,
 )
 from cluster_simulator.compose import Compose
 from cluster_simulator.config import DEFAULT_WORKERS, ComposeChoice, CurveChoice
 from cluster_simulator.containers import (
+    ContainerBackend,
     build_image,
-    client_in_container,
     copy_out,
     docker,
     inspect,
@@ -42,7 +38,7 @@ from cluster_simulator.containers import (
 from cluster_simulator.mpi import RUN_MPI, MpiOptions, restore, run_mpi_argv
 from cluster_simulator.output import SimError, say
 from cluster_simulator.ports import require_free_ports
-from cluster_simulator.roles import Roles, Workload
+from cluster_simulator.roles import Roles
 
 PROJECT_LABEL: Final = "com.docker.compose.project"
 SERVICE_LABEL: Final = "com.docker.compose.service"
@@ -71,7 +67,7 @@ class DockerState:
     curve: bool = False
 
 
-class DockerBackend(Backend):
+class DockerBackend(ContainerBackend):
     name = "docker"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,9 +80,6 @@ class DockerBackend(Backend):
         self.compose = Compose(self.config, compose_choice, self.image, self.state_dir)
 
     # --- state -------------------------------------------------------------------------------
-
-    def _state_file(self) -> Path:
-        return self.state_dir / "cluster.json"
 
     def _read_state(self) -> DockerState | None:
         try:
@@ -264,12 +257,6 @@ class DockerBackend(Backend):
     def reconnect(self, node: str) -> None:
         docker("network", "connect", "--alias", node, self._network(), self.container(node))
 
-    def freeze(self, node: str) -> None:
-        docker("pause", self.container(node))
-
-    def thaw(self, node: str) -> None:
-        docker("unpause", self.container(node))
-
     def traffic_control(
         self, node: str, action: str, *netem: str
     ) -> subprocess.CompletedProcess[str]:
@@ -277,18 +264,7 @@ class DockerBackend(Backend):
         argv = ["docker", "exec", "-u", "root", self.container(node), "sh", "-c", TC_SCRIPT, "tc"]
         return subprocess.run([*argv, action, *netem], capture_output=True, text=True)
 
-    def in_node_netns(self, node: str) -> list[str]:
-        pid = inspect(self.container(node))[0]["State"]["Pid"]
-        return ["nsenter", "-t", str(pid), "-n"]
-
     # --- work --------------------------------------------------------------------------------
-
-    def start_client(
-        self, work: Workload, json_path: Path | None, stdout: Output = None, stderr: Output = None
-    ) -> ClientRun:
-        return client_in_container(
-            self.container("coordinator"), self.roles(), work, json_path, stdout, stderr
-        )
 
     def compare(self, options: CompareOptions) -> int:
         self.require_started()

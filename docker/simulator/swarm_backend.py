@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Final
 
 from cluster_patterns import defaults
@@ -29,16 +28,14 @@ from cluster_patterns.protocol import NodeState
 from cluster_simulator import swarm_stack
 from cluster_simulator.backend import (
     START_TIMEOUT_S,
-    Backend,
-    ClientRun,
-    Output,
     StatusRow,
     Topology,
 )
 from cluster_simulator.config import DEFAULT_WORKERS, CurveChoice
 from cluster_simulator.containers import (
+    ContainerBackend,
+    container_pid,
     build_image,
-    client_in_container,
     docker,
     inspect,
     inspect_present,
@@ -48,7 +45,7 @@ from cluster_simulator.containers import (
 from cluster_simulator.monitor_api import node_states
 from cluster_simulator.output import SimError, UsageError, say
 from cluster_simulator.ports import require_free_ports
-from cluster_simulator.roles import Roles, Workload
+from cluster_simulator.roles import Roles
 from cluster_simulator.swarm import (
     POLL_S,
     ROLES,
@@ -78,7 +75,7 @@ class SwarmState:
     image: str
 
 
-class SwarmBackend(Backend):
+class SwarmBackend(ContainerBackend):
     name = "swarm"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -104,9 +101,6 @@ class SwarmBackend(Backend):
         return self._stack
 
     # --- state -------------------------------------------------------------------------------
-
-    def _state_file(self) -> Path:
-        return self.state_dir / "cluster.json"
 
     def _read_state(self) -> SwarmState | None:
         try:
@@ -371,9 +365,6 @@ class SwarmBackend(Backend):
                 return words[1]
         raise SimError(f"container {cid[:12]} has no interface with address {address}")
 
-    def _pid(self, cid: str) -> int:
-        return int(inspect(cid)[0]["State"]["Pid"])
-
     # --- faults ------------------------------------------------------------------------------
 
     def kill(self, node: str) -> None:
@@ -404,7 +395,7 @@ class SwarmBackend(Backend):
                 f"{command} on Swarm needs root on this host: it changes the task's own network "
                 "namespace with nsenter"
             )
-        argv = ["nsenter", "-t", str(self._pid(cid)), "-n", "iptables", *rule]
+        argv = ["nsenter", "-t", str(container_pid(cid)), "-n", "iptables", *rule]
         done = subprocess.run(argv, capture_output=True, text=True)
         if check and done.returncode != 0:
             raise SimError(f"{command}: `iptables {' '.join(rule)}` failed: {done.stderr.strip()}")
@@ -439,12 +430,6 @@ class SwarmBackend(Backend):
         self._iptables("heal", cid, "-F", chain, check=False)
         self._iptables("heal", cid, "-X", chain, check=False)
 
-    def freeze(self, node: str) -> None:
-        docker("pause", self.container(node))
-
-    def thaw(self, node: str) -> None:
-        docker("unpause", self.container(node))
-
     def traffic_control(
         self, node: str, action: str, *netem: str
     ) -> subprocess.CompletedProcess[str]:
@@ -452,17 +437,6 @@ class SwarmBackend(Backend):
         argv = ["docker", "exec", "-u", "root", cid, "tc", "qdisc", action]
         argv += ["dev", self._interface(cid), "root", *netem]
         return subprocess.run(argv, capture_output=True, text=True)
-
-    def in_node_netns(self, node: str) -> list[str]:
-        return ["nsenter", "-t", str(self._pid(self.container(node))), "-n"]
-
-    # --- work --------------------------------------------------------------------------------
-
-    def start_client(
-        self, work: Workload, json_path: Path | None, stdout: Output = None, stderr: Output = None
-    ) -> ClientRun:
-        cid = self.container("coordinator")
-        return client_in_container(cid, self.roles(), work, json_path, stdout, stderr)
 
 
 def _slot(name: str) -> int:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -41,11 +40,10 @@ from cluster_runner_simulation.agent_protocol import (
     GetRequest,
     Message,
     PutRequest,
+    transfer_temp_name,
 )
 
 TRANSFER_IDLE_S: Final = 30.0  # a put or get that hears or sends nothing this long is cut
-TEMP_PREFIX: Final = ".zcp-"
-TEMP_SUFFIX: Final = ".part"
 CHUNKS_PER_TURN: Final = 8  # a get sends this many chunks, then lets other work run
 
 Send = Callable[..., None]  # (message, body=None): to the transfer's client
@@ -150,7 +148,7 @@ class PutTransfer:
         self.req = req
         self.send = send
         self.dir_fd, self.name, self.final = root.place_for_put(req)
-        self.temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        self.temp = transfer_temp_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self.fd: int | None = os.open(self.temp, flags, 0o600, dir_fd=self.dir_fd)

@@ -32,6 +32,7 @@ print(encode(PingRequest(id='p1')))"
 from __future__ import annotations
 
 import enum
+import os
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 from typing import Union, get_args
@@ -76,10 +77,24 @@ INPUT_WINDOW_BYTES: Final = 2 * 1024 * 1024
 MAX_PATH_CHARS: Final = 4096
 MAX_FILE_NAME_CHARS: Final = 255
 MAX_FILE_BYTES: Final = 2**53 - 1
+# A file being written by a put (on the node) or a get (on the client) is first a temporary
+# file of this form beside its destination, so an interrupted transfer never leaves the final
+# name; a crash can leave one behind, recognisable by its name.
+TEMP_PREFIX: Final = ".zcp-"
+TEMP_SUFFIX: Final = ".part"
 
 ENV_NAME_PATTERN: Final = r"\A[A-Za-z_][A-Za-z0-9_]*\Z"  # \Z: no trailing newline, unlike $
 ENV_NAME: Final = re.compile(ENV_NAME_PATTERN)
 _NO_NUL: Final = r"\A[^\x00]*\Z"
+
+
+def transfer_temp_name() -> str:
+    """A fresh temporary name for a transfer's file: ``.zcp-<16 hex digits>.part``.
+
+    ``os.urandom`` is what ``secrets.token_hex`` reads, without the import (hmac, base64)
+    that would slow the start of zrun and zrsh, which import this module too."""
+    return f"{TEMP_PREFIX}{os.urandom(8).hex()}{TEMP_SUFFIX}"
+
 
 # --- Field types, with their limits -----------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -36,6 +35,7 @@ from cluster_runner_simulation.agent_protocol import (
     GetRequest,
     Message,
     PutRequest,
+    transfer_temp_name,
 )
 
 LEAD_BYTES: Final = 16 * 1024 * 1024  # how far the fastest node may run ahead of the slowest
@@ -183,7 +183,7 @@ class GetJob:
 
     def start(self) -> None:
         self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self._temp = self.destination.parent / f".zcp-{secrets.token_hex(8)}.part"
+        self._temp = self.destination.parent / transfer_temp_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self._temp, flags, 0o600)
         self.session.send(self.request)

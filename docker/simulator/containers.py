@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from dataclasses import asdict
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from cluster_patterns import defaults
 from cluster_simulator.backend import Backend, ClientRun, Output
-from cluster_simulator.config import DOCKER_DIR, REPO_ROOT
+from cluster_simulator.config import DOCKER_DIR, REPO_ROOT, CurveChoice
 from cluster_simulator.lifecycle import child_ignores_sigint
 from cluster_simulator.output import SimError
 from cluster_simulator.roles import Roles, Workload
@@ -163,8 +164,23 @@ def container_pid(cid: str) -> int:
     return int(inspect(cid)[0]["State"]["Pid"])
 
 
-class ContainerBackend(Backend):
-    """A backend whose nodes are containers of the node image (``container(node)``)."""
+class StartRecord(Protocol):
+    """What a container backend's start records (a frozen dataclass, kept as JSON)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def curve(self) -> bool: ...
+
+
+S = TypeVar("S", bound=StartRecord)
+
+
+class ContainerBackend(Backend, Generic[S]):
+    """A backend whose nodes are containers of the node image (``container(node)``), and
+    whose start is recorded in ``recorded`` (None: not started from here)."""
+
+    recorded: S | None
 
     @abc.abstractmethod
     def container(self, node: str) -> str:
@@ -176,6 +192,23 @@ class ContainerBackend(Backend):
 
     def _state_file(self) -> Path:
         return self.state_dir / "cluster.json"
+
+    def _read_state(self, record: type[S]) -> S | None:
+        try:
+            return record(**json.loads(self._state_file().read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _record(self, state: S) -> None:
+        self.recorded = state
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file().write_text(json.dumps(asdict(state)) + "\n")
+
+    def curve(self) -> bool:
+        """CURVE on 5570/5571: on unless CLUSTER_CURVE=off (as the cluster was started)."""
+        if self.recorded is not None:
+            return self.recorded.curve
+        return self.config.curve is not CurveChoice.OFF
 
     def freeze(self, node: str) -> None:
         docker("pause", self.container(node))

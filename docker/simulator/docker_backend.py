@@ -9,13 +9,12 @@ image); every role reads them from /keys/coordinator.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cluster_simulator.backend import (
@@ -25,7 +24,7 @@ from cluster_simulator.backend import (
     Topology,
 )
 from cluster_simulator.compose import Compose
-from cluster_simulator.config import DEFAULT_WORKERS, ComposeChoice, CurveChoice
+from cluster_simulator.config import DEFAULT_WORKERS, ComposeChoice
 from cluster_simulator.containers import (
     ContainerBackend,
     build_image,
@@ -67,25 +66,19 @@ class DockerState:
     curve: bool = False
 
 
-class DockerBackend(ContainerBackend):
+class DockerBackend(ContainerBackend[DockerState]):
     name = "docker"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.image = project_image(self.config.project)
-        self.recorded = self._read_state()
+        self.recorded = self._read_state(DockerState)
         compose_choice = self.config.compose
         if compose_choice is ComposeChoice.AUTO and self.recorded is not None:
             compose_choice = ComposeChoice(self.recorded.compose)  # stay with the starter's
         self.compose = Compose(self.config, compose_choice, self.image, self.state_dir)
 
     # --- state -------------------------------------------------------------------------------
-
-    def _read_state(self) -> DockerState | None:
-        try:
-            return DockerState(**json.loads(self._state_file().read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
 
     def containers(self) -> dict[str, str]:
         """Service name -> container id of every container of the project, running or not."""
@@ -127,12 +120,6 @@ class DockerBackend(ContainerBackend):
                 return int(mapping[0].rsplit(":", 1)[1])
         return self.config.ports.monitor
 
-    def curve(self) -> bool:
-        """CURVE on 5570/5571: on unless CLUSTER_CURVE=off (as the cluster was started)."""
-        if self.recorded is not None:
-            return self.recorded.curve
-        return self.config.curve is not CurveChoice.OFF
-
     def summary(self) -> str:
         curve = "CURVE on 5570/5571" if self.curve() else "no CURVE"
         return f"docker backend, Compose {self.compose.version}, {curve}"
@@ -155,9 +142,7 @@ class DockerBackend(ContainerBackend):
         say(f"building {self.image} (cached layers make this quick)")
         build_image(self.config.project, self.image, quiet=True)
         curve = self.curve()
-        self.recorded = DockerState(workers, self.compose.version, curve)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._state_file().write_text(json.dumps(asdict(self.recorded)) + "\n")
+        self._record(DockerState(workers, self.compose.version, curve))
         self.compose.write_override(workers, self.roles())
         services = Topology(workers).nodes()
         self.compose.up(services)

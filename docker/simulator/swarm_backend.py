@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Final
 
@@ -75,7 +75,7 @@ class SwarmState:
     image: str
 
 
-class SwarmBackend(ContainerBackend):
+class SwarmBackend(ContainerBackend[SwarmState]):
     name = "swarm"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,7 +85,7 @@ class SwarmBackend(ContainerBackend):
                 f"project name {self.config.project!r} is too long for Swarm "
                 f"(at most {MAX_PROJECT_LENGTH} characters)"
             )
-        self.recorded = self._read_state()
+        self.recorded = self._read_state(SwarmState)
         self._stack = Stack(self.config.project)
 
     @cached_property
@@ -101,17 +101,6 @@ class SwarmBackend(ContainerBackend):
         return self._stack
 
     # --- state -------------------------------------------------------------------------------
-
-    def _read_state(self) -> SwarmState | None:
-        try:
-            return SwarmState(**json.loads(self._state_file().read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def _record(self, state: SwarmState) -> None:
-        self.recorded = state
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._state_file().write_text(json.dumps(asdict(state)) + "\n")
 
     def was_started(self) -> bool:
         """Whether this project has state here (so that `auto` picks this backend)."""
@@ -139,11 +128,6 @@ class SwarmBackend(ContainerBackend):
 
     def monitor_port(self) -> int:
         return self.recorded.monitor_port if self.recorded else self.config.ports.monitor
-
-    def curve(self) -> bool:
-        if self.recorded is not None:
-            return self.recorded.curve
-        return self.config.curve is not CurveChoice.OFF
 
     def summary(self) -> str:
         keys = "CURVE on 5570/5571 (keys as Docker secrets)" if self.curve() else "no CURVE"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import make_parser, positive_int
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.fanout_benchmark import BIN, Report, benchmark_main, missing_tools
 from cluster_runner_simulation.fanout_benchmark import ssh_config
@@ -156,9 +156,8 @@ def markdown(nodes: int, megabytes: int, runs: int, tools: list[Copier]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="copy a file to many nodes: zcp vs scp vs clush --copy, side by side",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = make_parser(
+        description="copy a file to many nodes: zcp vs scp vs clush --copy, side by side"
     )
     parser.add_argument("--nodes", type=positive_int, default=8, help="loopback nodes")
     parser.add_argument("--megabytes", type=positive_int, default=100, help="size of the file")

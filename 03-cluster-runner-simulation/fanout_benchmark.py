@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import make_parser, positive_int
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.testing import write_local_descriptor
@@ -247,9 +247,8 @@ def benchmark_main(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="cold fan-out of hostname: zrun vs clush -b vs pdsh -R ssh, side by side",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = make_parser(
+        description="cold fan-out of hostname: zrun vs clush -b vs pdsh -R ssh, side by side"
     )
     parser.add_argument("--nodes", type=positive_int, default=64, help="loopback nodes")
     parser.add_argument("--runs", type=positive_int, default=5, help="timed runs per tool")

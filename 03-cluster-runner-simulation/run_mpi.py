@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import run_interruptible
+from cluster_patterns.cli_args import make_parser, run_interruptible
 from cluster_runner_simulation.context_common import ContextBuildError
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -152,9 +152,8 @@ async def run(args: argparse.Namespace, descriptor: ClusterDescriptor) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Run the MPI all-reduce job over the ZeroMQ agents (mpirun + zrsh, no ssh)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = make_parser(
+        description="Run the MPI all-reduce job over the ZeroMQ agents (mpirun + zrsh, no ssh)"
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--descriptor", type=Path, help="cluster descriptor (TOML)")

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from cluster_patterns.cli_args import run_interruptible
+from cluster_patterns.cli_args import make_parser, run_interruptible
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.context_common import ContextBuildError, ExecutorContext
 from cluster_runner_simulation.descriptor import (
@@ -295,10 +295,7 @@ def main_with(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Run cluster_runner schedules over a transport",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = make_parser(description="Run cluster_runner schedules over a transport")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--descriptor", help="cluster descriptor (TOML)")
     where.add_argument("--local", type=int, metavar="N", help="start N local agents + an sshd")

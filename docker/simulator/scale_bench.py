@@ -214,6 +214,16 @@ def fanout_row(f: FanoutFigures) -> dict[str, Any]:
     return row
 
 
+def fit_sentence(lead: str, fit: dict[str, Any], method: str = "") -> str:
+    """A per_worker_fit result in words: the idle CPU, and its cost per worker and beat."""
+    return (
+        f"{lead}{fit['base_cpu_percent']:.2f}% + "
+        f"{fit['per_worker_cpu_percent']:.4f}% per worker{method}: "
+        f"{fit['per_worker_us_per_s']:.0f} µs of CPU per worker per second, "
+        f"{fit['per_heartbeat_exchange_us']:.0f} µs per heartbeat exchange."
+    )
+
+
 def markdown(document: dict[str, Any]) -> str:
     meta = document["meta"]
     lines = [
@@ -264,13 +274,7 @@ def markdown(document: dict[str, Any]) -> str:
             )
         fit = document.get("per_worker")
         if fit:
-            lines += [
-                "",
-                f"Idle coordinator CPU = {fit['base_cpu_percent']:.2f}% + "
-                f"{fit['per_worker_cpu_percent']:.4f}% per worker (least squares): "
-                f"{fit['per_worker_us_per_s']:.0f} µs of CPU per worker per second, "
-                f"{fit['per_heartbeat_exchange_us']:.0f} µs per heartbeat exchange.",
-            ]
+            lines += ["", fit_sentence("Idle coordinator CPU = ", fit, " (least squares)")]
     emulated = document.get("emulated", [])
     if emulated:
         lines += [
@@ -293,13 +297,7 @@ def markdown(document: dict[str, Any]) -> str:
             )
         fit = document.get("per_emulated_worker")
         if fit:
-            lines += [
-                "",
-                f"Emulated, every worker registered: {fit['base_cpu_percent']:.2f}% + "
-                f"{fit['per_worker_cpu_percent']:.4f}% per worker: "
-                f"{fit['per_worker_us_per_s']:.0f} µs of CPU per worker per second, "
-                f"{fit['per_heartbeat_exchange_us']:.0f} µs per heartbeat exchange.",
-            ]
+            lines += ["", fit_sentence("Emulated, every worker registered: ", fit)]
     fans = document.get("agents", [])
     if fans:
         lines += [

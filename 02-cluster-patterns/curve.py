@@ -378,10 +378,7 @@ def main(argv: list[str] | None = None, default_server: str = "coordinator") -> 
             print(f"authorized {target}; restart the server to load it")
         else:
             print(fingerprint(load_public(args.key_file)))
-    except KeyFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (KeyFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

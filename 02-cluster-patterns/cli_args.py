@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cluster_patterns import defaults
-from cluster_patterns.protocol import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
+from cluster_patterns.defaults import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
 
 N = TypeVar("N", int, float)
 C = TypeVar("C")

@@ -20,6 +20,11 @@ JOURNAL_PORT: Final = 5590  # journal collector ROUTER
 # Liveness: a peer silent for HEARTBEAT_INTERVAL_S * LIVENESS is declared dead.
 HEARTBEAT_INTERVAL_S: Final = 0.5
 LIVENESS: Final = 3
+# The heartbeat settings a coordinator may announce (and a worker will adopt): the wire's
+# limits (protocol.py), here so that command lines can check them without loading the codec.
+MIN_INTERVAL_S: Final = 0.01
+MAX_INTERVAL_S: Final = 60.0
+MAX_LIVENESS: Final = 100
 
 # Tasks a reference worker runs at once unless --capacity says otherwise.
 WORKER_CAPACITY: Final = 8

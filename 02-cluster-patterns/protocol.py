@@ -36,6 +36,7 @@ from typing import Annotated, Any, Final, Literal, Union, get_args
 import msgspec
 from msgspec import Meta
 
+from cluster_patterns.defaults import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
 from cluster_patterns.wire import MAX_ID_CHARS, MAX_SAFE_INTEGER, Count, Id, JsonCodec, NonNegative
 from cluster_patterns.wire import Number, Record, WireError
 from cluster_patterns.wire import describe as describe  # noqa: F401 (for decode's callers)
@@ -57,10 +58,6 @@ MAX_RUNNING: Final = 2 * MAX_CAPACITY
 MAX_CAPABILITIES: Final = 64
 MAX_NODES: Final = 10_000
 MAX_LATENCIES: Final = 10_000
-# Heartbeat settings a coordinator may announce (and a worker will adopt).
-MIN_INTERVAL_S: Final = 0.01
-MAX_INTERVAL_S: Final = 60.0
-MAX_LIVENESS: Final = 100
 
 
 class ProtocolError(WireError):

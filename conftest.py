@@ -22,11 +22,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -296,6 +296,25 @@ class ClusterSimulator:
             document: dict[str, object] = json.loads(response.read())
         return document
 
+    def scenario_steps(self, figures: Path, timeout: float) -> tuple[str, dict[str, Any]]:
+        """Run ``test --json FIGURES``, which must pass with no invariant violated; return its
+        output (also printed: the figures table, for the log) and its steps by name."""
+        out = self.ok("test", "--json", str(figures), timeout=timeout)
+        print(out)
+        report = json.loads(figures.read_text())
+        assert report["violations"] == []
+        return out, {step["step"]: step for step in report["steps"]}
+
+    def shape_then_pause(self, node: str, flaky_percent: str) -> None:
+        """Blockade's vocabulary on one running node: slow (100 ms), flaky, fast, then pause.
+        Some kernels (this project's CI VM) ship no sch_netem: then `slow` must say so, exit 2.
+        """
+        slow = self("slow", node, "100")
+        assert slow.returncode == 0 or (slow.returncode == 2 and "no netem" in slow.stderr), slow
+        self.ok("flaky", node, flaky_percent)
+        self.ok("fast", node)
+        self.ok("pause", node)
+
     def node_state(self, node: str) -> str:
         nodes = self.cluster()["nodes"]
         assert isinstance(nodes, list)
@@ -378,20 +397,44 @@ def docker_engine() -> None:
         pytest.skip(f"needs a Docker engine: {problem}")
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` free TCP ports on 127.0.0.1, no two the same, in ascending order."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_tcp_port())
+    return sorted(ports)
+
+
 @pytest.fixture
-def cluster_simulator() -> type[ClusterSimulator]:
-    """The ``ClusterSimulator`` class, for tests that drive simulate-cluster.sh."""
-    return ClusterSimulator
+def new_simulator(tmp_path: Path) -> Callable[..., ClusterSimulator]:
+    """``new_simulator("docker", "zsimtest")``: a ClusterSimulator with a project of its own
+    (the prefix plus a random tag), a free monitor port and its state under the test's
+    tmp_path. The local backend also gets free coordinator and status ports (its nodes are
+    host processes). ``env`` adds or overrides variables; ``compose`` forces a Compose version.
+    """
+
+    def make(
+        backend: str, prefix: str, env: dict[str, str] | None = None, compose: str | None = None
+    ) -> ClusterSimulator:
+        coordinator, status, monitor = distinct_free_ports(3)
+        base = {"CLUSTER_STATE_DIR": str(tmp_path / "state")}
+        if backend == "local":
+            base |= {"COORDINATOR_PORT": str(coordinator), "STATUS_PORT": str(status)}
+        project = f"{prefix}{uuid.uuid4().hex[:8]}"
+        return ClusterSimulator(backend, project, monitor, {**base, **(env or {})}, compose)
+
+    return make
 
 
-def docker_problem() -> str | None:
-    """Why the Docker tests cannot run here (None: an engine answers)."""
-    if shutil.which("docker") is None:
-        return "the docker command is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
-    return None
+def compose_problem(version: str) -> str | None:
+    """Why this Compose version ("v1": docker-compose, "v2": docker compose) cannot run here
+    (None: it answers)."""
+    argv = ["docker", "compose", "version"] if version == "v2" else ["docker-compose", "version"]
+    try:
+        probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"`{' '.join(argv)}` cannot run: {exc}"
+    return None if probe.returncode == 0 else f"`{' '.join(argv)}` fails: {probe.stderr[:200]}"
 
 
 @pytest.fixture(scope="session")
@@ -403,7 +446,7 @@ def node_image_layers() -> Iterator[None]:
     does, so each later build is a cache hit and each Compose version's run costs its
     scenario, not a rebuild. Its label is not a project's: no test's leftovers check sees it.
     """
-    if docker_problem() is not None:
+    if docker_engine_problem() is not None:
         yield  # the test that asked for it skips, saying why
         return
     tag = f"zsimlayers-{uuid.uuid4().hex[:8]}:latest"

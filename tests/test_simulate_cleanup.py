@@ -18,13 +18,14 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
 import pytest
+
+from conftest import compose_problem, docker_engine_problem
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_IN_USE_EXIT = 3
@@ -35,23 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
-def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
+def sim(new_simulator: Any) -> Iterator[Any]:
     """A local-backend simulator on free ports with its own project and state directory."""
-    ports = {free_port(), free_port(), free_port()}
-    while len(ports) < 3:
-        ports.add(free_port())
-    coordinator, status, monitor = sorted(ports)
-    simulator = cluster_simulator(
-        "local",
-        f"zsimclean{uuid.uuid4().hex[:8]}",
-        monitor,
-        {
-            "COORDINATOR_PORT": str(coordinator),
-            "STATUS_PORT": str(status),
-            "CLUSTER_STATE_DIR": str(tmp_path / "state"),
-            "DEMO_SECONDS": "0",
-        },
-    )
+    simulator = new_simulator("local", "zsimclean", {"DEMO_SECONDS": "0"})
     yield simulator
     simulator("cleanup", timeout=120)
 
@@ -241,31 +228,14 @@ def accepts(address: tuple[str, int]) -> bool:
 
 @pytest.fixture(params=["v1", "v2"])
 def docker_sim(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    free_port: Any,
-    cluster_simulator: Any,
-    node_image_layers: None,
+    request: pytest.FixtureRequest, new_simulator: Any, node_image_layers: None
 ) -> Iterator[Any]:
     """The Docker backend with each Compose version (`docker compose down` is what must
     survive the closed stdout and the second Ctrl-C, and v1 and v2 are different programs)."""
-    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip("the Docker backend needs a Docker engine: `docker info` fails")
-    compose = ["docker", "compose"] if request.param == "v2" else ["docker-compose"]
-    try:
-        missing = subprocess.run([*compose, "version"], capture_output=True).returncode != 0
-    except OSError:
-        missing = True
-    if missing:
-        pytest.skip(f"Compose {request.param} (`{' '.join(compose)}`) is not installed")
-    simulator = cluster_simulator(
-        "docker",
-        f"zsimclean{uuid.uuid4().hex[:8]}",
-        free_port(),
-        {"CLUSTER_STATE_DIR": str(tmp_path / "state"), "DEMO_SECONDS": "0"},
-        compose=request.param,
-    )
+    problem = docker_engine_problem() or compose_problem(request.param)
+    if problem:
+        pytest.skip(f"the Docker backend with Compose {request.param}: {problem}")
+    simulator = new_simulator("docker", "zsimclean", {"DEMO_SECONDS": "0"}, compose=request.param)
     yield simulator
     simulator("cleanup", timeout=300)
 

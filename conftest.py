@@ -240,6 +240,24 @@ def port_is_free() -> object:
     return tcp_port_is_free
 
 
+# --- What every command-line program promises, checked the same way everywhere --------------
+
+
+def assert_exits_with(result: subprocess.CompletedProcess[str], code: int, reason: str) -> None:
+    """A clear failure: exit ``code``, ``reason`` on stderr, and no traceback."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert reason in result.stderr and "Traceback" not in result.stderr
+
+
+def stop_cleanly(proc: Proc, signum: int) -> str:
+    """Send ``signum`` (Ctrl-C's SIGINT, or SIGTERM): ``proc`` must exit 0 within 10 s with no
+    traceback. Returns its stdout, for what it says when interrupted."""
+    proc.signal(signum)
+    assert proc.wait(timeout=10) == 0
+    assert "Traceback" not in proc.stderr()
+    return proc.stdout()
+
+
 # --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------
 
 

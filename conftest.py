@@ -32,6 +32,8 @@ import psutil
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from cluster_runner_simulation.protocols import CommandResult, Env, NodeUnreachable
+
 # A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
 from cluster_runner_simulation.testing import free_port as free_tcp_port
 
@@ -238,6 +240,37 @@ def tcp_port_is_free(port: int) -> bool:
 def port_is_free() -> object:
     """``port_is_free(5555)``: whether a test may use a lesson's default port as documented."""
     return tcp_port_is_free
+
+
+# --- A fake NodeExecutor's common part, for tests without a network ----------------------------
+
+
+class FakeNode:
+    """Its id, a ``down`` switch that makes every call unreachable, and the commands it was
+    asked to run. Subclasses say what running a command does (``answer``)."""
+
+    def __init__(self, node_id: str, *, down: bool = False) -> None:
+        self._node_id = node_id
+        self.down = down
+        self.commands: list[str] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def unreachable(self, why: str = "down") -> NodeUnreachable:
+        return NodeUnreachable(self._node_id, f"fake: {why}")
+
+    async def run(
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
+    ) -> CommandResult:
+        if self.down:
+            raise self.unreachable()
+        self.commands.append(command)
+        return await self.answer(command)
+
+    async def answer(self, command: str) -> CommandResult:
+        raise NotImplementedError
 
 
 # --- What every command-line program promises, checked the same way everywhere --------------

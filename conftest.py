@@ -30,9 +30,11 @@ from typing import IO, Any
 
 import psutil
 import pytest
+import zmq
 from hypothesis import settings as hypothesis_settings
 
 from cluster_runner_simulation.protocols import CommandResult, Env, NodeUnreachable
+from cluster_runner_simulation.testing.wire_client import Ctx
 
 # A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
 from cluster_runner_simulation.testing import free_port as free_tcp_port
@@ -271,6 +273,17 @@ class FakeNode:
 
     async def answer(self, command: str) -> CommandResult:
         raise NotImplementedError
+
+
+# --- Wire-level tests' own sockets ------------------------------------------------------------
+
+
+@pytest.fixture
+def ctx() -> Iterator[Ctx]:
+    """A pyzmq context for the test's own sockets, destroyed (linger 0) when it ends."""
+    context: Ctx = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 # --- What every command-line program promises, checked the same way everywhere --------------
@@ -520,8 +533,6 @@ class StatusTap:
     """
 
     def __init__(self, port: int, keys: Path | None = None) -> None:
-        import zmq
-
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -34,6 +34,7 @@ import zmq
 from hypothesis import settings as hypothesis_settings
 
 from cluster_runner_simulation.protocols import CommandResult, Env, NodeUnreachable
+from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.testing.wire_client import Ctx
 
 # A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
@@ -284,6 +285,31 @@ def ctx() -> Iterator[Ctx]:
     context: Ctx = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+# --- zrun, zcp and zrsh against real agents on loopback -----------------------------------------
+
+
+@dataclass
+class AgentCluster:
+    """Real node agents on loopback, the descriptor that names them, and the environment in
+    which the tools find it (``ZRSH_DESCRIPTOR``)."""
+
+    agents: LocalAgents
+    descriptor: Path
+    env: dict[str, str]
+    timeout_s: float = 60.0
+
+    def tool(self, argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a tool to completion: stdin closed, output captured as text, ``env`` added."""
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**self.env, **env},
+            timeout=self.timeout_s,
+        )
 
 
 # --- What every command-line program promises, checked the same way everywhere --------------

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,19 +28,14 @@ from cluster_runner_simulation.testing import (
     unique_sleep,
     write_local_descriptor,
 )
-from conftest import REPO
+from conftest import REPO, AgentCluster
 
 BIN = Path(sys.executable).parent
 ZRSH_SCRIPT = REPO / "03-cluster-runner-simulation" / "zrsh.py"
 TIMEOUT_S = 60.0
 
 
-@dataclass
-class Cluster:
-    agents: LocalAgents
-    descriptor: Path
-    env: dict[str, str]
-
+class Cluster(AgentCluster):
     def zrsh(
         self, *args: str, stdin: bytes | None = None, **env: str
     ) -> subprocess.CompletedProcess[bytes]:
@@ -64,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {**os.environ, "ZRSH_DESCRIPTOR": str(descriptor), "PATH": f"{BIN}:{os.environ['PATH']}"}
     with LocalAgents(2, env=env) as agents:
         write_local_descriptor(None, agents, descriptor)
-        yield Cluster(agents, descriptor, env)
+        yield Cluster(agents, descriptor, env, TIMEOUT_S)
 
 
 def test_exit_status_stdout_and_stderr(cluster: Cluster) -> None:

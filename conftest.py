@@ -405,6 +405,12 @@ class ClusterSimulator:
         self.ok("fast", node)
         self.ok("pause", node)
 
+    def assert_refuses_unknown_node(self, node: str) -> None:
+        """``fail NODE`` for a node the cluster does not have: exit 2, listing the valid ones."""
+        bad = self("fail", node)
+        assert bad.returncode == 2
+        assert "valid nodes: coordinator worker1 worker2 worker3 monitor" in bad.stderr
+
     def node_state(self, node: str) -> str:
         nodes = self.cluster()["nodes"]
         assert isinstance(nodes, list)

@@ -95,6 +95,17 @@ def wait_exit(popen: Popen[bytes], sim: Any, timeout: float = 120) -> int:
         raise AssertionError(f"no exit within {timeout} s; stderr:\n{sim.stderr_of(popen)}")
 
 
+def interrupt_twice(popen: Popen[bytes], sim: Any, want_exit: int, timeout: float = 120) -> None:
+    """Ctrl-C, and a second one while the first is being handled: the command must still
+    exit ``want_exit`` and leave nothing of the cluster behind."""
+    ctrl_c(popen)
+    time.sleep(SECOND_CTRL_C_AFTER_S)
+    ctrl_c(popen)
+    code = wait_exit(popen, sim, timeout=timeout)
+    assert_nothing_left(sim)
+    assert code == want_exit, sim.stderr_of(popen)
+
+
 def assert_nothing_left(sim: Any) -> None:
     """No process, container or namespace of the cluster, and the wrapper agrees it is gone."""
     deadline = time.monotonic() + 10
@@ -156,12 +167,7 @@ def test_demo_cleanup_survives_a_closed_stdout_and_a_second_ctrl_c(sim: Any) -> 
     read_until(sim, demo, "press Ctrl-C to stop")
     assert sim.survivors(), "the demo cluster should be running now"
     close_reader(demo)
-    ctrl_c(demo)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(demo)
-    code = wait_exit(demo, sim)
-    assert_nothing_left(sim)
-    assert code == 0, sim.stderr_of(demo)
+    interrupt_twice(demo, sim, want_exit=0)
     assert "Traceback" not in sim.stderr_of(demo)
     assert_no_tracebacks(sim)
 
@@ -188,12 +194,7 @@ def test_start_interrupted_with_a_closed_stdout_stops_what_it_started(sim: Any) 
         assert time.monotonic() < deadline and start.poll() is None, sim.stderr_of(start)
         time.sleep(0.05)
     close_reader(start)
-    ctrl_c(start)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(start)
-    code = wait_exit(start, sim)
-    assert_nothing_left(sim)
-    assert code == 130, sim.stderr_of(start)
+    interrupt_twice(start, sim, want_exit=130)
     assert "Traceback" not in sim.stderr_of(start)
 
 
@@ -257,9 +258,4 @@ def test_docker_demo_port_taken_then_closed_stdout_and_second_ctrl_c(docker_sim:
     read_until(sim, demo, "press Ctrl-C to stop", timeout=900)
     assert sim.survivors(), "the demo's containers should be running now"
     close_reader(demo)
-    ctrl_c(demo)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(demo)
-    code = wait_exit(demo, sim, timeout=180)
-    assert_nothing_left(sim)
-    assert code == 0, sim.stderr_of(demo)
+    interrupt_twice(demo, sim, want_exit=0, timeout=180)

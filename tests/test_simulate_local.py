@@ -68,9 +68,7 @@ def test_local_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     assert re.search(r"^worker3\s+paused", sim.ok("status"), re.M)
     sim.ok("resume", "worker3")
 
-    bad = sim("fail", "worker7")
-    assert bad.returncode == 2
-    assert "valid nodes: coordinator worker1 worker2 worker3 monitor" in bad.stderr
+    sim.assert_refuses_unknown_node("worker7")
 
     assert "ready" in sim.ok("logs", "monitor")
     sim.ok("stop")

@@ -42,6 +42,14 @@ def start_coordinator(spawn: Any, free_port: Callable[[], int]) -> tuple[Any, in
     return proc, port, status_port
 
 
+def start_coordinator_and_tap(
+    spawn: Any, free_port: Callable[[], int], status_tap: Any
+) -> tuple[Any, int, int, Any]:
+    """A coordinator, and a tap on its status port: (process, task port, status port, tap)."""
+    proc, port, status_port = start_coordinator(spawn, free_port)
+    return proc, port, status_port, status_tap(status_port)
+
+
 def start_worker(spawn: Any, port: int, wid: str, capacity: int = 4) -> Any:
     return spawn(
         WORKER, "--id", wid, "--port", str(port), "--capacity", str(capacity),
@@ -65,8 +73,7 @@ def run_client(run: Any, port: int, count: int) -> dict[str, Any]:
 def test_a_second_worker_with_the_same_id_is_refused_and_exits(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    coordinator, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    coordinator, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     first = start_worker(spawn, port, "w1", capacity=3)
     first.wait_for("registered with")
     second = start_worker(spawn, port, "w1", capacity=7)
@@ -88,8 +95,7 @@ def test_a_second_worker_with_the_same_id_is_refused_and_exits(
 def test_a_restarted_worker_gets_its_id_back_within_a_liveness_window(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     old = start_worker(spawn, port, "w1")
     old.wait_for("registered with")
     old.signal(signal.SIGKILL)
@@ -106,8 +112,7 @@ def test_a_restarted_worker_gets_its_id_back_within_a_liveness_window(
 def test_an_impostor_socket_is_refused_and_the_worker_keeps_its_id(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     worker = start_worker(spawn, port, "w1", capacity=2)
     worker.wait_for("registered with")
     ctx = zmq.Context()
@@ -155,8 +160,7 @@ def metric(base: str, name: str) -> float:
 def test_probes_and_aborted_handshakes_are_counted_apart_from_bad_messages(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     http_port = free_port()
     monitor = spawn(MONITOR, "--status-port", str(status_port), "--port", str(http_port), *TIMING)
     monitor.wait_for("monitor ready")
@@ -208,8 +212,7 @@ def test_probes_and_aborted_handshakes_are_counted_apart_from_bad_messages(
 def test_zmtp_protocol_violations_and_garbage_still_count_as_bad(
     spawn: Any, free_port: Callable[[], int], status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     before = tap.wait_for()["totals"]
     for command in (b"\x00\x03abc", b"\x04\x06\x05HELLO"):  # a message before READY, a HELLO
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:

@@ -37,20 +37,16 @@ def test_readme_pipeline(spawn, run, free_ports, port_is_free):
     assert set(shares(report)) == {"1", "2"}, report  # the 500 ms settle let both join
 
 
-def test_sink_survives_garbage_and_counts_it(spawn, run, free_ports):
+def test_sink_survives_garbage_and_counts_it(spawn, run, free_ports, ctx):
     port = free_ports(2)
     sink = spawn(LESSON, "sink", "--port", str(port))
     sink.wait_for(r"PULL bound")
-    ctx = zmq.Context()
-    try:
-        pusher = ctx.socket(zmq.PUSH)
-        pusher.setsockopt(zmq.LINGER, 1000)
-        pusher.connect(f"tcp://127.0.0.1:{port + 1}")
-        pusher.send_multipart([b"nonsense"])
-        pusher.send_multipart([b"x", b"y", b"z", b"w"])
-        pusher.close()
-    finally:
-        ctx.term()
+    pusher = ctx.socket(zmq.PUSH)
+    pusher.setsockopt(zmq.LINGER, 1000)  # close() still delivers both messages
+    pusher.connect(f"tcp://127.0.0.1:{port + 1}")
+    pusher.send_multipart([b"nonsense"])
+    pusher.send_multipart([b"x", b"y", b"z", b"w"])
+    pusher.close()
     sink.wait_for(r"ignored a malformed message of 4 frames")
     spawn(LESSON, "worker", "1", "--port", str(port)).wait_for(r"PULL from")
     result = run(LESSON, "ventilator", "5", "--port", str(port), "--max-work-ms", "1", timeout=60)

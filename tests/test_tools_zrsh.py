@@ -36,6 +36,16 @@ TIMEOUT_S = 60.0
 
 
 class Cluster(AgentCluster):
+    def popen(self, *args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+        """zrsh started in the background: stdin closed, stdout a pipe to read it live."""
+        return subprocess.Popen(
+            [str(BIN / "zrsh"), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=self.env,
+        )
+
     def zrsh(
         self, *args: str, stdin: bytes | None = None, **env: str
     ) -> subprocess.CompletedProcess[bytes]:
@@ -105,12 +115,7 @@ def test_the_python_file_runs_too(cluster: Cluster) -> None:
 
 def test_output_is_live(cluster: Cluster) -> None:
     marker = unique_sleep()
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node0", f"echo first; sleep {marker}"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        env=cluster.env,
-    )
+    proc = cluster.popen("node0", f"echo first; sleep {marker}")
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"first\n"  # while the remote sleep still runs
@@ -123,12 +128,8 @@ def test_output_is_live(cluster: Cluster) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_cancels_the_remote_process_group(cluster: Cluster, signum: int) -> None:
     marker = unique_sleep()
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node1", f"echo started; sleep {marker} & sleep {marker}; wait"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cluster.env,
+    proc = cluster.popen(
+        "node1", f"echo started; sleep {marker} & sleep {marker}; wait", stderr=subprocess.PIPE
     )
     assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
     deadline = time.monotonic() + 10
@@ -186,13 +187,7 @@ def test_an_unreachable_node_fails_with_255_within_its_connect_timeout(
 
 
 def test_an_agent_that_dies_mid_run_is_a_lost_connection(cluster: Cluster) -> None:
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node1", "echo started; sleep 60"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cluster.env,
-    )
+    proc = cluster.popen("node1", "echo started; sleep 60", stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
         cluster.agents.stop_one(1, signal.SIGKILL)

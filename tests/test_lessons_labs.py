@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_exits_with
-
 LABS = "01-zmq-basics/labs.py"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,13 +141,3 @@ def test_a_broken_attempt_gets_reasons_not_a_traceback(run, tmp_path):
     assert result.returncode == 1
     assert "FAIL" in result.stdout and "I am not finished yet" in result.stdout
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["nosuch"], ["check"], ["check", "nosuch", LABS], ["check", "handshake", "/no/such/file.py"],
-     ["basics", "extra"]],
-)  # fmt: skip
-def test_bad_arguments_exit_2_with_a_reason(run, args):
-    result = run(LABS, *args, timeout=30)
-    assert_exits_with(result, 2, "usage:")

@@ -8,12 +8,11 @@ the plain flows, garbage from strangers, and the command lines.
 from __future__ import annotations
 
 import re
-import signal
 
 import pytest
 import zmq
 
-from conftest import assert_exits_with, stop_cleanly
+from conftest import assert_exits_with
 
 DIR = "02-cluster-patterns/reliability"
 SIMPLE, PARANOID = f"{DIR}/simple_pirate.py", f"{DIR}/paranoid_pirate.py"
@@ -86,45 +85,6 @@ def test_binary_star_serves_from_the_primary_and_survives_garbage(spawn, run, fr
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.findall(r"request \d by (\w+)", result.stdout) == ["primary"] * 3
     assert primary.popen.poll() is None and backup.popen.poll() is None
-
-
-@pytest.mark.parametrize(
-    "lesson, role, span", [(SIMPLE, "queue", 2), (PARANOID, "queue", 2), (MAJORDOMO, "broker", 1),
-                           (BSTAR, "primary", 4)],
-)  # fmt: skip
-def test_port_in_use_is_one_clear_line(spawn, run, free_ports, lesson, role, span):
-    port = str(free_ports(span))
-    first = spawn(lesson, role, "--port", port)
-    first.wait_for(r"\S")
-    result = run(lesson, role, "--port", port, timeout=30)
-    assert_exits_with(result, 1, "Address already in use")
-
-
-@pytest.mark.parametrize("lesson, role", [(SIMPLE, "queue"), (PARANOID, "worker"),
-                                          (MAJORDOMO, "broker"), (BSTAR, "backup")])  # fmt: skip
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_daemons_stop_cleanly(spawn, free_ports, lesson, role, signum):
-    proc = spawn(lesson, role, "--port", str(free_ports(4)))
-    proc.wait_for(r"\S")
-    assert "interrupted" in stop_cleanly(proc, signum)
-
-
-@pytest.mark.parametrize(
-    "lesson, args",
-    [
-        (SIMPLE, ["broker"]),
-        (SIMPLE, ["client", "--count", "0"]),
-        (PARANOID, ["queue", "--port", "65535"]),
-        (PARANOID, ["worker", "--work-ms", "-5"]),
-        (MAJORDOMO, ["worker", "nosuchservice"]),
-        (MAJORDOMO, ["client", "echo", "x", "--port", "0"]),
-        (BSTAR, ["tertiary"]),
-        (BSTAR, ["client", "--port", "65534"]),
-    ],
-)
-def test_bad_arguments_exit_2_with_usage(run, lesson, args):
-    result = run(lesson, *args, timeout=30)
-    assert_exits_with(result, 2, "usage:")
 
 
 def test_the_lessons_import_as_a_package() -> None:

@@ -71,23 +71,6 @@ def test_client_without_broker_gives_up(run, free_ports):
     assert_exits_with(result, 1, "no reply in 2500 ms")
 
 
-def test_port_in_use_is_one_clear_line(spawn, run, free_ports):
-    port = str(free_ports(2))
-    spawn(LESSON, "broker", "--port", port).wait_for(r"ROUTER on port")
-    result = run(LESSON, "broker", "--port", port, timeout=30)
-    assert_exits_with(result, 1, "Address already in use")
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["proxy"], ["client", "1", "--count", "0"], ["worker", "1", "--work-ms", "-1"],
-     ["broker", "--port", "99999"]],
-)  # fmt: skip
-def test_bad_arguments_exit_2_with_usage(run, args):
-    result = run(LESSON, *args, timeout=30)
-    assert_exits_with(result, 2, "usage:")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_broker_and_worker_stop_cleanly(spawn, free_ports, signum):
     port = str(free_ports(2))

@@ -173,13 +173,22 @@ def run_script(
     *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python SCRIPT ARGS`` from the repository root to completion."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return run_in_repo([PYTHON, "-u", *args], full_env, timeout)
+
+
+def run_in_repo(
+    argv: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` from the repository root to completion: stdin closed, output captured as
+    text. ``env`` is the whole environment (None: this process's)."""
     return subprocess.run(
-        [PYTHON, "-u", *args],
+        argv,
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdin=subprocess.DEVNULL,
     )
 
@@ -363,15 +372,8 @@ class ClusterSimulator:
         self._stderr: dict[int, IO[bytes]] = {}
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args]
+        return run_in_repo(argv, self.env, timeout)
 
     def ok(self, *args: str, timeout: float = 300) -> str:
         """Run a command that must succeed; return its stdout."""

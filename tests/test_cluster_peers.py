@@ -57,6 +57,13 @@ def start_worker(spawn: Any, port: int, wid: str, capacity: int = 4) -> Any:
     )  # fmt: skip
 
 
+def registered_worker(spawn: Any, port: int, wid: str, capacity: int = 4) -> Any:
+    """A worker that the coordinator has welcomed (it said "registered with")."""
+    worker = start_worker(spawn, port, wid, capacity)
+    worker.wait_for("registered with")
+    return worker
+
+
 def node(status: dict[str, Any], wid: str) -> Any:
     return next((n for n in status["nodes"] if n["node_id"] == wid), None)
 
@@ -74,8 +81,7 @@ def test_a_second_worker_with_the_same_id_is_refused_and_exits(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
     coordinator, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
-    first = start_worker(spawn, port, "w1", capacity=3)
-    first.wait_for("registered with")
+    first = registered_worker(spawn, port, "w1", capacity=3)
     second = start_worker(spawn, port, "w1", capacity=7)
     code = second.wait(timeout=8 * WINDOW + 10)
     assert code == 3, second.output()
@@ -96,8 +102,7 @@ def test_a_restarted_worker_gets_its_id_back_within_a_liveness_window(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
     _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
-    old = start_worker(spawn, port, "w1")
-    old.wait_for("registered with")
+    old = registered_worker(spawn, port, "w1")
     old.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     new = start_worker(spawn, port, "w1")
@@ -113,8 +118,7 @@ def test_an_impostor_socket_is_refused_and_the_worker_keeps_its_id(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
     _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
-    worker = start_worker(spawn, port, "w1", capacity=2)
-    worker.wait_for("registered with")
+    worker = registered_worker(spawn, port, "w1", capacity=2)
     ctx = zmq.Context()
     replies: list[dict[str, Any]] = []
     try:

@@ -22,15 +22,20 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import pytest
+import zmq
 from hypothesis import settings as hypothesis_settings
+
+from cluster_runner_simulation.protocols import CommandResult, Env, NodeUnreachable
+from cluster_runner_simulation.testing import LocalAgents
+from cluster_runner_simulation.testing.wire_client import Ctx
 
 # A TCP port on 127.0.0.1 that nothing listens on right now (the harness's one definition).
 from cluster_runner_simulation.testing import free_port as free_tcp_port
@@ -39,6 +44,7 @@ REPO = Path(__file__).resolve().parent
 PYTHON = sys.executable
 IN_CI = bool(os.environ.get("CI"))
 STACK_LABEL = "com.docker.stack.namespace"
+SIGNAL_SETTLE_S = 0.3  # stop_cleanly: from a daemon's first line until it blocks in its poll
 
 # Fuzz tests are deterministic in CI (same examples every run, no flaky first failure) and
 # explore freely on a developer's machine. HYPOTHESIS_PROFILE=ci reproduces CI locally.
@@ -168,13 +174,22 @@ def run_script(
     *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python SCRIPT ARGS`` from the repository root to completion."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return run_in_repo([PYTHON, "-u", *args], full_env, timeout)
+
+
+def run_in_repo(
+    argv: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` from the repository root to completion: stdin closed, output captured as
+    text. ``env`` is the whole environment (None: this process's)."""
     return subprocess.run(
-        [PYTHON, "-u", *args],
+        argv,
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdin=subprocess.DEVNULL,
     )
 
@@ -240,6 +255,98 @@ def port_is_free() -> object:
     return tcp_port_is_free
 
 
+# --- A fake NodeExecutor's common part, for tests without a network ----------------------------
+
+
+class FakeNode:
+    """Its id, a ``down`` switch that makes every call unreachable, and the commands it was
+    asked to run. Subclasses say what running a command does (``answer``)."""
+
+    def __init__(self, node_id: str, *, down: bool = False) -> None:
+        self._node_id = node_id
+        self.down = down
+        self.commands: list[str] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def unreachable(self, why: str = "down") -> NodeUnreachable:
+        return NodeUnreachable(self._node_id, f"fake: {why}")
+
+    async def run(
+        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
+    ) -> CommandResult:
+        if self.down:
+            raise self.unreachable()
+        self.commands.append(command)
+        return await self.answer(command)
+
+    async def answer(self, command: str) -> CommandResult:
+        raise NotImplementedError
+
+
+# --- Wire-level tests' own sockets ------------------------------------------------------------
+
+
+@pytest.fixture
+def ctx() -> Iterator[Ctx]:
+    """A pyzmq context for the test's own sockets, destroyed (linger 0) when it ends."""
+    context: Ctx = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+# --- zrun, zcp and zrsh against real agents on loopback -----------------------------------------
+
+
+@dataclass
+class AgentCluster:
+    """Real node agents on loopback, the descriptor that names them, and the environment in
+    which the tools find it (``ZRSH_DESCRIPTOR``)."""
+
+    agents: LocalAgents
+    descriptor: Path
+    env: dict[str, str]
+    timeout_s: float = 60.0
+
+    def tool(self, argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a tool to completion: stdin closed, output captured as text, ``env`` added."""
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={**self.env, **env},
+            timeout=self.timeout_s,
+        )
+
+
+# --- What every command-line program promises, checked the same way everywhere --------------
+
+
+def assert_exits_with(result: subprocess.CompletedProcess[str], code: int, reason: str) -> None:
+    """A clear failure: exit ``code``, ``reason`` on stderr, and no traceback."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert reason in result.stderr and "Traceback" not in result.stderr
+
+
+def stop_cleanly(proc: Proc, signum: int) -> str:
+    """Send ``signum`` (Ctrl-C's SIGINT, or SIGTERM): ``proc`` must exit 0 within 10 s with no
+    traceback. Returns its stdout, for what it says when interrupted.
+
+    It waits SIGNAL_SETTLE_S first, so that the daemon has reached its blocking poll or recv,
+    as it has when a person types Ctrl-C. A signal that lands in the microseconds between
+    Python's last signal check and libzmq's epoll_wait is acted on only at the next signal
+    (CPython's handler merely sets a flag, and libzmq does not watch Python's wakeup fd): a
+    second Ctrl-C always works, and a test that signals at once would hang on that race."""
+    time.sleep(SIGNAL_SETTLE_S)
+    proc.signal(signum)
+    assert proc.wait(timeout=10) == 0
+    assert "Traceback" not in proc.stderr()
+    return proc.stdout()
+
+
 # --- docker/simulate-cluster.sh, driven as a user would ----------------------------------------
 
 
@@ -273,15 +380,8 @@ class ClusterSimulator:
         self._stderr: dict[int, IO[bytes]] = {}
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = [str(REPO / "docker" / "simulate-cluster.sh"), f"--{self.backend}", *args]
+        return run_in_repo(argv, self.env, timeout)
 
     def ok(self, *args: str, timeout: float = 300) -> str:
         """Run a command that must succeed; return its stdout."""
@@ -295,6 +395,31 @@ class ClusterSimulator:
         with urllib.request.urlopen(url, timeout=5) as response:
             document: dict[str, object] = json.loads(response.read())
         return document
+
+    def scenario_steps(self, figures: Path, timeout: float) -> tuple[str, dict[str, Any]]:
+        """Run ``test --json FIGURES``, which must pass with no invariant violated; return its
+        output (also printed: the figures table, for the log) and its steps by name."""
+        out = self.ok("test", "--json", str(figures), timeout=timeout)
+        print(out)
+        report = json.loads(figures.read_text())
+        assert report["violations"] == []
+        return out, {step["step"]: step for step in report["steps"]}
+
+    def shape_then_pause(self, node: str, flaky_percent: str) -> None:
+        """Blockade's vocabulary on one running node: slow (100 ms), flaky, fast, then pause.
+        Some kernels (this project's CI VM) ship no sch_netem: then `slow` must say so, exit 2.
+        """
+        slow = self("slow", node, "100")
+        assert slow.returncode == 0 or (slow.returncode == 2 and "no netem" in slow.stderr), slow
+        self.ok("flaky", node, flaky_percent)
+        self.ok("fast", node)
+        self.ok("pause", node)
+
+    def assert_refuses_unknown_node(self, node: str) -> None:
+        """``fail NODE`` for a node the cluster does not have: exit 2, listing the valid ones."""
+        bad = self("fail", node)
+        assert bad.returncode == 2
+        assert "valid nodes: coordinator worker1 worker2 worker3 monitor" in bad.stderr
 
     def node_state(self, node: str) -> str:
         nodes = self.cluster()["nodes"]
@@ -378,20 +503,44 @@ def docker_engine() -> None:
         pytest.skip(f"needs a Docker engine: {problem}")
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` free TCP ports on 127.0.0.1, no two the same, in ascending order."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_tcp_port())
+    return sorted(ports)
+
+
 @pytest.fixture
-def cluster_simulator() -> type[ClusterSimulator]:
-    """The ``ClusterSimulator`` class, for tests that drive simulate-cluster.sh."""
-    return ClusterSimulator
+def new_simulator(tmp_path: Path) -> Callable[..., ClusterSimulator]:
+    """``new_simulator("docker", "zsimtest")``: a ClusterSimulator with a project of its own
+    (the prefix plus a random tag), a free monitor port and its state under the test's
+    tmp_path. The local backend also gets free coordinator and status ports (its nodes are
+    host processes). ``env`` adds or overrides variables; ``compose`` forces a Compose version.
+    """
+
+    def make(
+        backend: str, prefix: str, env: dict[str, str] | None = None, compose: str | None = None
+    ) -> ClusterSimulator:
+        coordinator, status, monitor = distinct_free_ports(3)
+        base = {"CLUSTER_STATE_DIR": str(tmp_path / "state")}
+        if backend == "local":
+            base |= {"COORDINATOR_PORT": str(coordinator), "STATUS_PORT": str(status)}
+        project = f"{prefix}{uuid.uuid4().hex[:8]}"
+        return ClusterSimulator(backend, project, monitor, {**base, **(env or {})}, compose)
+
+    return make
 
 
-def docker_problem() -> str | None:
-    """Why the Docker tests cannot run here (None: an engine answers)."""
-    if shutil.which("docker") is None:
-        return "the docker command is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
-    return None
+def compose_problem(version: str) -> str | None:
+    """Why this Compose version ("v1": docker-compose, "v2": docker compose) cannot run here
+    (None: it answers)."""
+    argv = ["docker", "compose", "version"] if version == "v2" else ["docker-compose", "version"]
+    try:
+        probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"`{' '.join(argv)}` cannot run: {exc}"
+    return None if probe.returncode == 0 else f"`{' '.join(argv)}` fails: {probe.stderr[:200]}"
 
 
 @pytest.fixture(scope="session")
@@ -403,7 +552,7 @@ def node_image_layers() -> Iterator[None]:
     does, so each later build is a cache hit and each Compose version's run costs its
     scenario, not a rebuild. Its label is not a project's: no test's leftovers check sees it.
     """
-    if docker_problem() is not None:
+    if docker_engine_problem() is not None:
         yield  # the test that asked for it skips, saying why
         return
     tag = f"zsimlayers-{uuid.uuid4().hex[:8]}:latest"
@@ -426,8 +575,6 @@ class StatusTap:
     """
 
     def __init__(self, port: int, keys: Path | None = None) -> None:
-        import zmq
-
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -105,6 +105,18 @@ def test_an_encrypted_cluster_end_to_end(
         assert "WARNING" not in proc.output()
 
 
+def refusal_of_echo_client(run: Any, port: int, keys: Path) -> str:
+    """One echo task submitted with ``keys``: the client must exit REFUSED_EXIT, saying why in
+    exactly one stderr line, which is returned."""
+    client = run(
+        CLIENT, "--port", str(port), "--keys", str(keys), "--count", "1", "--kind", "echo",
+        timeout=60,
+    )  # fmt: skip
+    assert client.returncode == REFUSED_EXIT, client.stdout + client.stderr
+    [line] = client.stderr.strip().splitlines()
+    return line
+
+
 def test_a_client_without_keys_is_refused(
     spawn: Any, free_port: Callable[[], int], run: Any, keys: Path, status_tap: Any
 ) -> None:
@@ -134,12 +146,7 @@ def test_a_client_with_an_unlisted_key_is_refused_and_logged_with_its_fingerprin
     stranger = generate(run, tmp_path / "stranger")
     shutil.copy(keys / "coordinator.key", stranger / "coordinator.key")  # trusts the server
     stranger_print = fingerprint(load_public(stranger / "client.key"))
-    client = run(
-        CLIENT, "--port", str(port), "--keys", str(stranger), "--count", "1", "--kind", "echo",
-        timeout=60,
-    )  # fmt: skip
-    assert client.returncode == REFUSED_EXIT, client.stdout + client.stderr
-    [line] = client.stderr.strip().splitlines()
+    line = refusal_of_echo_client(run, port, stranger)
     assert "refused" in line and stranger_print in line
     worker = spawn(WORKER, "--id", "w9", "--port", str(port), "--keys", str(stranger), *TIMING)
     assert worker.wait(timeout=30) == REFUSED_EXIT, worker.output()
@@ -242,12 +249,7 @@ def test_keys_on_one_side_only_is_a_clear_refusal(
 ) -> None:
     """A CURVE client meeting a NULL coordinator gives up with a clear line too."""
     _, port, _ = start_coordinator(spawn, free_port, None)
-    client = run(
-        CLIENT, "--port", str(port), "--keys", str(keys), "--count", "1", "--kind", "echo",
-        timeout=60,
-    )  # fmt: skip
-    assert client.returncode == REFUSED_EXIT, client.stdout + client.stderr
-    [line] = client.stderr.strip().splitlines()
+    line = refusal_of_echo_client(run, port, keys)
     assert "CURVE" in line
 
 

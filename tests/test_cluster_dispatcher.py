@@ -48,6 +48,14 @@ class FakeNet:
             self.d.tick(self.now)
             self.turn()
 
+    @classmethod
+    def with_workers(cls, **capacities: int) -> FakeNet:
+        """A FakeNet on which each worker (id=capacity) has registered, in the order given."""
+        net = cls()
+        for wid, capacity in capacities.items():
+            net.register(wid, capacity)
+        return net
+
     def register(self, wid: str, capacity: int, kinds: list[str] = KINDS) -> None:
         self.deliver(ident(wid), Register(wid, capacity, kinds))
 
@@ -85,8 +93,7 @@ def ident(wid: str) -> bytes:
 
 
 def test_register_is_welcomed_and_submit_acknowledged() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     assert any(isinstance(m, Welcome) for _, m in net.sent)
     net.submit(3)
     accepted = [t for m in net.of_type(Accepted) for t in m.task_ids]  # type: ignore[attr-defined]
@@ -94,9 +101,7 @@ def test_register_is_welcomed_and_submit_acknowledged() -> None:
 
 
 def test_never_more_in_flight_than_capacity() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
-    net.register("w2", 3)
+    net = FakeNet.with_workers(w1=2, w2=3)
     net.submit(20)
     first1, first2 = net.take("w1"), net.take("w2")
     assert (len(first1), len(first2)) == (2, 3)
@@ -106,9 +111,7 @@ def test_never_more_in_flight_than_capacity() -> None:
 
 
 def test_least_loaded_worker_first() -> None:
-    net = FakeNet()
-    net.register("w1", 4)
-    net.register("w2", 4)
+    net = FakeNet.with_workers(w1=4, w2=4)
     net.submit(2, prefix="a")
     assert len(net.take("w1")) + len(net.take("w2")) == 2
     assert net.d.workers["w1"].in_flight == 1 and net.d.workers["w2"].in_flight == 1
@@ -118,8 +121,7 @@ def test_least_loaded_worker_first() -> None:
 
 
 def test_exactly_once_and_duplicates_counted() -> None:
-    net = FakeNet()
-    net.register("w1", 4)
+    net = FakeNet.with_workers(w1=4)
     net.submit(2)
     tasks = net.take("w1")
     net.finish("w1", tasks)
@@ -129,8 +131,7 @@ def test_exactly_once_and_duplicates_counted() -> None:
 
 
 def test_resubmission_is_idempotent_and_returns_the_recorded_outcome() -> None:
-    net = FakeNet()
-    net.register("w1", 4)
+    net = FakeNet.with_workers(w1=4)
     net.submit(1)
     net.finish("w1", net.take("w1"))
     net.sent.clear()
@@ -140,9 +141,7 @@ def test_resubmission_is_idempotent_and_returns_the_recorded_outcome() -> None:
 
 
 def test_dead_worker_tasks_are_requeued_and_late_results_deduplicated() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
-    net.register("w2", 2)
+    net = FakeNet.with_workers(w1=2, w2=2)
     net.submit(4)
     held1, held2 = net.take("w1"), net.take("w2")
     net.advance(2.0, beat=("w2",))  # w1 falls silent
@@ -182,8 +181,7 @@ def test_timeout_retries_then_records_failure() -> None:
 
 
 def test_task_failure_is_recorded_not_retried() -> None:
-    net = FakeNet()
-    net.register("w1", 1)
+    net = FakeNet.with_workers(w1=1)
     net.submit(1, kind="fail")
     [tid] = net.take("w1")
     net.deliver(ident("w1"), Results("w1", [TaskResult(tid, 1, False, "", "boom")]))
@@ -191,9 +189,7 @@ def test_task_failure_is_recorded_not_retried() -> None:
 
 
 def test_drain_stops_dispatch_and_deregister_requeues() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
-    net.register("w2", 2)
+    net = FakeNet.with_workers(w1=2, w2=2)
     net.deliver(ident("w2"), Drain("w2"))
     net.submit(3)
     assert len(net.take("w1")) == 2 and net.take("w2") == []
@@ -210,8 +206,7 @@ def test_capabilities_route_tasks() -> None:
 
 
 def test_reregistration_keeps_running_tasks_as_credit() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.submit(2)
     held = net.take("w1")
     net.deliver(ident("w1"), Register("w1", 2, KINDS, running=held[:1]))
@@ -227,8 +222,7 @@ def test_unknown_worker_heartbeat_gets_reset() -> None:
 
 
 def test_status_snapshot_has_contract_fields() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.submit(3)
     status = net.d.status(net.now)
     assert status.totals.submitted == 3 and status.totals.in_flight == 2
@@ -255,8 +249,7 @@ IMPOSTOR = b"worker:w1:another-process"
 
 
 def test_a_second_peer_cannot_take_the_id_of_a_live_worker() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.submit(2)
     held = net.take("w1")
     net.deliver(IMPOSTOR, Register("w1", 8, KINDS))
@@ -275,8 +268,7 @@ def test_a_second_peer_cannot_take_the_id_of_a_live_worker() -> None:
 
 
 def test_the_id_is_taken_over_after_a_full_liveness_window_of_silence() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.submit(2)
     held = net.take("w1")
     net.advance(1.0)  # silent for 1 s: suspect, not yet dead (dead after 0.5 s * 3)
@@ -298,16 +290,14 @@ def test_the_id_is_taken_over_after_a_full_liveness_window_of_silence() -> None:
 
 
 def test_a_worker_that_left_can_be_replaced_at_once() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.deliver(ident("w1"), Deregister("w1"))
     net.deliver(IMPOSTOR, Register("w1", 4, KINDS))
     assert [m["type"] for m in replies_to(net, IMPOSTOR)] == ["WELCOME"]
 
 
 def test_refusals_are_rate_limited_per_peer() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     for _ in range(50):
         net.deliver(IMPOSTOR, Register("w1", 2, KINDS))
     assert len(replies_to(net, IMPOSTOR)) == 1
@@ -391,8 +381,7 @@ def test_coordinator_heartbeats_announce_the_interval_to_serving_workers_and_cli
 
 
 def test_a_new_registration_clears_a_drain() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
+    net = FakeNet.with_workers(w1=2)
     net.deliver(ident("w1"), Drain("w1"))
     net.submit(1)
     assert net.take("w1") == []
@@ -401,9 +390,7 @@ def test_a_new_registration_clears_a_drain() -> None:
 
 
 def test_deregister_hands_back_what_the_worker_still_held() -> None:
-    net = FakeNet()
-    net.register("w1", 2)
-    net.register("w2", 2)
+    net = FakeNet.with_workers(w1=2, w2=2)
     net.deliver(ident("w2"), Drain("w2"))
     net.submit(2)
     held = net.take("w1")

@@ -42,11 +42,26 @@ def start_coordinator(spawn: Any, free_port: Callable[[], int]) -> tuple[Any, in
     return proc, port, status_port
 
 
+def start_coordinator_and_tap(
+    spawn: Any, free_port: Callable[[], int], status_tap: Any
+) -> tuple[Any, int, int, Any]:
+    """A coordinator, and a tap on its status port: (process, task port, status port, tap)."""
+    proc, port, status_port = start_coordinator(spawn, free_port)
+    return proc, port, status_port, status_tap(status_port)
+
+
 def start_worker(spawn: Any, port: int, wid: str, capacity: int = 4) -> Any:
     return spawn(
         WORKER, "--id", wid, "--port", str(port), "--capacity", str(capacity),
         "--reconnect-max", "1.0", *TIMING,
     )  # fmt: skip
+
+
+def registered_worker(spawn: Any, port: int, wid: str, capacity: int = 4) -> Any:
+    """A worker that the coordinator has welcomed (it said "registered with")."""
+    worker = start_worker(spawn, port, wid, capacity)
+    worker.wait_for("registered with")
+    return worker
 
 
 def node(status: dict[str, Any], wid: str) -> Any:
@@ -65,10 +80,8 @@ def run_client(run: Any, port: int, count: int) -> dict[str, Any]:
 def test_a_second_worker_with_the_same_id_is_refused_and_exits(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    coordinator, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
-    first = start_worker(spawn, port, "w1", capacity=3)
-    first.wait_for("registered with")
+    coordinator, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
+    first = registered_worker(spawn, port, "w1", capacity=3)
     second = start_worker(spawn, port, "w1", capacity=7)
     code = second.wait(timeout=8 * WINDOW + 10)
     assert code == 3, second.output()
@@ -88,10 +101,8 @@ def test_a_second_worker_with_the_same_id_is_refused_and_exits(
 def test_a_restarted_worker_gets_its_id_back_within_a_liveness_window(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
-    old = start_worker(spawn, port, "w1")
-    old.wait_for("registered with")
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
+    old = registered_worker(spawn, port, "w1")
     old.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     new = start_worker(spawn, port, "w1")
@@ -106,10 +117,8 @@ def test_a_restarted_worker_gets_its_id_back_within_a_liveness_window(
 def test_an_impostor_socket_is_refused_and_the_worker_keeps_its_id(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
-    worker = start_worker(spawn, port, "w1", capacity=2)
-    worker.wait_for("registered with")
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
+    worker = registered_worker(spawn, port, "w1", capacity=2)
     ctx = zmq.Context()
     replies: list[dict[str, Any]] = []
     try:
@@ -155,8 +164,7 @@ def metric(base: str, name: str) -> float:
 def test_probes_and_aborted_handshakes_are_counted_apart_from_bad_messages(
     spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     http_port = free_port()
     monitor = spawn(MONITOR, "--status-port", str(status_port), "--port", str(http_port), *TIMING)
     monitor.wait_for("monitor ready")
@@ -208,8 +216,7 @@ def test_probes_and_aborted_handshakes_are_counted_apart_from_bad_messages(
 def test_zmtp_protocol_violations_and_garbage_still_count_as_bad(
     spawn: Any, free_port: Callable[[], int], status_tap: Any
 ) -> None:
-    _, port, status_port = start_coordinator(spawn, free_port)
-    tap = status_tap(status_port)
+    _, port, status_port, tap = start_coordinator_and_tap(spawn, free_port, status_tap)
     before = tap.wait_for()["totals"]
     for command in (b"\x00\x03abc", b"\x04\x06\x05HELLO"):  # a message before READY, a HELLO
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:

@@ -18,7 +18,6 @@ from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.migration import FallbackExecutor
 from cluster_runner_simulation.protocols import (
-    Env,
     CommandResult,
     NodeUnreachable,
     SystemConfiguration,
@@ -32,37 +31,27 @@ from cluster_runner_simulation.scheduling import (
     schedule_increasing_size_groups,
     schedule_leaf_to_leaf_pairs,
 )
+from conftest import FakeNode
 
 
-class FakeExecutor:
+class FakeExecutor(FakeNode):
     """Runs commands through a local shell; can be told to be unreachable or to fail."""
 
     def __init__(self, node_id: str, *, down: bool = False, lost_mid_run: bool = False) -> None:
-        self._node_id = node_id
-        self.down = down
+        super().__init__(node_id, down=down)
         self.lost_mid_run = lost_mid_run
-        self.commands: list[str] = []
         self.pings = 0
         self.closed = False
-
-    @property
-    def node_id(self) -> str:
-        return self._node_id
 
     async def ping(self) -> float:
         self.pings += 1
         if self.down:
-            raise NodeUnreachable(self._node_id, "fake: down")
+            raise self.unreachable()
         return 0.0
 
-    async def run(
-        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
-    ) -> CommandResult:
-        if self.down:
-            raise NodeUnreachable(self._node_id, "fake: down")
-        self.commands.append(command)
+    async def answer(self, command: str) -> CommandResult:
         if self.lost_mid_run:
-            raise NodeUnreachable(self._node_id, "fake: lost while running")
+            raise self.unreachable("lost while running")
         proc = await asyncio.create_subprocess_shell(
             command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -71,7 +60,7 @@ class FakeExecutor:
 
     async def system_facts(self) -> SystemConfiguration:
         if self.down:
-            raise NodeUnreachable(self._node_id, "fake: down")
+            raise self.unreachable()
         return SystemConfiguration(self._node_id, "host", 2, 1 << 30, "3.11")
 
     async def close(self) -> None:

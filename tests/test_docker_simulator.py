@@ -16,11 +16,8 @@ installed (CI installs both, and forbids skips).
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from typing import Any
 import pytest
 
 from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS
+from conftest import compose_problem, docker_engine_problem
 
 REPO = Path(__file__).resolve().parent.parent
 SIM = REPO / "docker" / "simulate-cluster.sh"
@@ -36,15 +34,6 @@ SIM = REPO / "docker" / "simulate-cluster.sh"
 DETECTION_BOUND_S = HEARTBEAT_INTERVAL_S * (LIVENESS + 1)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def engine_problem() -> str | None:
-    if shutil.which("docker") is None:
-        return "the docker command is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        return "no Docker engine answers `docker info`: " + probe.stderr.strip()[:200]
-    return None
 
 
 def leftovers(sim: Any) -> str:
@@ -66,34 +55,16 @@ def leftovers(sim: Any) -> str:
     return (containers + networks + volumes + images).strip()
 
 
-def compose_problem(version: str) -> str | None:
-    """Why this Compose version cannot run here (None: it answers)."""
-    argv = ["docker", "compose", "version"] if version == "v2" else ["docker-compose", "version"]
-    try:
-        probe = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except OSError as exc:
-        return f"`{' '.join(argv)}` cannot run: {exc}"
-    return None if probe.returncode == 0 else f"`{' '.join(argv)}` fails: {probe.stderr[:200]}"
-
-
 @pytest.fixture(params=["v1", "v2"])
 def sim(
     request: pytest.FixtureRequest,
-    tmp_path: Path,
-    free_port: Any,
-    cluster_simulator: Any,
+    new_simulator: Any,
     node_image_layers: None,
 ) -> Iterator[Any]:
-    problem = engine_problem() or compose_problem(request.param)
+    problem = docker_engine_problem() or compose_problem(request.param)
     if problem:
         pytest.skip(f"Docker scenario with Compose {request.param}: {problem}")
-    simulator = cluster_simulator(
-        "docker",
-        f"zsimtest{uuid.uuid4().hex[:8]}",
-        free_port(),
-        {"CLUSTER_STATE_DIR": str(tmp_path / "state")},
-        compose=request.param,
-    )
+    simulator = new_simulator("docker", "zsimtest", compose=request.param)
     yield simulator
     simulator("cleanup", timeout=180)
 
@@ -146,12 +117,7 @@ def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
         assert re.search(rf"^\| {executor} \| [\d.]+ \|", out, re.M), out
     assert "fan-out 3 nodes ms" in out, out
 
-    figures = tmp_path / "figures.json"
-    out = sim.ok("test", "--json", str(figures), timeout=600)
-    print(out)  # the figures table, for the log
-    report = json.loads(figures.read_text())
-    assert report["violations"] == []
-    steps = {step["step"]: step for step in report["steps"]}
+    out, steps = sim.scenario_steps(tmp_path / "figures.json", timeout=600)
     assert sum(step["summary"]["submitted"] for step in steps.values()) >= 200
     assert 0 < steps["fail worker1"]["figure_s"] <= DETECTION_BOUND_S
     assert steps["heal worker2"]["figure_s"] > 0
@@ -171,16 +137,9 @@ def test_docker_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     assert sim.node_state("worker2") == "alive"
 
     # Blockade's vocabulary on the running containers: tc netem needs iproute2 + NET_ADMIN.
-    slow = sim("slow", "worker3", "100")
-    # Some kernels (this project's CI VM) ship no sch_netem: then `slow` must say so, exit 2.
-    assert slow.returncode == 0 or (slow.returncode == 2 and "no netem" in slow.stderr), slow
-    sim.ok("flaky", "worker3", "10")
-    sim.ok("fast", "worker3")
-    sim.ok("pause", "worker3")
+    sim.shape_then_pause("worker3", flaky_percent="10")
     sim.ok("resume", "worker3")
-    bad = sim("fail", "worker9")
-    assert bad.returncode == 2
-    assert "valid nodes: coordinator worker1 worker2 worker3 monitor" in bad.stderr
+    sim.assert_refuses_unknown_node("worker9")
 
     assert "ready" in sim.ok("logs", "monitor")
 

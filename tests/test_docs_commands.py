@@ -129,22 +129,19 @@ def _done():
     print("DOC-TEST-PARSE-OK")
     sys.stdout.flush()
     raise SystemExit(0)
-def parse_args(self, args=None, namespace=None):
+def _parse_then_stop(parse, self, args, namespace):
     _depth[0] += 1
     try:
-        _orig(self, args, namespace)
+        parse(self, args, namespace)
     finally:
         _depth[0] -= 1
     _done()
+def parse_args(self, args=None, namespace=None):
+    _parse_then_stop(_orig, self, args, namespace)
 def parse_known_args(self, args=None, namespace=None):
     if _depth[0]:
         return _orig_known(self, args, namespace)
-    _depth[0] += 1
-    try:
-        _orig_known(self, args, namespace)
-    finally:
-        _depth[0] -= 1
-    _done()
+    _parse_then_stop(_orig_known, self, args, namespace)
 argparse.ArgumentParser.parse_args = parse_args
 argparse.ArgumentParser.parse_known_args = parse_known_args
 script = sys.argv[1]

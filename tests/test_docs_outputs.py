@@ -34,6 +34,7 @@ import shlex
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,18 @@ def doc_files() -> list[Path]:
     return sorted(found)
 
 
-def samples_of(page: Path) -> list[Sample]:
+def markers(page: Path, pattern: re.Pattern[str]) -> Iterator[tuple[int, re.Match[str], list[str]]]:
+    """Every line of ``page`` that ``pattern`` matches: its index, the match, all the lines."""
     lines = page.read_text().splitlines()
-    found = []
     for index, line in enumerate(lines):
-        marker = OUTPUT_RE.match(line)
-        if not marker:
-            continue
+        marker = pattern.match(line)
+        if marker:
+            yield index, marker, lines
+
+
+def samples_of(page: Path) -> list[Sample]:
+    found = []
+    for index, marker, lines in markers(page, OUTPUT_RE):
         if index + 1 >= len(lines) or lines[index + 1].strip() != "```text":
             raise ValueError(f"{page}:{index + 1}: an output-of marker must precede ```text")
         end = index + 2
@@ -99,12 +105,8 @@ def samples_of(page: Path) -> list[Sample]:
 
 
 def quotes_of(page: Path) -> list[Quote]:
-    lines = page.read_text().splitlines()
     found = []
-    for index, line in enumerate(lines):
-        marker = FIGURES_RE.match(line)
-        if not marker:
-            continue
+    for index, marker, lines in markers(page, FIGURES_RE):
         end = index + 1
         while end < len(lines) and lines[end].strip():
             end += 1

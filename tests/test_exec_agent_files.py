@@ -18,20 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from cluster_runner_simulation.agent_protocol import DATA_CHUNK_BYTES
 from cluster_runner_simulation.testing import LocalAgents
 from cluster_runner_simulation.testing.wire_client import Ctx, WireClient, header
 
 IDLE_S = 1.5  # the agent's --transfer-idle-s here
-
-
-@pytest.fixture
-def ctx() -> Iterator[Ctx]:
-    context: Ctx = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture(scope="module")

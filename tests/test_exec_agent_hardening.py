@@ -72,13 +72,6 @@ CREDIT_EVERY_BYTES = 1 * MiB  # how often the hand-written slow reader grants cr
 
 
 @pytest.fixture
-def ctx() -> Iterator[Ctx]:
-    context: Ctx = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def agent() -> Iterator[LocalAgents]:
     with LocalAgents(1) as started:
         yield started

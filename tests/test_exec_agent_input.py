@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import zmq
 
 from cluster_runner_simulation.agent_input import InputGrant, InputRefused
 from cluster_runner_simulation.agent_protocol import DATA_CHUNK_BYTES, INPUT_WINDOW_BYTES
@@ -53,13 +52,6 @@ def test_nothing_is_granted_after_eof_and_input_after_it_is_refused() -> None:
 
 
 # --- A real agent ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ctx() -> Iterator[Ctx]:
-    context: Ctx = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture(scope="module")

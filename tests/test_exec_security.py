@@ -83,13 +83,6 @@ def ping_ok(ctx: zmq.Context[zmq.Socket[bytes]], agents: LocalAgents) -> bool:
         sock.close()
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 # --- Who may run commands ---------------------------------------------------------------------
 
 

@@ -16,12 +16,12 @@ from cluster_runner_simulation.context_common import build_context
 from cluster_runner_simulation.migration import ShadowExecutor, ShadowMode, ShadowPolicy
 from cluster_runner_simulation.protocols import (
     CommandResult,
-    Env,
     NodeUnreachable,
     SystemConfiguration,
 )
 from cluster_runner_simulation.scheduling import build_schedule, run_perf_test_scheduled
 from cluster_runner_simulation.shadow import bench_metrics
+from conftest import FakeNode
 
 Busy = dict[str, list[tuple[float, float, str]]]  # node -> (start, end, which side)
 
@@ -39,7 +39,7 @@ def bench_output(busbw_1m: float, busbw_4m: float, wrong: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class Recording:
+class Recording(FakeNode):
     """Answers after ``pause`` seconds with ``answer(command)``; notes when it was busy."""
 
     def __init__(
@@ -51,25 +51,16 @@ class Recording:
         pause: float = 0.05,
         down: bool = False,
     ) -> None:
-        self._node_id, self.side, self.busy = node_id, side, busy
-        self.answer = answer or (lambda command: CommandResult(command, 0, f"{side}\n".encode()))
-        self.pause, self.down = pause, down
-        self.commands: list[str] = []
+        super().__init__(node_id, down=down)
+        self.side, self.busy = side, busy
+        self.reply = answer or (lambda command: CommandResult(command, 0, f"{side}\n".encode()))
+        self.pause = pause
 
-    @property
-    def node_id(self) -> str:
-        return self._node_id
-
-    async def run(
-        self, command: str, *, timeout: float | None = None, env: Env = None, cwd: str | None = None
-    ) -> CommandResult:
-        if self.down:
-            raise NodeUnreachable(self._node_id, "fake: down")
-        self.commands.append(command)
+    async def answer(self, command: str) -> CommandResult:
         start = time.monotonic()
         await asyncio.sleep(self.pause)
         self.busy.setdefault(self._node_id, []).append((start, time.monotonic(), self.side))
-        return self.answer(command)
+        return self.reply(command)
 
     async def system_facts(self) -> SystemConfiguration:
         return SystemConfiguration(self._node_id, "host", 2, 1 << 30, "3.11")

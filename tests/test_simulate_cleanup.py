@@ -18,13 +18,14 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
 import pytest
+
+from conftest import compose_problem, docker_engine_problem
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_IN_USE_EXIT = 3
@@ -35,23 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
-def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
+def sim(new_simulator: Any) -> Iterator[Any]:
     """A local-backend simulator on free ports with its own project and state directory."""
-    ports = {free_port(), free_port(), free_port()}
-    while len(ports) < 3:
-        ports.add(free_port())
-    coordinator, status, monitor = sorted(ports)
-    simulator = cluster_simulator(
-        "local",
-        f"zsimclean{uuid.uuid4().hex[:8]}",
-        monitor,
-        {
-            "COORDINATOR_PORT": str(coordinator),
-            "STATUS_PORT": str(status),
-            "CLUSTER_STATE_DIR": str(tmp_path / "state"),
-            "DEMO_SECONDS": "0",
-        },
-    )
+    simulator = new_simulator("local", "zsimclean", {"DEMO_SECONDS": "0"})
     yield simulator
     simulator("cleanup", timeout=120)
 
@@ -106,6 +93,17 @@ def wait_exit(popen: Popen[bytes], sim: Any, timeout: float = 120) -> int:
         os.killpg(popen.pid, signal.SIGKILL)
         popen.wait(timeout=10)
         raise AssertionError(f"no exit within {timeout} s; stderr:\n{sim.stderr_of(popen)}")
+
+
+def interrupt_twice(popen: Popen[bytes], sim: Any, want_exit: int, timeout: float = 120) -> None:
+    """Ctrl-C, and a second one while the first is being handled: the command must still
+    exit ``want_exit`` and leave nothing of the cluster behind."""
+    ctrl_c(popen)
+    time.sleep(SECOND_CTRL_C_AFTER_S)
+    ctrl_c(popen)
+    code = wait_exit(popen, sim, timeout=timeout)
+    assert_nothing_left(sim)
+    assert code == want_exit, sim.stderr_of(popen)
 
 
 def assert_nothing_left(sim: Any) -> None:
@@ -169,12 +167,7 @@ def test_demo_cleanup_survives_a_closed_stdout_and_a_second_ctrl_c(sim: Any) -> 
     read_until(sim, demo, "press Ctrl-C to stop")
     assert sim.survivors(), "the demo cluster should be running now"
     close_reader(demo)
-    ctrl_c(demo)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(demo)
-    code = wait_exit(demo, sim)
-    assert_nothing_left(sim)
-    assert code == 0, sim.stderr_of(demo)
+    interrupt_twice(demo, sim, want_exit=0)
     assert "Traceback" not in sim.stderr_of(demo)
     assert_no_tracebacks(sim)
 
@@ -201,12 +194,7 @@ def test_start_interrupted_with_a_closed_stdout_stops_what_it_started(sim: Any) 
         assert time.monotonic() < deadline and start.poll() is None, sim.stderr_of(start)
         time.sleep(0.05)
     close_reader(start)
-    ctrl_c(start)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(start)
-    code = wait_exit(start, sim)
-    assert_nothing_left(sim)
-    assert code == 130, sim.stderr_of(start)
+    interrupt_twice(start, sim, want_exit=130)
     assert "Traceback" not in sim.stderr_of(start)
 
 
@@ -241,31 +229,14 @@ def accepts(address: tuple[str, int]) -> bool:
 
 @pytest.fixture(params=["v1", "v2"])
 def docker_sim(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    free_port: Any,
-    cluster_simulator: Any,
-    node_image_layers: None,
+    request: pytest.FixtureRequest, new_simulator: Any, node_image_layers: None
 ) -> Iterator[Any]:
     """The Docker backend with each Compose version (`docker compose down` is what must
     survive the closed stdout and the second Ctrl-C, and v1 and v2 are different programs)."""
-    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip("the Docker backend needs a Docker engine: `docker info` fails")
-    compose = ["docker", "compose"] if request.param == "v2" else ["docker-compose"]
-    try:
-        missing = subprocess.run([*compose, "version"], capture_output=True).returncode != 0
-    except OSError:
-        missing = True
-    if missing:
-        pytest.skip(f"Compose {request.param} (`{' '.join(compose)}`) is not installed")
-    simulator = cluster_simulator(
-        "docker",
-        f"zsimclean{uuid.uuid4().hex[:8]}",
-        free_port(),
-        {"CLUSTER_STATE_DIR": str(tmp_path / "state"), "DEMO_SECONDS": "0"},
-        compose=request.param,
-    )
+    problem = docker_engine_problem() or compose_problem(request.param)
+    if problem:
+        pytest.skip(f"the Docker backend with Compose {request.param}: {problem}")
+    simulator = new_simulator("docker", "zsimclean", {"DEMO_SECONDS": "0"}, compose=request.param)
     yield simulator
     simulator("cleanup", timeout=300)
 
@@ -287,9 +258,4 @@ def test_docker_demo_port_taken_then_closed_stdout_and_second_ctrl_c(docker_sim:
     read_until(sim, demo, "press Ctrl-C to stop", timeout=900)
     assert sim.survivors(), "the demo's containers should be running now"
     close_reader(demo)
-    ctrl_c(demo)
-    time.sleep(SECOND_CTRL_C_AFTER_S)
-    ctrl_c(demo)
-    code = wait_exit(demo, sim, timeout=180)
-    assert_nothing_left(sim)
-    assert code == 0, sim.stderr_of(demo)
+    interrupt_twice(demo, sim, want_exit=0, timeout=180)

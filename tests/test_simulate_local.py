@@ -8,12 +8,8 @@ without root, partition must refuse with a clear message and exit code 2.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,29 +28,9 @@ IS_ROOT = os.geteuid() == 0
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def namespaces(sim: Any) -> list[str]:
-    """The network namespaces the local backend made for this project."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    tag = hashlib.md5(sim.project.encode()).hexdigest()[:6]
-    return [line for line in listing.splitlines() if line.startswith(f"zsim-{tag}-")]
-
-
 @pytest.fixture
-def sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
-    ports = [free_port(), free_port(), free_port()]
-    while len(set(ports)) < 3:
-        ports = [free_port(), free_port(), free_port()]
-    state_dir = tmp_path / "state"
-    simulator = cluster_simulator(
-        "local",
-        f"zsimlocal{uuid.uuid4().hex[:8]}",
-        ports[2],
-        {
-            "COORDINATOR_PORT": str(ports[0]),
-            "STATUS_PORT": str(ports[1]),
-            "CLUSTER_STATE_DIR": str(state_dir),
-        },
-    )
+def sim(new_simulator: Any) -> Iterator[Any]:
+    simulator = new_simulator("local", "zsimlocal")
     yield simulator
     simulator("cleanup", timeout=120)
 
@@ -73,12 +49,7 @@ def test_local_cluster_user_story(sim: Any, tmp_path: Path) -> None:
         assert refused.returncode == 2 and "network namespaces" in refused.stderr
         pytest.skip("partition/heal with the local backend need root (network namespaces)")
 
-    figures = tmp_path / "figures.json"
-    out = sim.ok("test", "--json", str(figures), timeout=500)
-    print(out)  # the figures table, for the log
-    report = json.loads(figures.read_text())
-    assert report["violations"] == []
-    steps = {step["step"]: step for step in report["steps"]}
+    out, steps = sim.scenario_steps(tmp_path / "figures.json", timeout=500)
     assert sum(step["summary"]["submitted"] for step in steps.values()) >= 200
     assert 0 < steps["fail worker1"]["figure_s"] <= DETECTION_BOUND_S
 
@@ -93,22 +64,15 @@ def test_local_cluster_user_story(sim: Any, tmp_path: Path) -> None:
     sim.ok("heal", "worker2")
     assert sim.node_state("worker2") == "alive"
 
-    slow = sim("slow", "worker3", "100")
-    # Some kernels (this project's CI VM) ship no sch_netem: then `slow` must say so, exit 2.
-    assert slow.returncode == 0 or (slow.returncode == 2 and "no netem" in slow.stderr), slow
-    sim.ok("flaky", "worker3", "5")
-    sim.ok("fast", "worker3")
-    sim.ok("pause", "worker3")
+    sim.shape_then_pause("worker3", flaky_percent="5")
     assert re.search(r"^worker3\s+paused", sim.ok("status"), re.M)
     sim.ok("resume", "worker3")
 
-    bad = sim("fail", "worker7")
-    assert bad.returncode == 2
-    assert "valid nodes: coordinator worker1 worker2 worker3 monitor" in bad.stderr
+    sim.assert_refuses_unknown_node("worker7")
 
     assert "ready" in sim.ok("logs", "monitor")
     sim.ok("stop")
     assert sim("status").returncode == 2
-    assert namespaces(sim) == []
+    assert sim.namespaces() == []
     sim.ok("cleanup")
     assert not (Path(sim.env["CLUSTER_STATE_DIR"]) / f"local-{sim.project}").exists()

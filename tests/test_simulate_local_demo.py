@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from conftest import run_in_repo
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -64,15 +66,7 @@ def test_make_demo_runs_for_demo_seconds(
     demo_env_factory: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
     env = demo_env_factory(DEMO_SECONDS="3")
-    done = subprocess.run(
-        ["make", "-s", "demo"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_in_repo(["make", "-s", "demo"], env, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "client: submitted 200, done 200" in done.stdout
     assert f"dashboard: http://localhost:{env['MONITOR_PORT']}/" in done.stdout

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_in_repo
+
 REPO = Path(__file__).resolve().parent.parent
 SIM = REPO / "docker" / "simulate-cluster.sh"
 
@@ -23,15 +25,7 @@ def run(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[s
         "CLUSTER_STATE_DIR": str(tmp_path / "state"),
         **env,
     }
-    return subprocess.run(
-        [str(SIM), *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_in_repo([str(SIM), *args], full_env, timeout=60)
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,16 +52,11 @@ def check_records(path: Path, workers: list[str]) -> None:
 
 
 @pytest.fixture
-def local_sim(tmp_path: Path, free_port: Any, cluster_simulator: Any) -> Iterator[Any]:
+def local_sim(new_simulator: Any) -> Iterator[Any]:
     problem = open_mpi_problem()
     if problem:
         pytest.skip(problem)
-    env = {
-        "CLUSTER_STATE_DIR": str(tmp_path / "state"),
-        "COORDINATOR_PORT": str(free_port()),
-        "STATUS_PORT": str(free_port()),
-    }
-    sim = cluster_simulator("local", f"zsimmpi{uuid.uuid4().hex[:8]}", free_port(), env)
+    sim = new_simulator("local", "zsimmpi")
     yield sim
     sim("cleanup", timeout=120)
     assert sim.survivors() == []
@@ -130,15 +124,8 @@ def test_local_mpi_ctrl_c_stops_the_job_and_its_agents(local_sim: Any) -> None:
 
 
 @pytest.fixture
-def docker_sim(
-    tmp_path: Path, free_port: Any, cluster_simulator: Any, docker_engine: None
-) -> Iterator[Any]:
-    sim = cluster_simulator(
-        "docker",
-        f"zsimtest{uuid.uuid4().hex[:8]}",
-        free_port(),
-        {"CLUSTER_STATE_DIR": str(tmp_path / "state")},
-    )
+def docker_sim(new_simulator: Any, docker_engine: None) -> Iterator[Any]:
+    sim = new_simulator("docker", "zsimtest")
     yield sim
     sim("cleanup", timeout=180)
 

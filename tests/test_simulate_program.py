@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,15 @@ from cluster_simulator.output import PortTaken, SimError, UsageError
 from cluster_simulator.ports import require_free_ports
 from cluster_simulator.roles import Roles, Workload
 from cluster_simulator.scenario import check_invariants, format_table
+
+
+def recorded_fault(what: str) -> Callable[[FakeBackend, str], None]:
+    """A FakeBackend fault method that records (what, node) in its calls."""
+
+    def fault(self: FakeBackend, node: str) -> None:
+        self._record(what, node)
+
+    return fault
 
 
 class FakeBackend(Backend):
@@ -73,23 +82,10 @@ class FakeBackend(Backend):
     def show_logs(self, node: str | None, follow: bool) -> int:
         return 0
 
-    def kill(self, node: str) -> None:
-        self._record("kill", node)
-
-    def restart(self, node: str) -> None:
-        self._record("restart", node)
-
-    def disconnect(self, node: str) -> None:
-        self._record("disconnect", node)
-
-    def reconnect(self, node: str) -> None:
-        self._record("reconnect", node)
-
-    def freeze(self, node: str) -> None:
-        self._record("freeze", node)
-
-    def thaw(self, node: str) -> None:
-        self._record("thaw", node)
+    # The six node faults only note that they were asked for, and on which node.
+    kill, restart = recorded_fault("kill"), recorded_fault("restart")
+    disconnect, reconnect = recorded_fault("disconnect"), recorded_fault("reconnect")
+    freeze, thaw = recorded_fault("freeze"), recorded_fault("thaw")
 
     def traffic_control(self, node: str, action: str, *netem: str) -> Any:
         self._record(f"tc {action} {' '.join(netem)}".strip(), node)

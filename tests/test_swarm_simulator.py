@@ -13,12 +13,10 @@ was there before stays. Skips (with the reason) only when no Docker engine answe
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,19 +73,8 @@ def engine() -> Iterator[SwarmEngine]:
 
 
 @pytest.fixture
-def sim(
-    engine: SwarmEngine,
-    tmp_path: Path,
-    free_port: Any,
-    cluster_simulator: Any,
-    node_image_layers: None,
-) -> Iterator[Any]:
-    simulator = cluster_simulator(
-        "swarm",
-        f"zsimswarm{uuid.uuid4().hex[:8]}",
-        free_port(),
-        {"CLUSTER_STATE_DIR": str(tmp_path / "state")},
-    )
+def sim(engine: SwarmEngine, new_simulator: Any, node_image_layers: None) -> Iterator[Any]:
+    simulator = new_simulator("swarm", "zsimswarm")
     yield simulator
     if swarm_state() == "active":
         simulator("cleanup", timeout=300)
@@ -256,12 +243,7 @@ def test_swarm_cluster_user_story(engine: SwarmEngine, sim: Any, tmp_path: Path)
     left = set(re.findall(r"monitor: (worker\d) left", out))
     assert len(left) == 2 and alive_workers(sim).isdisjoint(left), out
 
-    figures = tmp_path / "figures.json"
-    out = sim.ok("test", "--json", str(figures), timeout=600)
-    print(out)  # the figures table, for the log
-    report = json.loads(figures.read_text())
-    assert report["violations"] == []
-    steps = {step["step"]: step for step in report["steps"]}
+    out, steps = sim.scenario_steps(tmp_path / "figures.json", timeout=600)
     assert 0 < steps["fail worker1"]["figure_s"] <= DETECTION_BOUND_S
     assert 0 < steps["partition worker2"]["figure_s"] <= DETECTION_BOUND_S
     assert "all invariants hold" in out

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cluster_runner_simulation.descriptor import ClusterDescriptor, render_descriptor
 from cluster_runner_simulation.testing import LocalAgents, free_port, local_nodes
-from conftest import REPO
+from conftest import REPO, AgentCluster
 
 BIN = Path(sys.executable).parent
 NODES = 8
@@ -32,20 +32,9 @@ BIG_BYTES = 100 * 1024 * 1024
 TIMEOUT_S = 120.0
 
 
-@dataclass
-class Cluster:
-    agents: LocalAgents
-    env: dict[str, str]
-
+class Cluster(AgentCluster):
     def zcp(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "zcp"), "--no-progress", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env={**self.env, **env},
-            timeout=TIMEOUT_S,
-        )
+        return self.tool([str(BIN / "zcp"), "--no-progress", *args], **env)
 
     def root(self, index: int) -> Path:
         return self.agents.files_root(index)
@@ -66,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with LocalAgents(NODES, extra_args=args, files_roots=True) as agents:
         path = base / "cluster.toml"
         path.write_text(render_descriptor(ClusterDescriptor("t", local_nodes(NODES, None, agents))))
-        yield Cluster(agents, {**os.environ, "ZRSH_DESCRIPTOR": str(path)})
+        yield Cluster(agents, path, {**os.environ, "ZRSH_DESCRIPTOR": str(path)}, TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,18 +28,23 @@ from cluster_runner_simulation.testing import (
     unique_sleep,
     write_local_descriptor,
 )
-from conftest import REPO
+from conftest import REPO, AgentCluster
 
 BIN = Path(sys.executable).parent
 ZRSH_SCRIPT = REPO / "03-cluster-runner-simulation" / "zrsh.py"
 TIMEOUT_S = 60.0
 
 
-@dataclass
-class Cluster:
-    agents: LocalAgents
-    descriptor: Path
-    env: dict[str, str]
+class Cluster(AgentCluster):
+    def popen(self, *args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+        """zrsh started in the background: stdin closed, stdout a pipe to read it live."""
+        return subprocess.Popen(
+            [str(BIN / "zrsh"), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=self.env,
+        )
 
     def zrsh(
         self, *args: str, stdin: bytes | None = None, **env: str
@@ -64,7 +68,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {**os.environ, "ZRSH_DESCRIPTOR": str(descriptor), "PATH": f"{BIN}:{os.environ['PATH']}"}
     with LocalAgents(2, env=env) as agents:
         write_local_descriptor(None, agents, descriptor)
-        yield Cluster(agents, descriptor, env)
+        yield Cluster(agents, descriptor, env, TIMEOUT_S)
 
 
 def test_exit_status_stdout_and_stderr(cluster: Cluster) -> None:
@@ -111,12 +115,7 @@ def test_the_python_file_runs_too(cluster: Cluster) -> None:
 
 def test_output_is_live(cluster: Cluster) -> None:
     marker = unique_sleep()
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node0", f"echo first; sleep {marker}"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        env=cluster.env,
-    )
+    proc = cluster.popen("node0", f"echo first; sleep {marker}")
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"first\n"  # while the remote sleep still runs
@@ -129,12 +128,8 @@ def test_output_is_live(cluster: Cluster) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_cancels_the_remote_process_group(cluster: Cluster, signum: int) -> None:
     marker = unique_sleep()
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node1", f"echo started; sleep {marker} & sleep {marker}; wait"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cluster.env,
+    proc = cluster.popen(
+        "node1", f"echo started; sleep {marker} & sleep {marker}; wait", stderr=subprocess.PIPE
     )
     assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
     deadline = time.monotonic() + 10
@@ -192,13 +187,7 @@ def test_an_unreachable_node_fails_with_255_within_its_connect_timeout(
 
 
 def test_an_agent_that_dies_mid_run_is_a_lost_connection(cluster: Cluster) -> None:
-    proc = subprocess.Popen(
-        [str(BIN / "zrsh"), "node1", "echo started; sleep 60"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cluster.env,
-    )
+    proc = cluster.popen("node1", "echo started; sleep 60", stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
         cluster.agents.stop_one(1, signal.SIGKILL)

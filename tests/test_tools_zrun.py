@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,31 +30,19 @@ from cluster_runner_simulation.testing import (
     processes_with,
     unique_sleep,
 )
-from conftest import REPO
+from conftest import REPO, AgentCluster
 
 BIN = Path(sys.executable).parent
 NODES = 4
 TIMEOUT_S = 60.0
 
 
-@dataclass
-class Cluster:
-    agents: LocalAgents
-    descriptor: Path
-    env: dict[str, str]
-
+class Cluster(AgentCluster):
     def argv(self, *args: str) -> list[str]:
         return [str(BIN / "zrun"), "--no-progress", *args]
 
     def zrun(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(*args),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env={**self.env, **env},
-            timeout=TIMEOUT_S,
-        )
+        return self.tool(self.argv(*args), **env)
 
     def pid(self, index: int) -> int:
         return self.agents.agents[index].proc.pid
@@ -76,7 +64,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with LocalAgents(NODES) as agents:
         nodes = local_nodes(NODES, None, agents)
         path = write_descriptor(base / "cluster.toml", nodes, '[groups]\npair = "node[1-2]"\n')
-        yield Cluster(agents, path, {**os.environ, "ZRSH_DESCRIPTOR": str(path)})
+        yield Cluster(agents, path, {**os.environ, "ZRSH_DESCRIPTOR": str(path)}, TIMEOUT_S)
 
 
 def test_streamed_output_has_a_node_prefix_and_a_table(cluster: Cluster) -> None:

@@ -96,16 +96,34 @@ def cluster_document(ports: Ports) -> dict[str, Any] | None:
         return None
 
 
-def wait_for_states(ports: Ports, wanted: dict[str, str], timeout: float = CLUSTER_READY_S) -> None:
-    """Until the monitor shows every node of ``wanted`` in its state (the slow joiner)."""
+def wait_for_document(
+    ports: Ports, ok: Callable[[dict[str, Any]], bool], what: str, timeout: float = CLUSTER_READY_S
+) -> None:
+    """Until the monitor's /api/cluster document satisfies ``ok``; LabError naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        document = cluster_document(ports) or {}
-        states = {node["id"]: node["state"] for node in document.get("nodes", [])}
-        if all(states.get(node) == state for node, state in wanted.items()):
+        if ok(cluster_document(ports) or {}):
             return
         time.sleep(0.1)
-    raise LabError(f"the monitor did not show {wanted} within {timeout:.0f} s")
+    raise LabError(f"the monitor did not show {what} within {timeout:.0f} s")
+
+
+def wait_for_states(ports: Ports, wanted: dict[str, str]) -> None:
+    """Until the monitor shows every node of ``wanted`` in its state (the slow joiner)."""
+
+    def reached(document: dict[str, Any]) -> bool:
+        states = {node["id"]: node["state"] for node in document.get("nodes", [])}
+        return all(states.get(node) == state for node, state in wanted.items())
+
+    wait_for_document(ports, reached, str(wanted))
+
+
+def wait_for_done(ports: Ports, done: int) -> None:
+    """Until the monitor's task totals count ``done`` tasks: they come with the coordinator's
+    next TASK_STATS (every interval), so a client that has just finished is not counted yet."""
+    wait_for_document(
+        ports, lambda document: document.get("totals", {}).get("done", 0) >= done, f"{done} done"
+    )
 
 
 def seconds(pattern: str, text: str) -> float | None:
@@ -162,6 +180,7 @@ def watch(lab: Lab) -> None:
     mon = monitor(lab, "Terminal 3", ports)
     wait_for_states(ports, {"w1": "alive", "w2": "alive"})
     run = client(lab, "Terminal 4", ports, "--count 200 --kind sleep --ms 10")
+    wait_for_done(ports, 200)  # as a person does, who types the next command a moment later
     table = watch_once(lab, "Terminal 4", ports)
     lab.show(coord, *workers, mon, run, table)
     lab.look("both workers alive, their done columns add up to the 200 tasks submitted")

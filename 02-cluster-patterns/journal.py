@@ -38,6 +38,7 @@ from msgspec import Meta
 
 from cluster_patterns.cli_args import make_parser
 from cluster_patterns.line_journal import BadLine, LineScan, lock_journal, recover_lines
+from cluster_patterns.file_io import write_all
 from cluster_patterns.line_journal import repair_lines, scan_lines
 from cluster_patterns.protocol import TaskOutcome, TaskSpec
 
@@ -157,9 +158,7 @@ class FileJournal:
         self._buffer.clear()
         size = os.fstat(self._fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
             if self._fsync:
                 os.fsync(self._fd)
         except OSError as exc:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
+from cluster_patterns.file_io import fsync_directory, write_all
+
 T = TypeVar("T")
 
 COPY_CHUNK_BYTES = 1 << 20
@@ -191,9 +193,7 @@ def _copy_tail(fd: int, path: Path, start: int, now: float | None) -> tuple[Path
     try:
         position = start
         while chunk := os.pread(fd, COPY_CHUNK_BYTES, position):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view) :]
+            write_all(out, chunk)
             newlines += chunk.count(b"\n")
             last = chunk[-1:]
             position += len(chunk)
@@ -217,12 +217,3 @@ def _create_unique(wanted: Path) -> tuple[Path, int]:
         except FileExistsError:
             number += 1
             candidate = wanted.with_name(f"{wanted.name}-{number}")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a new directory entry durable (a fsynced file can vanish with its entry)."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

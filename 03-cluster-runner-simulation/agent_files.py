@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Final
 
+from cluster_patterns.file_io import write_all
 from cluster_runner_simulation.agent_flow import ConnectionWindow
 from cluster_runner_simulation.agent_input import InputGrant, InputRefused
 from cluster_runner_simulation.agent_protocol import (
@@ -177,9 +178,7 @@ class PutTransfer:
                 ErrorCode.BAD_REQUEST, f"more than the {self.req.size} bytes announced"
             )
         try:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, chunk)
         except OSError as exc:
             self.abort()
             raise InputRefused(ErrorCode.FILE_ERROR, f"{self.final}: {exc.strerror}") from None

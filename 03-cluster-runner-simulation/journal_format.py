@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from cluster_patterns.file_io import fsync_directory, write_all
 from cluster_patterns.line_journal import (
     BadLine,
     Repair,
-    fsync_directory,
     lock_journal,
     recover_lines,
     repair_lines,
@@ -216,9 +216,7 @@ class AppendOnlyFile:
         if self._broken:
             raise JournalError(self._broken)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
             if sync:
                 os.fsync(self.fd)
         except OSError as exc:

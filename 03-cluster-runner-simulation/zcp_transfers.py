@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from cluster_patterns.file_io import fsync_directory, write_all
 from cluster_runner_simulation.agent_client import Session
 from cluster_runner_simulation.agent_protocol import (
     DATA_CHUNK_BYTES,
@@ -134,9 +135,10 @@ class PutJob:
             sent += len(chunk)
         return sent
 
-    def take(self, message: Message, body: bytes | None) -> None:
+    def take(self, message: Message, body: bytes | None) -> int:
+        """Account for a reply; 0 bytes received (a put's bytes count as they are sent)."""
         if self.finished:
-            return
+            return 0
         self.state = JobState.MOVING
         if isinstance(message, DataCredit):
             self.credit += message.nbytes
@@ -150,6 +152,7 @@ class PutJob:
                 self.landed, self.state = message, JobState.DONE
         elif isinstance(message, ErrorReply):
             self.fail(message.message, JobState.CANCELLED if self.cancelling else JobState.FAILED)
+        return 0
 
     def fail(self, reason: str, state: str = JobState.FAILED) -> None:
         self.error, self.state = reason, state
@@ -194,9 +197,7 @@ class GetJob:
             return 0
         self.state = JobState.MOVING
         if isinstance(message, FileData) and body is not None and self._fd is not None:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, body)
             self._hash.update(body)
             self.size += len(body)
             return len(body)
@@ -220,11 +221,7 @@ class GetJob:
         os.close(self._fd)
         self._fd = None
         os.replace(self._temp, self.destination)
-        directory = os.open(self.destination.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_directory(self.destination.parent)
         self.landed, self.state = end, JobState.DONE
 
     def fail(self, reason: str, state: str = JobState.FAILED) -> None:

@@ -36,6 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
+from cluster_patterns.file_io import write_all
 from cluster_runner_simulation.agent_client import (
     CONNECT_TIMEOUT_S,
     SILENCE_TIMEOUT_S,
@@ -152,12 +153,6 @@ def stdin_usable() -> bool:
     except OSError:
         return False
     return True
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class Relay:

@@ -36,8 +36,9 @@ from typing import Final, NoReturn
 import zmq
 
 from cluster_patterns.cli_args import positive_float
-from cluster_patterns.curve import KeyPair, curve_client, load_keypair, load_public
+from cluster_patterns.curve import KeyPair, curve_client
 from cluster_patterns.transport import configure, endpoint
+from cluster_runner_simulation.agent_keys import client_keys
 from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
     MAX_REPLY_BYTES,
@@ -61,8 +62,6 @@ CONNECT_TIMEOUT_S: Final = 5.0  # no reply at all within this: the node is unrea
 SILENCE_TIMEOUT_S: Final = 5.0  # no heartbeat for this long while running: connection lost
 RECONNECT_IVL_MS: Final = 100
 ZMTP_HEARTBEAT_MS: Final = 2000
-AGENT_KEY: Final = "agent.key"
-CLIENT_SECRET: Final = "client.key_secret"
 # Where zrsh, zrun and zcp find the cluster descriptor: --descriptor, else this variable,
 # else the first of DEFAULT_DESCRIPTORS that exists.
 DESCRIPTOR_ENV: Final = "ZRSH_DESCRIPTOR"
@@ -145,10 +144,7 @@ def targets_for(nodes: Iterable[NodeSpec]) -> list[Target]:
             raise ClientSetupError(f"node {node.id!r}: the descriptor gives no curve_keys_dir")
         if directory not in keys:
             try:
-                keys[directory] = (
-                    load_public(directory / AGENT_KEY),
-                    load_keypair(directory / CLIENT_SECRET),
-                )
+                keys[directory] = client_keys(directory)
             except Exception as exc:  # KeyFileError, and OSError on odd paths
                 raise ClientSetupError(f"node {node.id!r}: {exc}") from None
         server, client = keys[directory]

@@ -255,7 +255,7 @@ class CommandRun:
             return await self.slots.acquire()
         acquiring = asyncio.ensure_future(self.slots.acquire())
         loop = asyncio.get_running_loop()
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        timeout = max(0.0, deadline - loop.time())
         try:
             await asyncio.wait([acquiring], timeout=timeout)
         except asyncio.CancelledError:

@@ -44,11 +44,21 @@ __all__ = [
     "KeyPair",
     "authorize_client",
     "check_secret_permissions",
+    "client_keys",
     "generate_keys",
     "load_keypair",
     "load_public",
     "write_keypair",
 ]
+
+
+def client_keys(directory: Path) -> tuple[bytes, KeyPair]:
+    """What a client of the agent needs from DIR: the agent's public key and its own keypair
+    (KeyFileError if either is missing or malformed)."""
+    return (
+        load_public(directory / f"{AGENT_NAME}.key"),
+        load_keypair(directory / f"{CLIENT_NAME}.key_secret"),
+    )
 
 
 def generate_keys(directory: Path) -> None:

@@ -37,7 +37,7 @@ import zmq
 
 from cluster_patterns.curve import curve_client
 from cluster_patterns.transport import configure
-from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, load_keypair, load_public
+from cluster_runner_simulation.agent_keys import client_keys
 from cluster_runner_simulation.journal_protocol import (
     MAX_MSG_BYTES,
     Ack,
@@ -101,9 +101,7 @@ class ZmqJournalWriter:
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         try:
             if keys_dir is not None:
-                keys = Path(keys_dir)
-                server = load_public(keys / f"{AGENT_NAME}.key")
-                curve_client(self._sock, server, load_keypair(keys / f"{CLIENT_NAME}.key_secret"))
+                curve_client(self._sock, *client_keys(Path(keys_dir)))
             self._sock.connect(endpoint)
         except BaseException:
             self._sock.close(linger=0)

@@ -180,8 +180,7 @@ class AsyncSSHExecutor(ClosedOnExit):
         pgid: int | None = None
         try:
             async with asyncio.timeout(timeout):
-                first = await proc.stderr.readline()
-                pgid = int(first) if first.strip().isdigit() else None
+                pgid = await _read_pgid(proc)
                 done = await proc.wait()
         except TimeoutError:
             await self._kill_group(proc, pgid)
@@ -228,8 +227,7 @@ class AsyncSSHExecutor(ClosedOnExit):
         finished = False
         try:
             async with asyncio.timeout_at(deadline):
-                first = await proc.stderr.readline()
-            pgid = int(first) if first.strip().isdigit() else None
+                pgid = await _read_pgid(proc)
             helpers = [
                 asyncio.create_task(_pump(proc.stdout, OutputStream.STDOUT, events)),
                 asyncio.create_task(_pump(proc.stderr, OutputStream.STDERR, events)),
@@ -273,8 +271,7 @@ class AsyncSSHExecutor(ClosedOnExit):
             # Cancelled before the wrapper reported its group: it is about to.
             with contextlib.suppress(asyncssh.Error, OSError, TimeoutError, ValueError):
                 async with asyncio.timeout(KILL_TIMEOUT_S):
-                    first = await proc.stderr.readline()
-                    pgid = int(first) if first.strip().isdigit() else None
+                    pgid = await _read_pgid(proc)
         if pgid is not None and self._conn is not None:
             with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
                 async with asyncio.timeout(KILL_TIMEOUT_S):
@@ -298,6 +295,12 @@ class AsyncSSHExecutor(ClosedOnExit):
             with contextlib.suppress(asyncssh.Error, OSError):
                 await self._conn.wait_closed()
             self._conn = None
+
+
+async def _read_pgid(proc: asyncssh.SSHClientProcess[bytes]) -> int | None:
+    """The remote process group that wrap_command's wrapper reports on stderr's first line."""
+    first = await proc.stderr.readline()
+    return int(first) if first.strip().isdigit() else None
 
 
 async def _pump(

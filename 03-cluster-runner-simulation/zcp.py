@@ -137,8 +137,7 @@ class Copier:
             for session, message, body in replies:
                 job = self.active.get(session.node_id)
                 if job is not None and message.id == job.request.id:
-                    moved = job.take(message, body)
-                    self.moved += moved or 0
+                    self.moved += job.take(message, body)
             if flag.read_fd in fds:
                 flag.drain()
             now = hub.clock()
@@ -154,8 +153,6 @@ class Copier:
             if progress and now - started > PROGRESS_AFTER_S:
                 self._show_progress(now - started)
         for node_id, job in self.active.items():
-            if isinstance(job, GetJob):
-                job.discard()
             job.fail("cancelled; the agent did not confirm in time", JobState.CANCELLED)
             self.done.append((node_id, job))
         if progress:

@@ -35,9 +35,7 @@ from typing import Any
 
 from cluster_patterns.transport import endpoint
 from cluster_runner_simulation.agent_connection import AgentConnection, PendingRequest
-from cluster_runner_simulation.agent_connection import SharedContext
-from cluster_runner_simulation.agent_keys import AGENT_NAME, CLIENT_NAME, KeyPair
-from cluster_runner_simulation.agent_keys import load_keypair, load_public
+from cluster_runner_simulation.agent_keys import KeyPair, client_keys
 from cluster_runner_simulation.agent_protocol import (
     DATA_CHUNK_BYTES,
     DEFAULT_PORT,
@@ -110,14 +108,9 @@ class ZmqNodeExecutor(ClosedOnExit):
         cls, node_id: str, host: str, port: int, keys_dir: str | Path, **options: Any
     ) -> ZmqNodeExecutor:
         """Reads KEYS/agent.key and KEYS/client.key_secret (as ``keys generate`` writes them)."""
-        keys = Path(keys_dir)
+        server_public_key, keypair = client_keys(Path(keys_dir))
         return cls(
-            node_id,
-            host,
-            port,
-            server_public_key=load_public(keys / f"{AGENT_NAME}.key"),
-            client_keys=load_keypair(keys / f"{CLIENT_NAME}.key_secret"),
-            **options,
+            node_id, host, port, server_public_key=server_public_key, client_keys=keypair, **options
         )
 
     @property
@@ -306,4 +299,4 @@ def _satisfies_protocol(executor: ZmqNodeExecutor) -> NodeExecutorProtocol:
     return executor
 
 
-__all__ = ["ZmqNodeExecutor", "SharedContext"]
+__all__ = ["ZmqNodeExecutor"]

@@ -48,6 +48,7 @@ from cluster_runner_simulation.agent_client import (
     ToolArgumentParser,
     UsageError,
     find_descriptor,
+    signal_exit_status,
     targets_for,
 )
 from cluster_runner_simulation.agent_protocol import MAX_TIMEOUT_S, RunRequest, Stream
@@ -151,6 +152,7 @@ class LinePrinter:
         self.partial: dict[tuple[str, Stream], bytes] = {}
         self.progress_shown = False
         self.progress = progress
+        self.broken = False  # stdout's reader left: nothing more is written to it
 
     def chunk(self, node_id: str, stream: Stream, data: bytes) -> None:
         key = (node_id, stream)
@@ -276,7 +278,7 @@ class FanOut:
 
     def progress(self, elapsed: float) -> str:
         done = len(self.results)
-        failed = sum(1 for r in self.results if r.outcome.value != "ok")
+        failed = sum(1 for r in self.results if r.outcome is not Outcome.OK)
         total = done + len(self.running) + len(self.waiting)
         running = len(self.running)
         return f"zrun: {done}/{total} done, {failed} failed, {running} running ({elapsed:.1f}s)"
@@ -295,10 +297,8 @@ def zrun(config: ZrunConfig, targets: Sequence[Target]) -> int:
             try:
                 printer.chunk(node_id, stream, data)
             except BrokenPipeError:  # zrun ... | head: stop the remote commands too
-                streaming_broken.append(True)
+                printer.broken = True
                 fan_out.stop(signal.SIGPIPE)
-
-    streaming_broken: list[bool] = []
 
     def on_tick() -> None:
         elapsed = hub.clock() - started
@@ -313,7 +313,7 @@ def zrun(config: ZrunConfig, targets: Sequence[Target]) -> int:
         printer.clear_progress()
     order = {node_id: index for index, node_id in enumerate(config.nodes)}
     results = sorted(fan_out.results, key=lambda r: order.get(r.node_id, len(order)))
-    if streaming and not streaming_broken:
+    if streaming and not printer.broken:
         for result in results:
             printer.flush(result.node_id)
     status = exit_status(results, fan_out.stopped_by)
@@ -353,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zrun: error: {exc}", file=sys.stderr)
         return STATUS_USAGE
     except BrokenPipeError:
-        return 128 + signal.SIGPIPE  # our reader left (zrun ... | head), as a shell says
+        return signal_exit_status(
+            signal.SIGPIPE
+        )  # our reader left (zrun ... | head), as a shell says
     finally:
         quiet_closed_stdout()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import zmq
 import zmq.asyncio
@@ -37,6 +37,7 @@ from cluster_patterns.protocol import (
     TaskStats,
     decode,
     describe,
+    handler_table,
 )
 from cluster_patterns.transport import (
     HandshakeWatch,
@@ -69,11 +70,7 @@ class StatusChannel:
         self.view = view
         self.metrics = metrics
         self._bad_log = RateLimitedLog(log.warning, BAD_LOG_INTERVAL_S, clock)
-        self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            Status: self.do_Status,
-            NodeEvent: self.do_NodeEvent,
-            TaskStats: self.do_TaskStats,
-        }
+        self._handlers = handler_table(self)
 
     def handle(self, frames: list[bytes]) -> None:
         if len(frames) != 1:

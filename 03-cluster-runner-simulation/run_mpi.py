@@ -40,7 +40,6 @@ from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
     DescriptorError,
     load_descriptor,
-    render_descriptor,
 )
 from cluster_runner_simulation.journal_format import FileJournalWriter
 from cluster_runner_simulation.mpi_bench import MpiBuildError, bench_binary
@@ -65,15 +64,13 @@ MAX_LOCAL_NODES: Final = 8
 @contextlib.contextmanager
 def local_descriptor(count: int) -> Iterator[Path]:
     """``count`` agents on loopback (the test harness) and no sshd, in a descriptor file."""
-    from cluster_runner_simulation.testing import LocalAgents, local_nodes
+    from cluster_runner_simulation.testing import LocalAgents, write_local_descriptor
 
     with (
         tempfile.TemporaryDirectory(prefix="run-mpi-") as tmp,
         LocalAgents(count, private_tmp=True) as agents,
     ):
-        path = Path(tmp) / "cluster.toml"
-        nodes = local_nodes(count, None, agents)
-        path.write_text(render_descriptor(ClusterDescriptor("local-mpi", nodes)))
+        path = write_local_descriptor(None, agents, Path(tmp) / "cluster.toml", "local-mpi")
         print(f"local cluster: {count} agents on 127.0.0.1, no sshd; descriptor {path}")
         yield path
 

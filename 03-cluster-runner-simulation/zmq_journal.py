@@ -176,18 +176,8 @@ def run_repair(path: Path) -> int:
         report = repair_journal(existing(path))
     except JournalError as exc:
         return journal_failure("repair", exc)
-    if report.copy_path is None:
-        print(f"repair: nothing to repair: {report.kept_records} records in {path}, all valid")
-        return 0
-    if report.bad is not None:
-        print(f"repair: {path}: first bad line: {report.bad}")
-    else:
-        print(f"repair: {path}: torn last line: {report.torn_bytes} bytes without a newline")
-    print(f"repair: kept {report.kept_records} records ({report.kept_bytes} bytes) in {path}")
-    print(
-        f"repair: moved {report.moved_bytes} bytes ({report.moved_lines} lines, "
-        f"{report.moved_valid} of them valid records) to {report.copy_path}"
-    )
+    for line in report.report(path):
+        print(f"repair: {line}")
     return 0
 
 

@@ -13,6 +13,7 @@ Nothing here is needed to understand ZeroMQ: it is a tool, for the course only.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -26,10 +27,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 REPO: Final = Path(__file__).resolve().parents[2]
 LESSONS: Final = Path("01-zmq-basics")
+JOURNAL: Final = "03-cluster-runner-simulation/zmq_journal.py"
 READY_TIMEOUT_S: Final = 20.0  # a process must print what we wait for within this
 STEP_TIMEOUT_S: Final = 60.0  # no single step of an experiment may take longer
 
@@ -284,3 +286,12 @@ def usage_ok(verdicts: Verdicts, proc: Proc, command: str) -> bool:
 
 def indent(text: str) -> str:
     return "\n".join(f"        {line}" for line in text.strip().splitlines()[-12:])
+
+
+def journal_bodies(lab: Lab, path: Path) -> list[dict[str, Any]]:
+    """Every record of the journal at ``path``, in order, as `zmq_journal.py read` gives them
+    (a helper process, left out of what the lab shows)."""
+    reading = lab.start("reader", JOURNAL, f"read {path} --format jsonl")
+    reading.wait()
+    lab.procs.remove(reading)
+    return [json.loads(line) for line in reading.output().splitlines()]

@@ -10,7 +10,6 @@ listens on a free port, printed as 5580.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sys
@@ -23,11 +22,11 @@ import psutil
 
 from cluster_patterns.curve import fingerprint, load_public
 from cluster_runner_simulation.agent_protocol import CREDIT_WINDOW_BYTES, OUTPUT_CHUNK_BYTES
-from cluster_runner_simulation.labs.kit import Lab, Proc, Verdicts, indent, section, usage_ok
+from cluster_runner_simulation.labs.kit import JOURNAL, Lab, Proc, Verdicts, indent, journal_bodies
+from cluster_runner_simulation.labs.kit import section, usage_ok
 
 AGENT: Final = "03-cluster-runner-simulation/zmq_node_agent.py"
 RUN_SCHEDULES: Final = "03-cluster-runner-simulation/run_schedules.py"
-JOURNAL: Final = "03-cluster-runner-simulation/zmq_journal.py"
 ONE_LINER: Final = (
     "import asyncio; from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor"
     " as X; e = X.from_keys_dir('n1', '127.0.0.1', {port}, '{keys}');"
@@ -84,14 +83,10 @@ def agent(lab: Lab) -> None:
 
 def journal_records(lab: Lab, path: Path) -> set[tuple[str, tuple[str, ...], str]]:
     """(schedule, nodes, result line) of every record, read by zmq_journal.py itself."""
-    reading = lab.start("reader", JOURNAL, f"read {path} --format jsonl")
-    reading.wait()
-    records = set()
-    for text in reading.output().splitlines():
-        body = json.loads(text)
-        records.add((body["schedule"], tuple(sorted(body["nodes"])), body["result_line"]))
-    lab.procs.remove(reading)
-    return records
+    return {
+        (body["schedule"], tuple(sorted(body["nodes"])), body["result_line"])
+        for body in journal_bodies(lab, path)
+    }
 
 
 def schedules(lab: Lab) -> None:

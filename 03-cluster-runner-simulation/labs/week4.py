@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster_runner_simulation.labs.kit import REPO, Lab, LabError, Proc, Verdicts, indent
-from cluster_runner_simulation.labs.kit import section
+from cluster_runner_simulation.labs.kit import JOURNAL, journal_bodies, section
 from cluster_runner_simulation.labs.kit import usage_ok
 
 SIMULATOR: Final = "./docker/simulate-cluster.sh"
@@ -260,7 +260,6 @@ def check_alert(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:
         )
 
 
-JOURNAL: Final = "03-cluster-runner-simulation/zmq_journal.py"
 CRASH_RECORDS: Final = 2000
 
 
@@ -272,10 +271,7 @@ def collector(lab: Lab, terminal: str, journal: Path, port: int) -> Proc:
 
 def stored_ids(lab: Lab, journal: Path) -> list[str]:
     """Every record id in the journal, in order, as `zmq_journal.py read` reports them."""
-    reading = lab.start("reader", JOURNAL, f"read {journal} --format jsonl")
-    reading.wait()
-    lab.procs.remove(reading)
-    return [json.loads(line)["record_id"] for line in reading.output().splitlines()]
+    return [body["record_id"] for body in journal_bodies(lab, journal)]
 
 
 def check_collector_crash(lab: Lab, attempt: Path, verdicts: Verdicts) -> None:

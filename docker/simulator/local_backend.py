@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -241,18 +242,7 @@ class LocalBackend(Backend):
 
     def stop_processes(self) -> None:
         """SIGTERM every recorded process (thawing paused ones), SIGKILL what outlives 8 s."""
-        recorded = self._recorded_pids() if self.state_dir.is_dir() else []
-        for _, pid in recorded:
-            if pid_alive(pid):
-                for signum in (signal.SIGTERM, signal.SIGCONT):
-                    _signal(pid, signum)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for pidfile, pid in recorded:
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(POLL_S)
-            if pid_alive(pid):
-                _signal(pid, signal.SIGKILL)
-            pidfile.unlink(missing_ok=True)
+        _terminate(self._recorded_pids() if self.state_dir.is_dir() else [])
         self.network.down()
 
     def stop(self) -> None:
@@ -428,16 +418,23 @@ class LocalBackend(Backend):
                 raise SimError(f"{node}'s namespace also listens on {others}: not only the agent")
 
     def _stop_named(self, names: list[str]) -> None:
-        for name in names:
-            pid = self.pid(name)
-            if pid_alive(pid):
-                _signal(pid, signal.SIGTERM)
-                deadline = time.monotonic() + STOP_GRACE_S
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(POLL_S)
-                if pid_alive(pid):
-                    _signal(pid, signal.SIGKILL)
-            (self.state_dir / f"{name}.pid").unlink(missing_ok=True)
+        _terminate([(self.state_dir / f"{name}.pid", self.pid(name)) for name in names])
+
+
+def _terminate(recorded: Sequence[tuple[Path, int | None]]) -> None:
+    """SIGTERM every live one (thawing paused ones), SIGKILL what outlives STOP_GRACE_S
+    (one deadline for all), and remove the pid files."""
+    for _, pid in recorded:
+        if pid_alive(pid):
+            for signum in (signal.SIGTERM, signal.SIGCONT):
+                _signal(pid, signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for pidfile, pid in recorded:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if pid_alive(pid):
+            _signal(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
 
 
 def _importable(module: str) -> bool:

@@ -474,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{NAME}.json").write_text(json.dumps(document, indent=2) + "\n")
-    (args.out / f"{NAME}.md").write_text(markdown(document))
+    report = markdown(document)
+    (args.out / f"{NAME}.md").write_text(report)
     plot(document, args.out / f"{NAME}.png")
-    print(markdown(document))
+    print(report)
     print(f"wrote {args.out / NAME}.json, .md and .png", file=sys.stderr)
     return 0
 

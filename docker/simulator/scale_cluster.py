@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from cluster_patterns import defaults
 from cluster_patterns.client import ClientConfig, ClusterClient
 from cluster_patterns.protocol import NodeEvent, NodeState, ProtocolError, Status, decode
 from cluster_patterns.stats import percentile
+from cluster_runner_simulation.testing.processes import free_port
 from cluster_simulator.config import REPO_ROOT
 
 WORKER_CAPACITY: Final = 64
@@ -94,12 +94,6 @@ class ClusterFigures:
     false_dead_idle: int = 0
     false_dead_load: int = 0
     false_suspect: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((defaults.LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 class StatusTap:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,24 @@ class ClusterDescriptor:
             )
             raise KeyError(f"no group @{name}; groups: @all, @{', @'.join(known)}")
         return members
+
+    def expand(self, text: str) -> list[str]:
+        """The names of node set ``text`` (clush and pdsh syntax), ``@group`` resolved by
+        ``group``. ``NodeSetError`` for a bad set or an unknown group; the names themselves
+        are not checked (``unknown`` does that)."""
+
+        def members(name: str) -> list[str]:
+            try:
+                return self.group(name)
+            except KeyError as exc:
+                raise NodeSetError(str(exc.args[0])) from None
+
+        return expand(text, members)
+
+    def unknown(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that are no node of this descriptor, each once, in order."""
+        known = set(self.node_ids())
+        return [name for name in dict.fromkeys(names) if name not in known]
 
     def node(self, node_id: str) -> NodeSpec:
         for node in self.nodes:

@@ -45,7 +45,7 @@ from cluster_runner_simulation.agent_client import (
 )
 from cluster_runner_simulation.agent_protocol import GetRequest, PutRequest
 from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorError
-from cluster_runner_simulation.nodeset import NodeSetError, expand, fold
+from cluster_runner_simulation.nodeset import NodeSetError, fold
 from cluster_runner_simulation.zcp_transfers import GetJob, Job, JobState, PutJob, SourceFile
 from cluster_runner_simulation.zrun_report import NodeResult, Outcome, exit_status, print_table
 
@@ -78,18 +78,11 @@ def is_remote(text: str) -> bool:
 
 def parse_remote(text: str, descriptor: ClusterDescriptor) -> Remote:
     nodeset, _, path = text.partition(":")
-
-    def group(name: str) -> list[str]:
-        try:
-            return descriptor.group(name)
-        except KeyError as exc:
-            raise NodeSetError(str(exc.args[0])) from None
-
     try:
-        nodes = expand(nodeset, group)
+        nodes = descriptor.expand(nodeset)
     except NodeSetError as exc:
         raise UsageError(f"bad node set in {text!r}: {exc}") from None
-    unknown = [name for name in nodes if name not in set(descriptor.node_ids())]
+    unknown = descriptor.unknown(nodes)
     if unknown:
         raise UsageError(f"unknown node(s) {fold(unknown)} in {text!r}")
     if not path:

@@ -53,7 +53,7 @@ from cluster_runner_simulation.agent_client import (
 )
 from cluster_runner_simulation.agent_protocol import MAX_TIMEOUT_S, RunRequest, Stream
 from cluster_runner_simulation.descriptor import ClusterDescriptor, DescriptorError
-from cluster_runner_simulation.nodeset import NodeSetError, expand, fold
+from cluster_runner_simulation.nodeset import NodeSetError, fold
 from cluster_runner_simulation.zrun_report import (
     NodeResult,
     Outcome,
@@ -119,24 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def select_nodes(descriptor: ClusterDescriptor, args: argparse.Namespace) -> tuple[str, ...]:
     """The descriptor nodes that -w / -a name, minus -x; unknown names are an error."""
-
-    def group(name: str) -> list[str]:
-        try:
-            return descriptor.group(name)
-        except KeyError as exc:
-            raise NodeSetError(str(exc.args[0])) from None
-
     if not args.targets and not args.all:
         raise UsageError("no nodes: give -w NODESET or -a")
     known = descriptor.node_ids()
     try:
         wanted = list(known) if args.all else []
         for text in args.targets:
-            wanted += expand(text, group)
-        excluded = {name for text in args.excluded for name in expand(text, group)}
+            wanted += descriptor.expand(text)
+        excluded = {name for text in args.excluded for name in descriptor.expand(text)}
     except NodeSetError as exc:
         raise UsageError(f"bad node set: {exc}") from None
-    unknown = [name for name in dict.fromkeys(wanted) if name not in set(known)]
+    unknown = descriptor.unknown(wanted)
     if unknown:
         raise UsageError(f"unknown node(s) {fold(unknown)}; the descriptor has {fold(known)}")
     chosen = tuple(name for name in dict.fromkeys(wanted) if name not in excluded)

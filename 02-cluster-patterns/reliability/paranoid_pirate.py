@@ -42,6 +42,7 @@ Context = zmq.Context[zmq.Socket[bytes]]
 
 def run_queue(ctx: Context, port: int) -> None:
     frontend, backend = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting under its name wins
     try:
         frontend.bind(f"tcp://127.0.0.1:{port}")
         backend.bind(f"tcp://127.0.0.1:{port + 1}")

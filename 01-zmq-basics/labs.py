@@ -304,8 +304,9 @@ def paranoid_pirate(lab: Lab) -> None:
     queue = lab.start("Terminal 1", script, "queue", port=port)
     queue.wait_for(r"workers on port")
     victim, survivor = (lab.start("Terminal 2 &", script, "worker", port=port) for _ in "12")
-    for worker in (victim, survivor):
-        worker.wait_for(r"READY")
+    for worker in (victim, survivor):  # the queue must know both: a READY may still be in flight
+        name = worker.wait_for(r"\[(worker-\d+)\] DEALER").group(1)
+        queue.wait_for(rf"{name} is ready")
     victim.send(signal.SIGKILL)
     queue.wait_for(r"expired", timeout=10)
     client = lab.run("Terminal 3", client_script, "client --count 5", port=port)

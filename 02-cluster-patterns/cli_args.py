@@ -85,7 +85,9 @@ def bounded(low: N, high: N) -> Callable[[str], N]:
 
 
 def add_heartbeat_options(
-    parser: argparse.ArgumentParser, interval_help: str, liveness_help: str
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    interval_help: str,
+    liveness_help: str,
 ) -> None:
     """--heartbeat-interval and --liveness, with the cluster's defaults and the wire's bounds."""
     parser.add_argument(

@@ -40,7 +40,7 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import port_number, positive_float, positive_int
+from cluster_patterns.cli_args import add_heartbeat_options, port_number
 from cluster_patterns.cluster_keys import (
     ClientKeys,
     add_keys_option,
@@ -87,20 +87,10 @@ def parse_args(argv: list[str] | None = None) -> MonitorConfig:
     channel.add_argument(
         "--status-port", metavar="N", type=port_number, default=defaults.STATUS_PORT, help="port"
     )
-    channel.add_argument(
-        "--heartbeat-interval",
-        dest="heartbeat_interval_s",
-        metavar="S",
-        type=positive_float,
-        default=defaults.HEARTBEAT_INTERVAL_S,
-        help="seconds; used until the first STATUS announces the coordinator's own",
-    )
-    channel.add_argument(
-        "--liveness",
-        metavar="N",
-        type=positive_int,
-        default=defaults.LIVENESS,
-        help="missed intervals before the coordinator counts as gone (until a STATUS says)",
+    add_heartbeat_options(
+        channel,
+        interval_help="seconds; used until the first STATUS announces the coordinator's own",
+        liveness_help="missed intervals before the coordinator counts as gone (until STATUS says)",
     )
     http = parser.add_argument_group("HTTP: the dashboard, /health, /api/cluster, /metrics")
     http.add_argument(

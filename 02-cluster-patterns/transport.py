@@ -34,7 +34,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Final, TextIO, TypeVar
+from typing import Callable, Final, Iterator, TextIO, TypeVar
 
 import zmq
 
@@ -192,6 +192,24 @@ def decode_single(
     except WireError as exc:
         bad.record(f"{exc} in {describe(frames[0])}")
         return None
+
+
+def queued_messages(
+    sock: zmq.Socket[bytes], decode: Callable[[bytes], M]
+) -> Iterator[tuple[bytes, M]]:
+    """Each frame already queued on a synchronous single-frame socket (SUB, say) with its
+    message, without waiting; a frame the codec refuses is skipped (an observer such as a
+    status tap has no one to tell)."""
+    while True:
+        try:
+            frame = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            message = decode(frame)
+        except WireError:
+            continue
+        yield frame, message
 
 
 # --- Handshake failures ------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import zmq
 
-from cluster_patterns.protocol import PROTOCOL_VERSION, NodeEvent, ProtocolError, Status, Welcome
+from cluster_patterns.protocol import PROTOCOL_VERSION, NodeEvent, Status, Welcome
 from cluster_patterns.protocol import decode, encode
+from cluster_patterns.transport import queued_messages
 
 INTERVAL = 0.5
 LIVENESS = 3
@@ -50,15 +51,8 @@ class StatusWatcher:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                 return
-            while True:
-                try:
-                    frame = self.sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    self.seen.append((time.monotonic(), decode(frame)))
-                except ProtocolError:
-                    pass
+            for _, message in queued_messages(self.sock, decode):
+                self.seen.append((time.monotonic(), message))
 
     def wait_for(
         self, predicate: Callable[[Any], bool], timeout: float = 20.0

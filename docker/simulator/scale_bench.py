@@ -43,6 +43,7 @@ import zmq
 from tqdm import tqdm
 
 from cluster_patterns import defaults
+from cluster_patterns.cli_args import non_negative_int
 from cluster_patterns.stats import percentile
 from cluster_simulator.scale_agents import FanoutFigures, measure_fanout
 from cluster_simulator.scale_cluster import (
@@ -125,7 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(fan-out) and emulated (heartbeats of emulated workers) (default: all three)",
     )
     parser.add_argument(
-        "--kills", type=int, help=f"SIGKILLs per size (default: {FULL.kills}; quick {QUICK.kills})"
+        "--kills",
+        type=non_negative_int,
+        help=f"SIGKILLs per size, 0 for none (default: {FULL.kills}; quick {QUICK.kills})",
     )
     parser.add_argument(
         "--out",

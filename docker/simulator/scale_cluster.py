@@ -34,8 +34,9 @@ import zmq
 
 from cluster_patterns import defaults
 from cluster_patterns.client import ClientConfig, ClusterClient
-from cluster_patterns.protocol import NodeEvent, NodeState, ProtocolError, Status, decode
+from cluster_patterns.protocol import NodeEvent, NodeState, Status, decode
 from cluster_patterns.stats import percentile
+from cluster_patterns.transport import queued_messages
 from cluster_runner_simulation.testing.processes import free_port
 from cluster_simulator.config import REPO_ROOT
 
@@ -119,15 +120,7 @@ class StatusTap:
                 if time.monotonic() >= deadline:
                     return events
                 continue
-            while True:
-                try:
-                    frame = self.sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    message = decode(frame)
-                except ProtocolError:
-                    continue
+            for frame, message in queued_messages(self.sock, decode):
                 if isinstance(message, Status):
                     self.states = {n.node_id: n.state for n in message.nodes}
                     self.status_bytes = len(frame)
@@ -236,13 +229,24 @@ def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextmanager
-def running_cluster() -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp))
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+def running_cluster() -> Iterator[tuple[LocalCluster, psutil.Process, StatusTap]]:
+    """A started coordinator (no workers yet) and a StatusTap on its status channel; all of it
+    stopped, and the logs removed, on the way out."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+            cluster = LocalCluster(Path(tmp))
+            try:
+                coordinator = cluster.start_coordinator()
+                tap = StatusTap(ctx, cluster.status_port)
+                try:
+                    yield cluster, coordinator, tap
+                finally:
+                    tap.close()
+            finally:
+                cluster.stop()
+    finally:
+        ctx.term()
 
 
 def wait_alive(tap: StatusTap, names: set[str], timeout_s: float) -> list[Event]:
@@ -325,54 +329,45 @@ async def dispatch_latency(port: int, count: int) -> tuple[float, float]:
 
 def measure_cluster(plan: ClusterPlan, phase: PhaseReporter) -> ClusterFigures:
     figures = ClusterFigures(plan.workers)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    tap: StatusTap | None = None
-    try:
-        with running_cluster() as cluster:
-            phase(f"{plan.workers} workers: starting them")
-            started = time.monotonic()
-            coordinator = cluster.start_coordinator()
-            tap = StatusTap(ctx, cluster.status_port)
-            events: list[Event] = []
-            for first in range(0, plan.workers, START_BATCH):
-                batch = set(cluster.add_workers(min(START_BATCH, plan.workers - first)))
-                events += wait_alive(tap, batch, 60 + START_BATCH)
-            figures.start_s = time.monotonic() - started
-            events += tap.read(SETTLE_S)
-            figures.false_dead_start, suspects = false_verdicts(events, set())
+    phase(f"{plan.workers} workers: starting them")
+    started = time.monotonic()
+    with running_cluster() as (cluster, coordinator, tap):
+        events: list[Event] = []
+        for first in range(0, plan.workers, START_BATCH):
+            batch = set(cluster.add_workers(min(START_BATCH, plan.workers - first)))
+            events += wait_alive(tap, batch, 60 + START_BATCH)
+        figures.start_s = time.monotonic() - started
+        events += tap.read(SETTLE_S)
+        figures.false_dead_start, suspects = false_verdicts(events, set())
 
-            phase(f"{plan.workers} workers: idle, heartbeats only ({plan.idle_s:.0f} s)")
-            workers = [psutil.Process(proc.pid) for proc in cluster.workers.values()]
-            figures.idle_load1 = os.getloadavg()[0]
-            meter = CpuMeter(coordinator, workers)
-            events = tap.read(plan.idle_s)
-            idle = meter.percent()
-            figures.idle_cpu_percent = idle["coordinator"]
-            figures.idle_workers_cpu_percent = idle["workers"]
-            figures.idle_machine_cpu_percent = idle["machine"]
-            figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
-            figures.false_dead_idle, more = false_verdicts(events, set())
-            suspects += more
+        phase(f"{plan.workers} workers: idle, heartbeats only ({plan.idle_s:.0f} s)")
+        workers = [psutil.Process(proc.pid) for proc in cluster.workers.values()]
+        figures.idle_load1 = os.getloadavg()[0]
+        meter = CpuMeter(coordinator, workers)
+        events = tap.read(plan.idle_s)
+        idle = meter.percent()
+        figures.idle_cpu_percent = idle["coordinator"]
+        figures.idle_workers_cpu_percent = idle["workers"]
+        figures.idle_machine_cpu_percent = idle["machine"]
+        figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
+        figures.false_dead_idle, more = false_verdicts(events, set())
+        suspects += more
 
-            phase(f"{plan.workers} workers: {plan.tasks} echo tasks, then one at a time")
-            meter = CpuMeter(coordinator, workers)
-            figures.tasks_per_s = asyncio.run(throughput(cluster.port, plan.tasks))
-            busy = meter.percent()
-            figures.load_cpu_percent = busy["coordinator"]
-            figures.load_workers_cpu_percent = busy["workers"]
-            figures.load_machine_cpu_percent = busy["machine"]
-            p50, p99 = asyncio.run(dispatch_latency(cluster.port, plan.latency_tasks))
-            figures.dispatch_p50_ms, figures.dispatch_p99_ms = p50, p99
-            dead, more = false_verdicts(tap.read(0.5), set())
-            figures.false_dead_load, suspects = dead, suspects + more
+        phase(f"{plan.workers} workers: {plan.tasks} echo tasks, then one at a time")
+        meter = CpuMeter(coordinator, workers)
+        figures.tasks_per_s = asyncio.run(throughput(cluster.port, plan.tasks))
+        busy = meter.percent()
+        figures.load_cpu_percent = busy["coordinator"]
+        figures.load_workers_cpu_percent = busy["workers"]
+        figures.load_machine_cpu_percent = busy["machine"]
+        p50, p99 = asyncio.run(dispatch_latency(cluster.port, plan.latency_tasks))
+        figures.dispatch_p50_ms, figures.dispatch_p99_ms = p50, p99
+        dead, more = false_verdicts(tap.read(0.5), set())
+        figures.false_dead_load, suspects = dead, suspects + more
 
-            phase(f"{plan.workers} workers: {plan.kills} SIGKILLs")
-            suspects += detect(cluster, tap, plan, figures)
-            figures.false_suspect = suspects
-    finally:
-        if tap is not None:
-            tap.close()
-        ctx.term()
+        phase(f"{plan.workers} workers: {plan.kills} SIGKILLs")
+        suspects += detect(cluster, tap, plan, figures)
+        figures.false_suspect = suspects
     return figures
 
 
@@ -445,33 +440,24 @@ def wait_registered(tap: StatusTap, workers: int, timeout_s: float) -> list[Even
 
 def measure_emulated(workers: int, idle_s: float, phase: PhaseReporter) -> EmulatedFigures:
     figures = EmulatedFigures(workers)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    tap: StatusTap | None = None
-    try:
-        with running_cluster() as cluster:
-            phase(f"{workers} emulated workers: heartbeats only ({idle_s:.0f} s)")
-            coordinator = cluster.start_coordinator()
-            tap = StatusTap(ctx, cluster.status_port)
-            ready_s = 30 + workers / 50
-            emulator = cluster.start_emulator(workers, ready_s + SETTLE_S + idle_s + 5)
-            events = wait_registered(tap, workers, ready_s)
-            events += tap.read(SETTLE_S)
-            figures.false_dead_start, _ = false_verdicts(events, set())
-            figures.registered = len(tap.alive())
-            meter = CpuMeter(coordinator, [])
-            events = tap.read(idle_s)
-            figures.idle_cpu_percent = meter.percent()["coordinator"]
-            figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
-            figures.status_kib = tap.status_bytes / 1024
-            figures.false_dead, figures.false_suspect = false_verdicts(events, set())
-            emulator.terminate()  # it prints its counts and exits
-            out, _ = emulator.communicate(timeout=STOP_TIMEOUT_S)
-            counts = json.loads(out.decode().strip().splitlines()[-1])
-            figures.refused = int(counts["refused"])
-            figures.late_heartbeats = int(counts["late"])
-            figures.max_lag_ms = int(counts["max_lag_ms"])
-    finally:
-        if tap is not None:
-            tap.close()
-        ctx.term()
+    phase(f"{workers} emulated workers: heartbeats only ({idle_s:.0f} s)")
+    with running_cluster() as (cluster, coordinator, tap):
+        ready_s = 30 + workers / 50
+        emulator = cluster.start_emulator(workers, ready_s + SETTLE_S + idle_s + 5)
+        events = wait_registered(tap, workers, ready_s)
+        events += tap.read(SETTLE_S)
+        figures.false_dead_start, _ = false_verdicts(events, set())
+        figures.registered = len(tap.alive())
+        meter = CpuMeter(coordinator, [])
+        events = tap.read(idle_s)
+        figures.idle_cpu_percent = meter.percent()["coordinator"]
+        figures.idle_rss_mib = coordinator.memory_info().rss / 2**20
+        figures.status_kib = tap.status_bytes / 1024
+        figures.false_dead, figures.false_suspect = false_verdicts(events, set())
+        emulator.terminate()  # it prints its counts and exits
+        out, _ = emulator.communicate(timeout=STOP_TIMEOUT_S)
+        counts = json.loads(out.decode().strip().splitlines()[-1])
+        figures.refused = int(counts["refused"])
+        figures.late_heartbeats = int(counts["late"])
+        figures.max_lag_ms = int(counts["max_lag_ms"])
     return figures

@@ -31,9 +31,9 @@ import zmq
 
 from cluster_patterns import defaults
 from cluster_patterns.cli_args import port_number, positive_float, positive_int
-from cluster_patterns.protocol import Heartbeat, ProtocolError, Refused, Register, decode, encode
+from cluster_patterns.protocol import Heartbeat, Refused, Register, decode, encode
 from cluster_patterns.tasks import CAPABILITIES
-from cluster_patterns.transport import configure, endpoint
+from cluster_patterns.transport import configure, endpoint, queued_messages
 
 SOCKETS_SPARE: Final = 64
 CAPACITY: Final = 8
@@ -104,15 +104,8 @@ def emulate(
 
 
 def drain(sock: zmq.Socket[bytes], counts: dict[str, int]) -> None:
-    while True:
-        try:
-            frame = sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        try:
-            counts["refused"] += isinstance(decode(frame), Refused)
-        except ProtocolError:
-            pass
+    for _, message in queued_messages(sock, decode):
+        counts["refused"] += isinstance(message, Refused)
 
 
 def main(argv: list[str] | None = None) -> int:

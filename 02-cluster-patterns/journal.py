@@ -37,9 +37,8 @@ import msgspec
 from msgspec import Meta
 
 from cluster_patterns.cli_args import make_parser
-from cluster_patterns.line_journal import BadLine, LineScan, lock_journal, recover_lines
-from cluster_patterns.file_io import write_all
-from cluster_patterns.line_journal import repair_lines, scan_lines
+from cluster_patterns.line_journal import AppendFailed, Appender, BadLine, LineScan
+from cluster_patterns.line_journal import lock_journal, recover_lines, repair_lines, scan_lines
 from cluster_patterns.protocol import TaskOutcome, TaskSpec
 
 JOURNAL_NAME: Final = "journal.jsonl"
@@ -138,6 +137,7 @@ class FileJournal:
             raise JournalCorruption(self.path, scan.bad)
         self.entries: list[Entry] = scan.items
         self.torn_bytes = scan.torn_bytes
+        self._appender = Appender(self._fd, scan.valid_bytes)
         self._buffer: list[bytes] = []
         self._fsync = fsync
         self.commits = 0
@@ -156,14 +156,10 @@ class FileJournal:
             return
         data = b"".join(self._buffer)
         self._buffer.clear()
-        size = os.fstat(self._fd).st_size
         try:
-            write_all(self._fd, data)
-            if self._fsync:
-                os.fsync(self._fd)
-        except OSError as exc:
-            os.ftruncate(self._fd, size)  # no half line for the next start to trip on
-            raise StateLogError(f"{self.path}: cannot append: {exc.strerror or exc}") from None
+            self._appender.append(data, sync=self._fsync)
+        except AppendFailed as failed:
+            raise StateLogError(f"{self.path}: {failed}") from None
         self.commits += 1
 
     def close(self) -> None:

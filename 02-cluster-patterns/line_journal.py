@@ -13,6 +13,9 @@ rules below are the same for every such journal, whatever its record format:
   * ``repair_lines`` keeps every valid line before the first bad one and moves every byte after
     them to ``PATH.corrupt-<UTC timestamp>``, which is written and fsynced before the journal
     is truncated. Nothing is deleted without a copy.
+  * ``Appender`` appends: a write or fsync that fails (a full disk) is cut back, durably, to
+    where it began, so no partial line is left for the next record to be glued to. If even
+    the cut fails, the journal takes no more appends until it is reopened and recovered.
 
 Every opener takes an exclusive ``flock``, so a second collector, writer or repair on the same
 file is refused instead of interleaving its appends. Standard library only: no format, no
@@ -113,6 +116,54 @@ def recover_lines(fd: int, check: Callable[[bytes], T], max_line: int) -> LineSc
         os.ftruncate(fd, scan.valid_bytes)
         os.fsync(fd)
     return scan
+
+
+class AppendFailed(Exception):
+    """An append did not become durable. ``error`` says why; ``undo_error`` is set when the
+    partial line could not be cut back either, and ``repeated`` on every later append refused
+    because of that."""
+
+    def __init__(self, error: OSError, undo_error: OSError | None, repeated: bool) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error, self.undo_error, self.repeated = error, undo_error, repeated
+
+    def __str__(self) -> str:
+        if self.undo_error is None:
+            return f"cannot append: {self.error.strerror or self.error}"
+        return (
+            f"an append failed ({self.error.strerror}) and could not be cut back "
+            f"({self.undo_error.strerror}); restart to recover the journal"
+        )
+
+
+class Appender:
+    """Appends to an ``O_APPEND`` descriptor that holds ``size`` valid bytes (as recovered).
+    The caller owns the descriptor and holds its lock, so ``size`` is never re-read."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._broken: AppendFailed | None = None
+
+    # --8<-- [start:append]
+    def append(self, data: bytes, *, sync: bool = True) -> None:
+        if self._broken is not None:
+            broken = self._broken
+            raise AppendFailed(broken.error, broken.undo_error, repeated=True)
+        try:
+            write_all(self.fd, data)
+            if sync:
+                os.fsync(self.fd)
+        except OSError as exc:
+            try:  # no half line for the next record, or the next start, to trip on
+                os.ftruncate(self.fd, self.size)
+                os.fsync(self.fd)
+            except OSError as undo:
+                self._broken = AppendFailed(exc, undo, repeated=False)
+                raise self._broken from None
+            raise AppendFailed(exc, None, repeated=False) from None
+        self.size += len(data)
+
+    # --8<-- [end:append]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from cluster_patterns.file_io import fsync_directory, write_all
+from cluster_patterns.file_io import fsync_directory
 from cluster_patterns.line_journal import (
+    AppendFailed,
+    Appender,
     BadLine,
     Repair,
     lock_journal,
@@ -188,7 +190,6 @@ class AppendOnlyFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd = -1
-        self._broken = ""
         existed = path.exists()
         try:
             if not path.parent.exists():
@@ -207,34 +208,21 @@ class AppendOnlyFile:
             self.close()
             raise JournalCorruption.at(path, ids.bad)
         self.ids: set[str] = set(ids.items)
-        self.size = ids.valid_bytes
+        self._appender = Appender(self.fd, ids.valid_bytes)
         reason = _torn_reason(len(ids.items) + 1, ids.torn_bytes) if ids.torn_bytes else ""
         self.recovery = Recovery(len(ids.items), ids.torn_bytes, reason)
 
-    # --8<-- [start:append]
     def append(self, data: bytes, *, sync: bool = True) -> None:
-        if self._broken:
-            raise JournalError(self._broken)
         try:
-            write_all(self.fd, data)
-            if sync:
-                os.fsync(self.fd)
-        except OSError as exc:
-            self._undo_partial_append(exc)
-            raise JournalFileError.from_os_error(self.path, "cannot append", exc) from None
-        self.size += len(data)
+            self._appender.append(data, sync=sync)
+        except AppendFailed as failed:
+            if failed.repeated:  # an earlier failure could not be cut back
+                raise JournalError(f"{self.path}: {failed}") from None
+            raise JournalFileError.from_os_error(self.path, "cannot append", failed.error) from None
 
-    # --8<-- [end:append]
-
-    def _undo_partial_append(self, error: OSError) -> None:
-        try:
-            os.ftruncate(self.fd, self.size)
-            os.fsync(self.fd)
-        except OSError as undo:
-            self._broken = (
-                f"{self.path}: an append failed ({error.strerror}) and could not be cut back "
-                f"({undo.strerror}); restart to recover the journal"
-            )
+    @property
+    def size(self) -> int:
+        return self._appender.size
 
     def close(self) -> None:
         if self.fd >= 0:

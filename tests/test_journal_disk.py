@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from cluster_patterns.journal import FileJournal, StateLogError, replay
+from cluster_patterns.line_journal import AppendFailed, Appender
+from cluster_patterns.protocol import TaskSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.journal_record import canonical_body, encode_line
 from cluster_runner_simulation.protocols import JournalError, PerfTestResult
@@ -176,6 +179,45 @@ async def test_full_disk_file_writer_raises_and_recovers_once_space_is_freed(
         await writer.close()
         assert scan_journal(path).record_ids == acked  # no torn bytes glued to a later record
         FileJournalWriter(path)  # and a restart accepts the file
+
+
+def test_full_disk_state_log_raises_cuts_back_and_keeps_every_commit(tmp_path: Path) -> None:
+    """02's coordinator state log: the same append as 03's journal, the same guarantees."""
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        journal = FileJournal(disk)
+        committed = []
+        for i in range(3):
+            journal.submitted(TaskSpec(f"a{i}", "echo", payload="x" * 200), b"client:c1")
+            journal.flush()
+            committed.append(f"a{i}")
+        filler = fill(disk)
+        with pytest.raises(StateLogError, match=NO_SPACE):
+            for i in range(10_000):
+                journal.submitted(TaskSpec(f"b{i}", "echo", payload="x" * 200), b"client:c1")
+                journal.flush()
+                committed.append(f"b{i}")
+        filler.unlink()
+        journal.submitted(TaskSpec("c0", "echo"), b"client:c1")
+        journal.close()
+        assert [entry.task_id for entry in replay(disk)] == [*committed, "c0"]
+
+
+def test_an_append_that_cannot_be_cut_back_refuses_every_later_one(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"one\n")
+    fd = os.open(path, os.O_RDONLY)  # write() and ftruncate() both fail: nothing to cut back
+    try:
+        appender = Appender(fd, 4)
+        with pytest.raises(AppendFailed) as first:
+            appender.append(b"two\n")
+        assert first.value.undo_error is not None and not first.value.repeated
+        assert "could not be cut back" in str(first.value)
+        with pytest.raises(AppendFailed) as later:
+            appender.append(b"three\n")
+        assert later.value.repeated and "restart to recover" in str(later.value)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"one\n"
 
 
 def test_repair_on_a_full_disk_cuts_nothing(tmp_path: Path, run: Any) -> None:

@@ -31,6 +31,9 @@ from cluster_patterns.protocol import Submit, TaskOutcome, TaskSpec
 # No outcome at all for this long while tasks are unresolved: ask again (at least two
 # liveness windows, so a slow but live coordinator is not flooded).
 STALL_AFTER_S: Final = 10.0
+# Finished tasks remembered (to count a late duplicate outcome, and to keep a re-submitted
+# finished id from counting as new); a client that lives long forgets the oldest beyond this.
+MAX_REMEMBERED: Final = 200_000
 
 
 class ClientSession(Session):
@@ -50,10 +53,10 @@ class ClientSession(Session):
         self.client_id = client_id
         self.clock = clock
         self.unresolved: dict[str, TaskSpec] = {}
-        self.resolved: set[str] = set()
+        self.resolved: dict[str, None] = {}  # in the order resolved: the oldest go first
         self.sent_at: dict[str, float] = {}
-        self.latencies: dict[str, float] = {}
-        self.accepted: set[str] = set()
+        self.latencies: dict[str, float] = {}  # submit -> outcome, of the resolved ones
+        self.accepted = 0  # of our tasks, ACCEPTED (only ours: a peer cannot make it grow)
         self.duplicates = 0
         self.resubmissions = 0
         self.coordinator_id: str | None = None
@@ -116,7 +119,7 @@ class ClientSession(Session):
     # --- Handlers ---------------------------------------------------------------------------------
 
     def do_Accepted(self, msg: Accepted) -> None:
-        self.accepted.update(msg.task_ids)
+        self.accepted += sum(1 for task_id in msg.task_ids if task_id in self.unresolved)
 
     # --8<-- [start:completed]
     def do_Completed(self, msg: Completed) -> None:
@@ -128,12 +131,19 @@ class ClientSession(Session):
                 continue
             if self.unresolved.pop(task_id, None) is None:
                 continue  # not ours (a previous client with our id); nothing to resolve
-            self.resolved.add(task_id)
+            self.resolved[task_id] = None
             self.latencies[task_id] = now - self.sent_at.pop(task_id, now)
             self._outcomes.append(outcome)
             self.last_progress = now
+        self._forget_oldest()
 
     # --8<-- [end:completed]
+
+    def _forget_oldest(self) -> None:
+        while len(self.resolved) > MAX_REMEMBERED:
+            oldest = next(iter(self.resolved))
+            del self.resolved[oldest]
+            self.latencies.pop(oldest, None)
 
     def do_CoordinatorHeartbeat(self, msg: CoordinatorHeartbeat) -> None:
         if msg.heartbeat_interval_s is not None and msg.liveness is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from cluster_patterns import client_session
 from cluster_patterns.client_session import STALL_AFTER_S, ClientSession
 from cluster_patterns.protocol import MAX_BATCH, Accepted, Completed, CoordinatorHeartbeat, Submit
 from cluster_patterns.protocol import TaskOutcome, TaskSpec, Welcome
@@ -33,12 +36,12 @@ def test_submit_goes_out_in_batches_and_each_task_gets_one_outcome() -> None:
     s.submit(specs(300))
     out = s.take_outbox()
     assert [len(m.tasks) for m in out if isinstance(m, Submit)] == [MAX_BATCH, MAX_BATCH, 44]
-    s.receive(Accepted(["t0", "t1"]))
+    s.receive(Accepted(["t0", "t1", "not-ours"]))
     clock.now += 0.25
     outcome = TaskOutcome("t0", True, "x")
     s.receive(Completed([outcome, outcome, TaskOutcome("not-ours", True)]))
     assert s.take_outcomes() == [outcome]
-    assert s.duplicates == 1 and s.accepted == {"t0", "t1"}
+    assert s.duplicates == 1 and s.accepted == 2
     assert s.latencies["t0"] == 0.25 and len(s.unresolved) == 299
     s.receive(Completed([outcome]))
     assert s.take_outcomes() == [] and s.duplicates == 2
@@ -113,3 +116,18 @@ def test_messages_a_client_never_receives_are_refused() -> None:
     s = session(Clock())
     assert s.receive(Welcome("c", 0.5, 3)) is False
     assert s.receive(Submit("c1", [])) is False
+
+
+def test_memory_stays_bounded_for_a_long_lived_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_session, "MAX_REMEMBERED", 10)
+    s = session(Clock())
+    s.submit(specs(25))
+    s.receive(Accepted([f"foreign-{i}" for i in range(10_000)]))  # a peer's garbage
+    assert s.accepted == 0
+    outcomes = [TaskOutcome(f"t{i}", True) for i in range(25)]
+    s.receive(Completed(outcomes))
+    assert s.take_outcomes() == outcomes  # every task resolved, once
+    assert list(s.resolved) == [f"t{i}" for i in range(15, 25)]  # the newest 10
+    assert set(s.latencies) == set(s.resolved)
+    s.receive(Completed([outcomes[-1], outcomes[0]]))  # late: one remembered, one forgotten
+    assert s.take_outcomes() == [] and s.duplicates == 1

@@ -163,17 +163,16 @@ class DockerBackend(ContainerBackend[DockerState]):
             return False
         while time.monotonic() < deadline:
             found = self.containers()
-            health = [self._health(found.get(s)) for s in services]
-            if all(state == "healthy" for state in health):
-                return True
+            if all(s in found for s in services):
+                documents = inspect(*(found[s] for s in services))  # one call for all
+                if all(self._health(doc) == "healthy" for doc in documents):
+                    return True
             time.sleep(HEALTH_POLL_S)
         return False
 
-    def _health(self, cid: str | None) -> str:
-        if cid is None:
-            return "absent"
-        state = inspect(cid)[0]["State"]
-        return str((state.get("Health") or {}).get("Status", ""))
+    @staticmethod
+    def _health(document: dict[str, Any]) -> str:
+        return str((document["State"].get("Health") or {}).get("Status", ""))
 
     def _forget(self) -> None:
         self.compose.remove_override()

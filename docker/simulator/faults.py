@@ -11,11 +11,11 @@ network namespace (never on the host), which needs root here.
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Final
 
 from cluster_patterns.protocol import NodeState
 from cluster_simulator.backend import Backend
+from cluster_simulator.drop_chain import DropChain
 from cluster_simulator.output import SimError, UsageError, say
 
 VERDICT_TIMEOUT_S: Final = 30.0
@@ -132,31 +132,14 @@ class Faults:
             self._iptables_fast(node)
         say(f"{node}: delay and loss removed")
 
-    def _in_netns(self, node: str, *argv: str, check: bool = True) -> None:
-        if os.geteuid() != 0:
-            raise UsageError(
-                f"{self.command}: this kernel has no netem qdisc, and the iptables fallback "
-                "needs root on this host"
-            )
-        done = subprocess.run(
-            [*self.backend.in_node_netns(node), *argv], capture_output=True, text=True
-        )
-        if check and done.returncode != 0:
-            raise SimError(f"{self.command}: `{' '.join(argv)}` failed: {done.stderr.strip()}")
+    def _flaky_chain(self, node: str) -> DropChain:
+        why = f"{self.command} (this kernel has no netem qdisc: the iptables fallback)"
+        return DropChain(FLAKY_CHAIN, self.backend.in_node_netns(node), why)
 
     def _iptables_flaky(self, node: str, percent: int) -> None:
         """Packet loss without netem: random DROP rules in the node's own namespace."""
-        self._iptables_fast(node)
-        chain = FLAKY_CHAIN
-        self._in_netns(node, "iptables", "-N", chain)
         randomly = ["-m", "statistic", "--mode", "random", "--probability", f"{percent / 100:.4f}"]
-        self._in_netns(node, "iptables", "-A", chain, *randomly, "-j", "DROP")
-        self._in_netns(node, "iptables", "-I", "INPUT", "-j", chain)
-        self._in_netns(node, "iptables", "-I", "OUTPUT", "-j", chain)
+        self._flaky_chain(node).install(*randomly)
 
     def _iptables_fast(self, node: str) -> None:
-        chain = FLAKY_CHAIN
-        for rule in (["-D", "INPUT", "-j", chain], ["-D", "OUTPUT", "-j", chain]):
-            self._in_netns(node, "iptables", *rule, check=False)
-        self._in_netns(node, "iptables", "-F", chain, check=False)
-        self._in_netns(node, "iptables", "-X", chain, check=False)
+        self._flaky_chain(node).remove()

@@ -101,6 +101,9 @@ def missing_image(task: Task) -> bool:
     return "no such image" in error or (task.state == "rejected" and "image" in error)
 
 
+ServiceDocs = dict[str, dict[str, Any]]  # role -> its `docker service inspect` document
+
+
 class Stack:
     """One stack (the project) on this manager: its services and their tasks."""
 
@@ -111,21 +114,23 @@ class Stack:
     def service(self, role: str) -> str:
         return f"{self.project}_{role}"
 
-    def services(self) -> dict[str, dict[str, Any]]:
+    def services(self) -> ServiceDocs:
         """Role -> `docker service inspect` document of every service of the stack."""
         ids = docker("service", "ls", "-q", "--filter", self.label).split()
         prefix = f"{self.project}_"
         return {doc["Spec"]["Name"].removeprefix(prefix): doc for doc in inspect_present(*ids)}
 
-    def replicas(self, role: str) -> int | None:
-        service = self.services().get(role)
+    def replicas(self, role: str, services: ServiceDocs | None = None) -> int | None:
+        """The replicas wanted of ``role``'s service (``services``: as just listed)."""
+        service = (self.services() if services is None else services).get(role)
         if service is None:
             return None
         return int(service["Spec"]["Mode"]["Replicated"]["Replicas"])
 
-    def tasks(self) -> list[Task]:
+    def tasks(self, services: ServiceDocs | None = None) -> list[Task]:
         """Every task the swarm still remembers of this stack (the latest few per slot)."""
-        role_of = {doc["ID"]: role for role, doc in self.services().items()}
+        found = self.services() if services is None else services
+        role_of = {doc["ID"]: role for role, doc in found.items()}
         if not role_of:
             return []
         listed = docker("service", "ps", "-q", "--no-trunc", *role_of).split()

@@ -14,7 +14,6 @@ State: ``.cluster-state/swarm-PROJECT/`` holds cluster.json (what start chose), 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -42,6 +41,7 @@ from cluster_simulator.containers import (
     project_image,
     remove_project_images,
 )
+from cluster_simulator.drop_chain import DropChain
 from cluster_simulator.monitor_api import node_states
 from cluster_simulator.output import SimError, UsageError, say
 from cluster_simulator.ports import require_free_ports
@@ -50,6 +50,7 @@ from cluster_simulator.swarm import (
     POLL_S,
     ROLES,
     WORKER_SERVICE,
+    ServiceDocs,
     Stack,
     SwarmInfo,
     Task,
@@ -115,16 +116,18 @@ class SwarmBackend(ContainerBackend[SwarmState]):
     def is_started(self) -> bool:
         return bool(self.stack.services())
 
-    def worker_count(self) -> int:
-        replicas = self.stack.replicas(WORKER_SERVICE)
+    def worker_count(self, services: ServiceDocs | None = None) -> int:
+        replicas = self.stack.replicas(WORKER_SERVICE, services)
         if replicas is not None:
             return replicas
         return self.recorded.workers if self.recorded else DEFAULT_WORKERS
 
     def topology(self) -> Topology:
-        if not self.is_started():
+        services = self.stack.services()  # listed once: each listing is two docker calls
+        if not services:
             return Topology(DEFAULT_WORKERS)
-        return Topology(self.worker_count(), tuple(sorted(self.stack.worker_slots())))
+        slots = self.stack.worker_slots(self.stack.tasks(services))
+        return Topology(self.worker_count(services), tuple(sorted(slots)))
 
     def monitor_port(self) -> int:
         return self.recorded.monitor_port if self.recorded else self.config.ports.monitor
@@ -372,27 +375,16 @@ class SwarmBackend(ContainerBackend[SwarmState]):
             time.sleep(POLL_S)
         raise SimError(f"Swarm did not start {node} again within {START_TIMEOUT_S:.0f} s")
 
-    def _iptables(self, command: str, cid: str, *rule: str, check: bool = True) -> None:
-        """iptables in the container's network namespace (nsenter: root on this host)."""
-        if os.geteuid() != 0:
-            raise UsageError(
-                f"{command} on Swarm needs root on this host: it changes the task's own network "
-                "namespace with nsenter"
-            )
-        argv = ["nsenter", "-t", str(container_pid(cid)), "-n", "iptables", *rule]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if check and done.returncode != 0:
-            raise SimError(f"{command}: `iptables {' '.join(rule)}` failed: {done.stderr.strip()}")
+    def _partition_chain(self, cid: str, interface: str, command: str) -> DropChain:
+        """On the task's overlay interface only, in the task's own namespace."""
+        enter = ["nsenter", "-t", str(container_pid(cid)), "-n"]
+        return DropChain(PARTITION_CHAIN, enter, f"{command} on Swarm", interface)
 
     def disconnect(self, node: str) -> None:
         """Every packet on the task's overlay interface dropped, in its own namespace."""
         cid = self.container(node)
         interface = self._interface(cid)
-        chain = PARTITION_CHAIN
-        self._iptables("partition", cid, "-N", chain)
-        self._iptables("partition", cid, "-A", chain, "-j", "DROP")
-        self._iptables("partition", cid, "-I", "INPUT", "-i", interface, "-j", chain)
-        self._iptables("partition", cid, "-I", "OUTPUT", "-o", interface, "-j", chain)
+        self._partition_chain(cid, interface, "partition").install()
         marker = {"container": cid, "interface": interface}
         self.partition_marker(node).write_text(json.dumps(marker) + "\n")
 
@@ -408,11 +400,7 @@ class SwarmBackend(ContainerBackend[SwarmState]):
                 f"{node}: Swarm replaced the cut-off task (its healthcheck failed); nothing to heal"
             )
             return
-        chain = PARTITION_CHAIN
-        self._iptables("heal", cid, "-D", "INPUT", "-i", interface, "-j", chain)
-        self._iptables("heal", cid, "-D", "OUTPUT", "-o", interface, "-j", chain)
-        self._iptables("heal", cid, "-F", chain, check=False)
-        self._iptables("heal", cid, "-X", chain, check=False)
+        self._partition_chain(cid, interface, "heal").remove()
 
     def traffic_control(
         self, node: str, action: str, *netem: str

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cluster_patterns.cli_args import output_file
 from cluster_runner_simulation.labs import week2, week3, week4
 from cluster_runner_simulation.labs.kit import READY_TIMEOUT_S, Lab, LabError, Proc, Verdicts
 from cluster_runner_simulation.labs.kit import indent, lab_session, number, section, usage_ok
@@ -684,7 +685,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--results",
-        type=Path,
+        type=output_file,
         metavar="FILE",
         help="also write the output and figures to FILE (not written)",
     )

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import zmq
 
-from cluster_patterns.cli_args import make_parser
+from cluster_patterns.cli_args import make_parser, output_file
 from cluster_patterns.client import ClientConfig, ClusterClient
 from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS, LOOPBACK
 from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent, NodeEventKind
@@ -347,7 +347,7 @@ def _fmt(value: float | None) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(description="Benchmark the cluster on loopback.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--json", type=output_file, help="also write the figures as JSON here")
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cluster_patterns import defaults
@@ -105,6 +107,36 @@ def add_heartbeat_options(
         default=defaults.LIVENESS,
         help=liveness_help,
     )
+
+
+def output_file(text: str) -> Path:
+    """An argparse type for a file a command writes when it is done (--json, --plot), checked
+    while parsing so that a typo costs a usage line, not the run: the path is not a directory,
+    and its directory exists and may be written in. A write that fails anyway (a full disk)
+    is the command's to report."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    directory = path.parent
+    if not directory.is_dir():
+        raise argparse.ArgumentTypeError(f"{directory} does not exist (or is not a directory)")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {directory}")
+    return path
+
+
+def output_directory(text: str) -> Path:
+    """An argparse type for a directory a command writes into, created if missing (--out):
+    not a file, and the nearest part of it that exists is a directory that may be written in."""
+    path = Path(text)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {existing}")
+    return path
 
 
 def identifier(max_chars: int) -> Callable[[str], str]:

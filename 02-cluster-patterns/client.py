@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -41,7 +40,13 @@ import zmq
 import zmq.asyncio
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import add_heartbeat_options, bounded, config_from, make_parser
+from cluster_patterns.cli_args import (
+    add_heartbeat_options,
+    bounded,
+    config_from,
+    make_parser,
+    output_file,
+)
 from cluster_patterns.cli_args import port_number
 from cluster_patterns.cli_args import positive_float, positive_int
 from cluster_patterns.client_session import ClientSession
@@ -309,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ClientConfig]:
         interval_help="seconds; until the coordinator's heartbeat announces its own",
         liveness_help="silent intervals before the client re-submits (until the coordinator says)",
     )
-    parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.add_argument("--json", type=output_file, help="also write the summary as JSON here")
     add_keys_option(parser, server=False)
     args = parser.parse_args(argv)
     if len(args.payload) > MAX_PAYLOAD_CHARS:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import make_parser, positive_int
+from cluster_patterns.cli_args import make_parser, output_file, positive_int
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.fanout_benchmark import BIN, Report, benchmark_main, missing_tools
 from cluster_runner_simulation.fanout_benchmark import ssh_config
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nodes", type=positive_int, default=8, help="loopback nodes")
     parser.add_argument("--megabytes", type=positive_int, default=100, help="size of the file")
     parser.add_argument("--runs", type=positive_int, default=3, help="timed runs per tool")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
     return parser
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
+from cluster_patterns.cli_args import output_file, run_interruptible
 from cluster_runner_simulation.agent_environment import render_env_file
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec, load_descriptor
@@ -224,9 +225,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", help="comma-separated node ids; None: all")
     parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help="tools to look up")
     parser.add_argument("--ignore", default="", help="more variable names to ignore (commas)")
-    parser.add_argument("--json", type=Path, help="also write every probe and difference here")
     parser.add_argument(
-        "--write-env-file", type=Path, metavar="FILE", help="save SSH's environment of one node"
+        "--json", type=output_file, help="also write every probe and difference here"
+    )
+    parser.add_argument(
+        "--write-env-file",
+        type=output_file,
+        metavar="FILE",
+        help="save SSH's environment of one node",
     )
     args = parser.parse_args(argv)
     if args.local is not None and not 1 <= args.local <= 16:
@@ -241,6 +247,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_interruptible("env_parity", lambda: compare_and_report(args))
+
+
+def compare_and_report(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             path = args.descriptor or stack.enter_context(local_descriptor(args.local))
@@ -248,18 +258,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DescriptorError, KeyFileError) as exc:
         print(f"env_parity: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("env_parity: interrupted", file=sys.stderr)
-        return 130
     status = report(results)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    if args.write_env_file:
-        reachable = [r for r in results if r.ssh is not None]
-        if not reachable:
-            print("env_parity: error: no node answered over ssh", file=sys.stderr)
-            return 3
-        write_env_file(args.write_env_file, reachable[0], args.ignore)
+    try:
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        if args.write_env_file:
+            reachable = [r for r in results if r.ssh is not None]
+            if not reachable:
+                print("env_parity: error: no node answered over ssh", file=sys.stderr)
+                return 3
+            write_env_file(args.write_env_file, reachable[0], args.ignore)
+    except OSError as exc:
+        print(f"env_parity: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     return status
 
 

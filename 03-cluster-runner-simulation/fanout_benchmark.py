@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import make_parser, positive_int
+from cluster_patterns.cli_args import make_parser, output_file, positive_int
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.testing import write_local_descriptor
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nodes", type=positive_int, default=64, help="loopback nodes")
     parser.add_argument("--runs", type=positive_int, default=5, help="timed runs per tool")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--json", type=output_file, default=None, help="write the figures as JSON")
     return parser
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import output_directory, output_file, positive_int
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.protocols import PerfTestResult
@@ -153,6 +153,8 @@ def _bench_file(tmp: Path, config: BenchConfig) -> float:
 
 def run_bench(config: BenchConfig) -> int:
     runs: dict[str, list[float]] = {GROUP: [], EACH: [], IN_PROCESS: []}
+    if config.dir is not None:
+        config.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=config.dir) as tmp:
         for _ in range(config.repeat):  # interleaved rounds
             runs[GROUP].append(_bench_collector(Path(tmp), config, False))
@@ -206,8 +208,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeat", type=positive_int, default=REPEAT, help="interleaved rounds; medians shown"
     )
-    parser.add_argument("--dir", type=Path, help="where the bench journals go (unset: TMPDIR)")
-    parser.add_argument("--json", type=Path, help="also write the figures, date and machine here")
+    parser.add_argument(
+        "--dir",
+        type=output_directory,
+        help="where the bench journals go, created if missing " "(unset: TMPDIR)",
+    )
+    parser.add_argument(
+        "--json", type=output_file, help="also write the figures, date and machine here"
+    )
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:

@@ -114,7 +114,10 @@ def bench_binary(build_dir: Path | None = None, *, force: bool = False) -> Path:
 
 def _compile(mpicc: str, target: Path) -> None:
     """Compile to a temporary name beside ``target``, then rename: never half a binary."""
-    fd, partial = tempfile.mkstemp(prefix=f".{PROGRAM}-", dir=target.parent)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{PROGRAM}-", dir=target.parent)
+    except OSError as exc:  # a read-only or foreign build directory
+        raise MpiBuildError(f"cannot write in {target.parent}: {exc.strerror}") from None
     os.close(fd)
     argv = [mpicc, *CFLAGS, "-o", partial, str(SOURCE)]
     try:
@@ -246,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mpi_bench: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"mpi_bench: error: {args.path}: {exc.strerror}", file=sys.stderr)
+        print(f"mpi_bench: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(asdict(report), indent=2))

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cluster_patterns.cli_args import output_file
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, load_descriptor
 from cluster_runner_simulation.mpi_bench import MpiBuildError, bench_binary
 from cluster_runner_simulation.mpi_job import (
@@ -263,8 +264,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--zrsh", default=default_launcher(), help="zrsh on the first node")
     parser.add_argument("--launcher-descriptor", help="$ZRSH_DESCRIPTOR on the first node")
     parser.add_argument("--interfaces", help="TCP networks for MPI; None: lo on loopback")
-    parser.add_argument("--json", type=Path, help="write the samples and the summary here")
-    parser.add_argument("--markdown", type=Path, help="write the summary table here")
+    parser.add_argument("--json", type=output_file, help="write the samples and the summary here")
+    parser.add_argument("--markdown", type=output_file, help="write the summary table here")
     args = parser.parse_args(argv)
     args.local = args.descriptor is None
     if not 2 <= args.runs <= 100:

@@ -58,7 +58,7 @@ from typing import Any, Final, Protocol
 
 from tqdm import tqdm
 
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import output_file, positive_int
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.descriptor import DescriptorError, load_descriptor
 from cluster_runner_simulation.perf_report import CONCURRENCY, Figures, markdown, plot
@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(EXECUTORS),
         help="comma-separated executors to measure",
     )
-    parser.add_argument("--json", type=Path, default=None, help="write figures as JSON")
-    parser.add_argument("--plot", type=Path, default=None, help="write a latency PNG")
+    parser.add_argument("--json", type=output_file, default=None, help="write figures as JSON")
+    parser.add_argument("--plot", type=output_file, default=None, help="write a latency PNG")
     parser.add_argument(
         "--descriptor", type=Path, default=None, help="cluster TOML (descriptor.py): real hosts"
     )

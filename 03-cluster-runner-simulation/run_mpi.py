@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import make_parser, run_interruptible
+from cluster_patterns.cli_args import make_parser, output_file, run_interruptible
 from cluster_runner_simulation.context_common import ContextBuildError
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -54,7 +54,7 @@ from cluster_runner_simulation.mpi_job import (
     mpirun_command,
     run_mpi_job,
 )
-from cluster_runner_simulation.protocols import ExecutorError
+from cluster_runner_simulation.protocols import ExecutorError, JournalError
 from cluster_runner_simulation.zmq_node_executor import ZmqNodeExecutor
 from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 
@@ -112,6 +112,23 @@ async def run(args: argparse.Namespace, descriptor: ClusterDescriptor) -> int:
     if args.print_command:
         where = spec.launcher_env[LAUNCHER_DESCRIPTOR_ENV]
         print(f"{LAUNCHER_DESCRIPTOR_ENV}={where} {mpirun_command(spec)}")
+    # Opened (and locked) before the job runs: a journal that cannot take the results must
+    # not be found out after the job.
+    journal = FileJournalWriter(args.journal) if args.journal else None
+    try:
+        return await run_job(args, descriptor, hosts, spec, journal)
+    finally:
+        if journal is not None:
+            await journal.close()
+
+
+async def run_job(
+    args: argparse.Namespace,
+    descriptor: ClusterDescriptor,
+    hosts: Sequence[str],
+    spec: MpiJobSpec,
+    journal: FileJournalWriter | None,
+) -> int:
     executors = [zmq_executor_for(descriptor.node(host)) for host in hosts]
     try:
         await reachable(executors)
@@ -126,13 +143,9 @@ async def run(args: argparse.Namespace, descriptor: ClusterDescriptor) -> int:
     if outcome.result is not None:
         sys.stdout.write(outcome.result.stdout_text)
     results = mpi_results(outcome, run_id=args.run_id, schedule="mpi", launcher=spec.launcher)
-    if args.journal:
-        journal = FileJournalWriter(args.journal)
-        try:
-            for result in results:
-                await journal.write(result)
-        finally:
-            await journal.close()
+    if journal is not None:
+        for result in results:
+            await journal.write(result)
     if args.json:
         args.json.write_text(json.dumps([r.to_record() for r in results], indent=2) + "\n")
     seconds = outcome.finished_at - outcome.started_at
@@ -194,7 +207,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "CPU while they wait",
     )
     parser.add_argument("--journal", type=Path, help="also journal the records here (JSONL)")
-    parser.add_argument("--json", type=Path, help="also write the records here (JSON)")
+    parser.add_argument("--json", type=output_file, help="also write the records here (JSON)")
     parser.add_argument("--run-id", default=f"mpi-{int(time.time())}", help="record id prefix")
     parser.add_argument("--print-command", action="store_true", help="show the mpirun command")
     args = parser.parse_args(argv)
@@ -229,6 +242,12 @@ def main_with(args: argparse.Namespace) -> int:
         except ContextBuildError as exc:
             print(f"run_mpi: error: {exc}", file=sys.stderr)
             return 3
+        except JournalError as exc:
+            print(f"run_mpi: error: journal: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # --json: a full disk, say (the path was checked at parsing)
+            print(f"run_mpi: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

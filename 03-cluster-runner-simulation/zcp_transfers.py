@@ -196,6 +196,15 @@ class GetJob:
         if self.finished:
             return 0
         self.state = JobState.MOVING
+        try:
+            return self._take(message, body)
+        except OSError as exc:  # our side: a full disk, a directory where the file goes
+            if not isinstance(message, FileEnd):
+                self.session.send(CancelRequest(id=self.request.id))
+            self.fail(f"{self.destination}: {exc.strerror or exc}")
+            return len(body) if body is not None else 0
+
+    def _take(self, message: Message, body: bytes | None) -> int:
         if isinstance(message, FileData) and body is not None and self._fd is not None:
             write_all(self._fd, body)
             self._hash.update(body)
@@ -221,6 +230,7 @@ class GetJob:
         os.close(self._fd)
         self._fd = None
         os.replace(self._temp, self.destination)
+        self._temp = None
         fsync_directory(self.destination.parent)
         self.landed, self.state = end, JobState.DONE
 
@@ -233,9 +243,10 @@ class GetJob:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if self._temp is not None:
-                with contextlib.suppress(OSError):
-                    self._temp.unlink()
+        if self._temp is not None:  # None once renamed to the destination
+            with contextlib.suppress(OSError):
+                self._temp.unlink()
+            self._temp = None
 
     def cancel(self) -> None:
         if not self.finished:

@@ -289,12 +289,15 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    if args.keys_command == "generate":
-        generate_keys(args.dir)
-        print(f"wrote agent and client keypairs to {args.dir} (secret files 0600)")
-    else:
-        target = authorize_client(args.dir, args.public_key_file)
-        print(f"authorized {target}; restart the agent to load it")
+    try:
+        if args.keys_command == "generate":
+            generate_keys(args.dir)
+            print(f"wrote agent and client keypairs to {args.dir} (secret files 0600)")
+        else:
+            target = authorize_client(args.dir, args.public_key_file)
+            print(f"authorized {target}; restart the agent to load it")
+    except OSError as exc:
+        raise SetupError(f"{exc.filename or args.dir}: {exc.strerror or exc}") from None
     return 0
 
 

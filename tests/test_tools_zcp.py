@@ -115,6 +115,20 @@ def test_gather_fetches_into_per_node_folders(cluster: Cluster, tmp_path: Path) 
     assert (tmp_path / "more" / "node0" / "run.log").exists()
 
 
+def test_gather_onto_a_local_directory_fails_that_node_only(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    for index in range(2):
+        (cluster.root(index) / "out.txt").write_text(f"out of node{index}\n")
+    (tmp_path / "node1" / "out.txt").mkdir(parents=True)  # where node1's file would land
+    done = cluster.zcp("--gather", "node[0-1]:out.txt", str(tmp_path))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"node1: {tmp_path}/node1/out.txt: Is a directory" in squeezed(done.stderr)
+    assert (tmp_path / "node0" / "out.txt").read_text() == "out of node0\n"
+    assert not leftovers(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("destination", "message"),
     [

@@ -216,6 +216,10 @@ def run_command(argv: Sequence[str], signals: Signals, undo: Undo) -> int:
         for line in str(exc).splitlines():
             warn(line)
         return exc.exit_code
+    except OSError as exc:  # the state directory or an output file: unusable, or a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        warn(f"error: {where}{exc.strerror or exc}")
+        return ExitCode.FAILED
     except Interrupted as exc:
         return exc.exit_code
     except SystemExit as exc:  # -h printed the help

@@ -43,7 +43,7 @@ import zmq
 from tqdm import tqdm
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import non_negative_int
+from cluster_patterns.cli_args import non_negative_int, output_directory
 from cluster_patterns.stats import percentile
 from cluster_simulator.scale_agents import FanoutFigures, measure_fanout
 from cluster_simulator.scale_cluster import (
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_directory,
         default=Path("build"),
         help=f"directory for {NAME}.json, .md and .png (default: build)",
     )

@@ -11,9 +11,9 @@ import argparse
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
+from cluster_patterns.cli_args import output_file
 from cluster_patterns.protocol import TaskKind
 from cluster_simulator import commands
 from cluster_simulator.backend import CompareOptions
@@ -121,7 +121,7 @@ def _logs_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _json_arg(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", type=Path, metavar="PATH", help=f"also write {what} here")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help=f"also write {what} here")
 
 
 def _test_args(parser: argparse.ArgumentParser) -> None:

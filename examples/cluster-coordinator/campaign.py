@@ -298,7 +298,10 @@ def _setup(args: argparse.Namespace) -> CampaignConfig:
 
 
 def _run(args: argparse.Namespace, config: CampaignConfig) -> int:
-    config.journal.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        config.journal.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CampaignError(f"journal: {exc.filename}: {exc.strerror}", 3) from None
     collector = EmbeddedCollector(config.journal) if config.collector == EMBEDDED else None
     endpoint = collector.start() if collector else config.collector
     started = time.monotonic()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cluster_patterns.journal import FileJournal, StateLogError, replay
+from cluster_patterns.journal import FileJournal, StateLogError, SubmitEntry, replay
 from cluster_patterns.line_journal import AppendFailed, Appender
 from cluster_patterns.protocol import TaskSpec
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
@@ -200,6 +200,30 @@ def test_full_disk_state_log_raises_cuts_back_and_keeps_every_commit(tmp_path: P
         journal.submitted(TaskSpec("c0", "echo"), b"client:c1")
         journal.close()
         assert [entry.task_id for entry in replay(disk)] == [*committed, "c0"]
+
+
+def test_a_coordinator_whose_state_disk_fills_exits_2_and_keeps_what_it_acknowledged(
+    tmp_path: Path, spawn: Any, run: Any, free_port: Any
+) -> None:
+    with tmpfs(tmp_path / "full", "256k") as disk:
+        port, status_port = free_port(), free_port()
+        coordinator = spawn(
+            "02-cluster-patterns/coordinator.py", "--port", str(port),
+            "--status-port", str(status_port), "--state-dir", str(disk),
+        )  # fmt: skip
+        coordinator.wait_for("coordinator ready")
+        worker = spawn("02-cluster-patterns/worker.py", "--port", str(port), "--id", "w1")
+        worker.wait_for("registered with")
+        client = ["02-cluster-patterns/client.py", "--port", str(port), "--kind", "echo"]
+        first = run(*client, "--count", "20", "--payload", "x" * 100, "--timeout", "20")
+        assert first.returncode == 0, first.stdout + first.stderr
+        fill(disk)
+        second = run(*client, "--count", "2000", "--payload", "y" * 1000, "--timeout", "5")
+        assert second.returncode != 0, second.stdout  # the coordinator went away
+        assert coordinator.popen.wait(timeout=20) == 2, coordinator.output()
+        assert NO_SPACE in coordinator.stderr() and "Traceback" not in coordinator.output()
+        entries = list(replay(disk))  # every line whole: the failed append was cut back
+        assert len({e.task_id for e in entries if isinstance(e, SubmitEntry)}) >= 20
 
 
 def test_an_append_that_cannot_be_cut_back_refuses_every_later_one(tmp_path: Path) -> None:

@@ -120,9 +120,7 @@ def output_file(text: str) -> Path:
     directory = path.parent
     if not directory.is_dir():
         raise argparse.ArgumentTypeError(f"{directory} does not exist (or is not a directory)")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write in {directory}")
-    return path
+    return _writable_in(directory, path)
 
 
 def output_directory(text: str) -> Path:
@@ -134,8 +132,13 @@ def output_directory(text: str) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write in {existing}")
+    return _writable_in(existing, path)
+
+
+def _writable_in(directory: Path, path: Path) -> Path:
+    """``path``, if this process may create files in ``directory``."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {directory}")
     return path
 
 

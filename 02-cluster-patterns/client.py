@@ -134,7 +134,7 @@ class ClusterClient:
             self.ctx.socket(zmq.DEALER), routing_id=f"client:{self.client_id}".encode()
         )
         secure_client(self.sock, keys)
-        self.watch = HandshakeWatch(self.sock)
+        self.watch = HandshakeWatch(self.sock, connecting=True)
         self.refused: CoordinatorRefused | None = None
         self.futures: dict[str, asyncio.Future[TaskOutcome]] = {}
         self.bad = BadInput(f"client {self.client_id}")

@@ -143,7 +143,7 @@ class StatusFollower:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         secure_client(sock, self._keys)  # CURVE options go before connect
-        watch = HandshakeWatch(sock)
+        watch = HandshakeWatch(sock, connecting=True)
         try:
             sock.connect(self._endpoint)
         except zmq.ZMQError:

@@ -160,7 +160,7 @@ class Worker:
     def _connect(self) -> None:
         sock = configure(self.ctx.socket(zmq.DEALER), routing_id=self.routing_id)
         secure_client(sock, self.keys)
-        self.watch = HandshakeWatch(sock)
+        self.watch = HandshakeWatch(sock, connecting=True)
         sock.connect(self.endpoint)
         self.sock = sock
         if not self.session.welcomed_once:

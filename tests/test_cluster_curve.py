@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +25,13 @@ import pytest
 import zmq
 
 from cluster_patterns.curve import fingerprint, load_public
+from cluster_patterns.transport import (
+    ABORTS_MEAN_REFUSAL,
+    HandshakeFailure,
+    HandshakeWatch,
+    PeerFault,
+    configure,
+)
 from conftest import REPO
 
 INTERVAL = 0.5
@@ -255,3 +265,80 @@ def test_keys_on_one_side_only_is_a_clear_refusal(
 
 def test_zmq_has_curve() -> None:
     assert zmq.has("curve"), "libzmq without CURVE: the cluster's --keys cannot work"
+
+
+# --- A connecting socket's view of a refusal (transport.HandshakeWatch) -----------------------
+
+ZMTP_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
+NULL_GREETING = ZMTP_SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+# A NULL handshake's READY command: name, then the Socket-Type property (4-byte value length).
+READY_BODY = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"ROUTER"
+READY_COMMAND = bytes([0x04, len(READY_BODY)]) + READY_BODY
+
+
+def serve_handshakes(listener: socket.socket, plan: str) -> None:
+    """Answer one connection per letter of ``plan``: R resets it before the handshake, S
+    completes a NULL handshake by hand and then closes, H completes one and holds it open."""
+    for step in plan:
+        conn, _ = listener.accept()
+        if step == "R":
+            conn.recv(len(ZMTP_SIGNATURE))  # as a CURVE server does: it reads our greeting
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # an RST, as a CURVE server sends on reading a NULL greeting
+            continue
+        conn.sendall(NULL_GREETING)
+        received = b""
+        while len(received) < len(NULL_GREETING) + len(READY_COMMAND) - 4:
+            received += conn.recv(4096)  # the peer's greeting and its READY
+        conn.sendall(READY_COMMAND)
+        if step == "H":
+            time.sleep(3)
+        conn.close()
+
+
+def watch_a_dealer(port: int, seconds: float) -> list[HandshakeFailure]:
+    ctx = zmq.Context()
+    dealer = configure(ctx.socket(zmq.DEALER))
+    watch = HandshakeWatch(dealer, connecting=True)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    found: list[HandshakeFailure] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and PeerFault.DENIED_HANDSHAKE not in {
+        f.fault for f in found
+    }:
+        time.sleep(0.05)
+        found += watch.failures()
+    watch.close()
+    dealer.close()
+    ctx.term()
+    return found
+
+
+def listening_socket() -> socket.socket:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    return listener
+
+
+def test_a_server_resetting_every_handshake_is_a_refusal() -> None:
+    listener = listening_socket()
+    server = threading.Thread(target=serve_handshakes, args=(listener, "R" * 8), daemon=True)
+    server.start()
+    found = watch_a_dealer(listener.getsockname()[1], seconds=15)
+    listener.close()
+    faults = [f.fault for f in found]
+    assert faults == [PeerFault.ABORTED_HANDSHAKE] * ABORTS_MEAN_REFUSAL + [
+        PeerFault.DENIED_HANDSHAKE
+    ], faults
+    assert "closed 5 handshakes in a row" in found[-1].reason and "CURVE" in found[-1].reason
+
+
+def test_a_completed_handshake_starts_the_count_again() -> None:
+    listener = listening_socket()
+    plan = "RRRRS" + "RRRRH"  # never five resets in a row
+    server = threading.Thread(target=serve_handshakes, args=(listener, plan), daemon=True)
+    server.start()
+    found = watch_a_dealer(listener.getsockname()[1], seconds=3)
+    server.join(timeout=10)
+    listener.close()
+    assert [f.fault for f in found] == [PeerFault.ABORTED_HANDSHAKE] * 8

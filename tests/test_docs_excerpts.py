@@ -200,15 +200,6 @@ def update(page: Path) -> int:
     return changed
 
 
-if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--update":
-        for name in sys.argv[2:]:
-            print(f"{name}: {update(Path(name).resolve())} excerpt(s) refreshed")
-        sys.exit(0)
-    print(f"usage: {sys.argv[0]} --update PAGE.md...", file=sys.stderr)
-    sys.exit(2)
-
-
 def line_count_claims(page: Path) -> list[tuple[str, int]]:
     """(file, lines) from every table row of `page` whose table has a "Lines" column."""
     claims: list[tuple[str, int]] = []
@@ -237,3 +228,39 @@ def test_quoted_line_counts_are_true(page: str) -> None:
         if (actual := len(Path(path).read_text().splitlines())) != lines
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def update_line_counts(page: Path) -> int:
+    """Rewrite every "Lines" cell of `page` that no longer matches its file; return how many."""
+    lines = page.read_text().splitlines()
+    column, changed = -1, 0
+    for number, line in enumerate(lines):
+        if not line.startswith("|"):
+            column = -1
+            continue
+        cells = line.strip().strip("|").split("|")
+        if "Lines" in (stripped := [cell.strip() for cell in cells]):
+            column = stripped.index("Lines")
+            continue
+        link = re.search(r"\]\(([^)]+\.py)\)", line)
+        if column < 0 or not link or not stripped[column].isdigit():
+            continue
+        actual = str(len((page.parent / link.group(1)).read_text().splitlines()))
+        if actual != stripped[column]:
+            cells[column] = cells[column].replace(stripped[column], actual)
+            lines[number] = "|" + "|".join(cells) + "|"
+            changed += 1
+    page.write_text("\n".join(lines) + "\n")
+    return changed
+
+
+if __name__ == "__main__":
+    # Refresh a page after its sources changed: excerpts and "Lines" cells from the files.
+    if len(sys.argv) >= 3 and sys.argv[1] == "--update":
+        for name in sys.argv[2:]:
+            page_path = Path(name).resolve()
+            excerpts, counts = update(page_path), update_line_counts(page_path)
+            print(f"{name}: {excerpts} excerpt(s), {counts} line count(s) refreshed")
+        sys.exit(0)
+    print(f"usage: {sys.argv[0]} --update PAGE.md...", file=sys.stderr)
+    sys.exit(2)

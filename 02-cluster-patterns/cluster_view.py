@@ -34,6 +34,9 @@ from cluster_patterns.stats import percentile
 
 # Tunables ---------------------------------------------------------------------------------
 RATE_WINDOW_S: Final = 5.0  # task rates are averaged over this many seconds of STATUS history
+# STATUS comes once per heartbeat interval; a coordinator publishing far faster must not grow
+# the rate window's history: past this many points the window just gets shorter.
+TOTALS_HISTORY_POINTS: Final = 1000
 LATENCY_HISTORY_S: Final = 120.0  # the dashboard's latency chart keeps this much history
 LATENCY_HISTORY_POINTS: Final = 600
 EVENT_LOG_SIZE: Final = 50  # most recent NODE_EVENTs kept for the dashboard
@@ -162,7 +165,9 @@ class ClusterView:
         self.node_events: dict[NodeEventKind, int] = {kind: 0 for kind in NodeEventKind}
         self.task_stats_done = 0
         self.task_stats_failed = 0
-        self._totals_history: deque[tuple[float, dict[str, int]]] = deque()
+        self._totals_history: deque[tuple[float, dict[str, int]]] = deque(
+            maxlen=TOTALS_HISTORY_POINTS
+        )
         self._latency_history: deque[LatencyPoint] = deque(maxlen=LATENCY_HISTORY_POINTS)
         self._event_log: deque[EventEntry] = deque(maxlen=EVENT_LOG_SIZE)
 

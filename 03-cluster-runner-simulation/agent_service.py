@@ -73,6 +73,8 @@ DEFAULT_CONCURRENCY: Final = 64
 DRAIN_BATCH: Final = 64  # requests handled per turn of the event loop, so pipes are read too
 MAX_QUEUED: Final = 4096  # runs accepted but waiting for a slot; beyond this: "busy"
 MAX_TRANSFERS: Final = 256  # puts and gets at once (each holds a file open); beyond: "busy"
+# facts requests waiting for the one gather in progress (they all get its answer); beyond: "busy"
+MAX_FACTS_WAITING: Final = 1024
 HEARTBEAT_INTERVAL_S: Final = 1.0
 IDLE_PROBE_S: Final = 10.0  # an idle connection with uncredited bytes is probed this often
 WILDCARD: Final = "0.0.0.0"
@@ -154,6 +156,7 @@ class NodeAgent:
         self._saturated_log = RateLimitedLog(log.warning)
         self._warn = RateLimitedLog(log.warning)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._facts_waiting: list[tuple[bytes, str]] = []  # non-empty while a gather runs
         self._drain_scheduled = False
         # --8<-- [start:handlers]
         handlers: dict[type[Message], Handler] = {
@@ -348,18 +351,31 @@ class NodeAgent:
         task.cancel()  # CommandRun kills the group and answers with exit{cancelled}
 
     def do_facts(self, peer: bytes, req: FactsRequest, body: bytes | None = None) -> None:
-        async def answer() -> None:
-            try:
-                # node_facts is what the SSH executor runs on a node too; nvidia-smi may block.
-                gathered = await asyncio.to_thread(node_facts.gather, self.node_id)
-                facts = convert_facts(gathered)
-            except Exception as exc:  # report it; the caller must not wait for nothing
-                self._internal_error("gathering facts", exc)
-                self._error(peer, req.id, ErrorCode.INTERNAL_ERROR, f"facts: {exc!r}")
-                return
-            self.send_now(peer, FactsReply(id=req.id, facts=facts))
+        # One gather at a time (it runs nvidia-smi, which may block for seconds), and every
+        # request that arrives meanwhile gets its answer: a flood of facts costs one thread.
+        if len(self._facts_waiting) >= MAX_FACTS_WAITING:
+            self._error(peer, req.id, ErrorCode.BUSY, "too many facts requests waiting")
+            return
+        self._facts_waiting.append((peer, req.id))
+        if len(self._facts_waiting) == 1:
+            self._spawn(self._gather_facts())
 
-        self._spawn(answer())
+    async def _gather_facts(self) -> None:
+        try:
+            # node_facts is what the SSH executor runs on a node too; nvidia-smi may block.
+            gathered = await asyncio.to_thread(node_facts.gather, self.node_id)
+            facts = convert_facts(gathered)
+        except Exception as exc:  # report it; the callers must not wait for nothing
+            self._internal_error("gathering facts", exc)
+            for peer, request_id in self._take_facts_waiting():
+                self._error(peer, request_id, ErrorCode.INTERNAL_ERROR, f"facts: {exc!r}")
+            return
+        for peer, request_id in self._take_facts_waiting():
+            self.send_now(peer, FactsReply(id=request_id, facts=facts))
+
+    def _take_facts_waiting(self) -> list[tuple[bytes, str]]:
+        waiting, self._facts_waiting = self._facts_waiting, []
+        return waiting
 
     def do_ping(self, peer: bytes, req: PingRequest, body: bytes | None = None) -> None:
         self.send_now(peer, Pong(id=req.id, node_id=self.node_id))

@@ -15,7 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster_patterns.cluster_metrics import ClusterMetrics
-from cluster_patterns.cluster_view import RATE_WINDOW_S, TOTAL_FIELDS, ClusterView
+from cluster_patterns.cluster_view import (
+    RATE_WINDOW_S,
+    TOTAL_FIELDS,
+    TOTALS_HISTORY_POINTS,
+    ClusterView,
+)
 from cluster_patterns.protocol import (
     Drain,
     NodeEvent,
@@ -171,6 +176,17 @@ def test_totals_and_rates(view: ClusterView, clock: FakeClock) -> None:
         clock.advance(1.0)
         view.do_Status(status(node("w1"), submitted=300, done=150, failed=2))
     assert view.rates()["done"] == pytest.approx(0.0)
+
+
+def test_a_status_flood_keeps_the_rate_history_bounded(
+    view: ClusterView, clock: FakeClock
+) -> None:
+    """STATUS far faster than the heartbeat (a misbehaving publisher): bounded, rates sane."""
+    for number in range(TOTALS_HISTORY_POINTS * 5):
+        clock.advance(0.0001)
+        view.do_Status(status(node("w1"), seq=number, submitted=number, done=number))
+    assert len(view._totals_history) == TOTALS_HISTORY_POINTS
+    assert view.rates()["done"] == pytest.approx(10_000.0)
 
 
 def test_restarted_coordinator_resets_rates_instead_of_going_negative(

@@ -8,8 +8,10 @@ credit, and that a vanished client is forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -20,10 +22,17 @@ from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
     PROTOCOL_VERSION,
     Credit,
+    FactsRequest,
     PingRequest,
     encode,
 )
-from cluster_runner_simulation.agent_service import IDLE_PROBE_S, AgentConfig, NodeAgent
+from cluster_runner_simulation import node_facts
+from cluster_runner_simulation.agent_service import (
+    IDLE_PROBE_S,
+    MAX_FACTS_WAITING,
+    AgentConfig,
+    NodeAgent,
+)
 from cluster_runner_simulation.zmq_node_agent import SetupError, build_parser, config_from
 
 
@@ -224,3 +233,43 @@ def test_a_bad_combination_of_flags_is_a_setup_error(argv: list[str], problem: s
 @pytest.mark.parametrize("host", ["::1", "[::1]", "127.0.0.2", "localhost"])
 def test_insecure_accepts_every_loopback_address(host: str) -> None:
     assert AgentConfig("n1", bind=host, insecure=True).host == host
+
+
+async def test_a_flood_of_facts_requests_costs_one_gather(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every facts request waiting for the gather in progress gets its answer; past
+    MAX_FACTS_WAITING they get "busy" at once instead of queueing without bound."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow_gather(node_id: str) -> dict[str, Any]:
+        calls.append(node_id)
+        release.wait(timeout=30)  # nvidia-smi taking its time
+        return real_gather(node_id)
+
+    real_gather = node_facts.gather
+    monkeypatch.setattr(node_facts, "gather", slow_gather)
+    router = FakeRouter()
+    agent = make_agent(router)
+    flood = MAX_FACTS_WAITING + 100
+    for number in range(flood):
+        agent.dispatch(b"\x00peer-%d" % number, encode(FactsRequest(id=f"f{number}")))
+    await asyncio.sleep(0.1)
+    assert calls == ["fake"]
+    replies = [json.loads(frames[1]) for frames in router.sent]
+    assert [r.get("code") for r in replies] == ["busy"] * 100
+    release.set()
+    for _ in range(300):
+        if len(router.sent) == flood:
+            break
+        await asyncio.sleep(0.01)
+    replies = [json.loads(frames[1]) for frames in router.sent[100:]]
+    assert [r["type"] for r in replies] == ["facts_reply"] * MAX_FACTS_WAITING
+    assert {r["id"] for r in replies} == {f"f{n}" for n in range(MAX_FACTS_WAITING)}
+    agent.dispatch(PEER, encode(FactsRequest(id="later")))  # a new gather for a new request
+    for _ in range(300):
+        if json.loads(router.sent[-1][1])["id"] == "later":
+            break
+        await asyncio.sleep(0.01)
+    assert calls == ["fake", "fake"]

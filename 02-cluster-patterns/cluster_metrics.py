@@ -92,6 +92,11 @@ TOTAL_COUNTERS = (
         "cluster_refused_registrations",
         "REGISTERs refused: the worker id was held by another live peer, or the table was full.",
     ),
+    (
+        "refused_tasks",
+        "cluster_refused_tasks",
+        "New tasks not accepted: the coordinator held its limit of unfinished tasks.",
+    ),
 )
 TOTAL_GAUGES = (
     ("pending", "cluster_tasks_pending", "Tasks queued at the coordinator, not yet dispatched."),

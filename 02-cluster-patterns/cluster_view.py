@@ -61,6 +61,7 @@ TOTAL_FIELDS: Final = (
     "aborted_handshakes",
     "denied_handshakes",
     "refused_registrations",
+    "refused_tasks",
     "pending",
     "in_flight",
 )

@@ -54,6 +54,7 @@ from cluster_patterns.journal import ResultEntry, StateLogError
 from cluster_patterns.protocol import Dispatch
 from cluster_patterns.protocol import Message, NodeEvent, ProtocolError, Refused, TaskOutcome
 from cluster_patterns.protocol import TaskSpec
+from cluster_patterns.task_book import MAX_UNFINISHED
 from cluster_patterns.protocol import decode, describe, encode
 from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, RateLimitedLog
 from cluster_patterns.transport import configure, endpoint, is_loopback, print_to, printable
@@ -79,6 +80,7 @@ class CoordinatorConfig:
     liveness: int = defaults.LIVENESS
     task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S
     max_tries: int = DEFAULT_MAX_TRIES
+    max_unfinished: int = MAX_UNFINISHED
     state_dir: Path | None = None
 
 
@@ -109,12 +111,15 @@ class Coordinator:
             liveness=config.liveness,
             task_timeout_s=config.task_timeout_s,
             max_tries=config.max_tries,
+            max_unfinished=config.max_unfinished,
             journal=self.journal,
             wall_clock=wall_clock,
         )
         self.bad = BadInput("coordinator")
         self.denied_log = RateLimitedLog(print_to(None))
         self.refusal_log = RateLimitedLog(print_to(None))
+        self.full_log = RateLimitedLog(print_to(None))
+        self.refused_tasks_logged = 0
         self.stopping = False
         self.ctx = zmq.Context()
         # The ZAP handler must exist before a CURVE socket binds, or libzmq asks nobody.
@@ -151,7 +156,8 @@ class Coordinator:
                 self.dispatcher.restore_submitted(spec, entry.client.encode(), now)
         for entry in entries:
             if isinstance(entry, ResultEntry):  # as a plain outcome: COMPLETED carries it
-                self.dispatcher.restore_recorded(TaskOutcome(*msgspec.structs.astuple(entry)))
+                self.dispatcher.restore_recorded(TaskOutcome(*msgspec.structs.astuple(entry)), now)
+        self.journal.entries = []  # the book holds them now; the log keeps appending
         totals = self.dispatcher.totals
         print(
             f"coordinator restored {totals.submitted} tasks "
@@ -219,6 +225,7 @@ class Coordinator:
     def _read_ready(self, ready: dict[zmq.Socket[bytes], int], now: float) -> None:
         if self.router in ready:
             self._read_router(now)
+            self._say_if_full()
         if self.status in ready:
             self._read_status_socket()
         if self.zap is not None and self.zap in ready and self.zap_policy is not None:
@@ -226,6 +233,15 @@ class Coordinator:
         for watch in self.watches:
             if watch.socket in ready:
                 self._read_handshakes(watch)
+
+    def _say_if_full(self) -> None:
+        refused = self.dispatcher.totals.refused_tasks
+        if refused > self.refused_tasks_logged:
+            self.refused_tasks_logged = refused
+            self.full_log(
+                f"coordinator: {self.config.max_unfinished} tasks are unfinished, the most it "
+                f"holds: {refused} new tasks not accepted so far (their clients send them again)"
+            )
 
     def _read_router(self, now: float) -> None:
         for _ in range(MAX_READS_PER_TURN):
@@ -356,6 +372,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[CoordinatorConfig, Path |
     )
     parser.add_argument(
         "--max-tries", type=positive_int, default=DEFAULT_MAX_TRIES, help="dispatches per task"
+    )
+    parser.add_argument(
+        "--max-unfinished",
+        metavar="N",
+        type=positive_int,
+        default=MAX_UNFINISHED,
+        help="tasks pending or in flight at most; new tasks beyond are not accepted (clients "
+        "send them again)",
     )
     parser.add_argument(
         "--state-dir",

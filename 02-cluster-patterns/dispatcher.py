@@ -38,7 +38,7 @@ from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeE
 from cluster_patterns.protocol import NodeState, RefusalReason, Refused, Register, Reset, Results
 from cluster_patterns.protocol import Status, Submit, TaskOutcome, TaskResult, TaskSpec, TaskStats
 from cluster_patterns.protocol import Totals, Welcome, handler_table
-from cluster_patterns.task_book import Task, TaskBook, TaskState
+from cluster_patterns.task_book import MAX_UNFINISHED, Task, TaskBook, TaskState
 from cluster_patterns.workers import GONE, WorkerRecord, WorkerTable
 
 DEFAULT_TASK_TIMEOUT_S: Final = 30.0
@@ -68,6 +68,7 @@ class Dispatcher:
         liveness: int,
         task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S,
         max_tries: int = DEFAULT_MAX_TRIES,
+        max_unfinished: int = MAX_UNFINISHED,
         journal: Journal | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,7 +79,7 @@ class Dispatcher:
         self.max_tries = max_tries
         self.wall_clock = wall_clock
         self.totals = Totals()
-        self.book = TaskBook(journal or NullJournal(), self.totals)
+        self.book = TaskBook(journal or NullJournal(), self.totals, max_unfinished)
         # The book's own dict and queue, named here for the dispatch loops.
         self.tasks: dict[str, Task] = self.book.tasks
         self.pending: deque[str] = self.book.pending
@@ -107,8 +108,8 @@ class Dispatcher:
     def restore_submitted(self, spec: TaskSpec, client: bytes, now: float) -> None:
         self.book.restore_submitted(spec, client, now)
 
-    def restore_recorded(self, outcome: TaskOutcome) -> None:
-        self.book.restore_recorded(outcome)
+    def restore_recorded(self, outcome: TaskOutcome, now: float) -> None:
+        self.book.restore_recorded(outcome, now)
 
     # --- Inbound ----------------------------------------------------------------------------
 
@@ -331,17 +332,13 @@ class Dispatcher:
     # --8<-- [start:dispatch-batch]
     def _dispatch_to(self, worker: WorkerRecord, limit: int, now: float) -> int:
         batch: list[Assignment] = []
-        skipped: list[str] = []
+        skipped: list[Task] = []
         clogged = False
         first_dispatch = self.dispatches + 1
-        while self.pending and len(batch) < limit:
-            task_id = self.pending.popleft()
-            task = self.tasks[task_id]
-            if task.state is not TaskState.PENDING:
-                continue
+        while len(batch) < limit and (task := self.book.next_pending()) is not None:
             spec = task.spec
             if spec.kind not in worker.capabilities:
-                skipped.append(task_id)
+                skipped.append(task)
                 if len(skipped) > MAX_SKIPPED:
                     clogged = True
                     break
@@ -352,11 +349,9 @@ class Dispatcher:
             if task.tries:
                 self.totals.retried += 1
             self._assign(task, worker)
-            batch.append(Assignment(task_id, task.tries, spec.kind, spec.ms, spec.payload))
-        if clogged:
-            self.pending.extend(skipped)
-        else:
-            self.pending.extendleft(reversed(skipped))
+            batch.append(Assignment(spec.task_id, task.tries, spec.kind, spec.ms, spec.payload))
+        # A clogged head goes to the back, so tasks this worker can run get their turn.
+        self.book.put_back(skipped, front=not clogged)
         if batch:
             ids = [assignment.task_id for assignment in batch]
             self.deadlines.append((now + self.task_timeout_s, first_dispatch, ids))

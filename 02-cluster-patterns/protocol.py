@@ -207,6 +207,8 @@ class Totals(Record, gc=False):
     denied_handshakes: Count = 0
     # REGISTERs answered with REFUSED (worker id held by another live peer, table full).
     refused_registrations: Count = 0
+    # New task ids not ACCEPTED because MAX_UNFINISHED tasks were unfinished (task_book.py).
+    refused_tasks: Count = 0
     pending: Count = 0
     in_flight: Count = 0
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from cluster_patterns import task_book
 from cluster_patterns.dispatcher import Dispatcher
-from cluster_patterns.task_book import TaskState
+from cluster_patterns.task_book import DONE_RETENTION_S, TaskState
 from cluster_patterns.protocol import Accepted, Completed, CoordinatorHeartbeat, Deregister
 from cluster_patterns.protocol import Dispatch, Drain, Heartbeat, Message, NodeEvent, NodeEventKind
 from cluster_patterns.protocol import Register, Reset, Results, Submit, TaskOutcome, TaskResult
@@ -398,3 +401,73 @@ def test_deregister_hands_back_what_the_worker_still_held() -> None:
     assert net.d.totals.requeued == 2
     net.deliver(ident("w2"), Register("w2", 2, KINDS))
     assert sorted(net.take("w2")) == sorted(held)
+
+
+# --- Memory bounds, whatever peers send -------------------------------------------------------
+
+
+def test_registration_cycles_never_grow_the_queue_past_the_tasks() -> None:
+    """A worker that re-registers claiming every task, then none, over and over: each task
+    keeps at most one entry in the queue (there was one more per task and cycle)."""
+    net = FakeNet(max_tries=10_000)  # tries count each adoption: no giving up here
+    net.register("w1", 1)
+    ids = net.submit(128)
+    for _ in range(300):
+        net.deliver(ident("w1"), Register("w1", 1, KINDS, running=ids))
+        net.deliver(ident("w1"), Register("w1", 1, KINDS, running=[]))
+    assert len(net.d.pending) <= len(ids)
+    assert net.d.book.pending_count() == len(ids) - 1  # one is dispatched to w1
+
+
+def test_a_queue_entry_of_a_forgotten_task_is_harmless() -> None:
+    """A task requeued, then taken back by its worker and finished, leaves an entry in the
+    queue; after DONE_RETENTION_S the task is forgotten, and the entry must not crash the
+    status or the dispatch when it comes up."""
+    net = FakeNet.with_workers(w1=1)
+    [held] = net.submit(1)
+    assert net.take("w1") == [held]
+    net.advance(2.0)  # w1 falls silent and is dead: the task is requeued, nobody takes it
+    net.deliver(ident("w1"), Register("w1", 1, KINDS, running=[held]))  # adopted back
+    net.deliver(ident("w1"), Drain("w1"))  # so no pump takes the entry when w1 finishes
+    net.finish("w1", [held])
+    assert net.d.tasks[held].state is TaskState.DONE and held in net.d.pending
+    net.d.book.forget_old(net.now + DONE_RETENTION_S + 1)
+    assert held not in net.d.tasks and net.d.status(net.now).totals.pending == 0
+    net.register("w2", 1)
+    [fresh] = net.submit(1, prefix="new")
+    assert net.take("w2") == [fresh] and not net.d.pending
+
+
+def test_new_tasks_past_the_unfinished_limit_are_not_accepted() -> None:
+    net = FakeNet(max_unfinished=3)
+    net.register("w1", 1)
+    net.submit(5)
+    accepted = [t for m in net.of_type(Accepted) for t in m.task_ids]  # type: ignore[attr-defined]
+    assert accepted == ["t0", "t1", "t2"] and net.d.totals.refused_tasks == 2
+    assert net.d.totals.submitted == 3 and sorted(net.d.tasks) == ["t0", "t1", "t2"]
+    net.finish("w1", net.take("w1"))  # one finishes: room for one more
+    net.sent.clear()
+    net.submit(5)  # the client re-submits what was not accepted
+    accepted = [t for m in net.of_type(Accepted) for t in m.task_ids]  # type: ignore[attr-defined]
+    assert accepted == ["t0", "t1", "t2", "t3"] and net.d.totals.refused_tasks == 3
+
+
+def test_finished_tasks_beyond_the_remembered_limit_are_forgotten_oldest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(task_book, "MAX_FINISHED_REMEMBERED", 4)
+    net = FakeNet.with_workers(w1=10)
+    ids = net.submit(10)
+    net.finish("w1", net.take("w1"))
+    assert sorted(net.d.tasks) == sorted(ids[-4:])
+    assert net.d.totals.done == 10
+
+
+def test_restored_results_are_forgotten_like_any_other() -> None:
+    dispatcher = Dispatcher("coord-test", heartbeat_interval_s=0.5, liveness=3)
+    spec = TaskSpec("old", "echo")
+    dispatcher.restore_submitted(spec, CLIENT, now=0.0)
+    dispatcher.restore_recorded(TaskOutcome("old", True, "", 1, "w1", 0.1), now=0.0)
+    assert dispatcher.book.unfinished == 0
+    dispatcher.book.forget_old(DONE_RETENTION_S + 1)
+    assert "old" not in dispatcher.tasks

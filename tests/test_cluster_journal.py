@@ -71,7 +71,7 @@ def test_a_torn_last_line_is_cut_exactly_and_the_rest_restores(tmp_path: Path) -
         if isinstance(entry, SubmitEntry):
             dispatcher.restore_submitted(entry, entry.client.encode(), now=0.0)
         else:
-            dispatcher.restore_recorded(entry)
+            dispatcher.restore_recorded(entry, now=0.0)
     journal.close()
     assert dispatcher.totals.submitted == 3 and dispatcher.totals.done == 1
     assert dispatcher.tasks["t0"].state is TaskState.DONE

@@ -46,6 +46,7 @@ REQUIRED_METRICS = {
     "cluster_aborted_handshakes",
     "cluster_denied_handshakes",
     "cluster_refused_registrations",
+    "cluster_refused_tasks",
     "cluster_monitor_bad_messages",
     "cluster_task_latency_seconds",
     "cluster_failure_detection_seconds",

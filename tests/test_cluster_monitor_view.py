@@ -178,9 +178,7 @@ def test_totals_and_rates(view: ClusterView, clock: FakeClock) -> None:
     assert view.rates()["done"] == pytest.approx(0.0)
 
 
-def test_a_status_flood_keeps_the_rate_history_bounded(
-    view: ClusterView, clock: FakeClock
-) -> None:
+def test_a_status_flood_keeps_the_rate_history_bounded(view: ClusterView, clock: FakeClock) -> None:
     """STATUS far faster than the heartbeat (a misbehaving publisher): bounded, rates sane."""
     for number in range(TOTALS_HISTORY_POINTS * 5):
         clock.advance(0.0001)

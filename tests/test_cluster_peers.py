@@ -234,3 +234,30 @@ def test_zmtp_protocol_violations_and_garbage_still_count_as_bad(
         ctx.term()
     status = tap.wait_for(lambda s: s["totals"]["bad_messages"] >= before["bad_messages"] + 5)
     assert status["totals"]["bad_messages"] == before["bad_messages"] + 5
+
+
+# --- A coordinator at its limit of unfinished tasks ---------------------------------------------
+
+
+def test_tasks_over_the_unfinished_limit_are_refused_then_all_run(
+    spawn: Any, free_port: Callable[[], int], run: Any, status_tap: Any
+) -> None:
+    """With --max-unfinished 10, a client's 30 tasks are accepted 10 at a time: the rest are
+    left out of ACCEPTED and counted, and the client's re-submissions get every one done."""
+    port, status_port = free_port(), free_port()
+    coordinator = spawn(
+        COORDINATOR, "--port", str(port), "--status-port", str(status_port), *TIMING,
+        "--max-unfinished", "10",
+    )  # fmt: skip
+    coordinator.wait_for("coordinator ready")
+    tap = status_tap(status_port)
+    registered_worker(spawn, port, "w1", capacity=2)
+    done = run(
+        CLIENT, "--port", str(port), "--count", "30", "--kind", "sleep", "--ms", "20",
+        "--timeout", "90", timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted 30, done 30, failed 0" in done.stdout and "lost 0" in done.stdout
+    status = tap.wait_for(lambda s: s["totals"]["done"] == 30)
+    assert status["totals"]["submitted"] == 30 and status["totals"]["refused_tasks"] >= 20
+    assert "10 tasks are unfinished, the most it holds: " in coordinator.stderr()

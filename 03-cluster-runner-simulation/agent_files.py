@@ -290,11 +290,20 @@ class GetTransfer:
     """One ``get``: the file as file_data chunks within the credit window, then file_end."""
 
     def __init__(
-        self, req: GetRequest, root: FilesRoot, send: Send, window: ConnectionWindow
+        self,
+        req: GetRequest,
+        root: FilesRoot,
+        send: Send,
+        window: ConnectionWindow,
+        idle_s: float = TRANSFER_IDLE_S,
     ) -> None:
         self.req = req
         self.send = send
         self.window = window
+        self.idle_s = idle_s
+        # Armed while the window is closed: a client that stops crediting for idle_s lets
+        # go of the file and of its transfer slot.
+        self._idle: asyncio.TimerHandle | None = None
         self.fd, self.path = root.open_for_get(req)
         self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
         self.hash = hashlib.sha256()
@@ -305,6 +314,7 @@ class GetTransfer:
 
     def resume(self) -> None:
         """Send what the window allows (the window calls this when it reopens)."""
+        self._disarm()
         if not self._scheduled and not self.finished.done():
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
@@ -316,6 +326,7 @@ class GetTransfer:
                 return
             if not self.window.is_open:
                 self.window.wait(self)
+                self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._timed_out)
                 return
             try:
                 chunk = os.read(self.fd, OUTPUT_CHUNK_BYTES)
@@ -342,12 +353,23 @@ class GetTransfer:
         self.resume()
 
     def abort(self) -> None:
+        self._disarm()
         self.window.forget(self)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         if not self.finished.done():
             self.finished.set_result(None)
+
+    def _disarm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _timed_out(self) -> None:
+        self.abort()
+        reason = f"nothing read for {self.idle_s:g}s: transfer cut after {self.size} bytes"
+        self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
 
 
 def _error(request_id: str, code: ErrorCode, message: str) -> Message:

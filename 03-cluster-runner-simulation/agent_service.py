@@ -417,7 +417,8 @@ class NodeAgent:
         if (files := self._transfer_allowed(peer, req.id)) is None:
             return
         try:
-            get = GetTransfer(req, files, functools.partial(self.send_now, peer), self.window(peer))
+            send = functools.partial(self.send_now, peer)
+            get = GetTransfer(req, files, send, self.window(peer), self.config.transfer_idle_s)
         except FileRefused as exc:
             self._error(peer, req.id, exc.code, str(exc))
             return

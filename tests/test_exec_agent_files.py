@@ -10,6 +10,7 @@ its final name and removes its temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -62,6 +63,15 @@ def put(
             client.send(header("data", msg_id, eof=last, sha256=digest if last else None), chunk)
         if not payload:
             client.send(header("data", msg_id, eof=True, sha256=digest), b"")
+
+
+def open_files(pid: int) -> list[str]:
+    """What the process's descriptors point at (one closed meanwhile is left out)."""
+    paths = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            paths.append(os.readlink(fd))
+    return paths
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -193,6 +203,27 @@ def test_a_cut_transfer_leaves_no_file_under_its_name(
     reply = client.until_end(timeout=IDLE_S + 5)
     assert reply["code"] == "file_error" and "no data for" in reply["message"]
     assert not (root / "new").exists() and not leftovers(root)
+    client.close()
+
+
+def test_a_get_whose_client_stops_reading_is_cut_and_lets_go_of_the_file(
+    ctx: Ctx, agent: LocalAgents, root: Path
+) -> None:
+    """The client never grants credit: once the window is full and --transfer-idle-s passed,
+    the agent answers file_error and closes the file (no descriptor, no transfer slot held)."""
+    payload = os.urandom(24 * 1024 * 1024)  # more than the credit window
+    (root / "big.bin").write_bytes(payload)
+    client = WireClient(ctx, agent)
+    client.send(header("get", "stall", path="big.bin"))
+    received = 0
+    while True:
+        reply, body = client.receive(timeout=IDLE_S + 10)
+        if reply["type"] != "file_data":
+            break
+        received += len(body or b"")
+    assert reply["code"] == "file_error" and "nothing read for" in reply["message"], reply
+    assert 0 < received < len(payload)
+    assert not any(path.endswith("big.bin") for path in open_files(agent.agents[0].proc.pid))
     client.close()
 
 

@@ -472,6 +472,8 @@ class NodeAgent:
         busy.update(peer for peer, _ in self.transfers)  # a transfer proves liveness the same way
         now = self.clock()
         for peer, window in list(self.windows.items()):
+            if window.saturated:
+                continue  # twice a window unread: it has traffic to read, and no beat grows it
             if busy[peer]:
                 self.send_now(peer, Heartbeat(running=busy[peer]))
             elif window.gone or window.in_flight == 0:

@@ -273,3 +273,20 @@ async def test_a_flood_of_facts_requests_costs_one_gather(
             break
         await asyncio.sleep(0.01)
     assert calls == ["fake", "fake"]
+
+
+async def test_a_saturated_connection_gets_no_heartbeats() -> None:
+    """Heartbeats to a client that reads nothing would queue without end, one per second."""
+    router = FakeRouter()
+    agent = make_agent(router)
+    ping = encode(PingRequest(id="p"))
+    while not agent.window(PEER).saturated:
+        agent.dispatch(PEER, ping)
+    agent.running[(PEER, "r1")] = asyncio.get_running_loop().create_future()  # type: ignore
+    sent = len(router.sent)
+    for _ in range(100):
+        agent.beat()
+    assert len(router.sent) == sent
+    agent.dispatch(PEER, encode(Credit(nbytes=agent.window(PEER).in_flight)))
+    agent.beat()
+    assert router.types_sent()[-1] == "heartbeat"

@@ -140,6 +140,24 @@ class FilesRoot:
         return fd, real
 
 
+class IdleTimer:
+    """Calls ``expire`` once ``idle_s`` passed since the last ``restart``, unless stopped."""
+
+    def __init__(self, idle_s: float, expire: Callable[[], None]) -> None:
+        self.idle_s = idle_s
+        self._expire = expire
+        self._handle: asyncio.TimerHandle | None = None
+
+    def restart(self) -> None:
+        self.stop()
+        self._handle = asyncio.get_running_loop().call_later(self.idle_s, self._expire)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class PutTransfer:
     """One ``put``: data chunks into a temporary file, committed only when all is right."""
 
@@ -161,17 +179,16 @@ class PutTransfer:
         self.committed = False  # renamed to its final name
         self.committing = False  # the commit thread owns the file now
         self.grant = InputGrant(req.id, send)
-        self.idle_s = idle_s
         self.finished = asyncio.get_running_loop().create_future()
-        self._idle: asyncio.TimerHandle | None = None
-        self._touch()
+        self.idle = IdleTimer(idle_s, self._timed_out)  # restarted by every chunk
+        self.idle.restart()
         self.grant.open()
 
     def receive(self, chunk: bytes, eof: bool, sha256: str | None) -> None:
         if self.fd is None or self.committing:
             raise InputRefused(ErrorCode.BAD_REQUEST, "this put is already complete")
         self.grant.take(len(chunk), eof)
-        self._touch()
+        self.idle.restart()
         if self.size + len(chunk) > self.req.size:
             self.abort()
             raise InputRefused(
@@ -201,8 +218,7 @@ class PutTransfer:
                 ErrorCode.CHECKSUM_MISMATCH,
                 f"{self.final}: SHA-256 of the bytes received is {digest}, not {sha256}",
             )
-        if self._idle is not None:
-            self._idle.cancel()
+        self.idle.stop()
         self.committing = True
         task = asyncio.ensure_future(asyncio.to_thread(self._commit))
         task.add_done_callback(self._committed)
@@ -258,8 +274,7 @@ class PutTransfer:
         """
         if self.committing:
             return
-        if self._idle is not None:
-            self._idle.cancel()
+        self.idle.stop()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -275,14 +290,9 @@ class PutTransfer:
         if not self.finished.done():
             self.finished.set_result(None)
 
-    def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._timed_out)
-
     def _timed_out(self) -> None:
         self.abort()
-        reason = f"no data for {self.idle_s:g}s: transfer cut, nothing written"
+        reason = f"no data for {self.idle.idle_s:g}s: transfer cut, nothing written"
         self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
 
 
@@ -300,10 +310,9 @@ class GetTransfer:
         self.req = req
         self.send = send
         self.window = window
-        self.idle_s = idle_s
-        # Armed while the window is closed: a client that stops crediting for idle_s lets
-        # go of the file and of its transfer slot.
-        self._idle: asyncio.TimerHandle | None = None
+        # Runs while the window is closed: a client that grants no credit for idle_s
+        # lets go of the file and of its transfer slot.
+        self.idle = IdleTimer(idle_s, self._timed_out)
         self.fd, self.path = root.open_for_get(req)
         self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
         self.hash = hashlib.sha256()
@@ -314,7 +323,7 @@ class GetTransfer:
 
     def resume(self) -> None:
         """Send what the window allows (the window calls this when it reopens)."""
-        self._disarm()
+        self.idle.stop()
         if not self._scheduled and not self.finished.done():
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
@@ -326,7 +335,7 @@ class GetTransfer:
                 return
             if not self.window.is_open:
                 self.window.wait(self)
-                self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._timed_out)
+                self.idle.restart()
                 return
             try:
                 chunk = os.read(self.fd, OUTPUT_CHUNK_BYTES)
@@ -353,7 +362,7 @@ class GetTransfer:
         self.resume()
 
     def abort(self) -> None:
-        self._disarm()
+        self.idle.stop()
         self.window.forget(self)
         if self.fd >= 0:
             os.close(self.fd)
@@ -361,14 +370,9 @@ class GetTransfer:
         if not self.finished.done():
             self.finished.set_result(None)
 
-    def _disarm(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-
     def _timed_out(self) -> None:
         self.abort()
-        reason = f"nothing read for {self.idle_s:g}s: transfer cut after {self.size} bytes"
+        reason = f"nothing read for {self.idle.idle_s:g}s: transfer cut after {self.size} bytes"
         self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
 
 

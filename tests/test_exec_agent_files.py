@@ -65,6 +65,16 @@ def put(
             client.send(header("data", msg_id, eof=True, sha256=digest), b"")
 
 
+def receive_file(client: WireClient, timeout: float = 10.0) -> tuple[bytes, dict[str, Any]]:
+    """A get's file_data bodies, and the reply that ended them."""
+    received = bytearray()
+    while True:
+        reply, body = client.receive(timeout=timeout)
+        if reply["type"] != "file_data":
+            return bytes(received), reply
+        received += body or b""
+
+
 def open_files(pid: int) -> list[str]:
     """What the process's descriptors point at (one closed meanwhile is left out)."""
     paths = []
@@ -152,14 +162,8 @@ def test_a_get_sends_the_file_and_its_checksum(ctx: Ctx, agent: LocalAgents, roo
     os.chmod(root / "log.bin", 0o640)
     client = WireClient(ctx, agent)
     client.send(header("get", "g1", path="log.bin"))
-    received = bytearray()
-    while True:
-        reply, body = client.receive()
-        if reply["type"] == "file_data":
-            received += body or b""
-        else:
-            break
-    assert reply["type"] == "file_end" and bytes(received) == payload
+    received, reply = receive_file(client)
+    assert reply["type"] == "file_end" and received == payload
     assert (reply["size"], reply["mode"]) == (len(payload), 0o640)
     assert reply["sha256"] == hashlib.sha256(payload).hexdigest()
     client.send(header("get", "g2", path="no-such-file"))
@@ -215,14 +219,9 @@ def test_a_get_whose_client_stops_reading_is_cut_and_lets_go_of_the_file(
     (root / "big.bin").write_bytes(payload)
     client = WireClient(ctx, agent)
     client.send(header("get", "stall", path="big.bin"))
-    received = 0
-    while True:
-        reply, body = client.receive(timeout=IDLE_S + 10)
-        if reply["type"] != "file_data":
-            break
-        received += len(body or b"")
+    received, reply = receive_file(client, timeout=IDLE_S + 10)  # and never grant credit
     assert reply["code"] == "file_error" and "nothing read for" in reply["message"], reply
-    assert 0 < received < len(payload)
+    assert 0 < len(received) < len(payload)
     assert not any(path.endswith("big.bin") for path in open_files(agent.agents[0].proc.pid))
     client.close()
 

@@ -144,12 +144,18 @@ def make_agent(router: FakeRouter, clock: FakeClock | None = None) -> NodeAgent:
 PEER = b"\x00peer"
 
 
+def saturate(agent: NodeAgent, peer: bytes = PEER) -> None:
+    """Pings from ``peer`` that it never reads the answers of, until its window saturates."""
+    ping = encode(PingRequest(id="p"))
+    while not agent.window(peer).saturated:
+        agent.dispatch(peer, ping)
+
+
 async def test_a_saturated_connection_gets_no_answers_until_it_credits() -> None:
     router = FakeRouter()
     agent = make_agent(router)
     ping = encode(PingRequest(id="p"))
-    while not agent.window(PEER).saturated:
-        agent.dispatch(PEER, ping)
+    saturate(agent)
     answered = len(router.sent)
     agent.dispatch(PEER, ping)
     agent.dispatch(PEER, [b"garbage"])
@@ -279,9 +285,7 @@ async def test_a_saturated_connection_gets_no_heartbeats() -> None:
     """Heartbeats to a client that reads nothing would queue without end, one per second."""
     router = FakeRouter()
     agent = make_agent(router)
-    ping = encode(PingRequest(id="p"))
-    while not agent.window(PEER).saturated:
-        agent.dispatch(PEER, ping)
+    saturate(agent)
     agent.running[(PEER, "r1")] = asyncio.get_running_loop().create_future()  # type: ignore
     sent = len(router.sent)
     for _ in range(100):

@@ -4,9 +4,9 @@ Pure bookkeeping, no sockets and no clock of its own; the Dispatcher (dispatcher
 who runs what and tells the book. The book keeps
 
   * every known task by id, with its state (pending, assigned, done), tries and outcome;
-  * the queue of pending task ids, one entry per task at most (an entry whose task was
-    assigned or finished meanwhile is dropped when it comes up), so it never outgrows the
-    tasks;
+  * the queue of pending task ids, one entry per task (an entry whose task was assigned,
+    finished or forgotten meanwhile is dropped when it comes up; only an id forgotten and
+    submitted again can have a second one), so it does not outgrow the tasks;
   * exactly one outcome per task: ``finish`` records it, in the journal too, and owes the
     client a COMPLETED; a re-submission of a finished task is answered from the record;
   * finished tasks for DONE_RETENTION_S, at most MAX_FINISHED_REMEMBERED of them, so a late

@@ -32,6 +32,7 @@ import ipaddress
 import itertools
 import math
 import os
+import socket
 import struct
 import sys
 import time
@@ -59,10 +60,18 @@ HANDSHAKE_FAILURES: Final = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 
-# A connecting socket whose server resets this many handshakes in a row, none completing, is
-# being refused (see HandshakeWatch). At the 100 ms reconnect interval: about half a second.
-ABORTS_MEAN_REFUSAL: Final = 5
+# A connecting socket whose server resets this many handshakes in a row, none completing,
+# reads the server's greeting itself (see HandshakeWatch), at most once per PROBE_EVERY_S.
+ABORTS_BEFORE_PROBE: Final = 2
+PROBE_EVERY_S: Final = 5.0
+PROBE_TIMEOUT_S: Final = 0.5
 SUCCEEDED_EVENT_ID: Final = struct.pack("=H", zmq.EVENT_HANDSHAKE_SUCCEEDED)
+# A ZMTP 3 greeting: signature, major version, then minor version, mechanism, as-server and
+# filler. A server sends that rest once it has read the peer's signature and major version.
+ZMTP_SIGNATURE: Final = b"\xff" + b"\x00" * 8 + b"\x7f"
+ZMTP_MAJOR_VERSION: Final = b"\x03"
+ZMTP_GREETING_BYTES: Final = 64
+MECHANISM_NAMES: Final = {zmq.NULL: "NULL", zmq.PLAIN: "PLAIN", zmq.CURVE: "CURVE"}
 
 # The class byte of libzmq's ZMTP security errors (CRYPTOGRAPHIC, MECHANISM_MISMATCH).
 ZMTP_SECURITY_ERRORS: Final = 0x11000000
@@ -267,6 +276,33 @@ def parse_monitor_event(frames: list[bytes]) -> HandshakeFailure | None:
     return classify(event, value, frames[1].decode("utf-8", "replace"))
 
 
+def server_mechanism(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """The mechanism a ZMTP 3 server at tcp://HOST:PORT names in its greeting, or None if it
+    sends none in time (nothing listens, a proxy with nothing behind it, not ZMTP).
+
+    We send only the first 11 bytes of a greeting, which is all a server waits for before it
+    sends its whole one, and never our mechanism: a server that read a whole greeting with
+    the wrong mechanism would close before sending its own (libzmq does), and that is the
+    race a connecting libzmq socket loses. Our half-greeting costs the server one aborted
+    handshake.
+    """
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            conn.sendall(ZMTP_SIGNATURE + ZMTP_MAJOR_VERSION)
+            greeting = b""
+            while len(greeting) < ZMTP_GREETING_BYTES:
+                chunk = conn.recv(ZMTP_GREETING_BYTES - len(greeting))
+                if not chunk:
+                    return None
+                greeting += chunk
+    except (OSError, ValueError):
+        return None
+    if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
+        return None
+    return greeting[12:32].rstrip(b"\x00").decode("ascii", "replace")
+
+
 _watch_ids = itertools.count()
 
 
@@ -281,17 +317,24 @@ class HandshakeWatch:
     disagree on CURVE, the server closes as soon as it reads our greeting, and whether our
     libzmq reads the server's greeting first (MECHANISM_MISMATCH, after which it stops
     reconnecting) or only sees the connection reset (NO_DETAIL, and it tries again) is a
-    race: measured here, about two starts in three ended in resets, some 40 in a row. A
-    server that is up never closes handshakes by itself, so ABORTS_MEAN_REFUSAL resets in a
-    row, with no handshake completed between them, are reported as a refusal too.
+    race: measured here, about two starts in three ended in resets, some 40 in a row. A reset
+    alone proves nothing (a proxy with no server behind it resets too), so after
+    ABORTS_BEFORE_PROBE resets in a row the watch reads the server's greeting over a plain
+    TCP connection (``server_mechanism``): a mechanism other than ours is the refusal.
     """
 
     def __init__(
-        self, sock: zmq.Socket, *, connecting: bool = False  # type: ignore[type-arg]
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        *,
+        connecting: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._watched = sock
         self._connecting = connecting
+        self._clock = clock
         self._aborts_in_a_row = 0
+        self._probed_at = -math.inf
         address = f"inproc://handshakes-{os.getpid()}-{next(_watch_ids)}"
         events = HANDSHAKE_FAILURES | (zmq.EVENT_HANDSHAKE_SUCCEEDED if connecting else 0)
         sock.monitor(address, events)
@@ -318,16 +361,20 @@ class HandshakeWatch:
                 found.extend(self._refusal_behind(failure))
 
     def _refusal_behind(self, failure: HandshakeFailure) -> list[HandshakeFailure]:
-        """The refusal that repeated resets of a connecting socket stand for (or nothing)."""
+        """The refusal that repeated resets of a connecting socket hide (or nothing)."""
         if not self._connecting or failure.fault is not PeerFault.ABORTED_HANDSHAKE:
             return []
         self._aborts_in_a_row += 1
-        if self._aborts_in_a_row != ABORTS_MEAN_REFUSAL:
+        now = self._clock()
+        if self._aborts_in_a_row < ABORTS_BEFORE_PROBE or now - self._probed_at < PROBE_EVERY_S:
             return []
-        why = (
-            f"it closed {ABORTS_MEAN_REFUSAL} handshakes in a row: one side uses CURVE (--keys) "
-            "and the other does not, or the server key is wrong"
-        )
+        self._probed_at = now
+        theirs = server_mechanism(failure.endpoint)
+        mechanism = self._watched.getsockopt(zmq.MECHANISM)
+        ours = MECHANISM_NAMES.get(zmq.SecurityMechanism(int(mechanism)), "?")
+        if theirs is None or theirs == ours:
+            return []  # no greeting (a proxy, a stalled server) or the same: keep trying
+        why = f"security mechanism mismatch: the server uses {theirs}, this side {ours}"
         return [HandshakeFailure(PeerFault.DENIED_HANDSHAKE, failure.endpoint, why)]
 
     def close(self) -> None:

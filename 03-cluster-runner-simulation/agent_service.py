@@ -473,7 +473,11 @@ class NodeAgent:
         now = self.clock()
         for peer, window in list(self.windows.items()):
             if window.saturated:
-                continue  # twice a window unread: it has traffic to read, and no beat grows it
+                # Twice a window unread: it has traffic to read, so no beat every second
+                # (they would pile up); a probe now and then still finds a client that died.
+                if now - window.last_sent >= self.config.idle_probe_s:
+                    self.send_now(peer, Heartbeat(running=busy[peer]))
+                continue
             if busy[peer]:
                 self.send_now(peer, Heartbeat(running=busy[peer]))
             elif window.gone or window.in_flight == 0:

@@ -281,16 +281,23 @@ async def test_a_flood_of_facts_requests_costs_one_gather(
     assert calls == ["fake", "fake"]
 
 
-async def test_a_saturated_connection_gets_no_heartbeats() -> None:
+async def test_a_saturated_connection_gets_no_heartbeats_but_a_probe() -> None:
     """Heartbeats to a client that reads nothing would queue without end, one per second."""
     router = FakeRouter()
-    agent = make_agent(router)
+    clock = FakeClock()
+    agent = make_agent(router, clock)
     saturate(agent)
     agent.running[(PEER, "r1")] = asyncio.get_running_loop().create_future()  # type: ignore
     sent = len(router.sent)
     for _ in range(100):
         agent.beat()
     assert len(router.sent) == sent
+    # A probe now and then, so that a client that died is found (EHOSTUNREACH) and forgotten.
+    clock.now += IDLE_PROBE_S
+    router.unreachable.add(PEER)
+    agent.beat()
+    assert agent.windows[PEER].gone and agent.undeliverable == 1
+    router.unreachable.clear()
     agent.dispatch(PEER, encode(Credit(nbytes=agent.window(PEER).in_flight)))
     agent.beat()
     assert router.types_sent()[-1] == "heartbeat"

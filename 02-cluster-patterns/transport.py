@@ -17,7 +17,8 @@ libzmq reports failed handshakes on a socket monitor; ``classify`` sorts them th
                        one side with CURVE and the other without, a wrong server key.
     BAD_MESSAGE        a ZMTP protocol violation: counted with the malformed messages.
 
-On a socket that connects, repeated aborted handshakes are a refusal too (HandshakeWatch).
+On a socket that connects, repeated aborted handshakes may hide a refusal: HandshakeWatch
+then reads the server's greeting itself (``server_mechanism``).
 
 A frame over MAXMSGSIZE is different: libzmq drops that peer's connection and reports only
 an ordinary disconnect, so it cannot be counted (the peer's socket reconnects by itself).

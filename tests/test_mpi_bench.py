@@ -24,6 +24,7 @@ from cluster_runner_simulation.mpi_bench import (
 
 SCRIPT = "03-cluster-runner-simulation/mpi_bench.py"
 LOOPBACK_MPI = ["--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo"]
+LOOPBACK_MPI += ["--mca", "oob_tcp_if_include", "lo"]  # mpirun and its ranks: loopback too
 
 # Hand-written in the shape of nccl-tests' all_reduce_perf: out-of-place and in-place groups.
 OUT_OF_PLACE = "      size         count      type   redop    root     time   algbw   busbw #wrong"

@@ -33,6 +33,16 @@ from conftest import REPO, AgentCluster
 BIN = Path(sys.executable).parent
 ZRSH_SCRIPT = REPO / "03-cluster-runner-simulation" / "zrsh.py"
 TIMEOUT_S = 60.0
+# Open MPI on one machine posing as two nodes, as run_mpi.py runs it: daemons and ranks on
+# loopback only; daemons attached to their zrsh (a daemonized one that fails dies unseen,
+# and mpirun waits for it for ever: about one start in ten under load); a session directory
+# of its own (two daemons of one host share /tmp/ompi.HOST, and a leftover of an earlier
+# run made mkdir fail); a startup timeout, so a daemon that never calls back is an error.
+OPEN_MPI_ON_ONE_MACHINE = (
+    "--leave-session-attached",
+    "--mca", "oob_tcp_if_include", "lo", "--mca", "btl_tcp_if_include", "lo",
+    "--mca", "rtc_hwloc_vmhole", "none", "--mca", "orte_startup_timeout", "30",
+)  # fmt: skip
 
 
 class Cluster(AgentCluster):
@@ -201,10 +211,11 @@ def test_an_agent_that_dies_mid_run_is_a_lost_connection(cluster: Cluster) -> No
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI missing (openmpi-bin)")
-def test_open_mpi_starts_its_daemons_through_zrsh(cluster: Cluster) -> None:
+def test_open_mpi_starts_its_daemons_through_zrsh(cluster: Cluster, tmp_path: Path) -> None:
     done = subprocess.run(
         [
             "mpirun", "--mca", "plm_rsh_agent", "zrsh", "--mca", "plm_rsh_no_tree_spawn", "1",
+            *OPEN_MPI_ON_ONE_MACHINE, "--mca", "orte_tmpdir_base", str(tmp_path),
             "--host", "node0,node1", "-np", "2",
             "sh", "-c", "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE",
         ],  # fmt: skip

@@ -54,8 +54,8 @@ from cluster_patterns.journal import ResultEntry, StateLogError
 from cluster_patterns.protocol import Dispatch
 from cluster_patterns.protocol import Message, NodeEvent, ProtocolError, Refused, TaskOutcome
 from cluster_patterns.protocol import TaskSpec
-from cluster_patterns.task_book import MAX_UNFINISHED
 from cluster_patterns.protocol import decode, describe, encode
+from cluster_patterns.task_book import MAX_UNFINISHED
 from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, RateLimitedLog
 from cluster_patterns.transport import configure, endpoint, is_loopback, print_to, printable
 from cluster_patterns.transport import robust_console

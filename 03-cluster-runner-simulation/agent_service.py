@@ -472,19 +472,15 @@ class NodeAgent:
         busy.update(peer for peer, _ in self.transfers)  # a transfer proves liveness the same way
         now = self.clock()
         for peer, window in list(self.windows.items()):
-            if window.saturated:
-                # Twice a window unread: it has traffic to read, so no beat every second
-                # (they would pile up); a probe now and then still finds a client that died.
-                if now - window.last_sent >= self.config.idle_probe_s:
-                    self.send_now(peer, Heartbeat(running=busy[peer]))
-                continue
-            if busy[peer]:
+            # A saturated connection (twice a window unread) has traffic to read: beats every
+            # second would only pile up there, so it gets the idle connections' probes.
+            if busy[peer] and not window.saturated:
                 self.send_now(peer, Heartbeat(running=busy[peer]))
             elif window.gone or window.in_flight == 0:
                 del self.windows[peer]  # nothing owed either way
             elif now - window.last_sent >= self.config.idle_probe_s:
                 # Is it still there? If not, ROUTER_MANDATORY says so and the next beat forgets it.
-                self.send_now(peer, Heartbeat(running=0))
+                self.send_now(peer, Heartbeat(running=busy[peer]))
 
     async def shutdown(self) -> None:
         for transfer in list(self.transfers.values()):

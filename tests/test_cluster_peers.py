@@ -33,10 +33,12 @@ ZMTP_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
 NULL_GREETING = ZMTP_SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
 
 
-def start_coordinator(spawn: Any, free_port: Callable[[], int]) -> tuple[Any, int, int]:
+def start_coordinator(
+    spawn: Any, free_port: Callable[[], int], *flags: str
+) -> tuple[Any, int, int]:
     port, status_port = free_port(), free_port()
     proc = spawn(
-        COORDINATOR, "--port", str(port), "--status-port", str(status_port), *TIMING
+        COORDINATOR, "--port", str(port), "--status-port", str(status_port), *TIMING, *flags
     )  # fmt: skip
     proc.wait_for("coordinator ready")
     return proc, port, status_port
@@ -244,12 +246,7 @@ def test_tasks_over_the_unfinished_limit_are_refused_then_all_run(
 ) -> None:
     """With --max-unfinished 10, a client's 30 tasks are accepted 10 at a time: the rest are
     left out of ACCEPTED and counted, and the client's re-submissions get every one done."""
-    port, status_port = free_port(), free_port()
-    coordinator = spawn(
-        COORDINATOR, "--port", str(port), "--status-port", str(status_port), *TIMING,
-        "--max-unfinished", "10",
-    )  # fmt: skip
-    coordinator.wait_for("coordinator ready")
+    coordinator, port, status_port = start_coordinator(spawn, free_port, "--max-unfinished", "10")
     tap = status_tap(status_port)
     registered_worker(spawn, port, "w1", capacity=2)
     done = run(

@@ -178,6 +178,19 @@ def run_script(
     return run_in_repo([PYTHON, "-u", *args], full_env, timeout)
 
 
+# The documentation pages that the docs tests read (test_docs_commands.py and
+# test_docs_excerpts.py also run as scripts, without this file, and keep their own copy).
+DOC_GLOBS = ["README.md", "docs/*.md", "integration-plan/*.md", "examples/**/README.md"]
+
+
+def doc_files() -> list[Path]:
+    """Every page the globs name, sorted, none from inside a virtual environment."""
+    found: set[Path] = set()
+    for pattern in DOC_GLOBS:
+        found.update(p for p in REPO.glob(pattern) if ".venv" not in p.parts)
+    return sorted(found)
+
+
 def run_in_repo(
     argv: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import zmq
 
-from cluster_patterns.cli_args import make_parser, output_file
+from cluster_patterns.cli_args import ErrorExit, make_parser, output_file, run_interruptible
 from cluster_patterns.client import ClientConfig, ClusterClient
 from cluster_patterns.defaults import HEARTBEAT_INTERVAL_S, LIVENESS, LOOPBACK
 from cluster_patterns.protocol import MAX_BATCH, Assignment, Dispatch, NodeEvent, NodeEventKind
@@ -360,14 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    try:
-        results = run(QUICK if args.quick else FULL)
-    except KeyboardInterrupt:
-        print("benchmark interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"benchmark: error: {exc}", file=sys.stderr)
-        return 1
+    return run_interruptible("benchmark", lambda: measure(args), [ErrorExit(RuntimeError, 1)])
+
+
+def measure(args: argparse.Namespace) -> int:
+    results = run(QUICK if args.quick else FULL)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

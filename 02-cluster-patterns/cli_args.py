@@ -14,9 +14,9 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from cluster_patterns import defaults
 from cluster_patterns.defaults import MAX_INTERVAL_S, MAX_LIVENESS, MIN_INTERVAL_S
@@ -171,12 +171,38 @@ def config_from(config_class: Callable[..., C], args: argparse.Namespace) -> C:
     return config_class(**{name: values[name] for name in names if name in values})
 
 
-def run_interruptible(prog: str, body: Callable[[], int]) -> int:
+class ErrorExit(NamedTuple):
+    """An expected failure of a command: its exception types, its exit code, and a prefix
+    for the message (``journal: ``, say)."""
+
+    kinds: type[BaseException] | tuple[type[BaseException], ...]
+    code: int
+    prefix: str = ""
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for an error; an OSError names its file, as ``cp`` would."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def run_interruptible(
+    prog: str, body: Callable[[], int], exits: Sequence[ErrorExit] = (), note: str = ""
+) -> int:
     """``body()``'s exit status, with SIGTERM stopping it like Ctrl-C: its cleanup runs,
-    then ``PROG: interrupted`` on stderr and 130, as a shell reports a SIGINT, no traceback."""
+    then ``PROG: interrupted`` (and ``note``) on stderr and 130, as a shell reports a
+    SIGINT. An exception of one of ``exits`` (the first that matches) becomes
+    ``PROG: error: MESSAGE`` and that exit's code. No traceback for either."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return body()
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted{note}", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        for expected in exits:
+            if isinstance(exc, expected.kinds):
+                print(f"{prog}: error: {expected.prefix}{error_text(exc)}", file=sys.stderr)
+                return expected.code
+        raise

@@ -58,7 +58,7 @@ from cluster_patterns.protocol import decode, describe, encode
 from cluster_patterns.task_book import MAX_UNFINISHED
 from cluster_patterns.transport import BadInput, HandshakeWatch, PeerFault, RateLimitedLog
 from cluster_patterns.transport import configure, endpoint, is_loopback, print_to, printable
-from cluster_patterns.transport import robust_console
+from cluster_patterns.transport import queued_multipart, robust_console
 
 # Checks of liveness and timeouts per heartbeat interval (detection granularity).
 TICKS_PER_INTERVAL: Final = 10
@@ -244,11 +244,7 @@ class Coordinator:
             )
 
     def _read_router(self, now: float) -> None:
-        for _ in range(MAX_READS_PER_TURN):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in queued_multipart(self.router, MAX_READS_PER_TURN):
             if len(frames) != 2:
                 self._bad(f"{len(frames)} frames from a peer (expected 1)")
                 continue
@@ -269,11 +265,7 @@ class Coordinator:
     # --8<-- [start:xpub]
     def _read_status_socket(self) -> None:
         """XPUB delivers subscriptions (first byte 0/1) and any other frame a peer sends."""
-        for _ in range(MAX_READS_PER_TURN):
-            try:
-                frames = self.status.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in queued_multipart(self.status, MAX_READS_PER_TURN):
             if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
                 self._bad(f"non-subscription frame on the status port: {describe(frames[0])}")
 

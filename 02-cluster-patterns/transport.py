@@ -211,6 +211,19 @@ def decode_single(
         return None
 
 
+def queued_multipart(sock: zmq.Socket[bytes], limit: int | None = None) -> Iterator[list[bytes]]:
+    """Each multipart message already waiting on ``sock``, without blocking: at most ``limit``
+    (None: until nothing waits), so that a busy peer cannot keep a loop turn for itself."""
+    received = 0
+    while limit is None or received < limit:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        received += 1
+        yield frames
+
+
 def queued_messages(
     sock: zmq.Socket[bytes], decode: Callable[[bytes], M]
 ) -> Iterator[tuple[bytes, M]]:
@@ -348,11 +361,7 @@ class HandshakeWatch:
     def failures(self) -> list[HandshakeFailure]:
         """Every failure reported since the last call (never blocks)."""
         found: list[HandshakeFailure] = []
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return found
+        for frames in queued_multipart(self.socket):
             if self._connecting and frames and frames[0][:2] == SUCCEEDED_EVENT_ID:
                 self._aborts_in_a_row = 0
                 continue
@@ -360,6 +369,7 @@ class HandshakeWatch:
             if failure is not None:
                 found.append(failure)
                 found.extend(self._refusal_behind(failure))
+        return found
 
     def _refusal_behind(self, failure: HandshakeFailure) -> list[HandshakeFailure]:
         """The refusal that repeated resets of a connecting socket hide (or nothing)."""

@@ -37,7 +37,7 @@ import zmq
 
 from cluster_patterns.cli_args import positive_float
 from cluster_patterns.curve import KeyPair, curve_client
-from cluster_patterns.transport import configure, endpoint
+from cluster_patterns.transport import configure, endpoint, queued_multipart
 from cluster_runner_simulation.agent_keys import client_keys
 from cluster_runner_simulation.agent_protocol import (
     CREDIT_BATCH_BYTES,
@@ -179,11 +179,7 @@ class Session:
     def read(self, now: float) -> list[tuple[Message, bytes | None]]:
         """Every reply waiting on the socket, decoded; bad frames are counted and skipped."""
         replies: list[tuple[Message, bytes | None]] = []
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in queued_multipart(self.sock):
             self.last_heard = now
             self._uncredited += sum(len(frame) for frame in frames)
             try:

@@ -19,6 +19,7 @@ size, mode and SHA-256.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -158,14 +159,44 @@ class IdleTimer:
             self._handle = None
 
 
-class PutTransfer:
+class Transfer(abc.ABC):
+    """What a put and a get share: the request and its replies, the bytes so far and their
+    hash, a future done once the transfer let go of its files, and a cut when idle."""
+
+    def __init__(self, req: PutRequest | GetRequest, send: Send, idle_s: float) -> None:
+        self.req = req
+        self.send = send
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.idle = IdleTimer(idle_s, self._timed_out)
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Stop now and let go of every file descriptor (then ``_let_go``)."""
+
+    @abc.abstractmethod
+    def idle_reason(self) -> str:
+        """Why the transfer was cut after ``idle_s`` without progress (for the client)."""
+
+    def _let_go(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _timed_out(self) -> None:
+        self.abort()
+        self.send(_error(self.req.id, ErrorCode.FILE_ERROR, self.idle_reason()))
+
+
+class PutTransfer(Transfer):
     """One ``put``: data chunks into a temporary file, committed only when all is right."""
+
+    req: PutRequest
 
     def __init__(
         self, req: PutRequest, root: FilesRoot, send: Send, idle_s: float = TRANSFER_IDLE_S
     ) -> None:
-        self.req = req
-        self.send = send
+        super().__init__(req, send, idle_s)
         self.dir_fd, self.name, self.final = root.place_for_put(req)
         self.temp = transfer_temp_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -174,14 +205,10 @@ class PutTransfer:
         except OSError as exc:
             os.close(self.dir_fd)
             raise _os_error(f"{self.final.parent}: cannot create a file", exc) from None
-        self.hash = hashlib.sha256()
-        self.size = 0
         self.committed = False  # renamed to its final name
         self.committing = False  # the commit thread owns the file now
         self.grant = InputGrant(req.id, send)
-        self.finished = asyncio.get_running_loop().create_future()
-        self.idle = IdleTimer(idle_s, self._timed_out)  # restarted by every chunk
-        self.idle.restart()
+        self.idle.restart()  # and restarted by every chunk
         self.grant.open()
 
     def receive(self, chunk: bytes, eof: bool, sha256: str | None) -> None:
@@ -284,20 +311,17 @@ class PutTransfer:
         self._close_dir()
 
     def _close_dir(self) -> None:
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
-            self.dir_fd = -1
-        if not self.finished.done():
-            self.finished.set_result(None)
+        self.dir_fd = _closed(self.dir_fd)
+        self._let_go()
 
-    def _timed_out(self) -> None:
-        self.abort()
-        reason = f"no data for {self.idle.idle_s:g}s: transfer cut, nothing written"
-        self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
+    def idle_reason(self) -> str:
+        return f"no data for {self.idle.idle_s:g}s: transfer cut, nothing written"
 
 
-class GetTransfer:
+class GetTransfer(Transfer):
     """One ``get``: the file as file_data chunks within the credit window, then file_end."""
+
+    req: GetRequest
 
     def __init__(
         self,
@@ -307,17 +331,12 @@ class GetTransfer:
         window: ConnectionWindow,
         idle_s: float = TRANSFER_IDLE_S,
     ) -> None:
-        self.req = req
-        self.send = send
+        # The idle timer runs while the window is closed: a client that grants no credit
+        # for idle_s lets go of the file and of its transfer slot.
+        super().__init__(req, send, idle_s)
         self.window = window
-        # Runs while the window is closed: a client that grants no credit for idle_s
-        # lets go of the file and of its transfer slot.
-        self.idle = IdleTimer(idle_s, self._timed_out)
         self.fd, self.path = root.open_for_get(req)
         self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
-        self.hash = hashlib.sha256()
-        self.size = 0
-        self.finished = asyncio.get_running_loop().create_future()
         self._scheduled = False
         self.resume()
 
@@ -364,16 +383,18 @@ class GetTransfer:
     def abort(self) -> None:
         self.idle.stop()
         self.window.forget(self)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if not self.finished.done():
-            self.finished.set_result(None)
+        self.fd = _closed(self.fd)
+        self._let_go()
 
-    def _timed_out(self) -> None:
-        self.abort()
-        reason = f"nothing read for {self.idle.idle_s:g}s: transfer cut after {self.size} bytes"
-        self.send(_error(self.req.id, ErrorCode.FILE_ERROR, reason))
+    def idle_reason(self) -> str:
+        return f"nothing read for {self.idle.idle_s:g}s: transfer cut after {self.size} bytes"
+
+
+def _closed(fd: int) -> int:
+    """Close ``fd`` unless it is closed already (-1); returns -1, to store in its place."""
+    if fd >= 0:
+        os.close(fd)
+    return -1
 
 
 def _error(request_id: str, code: ErrorCode, message: str) -> Message:

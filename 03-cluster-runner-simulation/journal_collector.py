@@ -47,6 +47,7 @@ from cluster_patterns.transport import (
     endpoint,
     is_loopback,
     print_to,
+    queued_multipart,
 )
 from cluster_runner_simulation.agent_keys import AGENT_NAME
 from cluster_runner_simulation.journal_format import AppendOnlyFile
@@ -194,11 +195,9 @@ class JournalCollector:
 
     def _drain(self) -> None:
         """Move every WRITE that has arrived (up to a full batch) into the next batch."""
-        while not self._next.full:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self._next.full:  # the rest waits in the socket: the writers' own backpressure
+            return
+        for frames in queued_multipart(self.sock):
             peer = frames[0]
             try:
                 self._handle(peer, frames[1:])
@@ -208,6 +207,8 @@ class JournalCollector:
                     f"collector: unexpected error #{self.errors} handling a message from peer "
                     f"{peer.hex()}: {type(exc).__name__}: {str(exc)[:300]}"
                 )
+            if self._next.full:
+                return
 
     def _handle(self, peer: bytes, frames: list[bytes]) -> None:
         try:

@@ -36,7 +36,7 @@ from typing import Any, Final
 import zmq
 
 from cluster_patterns.curve import curve_client
-from cluster_patterns.transport import configure
+from cluster_patterns.transport import configure, queued_multipart
 from cluster_runner_simulation.agent_keys import client_keys
 from cluster_runner_simulation.journal_protocol import (
     MAX_MSG_BYTES,
@@ -241,11 +241,9 @@ class ZmqJournalWriter:
 
     def _receive(self) -> None:
         """Handle every reply that has arrived (the FD reader callback)."""
-        while not self._sock.closed:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self._sock.closed:  # a callback queued before close() ran
+            return
+        for frames in queued_multipart(self._sock):
             try:
                 reply = decode_reply(frames)
             except JournalProtocolError as exc:

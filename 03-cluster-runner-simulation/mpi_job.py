@@ -62,7 +62,7 @@ from cluster_runner_simulation.protocols import (
     OperationalContextProtocol,
     PerfTestResult,
 )
-from cluster_runner_simulation.scheduling import Group, nodes_concurrency_set
+from cluster_runner_simulation.scheduling import Group, run_node_exclusive
 
 TEST_NAME: Final = "mpi_allreduce"
 DEFAULT_LAUNCHER: Final = "zrsh"
@@ -332,11 +332,6 @@ async def run_mpi_scheduled(
 ) -> list[list[PerfTestResult]]:
     """Every group's job, node-exclusively; each group's records, in group order."""
     run_id = run_id or uuid.uuid4().hex[:12]
-    async with nodes_concurrency_set() as task_runner:
-        tasks = [
-            await task_runner(
-                nodes=group, coroutine=run_mpi_test(opcon, schedule, run_id, spec_for(group))
-            )
-            for group in groups
-        ]
-    return [task.result() for task in tasks]
+    return await run_node_exclusive(
+        groups, lambda group: run_mpi_test(opcon, schedule, run_id, spec_for(group))
+    )

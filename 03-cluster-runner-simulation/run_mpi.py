@@ -34,7 +34,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import make_parser, output_file, run_interruptible
+from cluster_patterns.cli_args import (
+    ErrorExit,
+    make_parser,
+    output_file,
+    run_interruptible,
+)
 from cluster_runner_simulation.context_common import ContextBuildError
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -226,33 +231,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+# Exit codes: 2 bad input or files, 3 a transport that did not start.
+EXITS: Final = (
+    ErrorExit((DescriptorError, MpiBuildError), 2),
+    ErrorExit(ContextBuildError, 3),
+    ErrorExit(JournalError, 2, "journal: "),
+    ErrorExit(OSError, 2),  # --json: a full disk, say (the path was checked at parsing)
+)
+
+
 def main_with(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         path = args.descriptor or stack.enter_context(local_descriptor(args.local))
-        try:
-            descriptor = load_descriptor(path)
-            if args.nodes:
-                descriptor.select(args.nodes)
-            elif len(descriptor.nodes) < 2:
-                raise DescriptorError(f"{path}: the job needs two nodes, the descriptor has one")
-            return asyncio.run(run(args, descriptor))
-        except (DescriptorError, MpiBuildError) as exc:
-            print(f"run_mpi: error: {exc}", file=sys.stderr)
-            return 2
-        except ContextBuildError as exc:
-            print(f"run_mpi: error: {exc}", file=sys.stderr)
-            return 3
-        except JournalError as exc:
-            print(f"run_mpi: error: journal: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # --json: a full disk, say (the path was checked at parsing)
-            print(f"run_mpi: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-            return 2
+        descriptor = load_descriptor(path)
+        if args.nodes:
+            descriptor.select(args.nodes)
+        elif len(descriptor.nodes) < 2:
+            raise DescriptorError(f"{path}: the job needs two nodes, the descriptor has one")
+        return asyncio.run(run(args, descriptor))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_interruptible("run_mpi", lambda: main_with(args))
+    return run_interruptible("run_mpi", lambda: main_with(args), EXITS)
 
 
 if __name__ == "__main__":

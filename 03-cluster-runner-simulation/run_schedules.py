@@ -44,8 +44,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
-from cluster_patterns.cli_args import make_parser, run_interruptible
+from cluster_patterns.cli_args import ErrorExit, make_parser, run_interruptible
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.context_common import ContextBuildError, ExecutorContext
 from cluster_runner_simulation.descriptor import (
@@ -261,6 +262,17 @@ async def run_with_journal(args: argparse.Namespace, descriptor: ClusterDescript
     return 1 if failed else 0
 
 
+# Exit codes: 2 bad input or files, 3 a transport that did not start, 4 a journal that
+# failed while the schedules ran.
+EXITS: Final = (
+    ErrorExit(DescriptorError, 2),
+    ErrorExit(ContextBuildError, 3),
+    ErrorExit(JournalFileError, 2, "journal: "),
+    ErrorExit((JournalError, ExceptionGroup), 4, "journal: "),
+    ErrorExit((KeyFileError, MpiBuildError), 2),
+)
+
+
 def main_with(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="run-schedules-") as tmp:
         with contextlib.ExitStack() as stack:
@@ -271,27 +283,10 @@ def main_with(args: argparse.Namespace) -> int:
             elif args.local:
                 path = stack.enter_context(local_cluster(args.local, Path(tmp)))
                 print(f"local cluster: {args.local} agents and an sshd; descriptor {path}")
-            try:
-                descriptor = load_descriptor(path)
-                if args.nodes:
-                    descriptor.select(args.nodes)  # unknown ids: a clear error now
-            except DescriptorError as exc:
-                print(f"run_schedules: error: {exc}", file=sys.stderr)
-                return 2
-            try:
-                return asyncio.run(run_with_journal(args, descriptor))
-            except ContextBuildError as exc:
-                print(f"run_schedules: error: {exc}", file=sys.stderr)
-                return 3
-            except JournalFileError as exc:
-                print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
-                return 2
-            except (JournalError, ExceptionGroup) as exc:
-                print(f"run_schedules: error: journal: {exc}", file=sys.stderr)
-                return 4
-            except (KeyFileError, MpiBuildError) as exc:
-                print(f"run_schedules: error: {exc}", file=sys.stderr)
-                return 2
+            descriptor = load_descriptor(path)
+            if args.nodes:
+                descriptor.select(args.nodes)  # unknown ids: a clear error now
+            return asyncio.run(run_with_journal(args, descriptor))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -358,7 +353,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_interruptible("run_schedules", lambda: main_with(args))
+    return run_interruptible("run_schedules", lambda: main_with(args), EXITS)
 
 
 if __name__ == "__main__":

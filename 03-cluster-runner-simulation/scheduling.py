@@ -149,6 +149,15 @@ async def nodes_concurrency_set() -> AsyncIterator[NodesConcurrencySet]:
     await runner.wait_all()
 
 
+async def run_node_exclusive(
+    groups: Sequence[Group], job: Callable[[Group], Awaitable[T]]
+) -> list[T]:
+    """``job(group)`` for every group, never two at once on one node; results in group order."""
+    async with nodes_concurrency_set() as task_runner:
+        tasks = [await task_runner(nodes=group, coroutine=job(group)) for group in groups]
+    return [task.result() for task in tasks]
+
+
 # --- Schedules --------------------------------------------------------------------------------
 
 
@@ -292,11 +301,6 @@ async def run_perf_test_scheduled(
 ) -> list[PerfTestResult]:
     """Run ``test`` on every group, node-exclusively; results come back in group order."""
     run_id = run_id or uuid.uuid4().hex[:12]
-    async with nodes_concurrency_set() as task_runner:
-        tasks = [
-            await task_runner(
-                nodes=group, coroutine=run_perf_test(opcon, schedule, group, run_id, test)
-            )
-            for group in groups
-        ]
-    return [task.result() for task in tasks]
+    return await run_node_exclusive(
+        groups, lambda group: run_perf_test(opcon, schedule, group, run_id, test)
+    )

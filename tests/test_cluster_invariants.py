@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import zmq
 
+from conftest import StatusTap
+
 from cluster_patterns.protocol import PROTOCOL_VERSION, NodeEvent, Status, Welcome
 from cluster_patterns.protocol import decode, encode
 from cluster_patterns.transport import queued_messages
@@ -38,11 +40,8 @@ class StatusWatcher:
     """A SUB socket on the status channel that remembers everything it decoded."""
 
     def __init__(self, port: int) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        self.tap = StatusTap(port)  # the conftest's SUB, decoded here with the message classes
+        self.sock = self.tap.sock
         self.seen: list[tuple[float, Any]] = []
 
     def poll(self, timeout: float) -> None:
@@ -77,8 +76,7 @@ class StatusWatcher:
         return statuses[-1]
 
     def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
+        self.tap.close()
 
 
 def node_state(status: Status, node_id: str) -> str | None:

@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import doc_files
+
 REPO = Path(__file__).resolve().parent.parent
-DOC_GLOBS = ["README.md", "docs/*.md", "integration-plan/*.md", "examples/**/README.md"]
 LINK_RE = re.compile(r"(?<!!)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 IMAGE_RE = re.compile(r"!\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 FENCE_RE = re.compile(r"^\s*```")
 RESULTS_DIR = REPO / "docs" / "results"
-
-
-def doc_files() -> list[Path]:
-    found: set[Path] = set()
-    for pattern in DOC_GLOBS:
-        found.update(p for p in REPO.glob(pattern) if ".venv" not in p.parts)
-    return sorted(found)
 
 
 def prose_lines(path: Path) -> list[str]:

@@ -40,8 +40,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import doc_files
+
 REPO = Path(__file__).resolve().parent.parent
-DOC_GLOBS = ["README.md", "docs/*.md", "integration-plan/*.md", "examples/**/README.md"]
 OUTPUT_RE = re.compile(
     r"^\s*<!--\s*output-of:\s*(?P<command>.+?)(?:;\s*exits\s+(?P<code>\d+))?\s*-->\s*$"
 )
@@ -73,13 +74,6 @@ class Quote:
     @property
     def ident(self) -> str:
         return f"{self.page.relative_to(REPO)}:{self.line}"
-
-
-def doc_files() -> list[Path]:
-    found: set[Path] = set()
-    for pattern in DOC_GLOBS:
-        found.update(p for p in REPO.glob(pattern) if ".venv" not in p.parts)
-    return sorted(found)
 
 
 def markers(page: Path, pattern: re.Pattern[str]) -> Iterator[tuple[int, re.Match[str], list[str]]]:

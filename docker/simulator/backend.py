@@ -171,6 +171,15 @@ class Backend(abc.ABC):
     def partition_marker(self, node: str) -> Path:
         return self.state_dir / f"partitioned-{node}"
 
+    def status_row(self, node: str, runtime: str | None, detail: str = "") -> StatusRow:
+        """The node's row: ``absent`` without a runtime (no container, no task), and
+        ``,partitioned`` after its runtime while ``partition`` has it cut off."""
+        if runtime is None:
+            return StatusRow(node, "absent", "")
+        if self.partition_marker(node).exists():
+            runtime += ",partitioned"
+        return StatusRow(node, runtime, detail)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     @abc.abstractmethod

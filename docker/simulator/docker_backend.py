@@ -204,15 +204,11 @@ class DockerBackend(ContainerBackend[DockerState]):
         for node in topology.nodes():
             cid = found.get(node)
             if cid is None:
-                rows.append(StatusRow(node, "absent", ""))
+                rows.append(self.status_row(node, None))
                 continue
             state = states.get(cid[:12], {})
-            runtime = str(state.get("Status", "unknown"))
-            if self.partition_marker(node).exists():
-                runtime += ",partitioned"
-            rows.append(
-                StatusRow(node, runtime, str((state.get("Health") or {}).get("Status", "")))
-            )
+            health = str((state.get("Health") or {}).get("Status", ""))
+            rows.append(self.status_row(node, str(state.get("Status", "unknown")), health))
         return rows
 
     def show_logs(self, node: str | None, follow: bool) -> int:

@@ -259,10 +259,8 @@ class LocalBackend(Backend):
         rows = []
         for node in topology.nodes():
             pid = self.pid(node)
-            runtime = _runtime_state(pid)
-            if self.partition_marker(node).exists():
-                runtime += ",partitioned"
-            rows.append(StatusRow(node, runtime, f"pid {pid if pid is not None else '-'}"))
+            detail = f"pid {pid if pid is not None else '-'}"
+            rows.append(self.status_row(node, _runtime_state(pid), detail))
         return rows
 
     def show_logs(self, node: str | None, follow: bool) -> int:

@@ -43,7 +43,12 @@ import zmq
 from tqdm import tqdm
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import non_negative_int, output_directory
+from cluster_patterns.cli_args import (
+    ErrorExit,
+    non_negative_int,
+    output_directory,
+    run_interruptible,
+)
 from cluster_patterns.stats import percentile
 from cluster_simulator.scale_agents import FanoutFigures, measure_fanout
 from cluster_simulator.scale_cluster import (
@@ -457,14 +462,17 @@ def main(argv: list[str] | None = None) -> int:
     raise_file_limit()
     started = time.monotonic()
     load_before = [round(v, 2) for v in os.getloadavg()]
-    try:
-        document = run(args)
-    except KeyboardInterrupt:
-        print("scale-bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"scale-bench: error: {exc}", file=sys.stderr)
-        return 1
+    stopped = "; everything it started is stopped"
+    return run_interruptible(
+        "scale-bench",
+        lambda: measure_and_write(args, started, load_before),
+        [ErrorExit(RuntimeError, 1)],
+        note=stopped,
+    )
+
+
+def measure_and_write(args: argparse.Namespace, started: float, load_before: list[float]) -> int:
+    document = run(args)
     document["meta"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),

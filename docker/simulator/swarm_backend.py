@@ -252,16 +252,15 @@ class SwarmBackend(ContainerBackend[SwarmState]):
             doc["Id"]: str((doc["State"].get("Health") or {}).get("Status", ""))
             for doc in inspect_present(*here)
         }
-        rows = []
-        for node in topology.nodes():
+
+        def row(node: str) -> StatusRow:
             task = current.get(node)
             if task is None:
-                rows.append(StatusRow(node, "absent", ""))
-                continue
-            runtime = task.state + (",partitioned" if self.partition_marker(node).exists() else "")
+                return self.status_row(node, None)
             detail = f"{health.get(task.container, '')} @{hosts.get(task.node_id, '?')}"
-            rows.append(StatusRow(node, runtime, detail.strip()))
-        return rows
+            return self.status_row(node, task.state, detail.strip())
+
+        return [row(node) for node in topology.nodes()]
 
     def show_logs(self, node: str | None, follow: bool) -> int:
         args = ["docker", "service", "logs", "--no-trunc", "--tail", "200"]

@@ -230,49 +230,9 @@ def _fault(verb: str) -> Run:
     return run
 
 
-def run_build(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.build(ctx)
-
-
-def run_start(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.start(ctx, int(args.workers))
-
-
-def run_stop(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.stop(ctx)
-
-
-def run_status(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.status(ctx)
-
-
-def run_scale(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.scale(ctx, int(args.workers))
-
-
-def run_cleanup(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.cleanup(ctx)
-
-
-def run_logs(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.logs(ctx, args.service, bool(args.follow))
-
-
-def run_test(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.test(ctx, int(args.tasks), args.json)
-
-
 def run_workload(ctx: Context, args: argparse.Namespace) -> int:
     work = Workload(int(args.count), TaskKind(args.kind), int(args.ms))
     return commands.workload(ctx, work, args.json)
-
-
-def run_demo(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.demo(ctx)
-
-
-def run_compare(ctx: Context, args: argparse.Namespace) -> int:
-    return commands.compare(ctx, CompareOptions(str(args.mode), args.executors, args.json))
 
 
 def run_mpi(ctx: Context, args: argparse.Namespace) -> int:
@@ -292,25 +252,29 @@ COMMANDS: Final = [
         "build",
         "build the node image (docker); check the Python setup (local)",
         MANAGE,
-        run_build,
+        lambda ctx, args: commands.build(ctx),
     ),
     Command(
         "start",
         "start [--workers N]",
         f"start coordinator, N workers (default {DEFAULT_WORKERS}, max {MAX_WORKERS}) and monitor",
         MANAGE,
-        run_start,
+        lambda ctx, args: commands.start(ctx, int(args.workers)),
         _start_args,
     ),
     Command(
-        "stop", "stop", "stop every node (the image stays, so start is quick)", MANAGE, run_stop
+        "stop",
+        "stop",
+        "stop every node (the image stays, so start is quick)",
+        MANAGE,
+        lambda ctx, args: commands.stop(ctx),
     ),
     Command(
         "status",
         "status",
         "each node's container/process state next to the monitor's view",
         MANAGE,
-        run_status,
+        lambda ctx, args: commands.status(ctx),
     ),
     Command(
         "scale",
@@ -318,7 +282,7 @@ COMMANDS: Final = [
         f"swarm: change the worker replicas to N (1-{MAX_SWARM_WORKERS}); prints each worker\n"
         "as the monitor sees it join or leave",
         MANAGE,
-        run_scale,
+        lambda ctx, args: commands.scale(ctx, int(args.workers)),
         _scale_args,
     ),
     Command(
@@ -327,14 +291,14 @@ COMMANDS: Final = [
         "stop, then remove containers, networks, volumes, project images,\n"
         "namespaces and state files (the python:3.11-slim base image stays)",
         MANAGE,
-        run_cleanup,
+        lambda ctx, args: commands.cleanup(ctx),
     ),
     Command(
         "logs",
         "logs [SERVICE] [-f]",
         "show logs of every node or of one (coordinator, workerN, monitor)",
         MANAGE,
-        run_logs,
+        lambda ctx, args: commands.logs(ctx, args.service, bool(args.follow)),
         _logs_args,
     ),
     Command(
@@ -344,7 +308,7 @@ COMMANDS: Final = [
         "partition worker2 and heal worker2; checks invariants after each\n"
         "step and prints the figures table; exits 1 on any violation",
         TESTING,
-        run_test,
+        lambda ctx, args: commands.test(ctx, int(args.tasks), args.json),
         _test_args,
     ),
     Command(
@@ -361,7 +325,7 @@ COMMANDS: Final = [
         "start, submit work, print the dashboard URL, stop on Ctrl-C\n"
         "(DEMO_SECONDS=N stops after N seconds)",
         TESTING,
-        run_demo,
+        lambda ctx, args: commands.demo(ctx),
     ),
     Command(
         "compare",
@@ -370,7 +334,9 @@ COMMANDS: Final = [
         "coordinator container against every worker's ZeroMQ node agent\n"
         "and sshd (default --quick); prints its markdown table",
         TESTING,
-        run_compare,
+        lambda ctx, args: commands.compare(
+            ctx, CompareOptions(str(args.mode), args.executors, args.json)
+        ),
         _compare_args,
     ),
     Command(

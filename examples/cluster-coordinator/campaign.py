@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,8 +39,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+from typing import Final
 
+from cluster_patterns.cli_args import ErrorExit, run_interruptible
 from cluster_runner_simulation.context_common import ContextBuildError
 from cluster_runner_simulation.descriptor import (
     ClusterDescriptor,
@@ -281,10 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _setup(args: argparse.Namespace) -> CampaignConfig:
     config = load_config(args.config)
     config.descriptor = args.descriptor or config.descriptor
@@ -322,25 +318,18 @@ def _run(args: argparse.Namespace, config: CampaignConfig) -> int:
     return 1 if any(report.failed for report in reports) else 0
 
 
+# Exit codes: 2 bad input, 3 a journal or cluster that failed (CampaignError says which).
+EXITS: Final = (ErrorExit(DescriptorError, 2), ErrorExit(JournalError, 3, "journal: "))
+RESUME_NOTE: Final = "; run it again with the same run id to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    args = build_parser().parse_args(argv)
     try:
-        config = _setup(args)
-        return _run(args, config)
+        return run_interruptible("campaign", lambda: _run(args, _setup(args)), EXITS, RESUME_NOTE)
     except CampaignError as error:
         print(f"campaign: error: {error}", file=sys.stderr)
         return error.exit_code
-    except DescriptorError as error:
-        print(f"campaign: error: {error}", file=sys.stderr)
-        return 2
-    except JournalError as error:
-        print(f"campaign: error: journal: {error}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("campaign: interrupted; run it again with the same run id to resume", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

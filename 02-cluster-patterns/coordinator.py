@@ -66,7 +66,14 @@ TICKS_PER_INTERVAL: Final = 10
 MAX_READS_PER_TURN: Final = 500
 # Replies kept for the next turn when a client's queue is full (beyond: dropped, and the
 # client's stall timer re-submits and gets them again).
-MAX_DEFERRED: Final = 10_000
+MAX_DEFERRED: Final = 1_000
+# The high-water mark of each peer's pipe, per direction, on both ports. A pipe holds what a
+# peer has not read yet, so this bounds what a peer that never reads costs: 1,000 messages
+# (8 minutes of STATUS), a tenth of the 10,000 before. Credit keeps a worker's DISPATCHes
+# to its capacity; a client that falls behind loses nothing (its replies wait a turn, and
+# past MAX_DEFERRED its stall timer gets them again), and a status subscriber that falls
+# behind misses messages, as on any PUB socket, until the next STATUS, a full snapshot.
+PEER_HWM: Final = 1_000
 
 
 @dataclass(frozen=True)
@@ -126,12 +133,12 @@ class Coordinator:
         self.zap = bind_zap(self.ctx) if keys else None
         self.zap_policy = ZapPolicy(keys.allowed, "coordinator") if keys else None
         # --8<-- [start:sockets]
-        self.router = configure(self.ctx.socket(zmq.ROUTER))
+        self.router = configure(self.ctx.socket(zmq.ROUTER), sndhwm=PEER_HWM, rcvhwm=PEER_HWM)
         # Route replies to an unreachable peer as an error we can act on, not a silent drop,
         # and let a reconnecting worker take over its routing id from a stale connection.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.status = configure(self.ctx.socket(zmq.XPUB))
+        self.status = configure(self.ctx.socket(zmq.XPUB), sndhwm=PEER_HWM, rcvhwm=PEER_HWM)
         if keys is not None:
             for sock in (self.router, self.status):
                 curve_server(sock, keys.pair)

@@ -180,6 +180,12 @@ def descriptor_job(
 
 def mpirun_argv(spec: MpiJobSpec) -> list[str]:
     """The mpirun command line that runs ``spec`` from its first host."""
+    return [*mpirun_launch_argv(spec), spec.bench, *spec.sizes.argv()]
+
+
+def mpirun_launch_argv(spec: MpiJobSpec) -> list[str]:
+    """mpirun and every option of ``spec``, without the program: what any program run
+    across ``spec.hosts`` through the launcher needs (a test runs ``sh -c`` after it)."""
     names = [LAUNCH_HOST, *spec.hosts[1:]]  # mpirun runs on the first host
     slots = ",".join(f"{host}:{spec.ranks_per_node}" for host in names)
     argv = [spec.mpirun, "--host", slots, "-np", str(spec.ranks), "--map-by", "node"]
@@ -201,7 +207,7 @@ def mpirun_argv(spec: MpiJobSpec) -> list[str]:
         mca += [("mpi_yield_when_idle", "1"), ("rtc_hwloc_vmhole", "none")]
     for name, value in mca:
         argv += ["--mca", name, value]
-    return [*argv, spec.bench, *spec.sizes.argv()]
+    return argv
 
 
 def mpirun_command(spec: MpiJobSpec) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, render_descriptor
+from cluster_runner_simulation.mpi_job import MpiJobSpec, mpirun_launch_argv
 from cluster_runner_simulation.testing import (
     LocalAgents,
     free_port,
@@ -33,18 +34,13 @@ from conftest import REPO, AgentCluster
 BIN = Path(sys.executable).parent
 ZRSH_SCRIPT = REPO / "03-cluster-runner-simulation" / "zrsh.py"
 TIMEOUT_S = 60.0
+
+
 # Open MPI on one machine posing as two nodes, as run_mpi.py runs it: daemons and ranks on
 # loopback only; daemons attached to their zrsh (a daemonized one that fails dies unseen,
 # and mpirun waits for it for ever: about one start in ten under load); a session directory
 # of its own (two daemons of one host share /tmp/ompi.HOST, and a leftover of an earlier
 # run made mkdir fail); a startup timeout, so a daemon that never calls back is an error.
-OPEN_MPI_ON_ONE_MACHINE = (
-    "--leave-session-attached",
-    "--mca", "oob_tcp_if_include", "lo", "--mca", "btl_tcp_if_include", "lo",
-    "--mca", "rtc_hwloc_vmhole", "none", "--mca", "orte_startup_timeout", "30",
-)  # fmt: skip
-
-
 class Cluster(AgentCluster):
     def popen(self, *args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
         """zrsh started in the background: stdin closed, stdout a pipe to read it live."""
@@ -211,16 +207,25 @@ def test_an_agent_that_dies_mid_run_is_a_lost_connection(cluster: Cluster) -> No
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI missing (openmpi-bin)")
-def test_open_mpi_starts_its_daemons_through_zrsh(cluster: Cluster, tmp_path: Path) -> None:
+def test_open_mpi_starts_its_daemon_through_zrsh(cluster: Cluster, tmp_path: Path) -> None:
+    """mpirun with the options run_mpi.py gives it on one machine: rank 0 here, and node1's
+    daemon started through zrsh and node1's agent."""
+    spec = MpiJobSpec(
+        hosts=("node0", "node1"),
+        bench="sh",
+        interfaces="lo",
+        shared_machine=True,
+        allow_run_as_root=True,
+        startup_timeout_s=30,
+    )
+    program = ["sh", "-c", "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE"]
+    # A session directory of its own: the daemons of one host share /tmp/ompi.HOST, and a
+    # leftover of another run made mkdir fail (the agents here share this machine's /tmp).
+    own_session = ["--mca", "orte_tmpdir_base", str(tmp_path)]
     done = subprocess.run(
-        [
-            "mpirun", "--mca", "plm_rsh_agent", "zrsh", "--mca", "plm_rsh_no_tree_spawn", "1",
-            *OPEN_MPI_ON_ONE_MACHINE, "--mca", "orte_tmpdir_base", str(tmp_path),
-            "--host", "node0,node1", "-np", "2",
-            "sh", "-c", "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE",
-        ],  # fmt: skip
+        [*mpirun_launch_argv(spec), *own_session, *program],
         capture_output=True,
-        env={**cluster.env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
+        env=cluster.env,
         cwd="/tmp",
         timeout=TIMEOUT_S,
     )

@@ -181,10 +181,11 @@ class ErrorExit(NamedTuple):
 
 
 def error_text(exc: BaseException) -> str:
-    """One line for an error; an OSError names its file, as ``cp`` would."""
+    """One line for an error; an OSError names its file, as ``cp`` would, and an error
+    without a message is named by its type (``TimeoutError``)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    return str(exc)
+    return str(exc) or type(exc).__name__
 
 
 def run_interruptible(

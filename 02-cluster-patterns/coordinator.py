@@ -64,15 +64,19 @@ from cluster_patterns.transport import queued_multipart, robust_console
 TICKS_PER_INTERVAL: Final = 10
 # Messages read per poll turn before the loop dispatches and sends (keeps latency bounded).
 MAX_READS_PER_TURN: Final = 500
-# Replies kept for the next turn when a client's queue is full (beyond: dropped, and the
-# client's stall timer re-submits and gets them again).
-MAX_DEFERRED: Final = 1_000
-# The high-water mark of each peer's pipe, per direction, on both ports. A pipe holds what a
-# peer has not read yet, so this bounds what a peer that never reads costs: 1,000 messages
-# (8 minutes of STATUS), a tenth of the 10,000 before. Credit keeps a worker's DISPATCHes
-# to its capacity; a client that falls behind loses nothing (its replies wait a turn, and
-# past MAX_DEFERRED its stall timer gets them again), and a status subscriber that falls
-# behind misses messages, as on any PUB socket, until the next STATUS, a full snapshot.
+# Replies kept for the next turn when a client's queue is full, in all and per client
+# (beyond: dropped, and the client's stall timer re-submits and gets them again). The cap
+# per client keeps one that never reads from taking every place from the others.
+MAX_DEFERRED: Final = 10_000
+MAX_DEFERRED_PER_PEER: Final = 100
+# The high-water mark of each peer's pipe on the task port, per direction: what a peer that
+# never reads costs is its pipe, 1,000 messages (a tenth of a peer's own 10,000). Credit
+# keeps a worker's DISPATCHes to its capacity, and a client gets about one reply per message
+# it sent (at most MAX_READS_PER_TURN a turn), so a reading peer never comes near it; one
+# that falls behind loses nothing (its replies wait a turn, then its stall timer gets them).
+# The status port keeps the default: its PUB semantics drop what does not fit, and a burst
+# of NODE_EVENTs (a thousand workers judged dead in one turn) must reach a subscriber that
+# reads.
 PEER_HWM: Final = 1_000
 
 
@@ -138,7 +142,7 @@ class Coordinator:
         # and let a reconnecting worker take over its routing id from a stale connection.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.status = configure(self.ctx.socket(zmq.XPUB), sndhwm=PEER_HWM, rcvhwm=PEER_HWM)
+        self.status = configure(self.ctx.socket(zmq.XPUB))
         if keys is not None:
             for sock in (self.router, self.status):
                 curve_server(sock, keys.pair)
@@ -297,6 +301,7 @@ class Coordinator:
 
     def _send(self, outbox: list[tuple[bytes, Message]], now: float) -> None:
         deferred, self.deferred = self.deferred, []
+        waiting: dict[bytes, int] = {}  # replies deferred per client in this turn
         for identity, message in deferred + outbox:
             if type(message) is Refused:
                 self.refusal_log(
@@ -311,12 +316,20 @@ class Coordinator:
                 # client wait for the next turn (bounded: the client re-submits if stalled).
                 if type(message) is Dispatch:
                     self.dispatcher.undeliverable(identity, message, now)
-                elif len(self.deferred) < MAX_DEFERRED:
+                elif self._may_defer(waiting, identity):
                     self.deferred.append((identity, message))
             except (zmq.ZMQError, ProtocolError):
                 # The peer is gone (ROUTER_MANDATORY): a DISPATCH goes back to pending.
                 self.dispatcher.undeliverable(identity, message, now)
             # --8<-- [end:send]
+
+    def _may_defer(self, waiting: dict[bytes, int], identity: bytes) -> bool:
+        """Whether a reply to ``identity`` may wait a turn: within both caps."""
+        held = waiting.get(identity, 0)
+        if held >= MAX_DEFERRED_PER_PEER or len(self.deferred) >= MAX_DEFERRED:
+            return False
+        waiting[identity] = held + 1
+        return True
 
     def _publish(self, message: Message) -> None:
         try:

@@ -49,6 +49,7 @@ def test_an_os_error_names_its_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_interruptible("tool", lambda: fails_with(missing), EXITS) == 5
     assert capsys.readouterr().err == "tool: error: /nowhere/x.json: No such file or directory\n"
     assert error_text(OSError("no file named")) == "no file named"
+    assert error_text(TimeoutError()) == "TimeoutError"
 
 
 def test_an_unexpected_error_is_not_hidden() -> None:

@@ -36,11 +36,6 @@ ZRSH_SCRIPT = REPO / "03-cluster-runner-simulation" / "zrsh.py"
 TIMEOUT_S = 60.0
 
 
-# Open MPI on one machine posing as two nodes, as run_mpi.py runs it: daemons and ranks on
-# loopback only; daemons attached to their zrsh (a daemonized one that fails dies unseen,
-# and mpirun waits for it for ever: about one start in ten under load); a session directory
-# of its own (two daemons of one host share /tmp/ompi.HOST, and a leftover of an earlier
-# run made mkdir fail); a startup timeout, so a daemon that never calls back is an error.
 class Cluster(AgentCluster):
     def popen(self, *args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
         """zrsh started in the background: stdin closed, stdout a pipe to read it live."""
@@ -207,11 +202,13 @@ def test_an_agent_that_dies_mid_run_is_a_lost_connection(cluster: Cluster) -> No
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI missing (openmpi-bin)")
-def test_open_mpi_starts_its_daemon_through_zrsh(cluster: Cluster, tmp_path: Path) -> None:
-    """mpirun with the options run_mpi.py gives it on one machine: rank 0 here, and node1's
-    daemon started through zrsh and node1's agent."""
+def test_open_mpi_starts_its_daemons_through_zrsh(cluster: Cluster, tmp_path: Path) -> None:
+    """mpirun with the options run_mpi.py gives Open MPI on one machine posing as several
+    nodes (daemons attached to their zrsh, loopback only, a startup timeout): rank 0 where
+    mpirun runs ("here", which mpirun calls localhost), the daemons of node0 and node1
+    started through zrsh and their agents."""
     spec = MpiJobSpec(
-        hosts=("node0", "node1"),
+        hosts=("here", "node0", "node1"),
         bench="sh",
         interfaces="lo",
         shared_machine=True,
@@ -230,4 +227,4 @@ def test_open_mpi_starts_its_daemon_through_zrsh(cluster: Cluster, tmp_path: Pat
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert sorted(done.stdout.decode().splitlines()) == ["rank 0 of 2", "rank 1 of 2"]
+    assert sorted(done.stdout.decode().splitlines()) == [f"rank {r} of 3" for r in range(3)]

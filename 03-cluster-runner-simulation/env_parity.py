@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import output_file, run_interruptible
+from cluster_patterns.cli_args import ErrorExit, output_file, run_interruptible
 from cluster_runner_simulation.agent_environment import render_env_file
 from cluster_runner_simulation.agent_keys import KeyFileError
 from cluster_runner_simulation.descriptor import DescriptorError, NodeSpec, load_descriptor
@@ -245,32 +245,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+# Exit codes: 2 bad input or files, 3 no node answered over ssh.
+EXITS: Final = (ErrorExit((DescriptorError, KeyFileError), 2), ErrorExit(OSError, 2))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_interruptible("env_parity", lambda: compare_and_report(args))
+    return run_interruptible("env_parity", lambda: compare_and_report(args), EXITS)
 
 
 def compare_and_report(args: argparse.Namespace) -> int:
-    try:
-        with contextlib.ExitStack() as stack:
-            path = args.descriptor or stack.enter_context(local_descriptor(args.local))
-            results = asyncio.run(check(path, args.nodes, args.tools, args.ignore))
-    except (DescriptorError, KeyFileError) as exc:
-        print(f"env_parity: error: {exc}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as stack:
+        path = args.descriptor or stack.enter_context(local_descriptor(args.local))
+        results = asyncio.run(check(path, args.nodes, args.tools, args.ignore))
     status = report(results)
-    try:
-        if args.json:
-            args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-        if args.write_env_file:
-            reachable = [r for r in results if r.ssh is not None]
-            if not reachable:
-                print("env_parity: error: no node answered over ssh", file=sys.stderr)
-                return 3
-            write_env_file(args.write_env_file, reachable[0], args.ignore)
-    except OSError as exc:
-        print(f"env_parity: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 2
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if args.write_env_file:
+        reachable = [r for r in results if r.ssh is not None]
+        if not reachable:
+            print("env_parity: error: no node answered over ssh", file=sys.stderr)
+            return 3
+        write_env_file(args.write_env_file, reachable[0], args.ignore)
     return status
 
 

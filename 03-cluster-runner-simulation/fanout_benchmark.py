@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cluster_patterns.cli_args import make_parser, output_file, positive_int
+from cluster_patterns.cli_args import ErrorExit, make_parser, output_file, positive_int
+from cluster_patterns.cli_args import run_interruptible
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.testing import write_local_descriptor
@@ -43,6 +44,11 @@ from cluster_runner_simulation.testing import write_local_descriptor
 BIN: Final = Path(sys.executable).parent
 RUN_TIMEOUT_S: Final = 600.0
 TOOLS: Final = ("zrun", "clush", "pdsh")
+# A run that failed is exit 1; a file that could not be written (--json on a full disk) 2.
+BENCHMARK_EXITS: Final = (
+    ErrorExit((RuntimeError, subprocess.TimeoutExpired), 1),
+    ErrorExit(OSError, 2),
+)
 
 
 @dataclass
@@ -225,25 +231,24 @@ def benchmark_main(
     problem: str | None, prefix: str, measure: Callable[[Path], Report], json_path: Path | None
 ) -> int:
     """A side-by-side benchmark's exit status: 2 when a tool is missing (``problem``), 130 on
-    Ctrl-C, 1 when a run failed; else 0, with the table, the load line and the JSON figures
-    (plus the load and the CPUs). ``measure`` works in a fresh directory under /tmp."""
+    Ctrl-C or SIGTERM (after its daemons are stopped and its folder removed), 1 when a run
+    failed; else 0, with the table, the load line and the JSON figures (plus the load and the
+    CPUs). ``measure`` works in a fresh directory under /tmp."""
+    prog = Path(sys.argv[0]).name
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
-    try:
+
+    def measure_and_report() -> int:
         with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as work:
             report = measure(Path(work))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.table)
-    print(f"\n{load_line(report.loads)}")
-    loads = list(report.loads)
-    write_json(json_path, {**report.figures, "load_average": loads, "cpus": os.cpu_count()})
-    return 0
+        print(report.table)
+        print(f"\n{load_line(report.loads)}")
+        loads = list(report.loads)
+        write_json(json_path, {**report.figures, "load_average": loads, "cpus": os.cpu_count()})
+        return 0
+
+    return run_interruptible(prog, measure_and_report, BENCHMARK_EXITS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from cluster_patterns.cli_args import output_directory, output_file, positive_int
+from cluster_patterns.cli_args import (
+    ErrorExit,
+    output_directory,
+    output_file,
+    positive_int,
+    run_interruptible,
+)
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.protocols import PerfTestResult
@@ -47,6 +53,8 @@ GROUP, EACH, IN_PROCESS = (
     "in-process file, fsync per record",
 )
 LISTENING = re.compile(r"listening on (\S+)")
+# A journal directory that cannot be made or written (a full disk, say): one line, exit 2.
+EXITS: Final = (ErrorExit(OSError, 2),)
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,12 @@ def _start_collector(path: Path, fsync_each: bool) -> tuple[subprocess.Popen[str
         argv + (["--fsync-each"] if fsync_each else []), stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    try:  # a Ctrl-C or SIGTERM while it starts must not leave it running
+        line = proc.stdout.readline()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     found = LISTENING.search(line)
     if found is None:
         proc.kill()
@@ -228,10 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
-    try:
-        return run_bench(config_from(parser.parse_args(argv)))
-    except KeyboardInterrupt:
-        return 130
+    config = config_from(parser.parse_args(argv))
+    # SIGTERM takes the Ctrl-C path: the collector is stopped and the journals removed.
+    return run_interruptible("bench", lambda: run_bench(config), EXITS)
 
 
 if __name__ == "__main__":

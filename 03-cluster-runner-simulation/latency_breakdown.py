@@ -29,19 +29,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from typing import Final
+
 import asyncssh
 
-from cluster_patterns.cli_args import positive_int
+from cluster_patterns.cli_args import ErrorExit, positive_int, run_interruptible
 from cluster_patterns.stats import percentile
 from cluster_runner_simulation.agent_spawn import SpawnedShell
 from cluster_runner_simulation.testing import LocalAgents, LocalSshd, sshd_unavailable_reason
 from cluster_runner_simulation.protocols import ExecutorError
+
+PROG: Final = "latency_breakdown.py"
+EXITS: Final = (ErrorExit((ExecutorError, RuntimeError, OSError, asyncssh.Error), 1),)
 
 DEFAULT_SAMPLES = 400
 WARMUP = 5
@@ -166,18 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     reason = sshd_unavailable_reason()
     if reason:
-        print(f"error: {reason}", file=sys.stderr)
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
-    try:
-        rows = asyncio.run(breakdown(args.samples, args.ssh_login_rc))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ExecutorError, RuntimeError, OSError, asyncssh.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"| step ({args.samples} sequential samples) | p50 ms | p95 ms |")
+    return run_interruptible(PROG, lambda: print_breakdown(args.samples, args.ssh_login_rc), EXITS)
+
+
+def print_breakdown(samples: int, ssh_login_rc: bool) -> int:
+    rows = asyncio.run(breakdown(samples, ssh_login_rc))
+    print(f"| step ({samples} sequential samples) | p50 ms | p95 ms |")
     print("|---|---:|---:|")
     for label, p50, p95 in rows:
         print(f"| {label} | {p50:.2f} | {p95:.2f} |")

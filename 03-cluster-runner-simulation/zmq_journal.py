@@ -42,7 +42,7 @@ from types import FrameType
 import zmq
 
 from cluster_patterns import defaults
-from cluster_patterns.cli_args import bind_port
+from cluster_patterns.cli_args import bind_port, run_interruptible
 from cluster_patterns.curve import KeyFileError
 from cluster_patterns.transport import is_loopback
 from cluster_runner_simulation import journal_bench
@@ -240,10 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repair": lambda: run_repair(args.path),
         "bench": lambda: journal_bench.run_bench(journal_bench.config_from(args)),
     }
-    try:
-        return commands[args.command]()
-    except KeyboardInterrupt:
-        return 130
+    # SIGTERM goes the Ctrl-C way (the collector installs its own stop handler over it);
+    # an OSError none of the commands expected is one line and exit 2, as in the bench.
+    return run_interruptible(args.command, commands[args.command], journal_bench.EXITS)
 
 
 def _satisfies_protocol(

@@ -1,8 +1,10 @@
 """``run_interruptible``: expected errors become one line and their exit code, Ctrl-C and
 SIGTERM become 130 after the command's own cleanup, and anything else stays a traceback.
 
-The commands that use it (run_mpi, run_schedules, campaign, benchmark, scale-bench) are run
-for real by their own tests; these pin the helper's rules in-process.
+The commands that use it (run_mpi, run_schedules, env_parity, campaign, benchmark,
+scale-bench, zmq_journal.py and the journal bench, the fan-out and copy benchmarks,
+latency_breakdown) are run for real by their own tests; these pin the helper's rules
+in-process.
 """
 
 from __future__ import annotations

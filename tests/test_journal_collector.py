@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import json
 import re
 import signal
@@ -246,3 +248,37 @@ def test_every_flag_shows_its_default(run: Any) -> None:
         assert shown.returncode == 0, shown.stderr
         entries = [e for e in option_entries(shown.stdout) if not e.startswith("-h")]
         assert entries and all("(default: " in e for e in entries), entries
+
+
+def _collectors_under(folder: Path) -> list[int]:
+    """Pids of the processes whose command line names ``folder`` (the bench's collectors)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not a process
+        named = any(str(folder).encode() in arg for arg in argv)
+        if entry.name.isdigit() and named and b"collector" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_bench_with_its_collector_and_journals(tmp_path: Path) -> None:
+    work = tmp_path / "bench"
+    argv = [sys.executable, BENCH, "--records", "2000000", "--repeat", "1", "--dir", str(work)]
+    bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _collectors_under(work):  # the first collector is up and being written to
+        assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()
+        time.sleep(0.05)
+    bench.send_signal(signal.SIGTERM)
+    out, err = bench.communicate(timeout=60)
+    assert bench.returncode == 130 and err.strip() == "bench: interrupted", (out, err)
+    assert _collectors_under(work) == [] and list(work.iterdir()) == []  # nothing left behind
+
+
+def test_a_journal_folder_that_cannot_be_made_is_one_line(run: Any) -> None:
+    done = run(JOURNAL, "bench", "--dir", "/proc/no-such-folder/bench")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == "bench: error: /proc/no-such-folder: No such file or directory\n"

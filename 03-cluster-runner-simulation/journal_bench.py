@@ -31,13 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from cluster_patterns.cli_args import (
-    ErrorExit,
-    output_directory,
-    output_file,
-    positive_int,
-    run_interruptible,
-)
+from cluster_patterns.cli_args import ErrorExit, output_directory, output_file, positive_int
+from cluster_patterns.cli_args import run_interruptible
 from cluster_runner_simulation.journal_format import FileJournalWriter, scan_journal
 from cluster_runner_simulation.journal_writer import ZmqJournalWriter
 from cluster_runner_simulation.protocols import PerfTestResult

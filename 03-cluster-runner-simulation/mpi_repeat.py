@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cluster_patterns.cli_args import output_file
+from cluster_patterns.cli_args import ErrorExit, output_file, run_interruptible
 from cluster_runner_simulation.descriptor import ClusterDescriptor, NodeSpec, load_descriptor
 from cluster_runner_simulation.mpi_bench import MpiBuildError, bench_binary
 from cluster_runner_simulation.mpi_job import (
@@ -70,6 +70,8 @@ from cluster_runner_simulation.zmq_operational_context import zmq_executor_for
 
 LAUNCHERS: Final = ("zmq", "ssh")
 COMPARED_FROM_BYTES: Final = 1 << 20
+# A --json or --markdown that cannot be written (a full disk, say): one line, exit 2.
+EXITS: Final = (ErrorExit(OSError, 2),)
 
 
 @dataclass
@@ -283,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MpiBuildError as exc:
         print(f"mpi_repeat: error: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM takes the Ctrl-C path, so the loopback sshd and agents are stopped either way.
+    return run_interruptible("mpi_repeat", lambda: repeat_and_report(args, argv), EXITS)
+
+
+def repeat_and_report(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.monotonic()
     with contextlib.ExitStack() as stack:

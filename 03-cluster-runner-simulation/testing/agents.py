@@ -82,9 +82,13 @@ class LocalAgents(Started):
         self._tmp = tempfile.TemporaryDirectory(prefix="agents-", dir="/tmp")
         self.dir = Path(self._tmp.name)
         generate_keys(self.keys_dir)
+        self.agents = []
         try:
-            launched = [self._launch(f"{self.prefix}{i}", 0) for i in range(self.count)]
-            self.agents = [self._await_ready(agent) for agent in launched]
+            # Each one is listed as soon as it is launched, so that an interruption while the
+            # others start (Ctrl-C, SIGTERM) stops every one of them, not none.
+            for i in range(self.count):
+                self.agents.append(self._launch(f"{self.prefix}{i}", 0))
+            self.agents = [self._await_ready(agent) for agent in self.agents]
         except BaseException:
             self.stop()
             raise

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-
 from typing import Final
 
 import asyncssh
